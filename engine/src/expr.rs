@@ -1,0 +1,622 @@
+//! Compiled expressions (field references already resolved to indices) and their evaluation.
+//!
+//! Expressions use SQL's three-valued logic: a comparison with `null` is `null`, `and` / `or` /
+//! `not` follow Kleene's tables, and a condition holds only when it evaluates to `true`.
+//! The structural negations the compiler adds to edges ([`Cond::Not`]) negate *whether a condition
+//! holds*, so an event whose condition is `null` is ignored, not taken and not fatal.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use crate::nfa::{CondId, FieldId, TypeId, VarId};
+use crate::value::{Event, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    Neg,
+    Not,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
+    Contains,
+    StartsWith,
+    EndsWith,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Rem => "%",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::And => "and",
+            BinOp::Or => "or",
+            BinOp::Contains => "contains",
+            BinOp::StartsWith => "starts with",
+            BinOp::EndsWith => "ends with",
+        }
+    }
+}
+
+/// Aggregates over the events a variable has taken so far in a (partial) match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AggFunc {
+    Count,
+    CountDistinct,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    First,
+    Last,
+}
+
+impl AggFunc {
+    pub fn name(self) -> &'static str {
+        match self {
+            AggFunc::Count | AggFunc::CountDistinct => "count",
+            AggFunc::Sum => "sum",
+            AggFunc::Avg => "avg",
+            AggFunc::Min => "min",
+            AggFunc::Max => "max",
+            AggFunc::First => "first",
+            AggFunc::Last => "last",
+        }
+    }
+}
+
+/// Scalar functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Func {
+    Abs,
+    Lower,
+    Upper,
+    Length,
+    Coalesce,
+    Round,
+    Floor,
+    Ceil,
+    /// Great-circle distance in km between (lat1, lon1) and (lat2, lon2), degrees.
+    GeoKm,
+    /// Hour of the day (0-23, UTC) of a timestamp.
+    HourOfDay,
+}
+
+impl Func {
+    pub const ALL: [Func; 10] = [
+        Func::Abs,
+        Func::Lower,
+        Func::Upper,
+        Func::Length,
+        Func::Coalesce,
+        Func::Round,
+        Func::Floor,
+        Func::Ceil,
+        Func::GeoKm,
+        Func::HourOfDay,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Func::Abs => "abs",
+            Func::Lower => "lower",
+            Func::Upper => "upper",
+            Func::Length => "length",
+            Func::Coalesce => "coalesce",
+            Func::Round => "round",
+            Func::Floor => "floor",
+            Func::Ceil => "ceil",
+            Func::GeoKm => "geo_km",
+            Func::HourOfDay => "hour_of_day",
+        }
+    }
+}
+
+/// A compiled `like` or `matches` pattern. Compared by source text.
+#[derive(Clone, Debug)]
+pub struct TextPattern {
+    /// What the analyst wrote.
+    pub source: String,
+    /// `like` (SQL wildcards, whole string) or `matches` (regular expression, anywhere).
+    pub like: bool,
+    pub regex: Arc<regex::Regex>,
+}
+
+impl PartialEq for TextPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.like == other.like && self.source == other.source
+    }
+}
+
+impl TextPattern {
+    /// SQL `LIKE`: `%` any run, `_` one character, `\` escapes; matches the whole string.
+    pub fn like(source: &str) -> Result<Self, regex::Error> {
+        let mut re = String::from("(?s)^");
+        let mut chars = source.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '%' => re.push_str(".*"),
+                '_' => re.push('.'),
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        re.push_str(&regex::escape(&n.to_string()));
+                    }
+                }
+                c => re.push_str(&regex::escape(&c.to_string())),
+            }
+        }
+        re.push('$');
+        Ok(TextPattern { source: source.to_owned(), like: true, regex: Arc::new(regex::Regex::new(&re)?) })
+    }
+
+    /// A regular expression (Rust `regex` syntax), matched anywhere in the string.
+    pub fn regex(source: &str) -> Result<Self, regex::Error> {
+        Ok(TextPattern { source: source.to_owned(), like: false, regex: Arc::new(regex::Regex::new(source)?) })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    Lit(Value),
+    /// A field of the event being evaluated (the candidate, in a condition).
+    Field(FieldId),
+    /// A field of the single event a non-looping variable took earlier in the match.
+    VarField(VarId, FieldId),
+    /// An aggregate over the events a variable took so far (the candidate excluded).
+    Agg(AggFunc, VarId, Option<FieldId>),
+    Unary(UnOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    IsNull { expr: Box<Expr>, negated: bool },
+    In { expr: Box<Expr>, list: Box<[Value]>, negated: bool },
+    Like { expr: Box<Expr>, pattern: TextPattern, negated: bool },
+    If(Box<Expr>, Box<Expr>, Box<Expr>),
+    Call(Func, Box<[Expr]>),
+}
+
+/// A guard on an NFA edge, built by the compiler from element conditions.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cond {
+    True,
+    /// The element condition holds (evaluates to `true`).
+    Holds(CondId),
+    /// The event is of this record type (`var: Type` in the pattern).
+    IsType(TypeId),
+    Not(Box<Cond>),
+    And(Box<Cond>, Box<Cond>),
+}
+
+impl Cond {
+    pub fn not(c: Cond) -> Cond {
+        match c {
+            Cond::Not(inner) => *inner,
+            c => Cond::Not(Box::new(c)),
+        }
+    }
+
+    pub fn and(a: Cond, b: Cond) -> Cond {
+        match (a, b) {
+            (Cond::True, b) => b,
+            (a, Cond::True) => a,
+            (a, b) => Cond::And(Box::new(a), Box::new(b)),
+        }
+    }
+
+    /// Whether the guard lets `event` pass, given the conditions table and the partial match.
+    pub fn holds(&self, conditions: &[Expr], event: &Event, view: &dyn MatchView) -> bool {
+        match self {
+            Cond::True => true,
+            Cond::Holds(id) => conditions[id.index()].eval(Some(event), view).is_true(),
+            Cond::IsType(t) => event.kind == *t,
+            Cond::Not(c) => !c.holds(conditions, event, view),
+            Cond::And(a, b) => a.holds(conditions, event, view) && b.holds(conditions, event, view),
+        }
+    }
+}
+
+/// Read access to the events a (partial) match has taken, per variable, in order.
+pub trait MatchView {
+    /// Calls `f` on each event `var` has taken, in order, until `f` returns `false`.
+    fn visit(&self, var: VarId, f: &mut dyn FnMut(&Event) -> bool);
+}
+
+/// A match with nothing taken yet.
+#[derive(Debug)]
+pub struct EmptyMatch;
+
+impl MatchView for EmptyMatch {
+    fn visit(&self, _var: VarId, _f: &mut dyn FnMut(&Event) -> bool) {}
+}
+
+impl Value {
+    pub fn is_true(&self) -> bool {
+        matches!(self, Value::Bool(true))
+    }
+}
+
+fn truth(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        _ => None,
+    }
+}
+
+fn from_truth(b: Option<bool>) -> Value {
+    b.map_or(Value::Null, Value::Bool)
+}
+
+fn arith(op: BinOp, a: &Value, b: &Value) -> Value {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => match op {
+            BinOp::Add => x.checked_add(*y).map_or(Value::Null, Value::Int),
+            BinOp::Sub => x.checked_sub(*y).map_or(Value::Null, Value::Int),
+            BinOp::Mul => x.checked_mul(*y).map_or(Value::Null, Value::Int),
+            BinOp::Rem => x.checked_rem(*y).map_or(Value::Null, Value::Int),
+            // Division is exact: 5 / 2 == 2.5, and duration / duration is a ratio.
+            _ => {
+                if *y == 0 {
+                    Value::Null
+                } else {
+                    Value::Float(*x as f64 / *y as f64)
+                }
+            }
+        },
+        _ => match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => {
+                let r = match op {
+                    BinOp::Add => x + y,
+                    BinOp::Sub => x - y,
+                    BinOp::Mul => x * y,
+                    BinOp::Div if y == 0.0 => return Value::Null,
+                    BinOp::Div => x / y,
+                    BinOp::Rem if y == 0.0 => return Value::Null,
+                    _ => x % y,
+                };
+                Value::Float(r)
+            }
+            _ => Value::Null,
+        },
+    }
+}
+
+fn text_op(op: BinOp, a: &Value, b: &Value) -> Value {
+    match (a, b) {
+        (Value::Str(s), Value::Str(t)) => Value::Bool(match op {
+            BinOp::Contains => s.contains(t.as_ref()),
+            BinOp::StartsWith => s.starts_with(t.as_ref()),
+            _ => s.ends_with(t.as_ref()),
+        }),
+        _ => Value::Null,
+    }
+}
+
+fn aggregate(func: AggFunc, var: VarId, field: Option<FieldId>, view: &dyn MatchView) -> Value {
+    let get = |e: &Event| field.map_or(Value::Null, |f| e.field(f).clone());
+    match func {
+        AggFunc::Count => {
+            let mut n = 0i64;
+            view.visit(var, &mut |_| {
+                n += 1;
+                true
+            });
+            Value::Int(n)
+        }
+        AggFunc::CountDistinct => {
+            let mut seen: Vec<Value> = Vec::new();
+            view.visit(var, &mut |e| {
+                let v = get(e);
+                if !v.is_null() && !seen.iter().any(|s| s.sql_eq(&v) == Some(true)) {
+                    seen.push(v);
+                }
+                true
+            });
+            Value::Int(seen.len() as i64)
+        }
+        AggFunc::Sum | AggFunc::Avg => {
+            // The sum of no values is 0 (as in FlinkCEP's iterative conditions); their average is null.
+            let (mut int_sum, mut float_sum, mut floats, mut n) = (0i64, 0f64, false, 0usize);
+            let mut overflow = false;
+            view.visit(var, &mut |e| {
+                match get(e) {
+                    Value::Int(i) => match int_sum.checked_add(i) {
+                        Some(s) => int_sum = s,
+                        None => overflow = true,
+                    },
+                    Value::Float(f) => {
+                        floats = true;
+                        float_sum += f;
+                    }
+                    _ => return true,
+                }
+                n += 1;
+                true
+            });
+            if overflow {
+                return Value::Null;
+            }
+            if func == AggFunc::Avg {
+                if n == 0 {
+                    return Value::Null;
+                }
+                return Value::Float((int_sum as f64 + float_sum) / n as f64);
+            }
+            if floats {
+                Value::Float(int_sum as f64 + float_sum)
+            } else {
+                Value::Int(int_sum)
+            }
+        }
+        AggFunc::Min | AggFunc::Max => {
+            let mut best = Value::Null;
+            view.visit(var, &mut |e| {
+                let v = get(e);
+                if v.is_null() {
+                    return true;
+                }
+                let better = match best.compare(&v) {
+                    None => best.is_null(),
+                    Some(o) => (func == AggFunc::Min && o == Ordering::Greater) || (func == AggFunc::Max && o == Ordering::Less),
+                };
+                if better {
+                    best = v;
+                }
+                true
+            });
+            best
+        }
+        AggFunc::First => {
+            let mut out = Value::Null;
+            view.visit(var, &mut |e| {
+                out = get(e);
+                false
+            });
+            out
+        }
+        AggFunc::Last => {
+            let mut out = Value::Null;
+            view.visit(var, &mut |e| {
+                out = get(e);
+                true
+            });
+            out
+        }
+    }
+}
+
+fn geo_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    const R: f64 = 6371.0088;
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = (lat2 - lat1).to_radians();
+    let dl = (lon2 - lon1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * R * a.sqrt().min(1.0).asin()
+}
+
+fn call(func: Func, args: &[Value]) -> Value {
+    let num = |i: usize| args.get(i).and_then(Value::as_f64);
+    match func {
+        Func::Coalesce => args.iter().find(|v| !v.is_null()).cloned().unwrap_or(Value::Null),
+        Func::Abs => match args.first() {
+            Some(Value::Int(i)) => i.checked_abs().map_or(Value::Null, Value::Int),
+            Some(Value::Float(f)) => Value::Float(f.abs()),
+            _ => Value::Null,
+        },
+        Func::Lower | Func::Upper => match args.first() {
+            Some(Value::Str(s)) => {
+                Value::str(&if func == Func::Lower { s.to_lowercase() } else { s.to_uppercase() })
+            }
+            _ => Value::Null,
+        },
+        Func::Length => match args.first() {
+            Some(Value::Str(s)) => Value::Int(s.chars().count() as i64),
+            _ => Value::Null,
+        },
+        Func::Round | Func::Floor | Func::Ceil => match args.first() {
+            Some(Value::Int(i)) => Value::Int(*i),
+            Some(Value::Float(f)) => {
+                let r = match func {
+                    Func::Round => f.round(),
+                    Func::Floor => f.floor(),
+                    _ => f.ceil(),
+                };
+                if r.is_finite() && r.abs() < 9.0e18 {
+                    Value::Int(r as i64)
+                } else {
+                    Value::Null
+                }
+            }
+            _ => Value::Null,
+        },
+        Func::GeoKm => match (num(0), num(1), num(2), num(3)) {
+            (Some(a), Some(b), Some(c), Some(d)) => Value::Float(geo_km(a, b, c, d)),
+            _ => Value::Null,
+        },
+        Func::HourOfDay => match args.first() {
+            Some(Value::Int(ms)) => Value::Int(ms.rem_euclid(86_400_000) / 3_600_000),
+            _ => Value::Null,
+        },
+    }
+}
+
+impl Expr {
+    pub fn lit(v: Value) -> Expr {
+        Expr::Lit(v)
+    }
+
+    /// Evaluates on `event` (the candidate; `None` when evaluating on a complete match) with the
+    /// events of the (partial) match available through `view`.
+    pub fn eval(&self, event: Option<&Event>, view: &dyn MatchView) -> Value {
+        match self {
+            Expr::Lit(v) => v.clone(),
+            Expr::Field(f) => event.map_or(Value::Null, |e| e.field(*f).clone()),
+            Expr::VarField(var, f) => aggregate(AggFunc::First, *var, Some(*f), view),
+            Expr::Agg(func, var, field) => aggregate(*func, *var, *field, view),
+            Expr::Unary(UnOp::Neg, e) => match e.eval(event, view) {
+                Value::Int(i) => i.checked_neg().map_or(Value::Null, Value::Int),
+                Value::Float(f) => Value::Float(-f),
+                _ => Value::Null,
+            },
+            Expr::Unary(UnOp::Not, e) => from_truth(truth(&e.eval(event, view)).map(|b| !b)),
+            Expr::Binary(BinOp::And, a, b) => {
+                let x = truth(&a.eval(event, view));
+                if x == Some(false) {
+                    return Value::Bool(false);
+                }
+                match (x, truth(&b.eval(event, view))) {
+                    (_, Some(false)) => Value::Bool(false),
+                    (Some(true), Some(true)) => Value::Bool(true),
+                    _ => Value::Null,
+                }
+            }
+            Expr::Binary(BinOp::Or, a, b) => {
+                let x = truth(&a.eval(event, view));
+                if x == Some(true) {
+                    return Value::Bool(true);
+                }
+                match (x, truth(&b.eval(event, view))) {
+                    (_, Some(true)) => Value::Bool(true),
+                    (Some(false), Some(false)) => Value::Bool(false),
+                    _ => Value::Null,
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let (x, y) = (a.eval(event, view), b.eval(event, view));
+                match op {
+                    BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => arith(*op, &x, &y),
+                    BinOp::Eq => from_truth(x.sql_eq(&y)),
+                    BinOp::Ne => from_truth(x.sql_eq(&y).map(|b| !b)),
+                    BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => from_truth(x.compare(&y).map(|o| match op {
+                        BinOp::Lt => o == Ordering::Less,
+                        BinOp::Le => o != Ordering::Greater,
+                        BinOp::Gt => o == Ordering::Greater,
+                        _ => o != Ordering::Less,
+                    })),
+                    _ => text_op(*op, &x, &y),
+                }
+            }
+            Expr::IsNull { expr, negated } => Value::Bool(expr.eval(event, view).is_null() != *negated),
+            Expr::In { expr, list, negated } => {
+                let v = expr.eval(event, view);
+                if v.is_null() {
+                    return Value::Null;
+                }
+                Value::Bool(list.iter().any(|l| v.sql_eq(l) == Some(true)) != *negated)
+            }
+            Expr::Like { expr, pattern, negated } => match expr.eval(event, view) {
+                Value::Str(s) => Value::Bool(pattern.regex.is_match(&s) != *negated),
+                _ => Value::Null,
+            },
+            Expr::If(c, t, e) => {
+                if c.eval(event, view).is_true() {
+                    t.eval(event, view)
+                } else {
+                    e.eval(event, view)
+                }
+            }
+            Expr::Call(func, args) => {
+                let vals: Vec<Value> = args.iter().map(|a| a.eval(event, view)).collect();
+                call(*func, &vals)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OneVar(Vec<Event>);
+    impl MatchView for OneVar {
+        fn visit(&self, var: VarId, f: &mut dyn FnMut(&Event) -> bool) {
+            if var == VarId(0) {
+                for e in &self.0 {
+                    if !f(e) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn ev(vals: Vec<Value>) -> Event {
+        Event { ts: 0, kind: TypeId(0), fields: vals.into() }
+    }
+
+    fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+        Expr::Binary(op, Box::new(a), Box::new(b))
+    }
+
+    #[test]
+    fn three_valued_logic() {
+        let null = Expr::Lit(Value::Null);
+        let t = Expr::Lit(Value::Bool(true));
+        let f = Expr::Lit(Value::Bool(false));
+        let v = |e: Expr| e.eval(None, &EmptyMatch);
+        assert_eq!(v(bin(BinOp::And, null.clone(), f.clone())), Value::Bool(false));
+        assert_eq!(v(bin(BinOp::And, null.clone(), t.clone())), Value::Null);
+        assert_eq!(v(bin(BinOp::Or, null.clone(), t.clone())), Value::Bool(true));
+        assert_eq!(v(bin(BinOp::Or, null.clone(), f)), Value::Null);
+        assert_eq!(v(Expr::Unary(UnOp::Not, Box::new(null.clone()))), Value::Null);
+        assert_eq!(v(bin(BinOp::Gt, null.clone(), Expr::Lit(Value::Int(1)))), Value::Null);
+        assert_eq!(v(Expr::IsNull { expr: Box::new(null), negated: false }), Value::Bool(true));
+    }
+
+    #[test]
+    fn structural_not_treats_null_as_not_holding() {
+        let conds = [bin(BinOp::Gt, Expr::Field(FieldId(0)), Expr::Lit(Value::Int(5)))];
+        let e = ev(vec![Value::Null]);
+        assert!(!Cond::Holds(CondId(0)).holds(&conds, &e, &EmptyMatch));
+        assert!(Cond::not(Cond::Holds(CondId(0))).holds(&conds, &e, &EmptyMatch));
+    }
+
+    #[test]
+    fn aggregates() {
+        let m = OneVar(vec![ev(vec![Value::Int(3)]), ev(vec![Value::Float(1.5)]), ev(vec![Value::Null]), ev(vec![Value::Int(3)])]);
+        let agg = |f| Expr::Agg(f, VarId(0), Some(FieldId(0))).eval(None, &m);
+        assert_eq!(agg(AggFunc::Count), Value::Int(4));
+        assert_eq!(agg(AggFunc::CountDistinct), Value::Int(2));
+        assert_eq!(agg(AggFunc::Sum), Value::Float(7.5));
+        assert_eq!(agg(AggFunc::Avg), Value::Float(2.5));
+        assert_eq!(agg(AggFunc::Min), Value::Float(1.5));
+        assert_eq!(agg(AggFunc::Max), Value::Int(3));
+        assert_eq!(agg(AggFunc::First), Value::Int(3));
+        assert_eq!(agg(AggFunc::Last), Value::Int(3));
+        assert_eq!(Expr::Agg(AggFunc::Sum, VarId(1), Some(FieldId(0))).eval(None, &m), Value::Int(0));
+        assert_eq!(Expr::Agg(AggFunc::Avg, VarId(1), Some(FieldId(0))).eval(None, &m), Value::Null);
+    }
+
+    #[test]
+    fn text_and_arithmetic() {
+        let like = TextPattern::like("ab%_z").expect("valid");
+        assert!(like.regex.is_match("abXYz"));
+        assert!(!like.regex.is_match("abz"));
+        let e = |op, a: i64, b: i64| bin(op, Expr::Lit(Value::Int(a)), Expr::Lit(Value::Int(b))).eval(None, &EmptyMatch);
+        assert_eq!(e(BinOp::Div, 5, 2), Value::Float(2.5));
+        assert_eq!(e(BinOp::Div, 5, 0), Value::Null);
+        assert_eq!(e(BinOp::Add, i64::MAX, 1), Value::Null);
+        let km = call(Func::GeoKm, &[Value::Float(51.5074), Value::Float(-0.1278), Value::Float(40.7128), Value::Float(-74.006)]);
+        let km = km.as_f64().expect("number");
+        assert!((km - 5570.0).abs() < 10.0, "{km}");
+    }
+}

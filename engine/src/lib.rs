@@ -1,0 +1,19 @@
+//! Tripline's engine: the compiled program a pattern becomes, and (from the engine issue on) the
+//! runtime that runs it per key over event time.
+//!
+//! Invariants (see `ARCHITECTURE.md`):
+//! - no I/O and no wall clock: time is an input;
+//! - the compiled [`Nfa`] is immutable and shared (`Arc`), run state is per key;
+//! - at run time fields, variables, states and record types are newtype indices, never strings.
+
+pub mod dump;
+pub mod expr;
+pub mod nfa;
+pub mod value;
+
+pub use expr::{AggFunc, BinOp, Cond, Expr, Func, MatchView, UnOp};
+pub use nfa::{
+    Action, CondId, Edge, FieldId, Mode, Nfa, OutputField, PatternMeta, Severity, SkipStrategy,
+    State, StateId, StateKind, Template, TemplatePart, TypeId, VarId, VarInfo,
+};
+pub use value::{Event, Value};
