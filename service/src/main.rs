@@ -1,1 +1,88 @@
-fn main(){}
+//! `tripline`: the command-line entry point.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod check;
+mod config;
+mod source;
+
+/// Exit status: everything valid.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the input has problems (diagnostics were printed).
+pub const EXIT_INVALID: u8 = 1;
+/// Exit status: the command could not run (bad arguments, missing config, unreadable paths).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "tripline", version, about = "Complex-event processing over Kafka: patterns in, exactly-once alerts out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Format {
+    /// Human-readable diagnostics with the source line and a caret.
+    #[default]
+    Text,
+    /// One JSON document, for editors and CI.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check pattern files (and directories of *.tl files) against the configured stream schemas.
+    Check {
+        /// Files or directories to check.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Configuration file with the streams (default: $TRIPLINE_CONFIG, then ./tripline.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Explain compiled patterns.
+    Explain {
+        /// Print the compiled automaton of every pattern in FILE.
+        #[arg(long, value_name = "FILE")]
+        nfa: PathBuf,
+        /// Only this pattern of the file.
+        #[arg(long, value_name = "NAME")]
+        pattern: Option<String>,
+        /// Configuration file with the streams (default: $TRIPLINE_CONFIG, then ./tripline.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Writes to stdout, ignoring a closed pipe (`tripline check | head` must not panic).
+pub fn out(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Writes to stderr.
+pub fn err(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let code = match cli.command {
+        Command::Check { paths, config, format } => check::run_check(&paths, config.as_deref(), format),
+        Command::Explain { nfa, pattern, config } => check::run_explain(&nfa, pattern.as_deref(), config.as_deref()),
+    };
+    ExitCode::from(code)
+}
