@@ -828,9 +828,12 @@ impl Checker<'_> {
                 let st = self.stream.clone()?;
                 let key = self.key?;
                 if st.field(&path) == Some(key) {
+                    // Every event of a match has the same key: read it from the first variable.
                     let v = self.vars.iter().position(|v| !v.negated)?;
                     let t = Ty::from_field(st.fields[key.index()].ty)?;
-                    return Some(Typed::new(t, Expr::VarField(VarId(v as u16), key)));
+                    let var = VarId(v as u16);
+                    let expr = if self.vars[v].looping { Expr::Agg(AggFunc::First, var, Some(key)) } else { Expr::VarField(var, key) };
+                    return Some(Typed::new(t, expr));
                 }
                 if st.field(&path).is_some() {
                     let example = self.vars.iter().find(|v| !v.negated && !v.looping).map_or("x", |v| v.name.as_str()).to_owned();

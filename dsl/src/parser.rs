@@ -162,7 +162,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         skip_clause | kw_skip => "`skip`",
         message_clause | kw_message => "`message`",
         emit_clause | kw_emit => "`emit`",
-        integer => "a whole number",
+        integer | negative_number => "a whole number",
         float => "a number",
         duration => "a duration such as `500ms`, `30s`, `10m`, `24h` or `7d`",
         contiguity | strict_next | followed_by | followed_by_any | not_next | not_followed_by => {
@@ -620,7 +620,7 @@ fn build_expr(p: Pair<'_, Rule>) -> Expr {
 }
 
 fn is_literal(r: Rule) -> bool {
-    matches!(r, Rule::duration | Rule::float | Rule::integer | Rule::string | Rule::boolean | Rule::null)
+    matches!(r, Rule::negative_number | Rule::duration | Rule::float | Rule::integer | Rule::string | Rule::boolean | Rule::null)
 }
 
 fn build_path(p: Pair<'_, Rule>) -> Expr {
@@ -642,6 +642,14 @@ fn build_primary(p: Pair<'_, Rule>) -> Expr {
         Rule::boolean => ExprKind::Bool(p.into_inner().next().map(|k| k.as_rule()) == Some(Rule::kw_true)),
         Rule::null => ExprKind::Null,
         Rule::path => return build_path(p),
+        Rule::negative_number => {
+            let inner = build_primary(p.into_inner().next().expect("grammar: number"));
+            match inner.kind {
+                ExprKind::Int(i) => ExprKind::Int(-i),
+                ExprKind::Float(f) => ExprKind::Float(-f),
+                k => k,
+            }
+        }
         Rule::paren => {
             let e = p.into_inner().find(|p| p.as_rule() == Rule::expr).expect("grammar: parenthesised expression");
             let mut inner = build_expr(e);
