@@ -120,7 +120,10 @@ pub enum ElementKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quantifier {
     /// `{min}`, `{min,max}`, `{min,}` (`max: None`).
-    Range { min: u64, max: Option<u64> },
+    Range {
+        min: u64,
+        max: Option<u64>,
+    },
     Plus,
     Star,
     Optional,
@@ -205,12 +208,29 @@ pub enum ExprKind {
     Duration(i64),
     /// `field`, `var.field`, `field.nested`.
     Path(Vec<Ident>),
-    Call { name: Ident, distinct: bool, args: Vec<Expr> },
+    Call {
+        name: Ident,
+        distinct: bool,
+        args: Vec<Expr>,
+    },
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
-    IsNull { expr: Box<Expr>, negated: bool },
-    In { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
+    In {
+        expr: Box<Expr>,
+        list: Vec<Expr>,
+        negated: bool,
+    },
     /// `like` (SQL wildcards) when `regex` is false, `matches` when true.
-    Like { expr: Box<Expr>, pattern: String, pattern_span: Span, regex: bool, negated: bool },
+    Like {
+        expr: Box<Expr>,
+        pattern: String,
+        pattern_span: Span,
+        regex: bool,
+        negated: bool,
+    },
     If(Box<Expr>, Box<Expr>, Box<Expr>),
 }

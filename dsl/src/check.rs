@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::{
-    AggFunc, BinOp, CondId, Expr, FieldId, Func, Mode, OutputField, Severity, SkipStrategy, TypeId, UnOp, Value,
-    VarId,
+    AggFunc, BinOp, CondId, Expr, FieldId, Func, Mode, OutputField, Severity, SkipStrategy, TypeId, UnOp, Value, VarId,
 };
 
 use crate::ast::{self, ClauseKind, Contiguity, ElementKind, ExprKind, Ident, Modifier, Quantifier, Span};
@@ -171,8 +170,12 @@ pub fn check_file(
         if let Some(prev) = seen.get(p.name.name.as_str()) {
             let (line, _) = src.line_col(prev.start);
             diags.push(
-                src.diag(p.name.span, "duplicate-pattern", format!("pattern `{}` is defined twice in this file", p.name.name))
-                    .with_hint(format!("the first definition is at line {line}; pattern names must be unique")),
+                src.diag(
+                    p.name.span,
+                    "duplicate-pattern",
+                    format!("pattern `{}` is defined twice in this file", p.name.name),
+                )
+                .with_hint(format!("the first definition is at line {line}; pattern names must be unique")),
             );
         } else {
             seen.insert(&p.name.name, p.name.span);
@@ -265,10 +268,20 @@ fn check_pattern(
             Some(id) => {
                 let f = &st.fields[id.index()];
                 if !f.in_types.iter().all(|b| *b) {
-                    ck.diags.push(src.diag(span, "bad-key", format!("key field `{name}` is not in every record type of stream `{}`", st.name))
-                        .with_hint(format!("missing from: {}", missing_types(&st, id))));
+                    ck.diags.push(
+                        src.diag(
+                            span,
+                            "bad-key",
+                            format!("key field `{name}` is not in every record type of stream `{}`", st.name),
+                        )
+                        .with_hint(format!("missing from: {}", missing_types(&st, id))),
+                    );
                 } else if !matches!(f.ty, FieldType::Str | FieldType::Int) || f.conflict {
-                    ck.diags.push(src.diag(span, "bad-key", format!("key field `{name}` is {}; a key must be text or a whole number", f.ty.describe())));
+                    ck.diags.push(src.diag(
+                        span,
+                        "bad-key",
+                        format!("key field `{name}` is {}; a key must be text or a whole number", f.ty.describe()),
+                    ));
                 } else {
                     ck.key = Some(id);
                 }
@@ -291,7 +304,7 @@ fn check_pattern(
     let mut seq = Vec::new();
     if let Some(ast::Clause { kind: ClauseKind::Match(s), .. }) = clauses.get("match") {
         seq = ck.sequence(s, false, false);
-        ck.check_sequence_ends(&seq, s, clauses.get("within").is_some());
+        ck.check_sequence_ends(&seq, s, clauses.contains_key("within"));
     }
 
     // Conditions.
@@ -302,7 +315,8 @@ fn check_pattern(
                 Some(v) => {
                     if let Some(prev) = defs.get(&v) {
                         let (line, _) = src.line_col(prev.var.span.start);
-                        let d = src.diag(def.var.span, "duplicate-condition", format!("`{}` has two conditions", def.var.name))
+                        let d = src
+                            .diag(def.var.span, "duplicate-condition", format!("`{}` has two conditions", def.var.name))
                             .with_hint(format!("the first is at line {line}; combine them with `and`"));
                         ck.diags.push(d);
                     } else {
@@ -313,7 +327,12 @@ fn check_pattern(
                     let hint = did_you_mean(&def.var.name, ck.by_name.keys().map(String::as_str));
                     let names: Vec<&str> = ck.by_name.keys().map(String::as_str).collect();
                     let hint = hint.unwrap_or_else(|| format!("the variables of `match` are: {}", names.join(", ")));
-                    let d = src.diag(def.var.span, "unknown-variable", format!("`{}` is not a variable of the `match` sequence", def.var.name))
+                    let d = src
+                        .diag(
+                            def.var.span,
+                            "unknown-variable",
+                            format!("`{}` is not a variable of the `match` sequence", def.var.name),
+                        )
                         .with_hint(hint);
                     ck.diags.push(d);
                 }
@@ -329,7 +348,12 @@ fn check_pattern(
             }
             if let Some(u) = &def.until {
                 if !ck.vars[v.index()].looping || ck.vars[v.index()].negated || !ck.var_is_open_loop(&seq, v) {
-                    let d = src.diag(u.span, "until-needs-loop", format!("`until` applies to loops, and `{}` is not an open-ended loop", def.var.name))
+                    let d = src
+                        .diag(
+                            u.span,
+                            "until-needs-loop",
+                            format!("`until` applies to loops, and `{}` is not an open-ended loop", def.var.name),
+                        )
                         .with_hint("use it on `+`, `*` or `{n,}` elements");
                     ck.diags.push(d);
                 }
@@ -341,7 +365,6 @@ fn check_pattern(
             }
         }
     }
-
 
     // Skip.
     let skip = match clauses.get("skip") {
@@ -358,7 +381,11 @@ fn check_pattern(
                     }
                 }
                 Some(_) => {
-                    let d = src.diag(i.span, "bad-skip-target", format!("skip target `{}` is a negated element and is never part of a match", i.name));
+                    let d = src.diag(
+                        i.span,
+                        "bad-skip-target",
+                        format!("skip target `{}` is a negated element and is never part of a match", i.name),
+                    );
                     ck.diags.push(d);
                     SkipStrategy::NoSkip
                 }
@@ -366,7 +393,13 @@ fn check_pattern(
                     let names = ck.var_names(false);
                     let hint = did_you_mean(&i.name, names.iter().map(String::as_str))
                         .unwrap_or_else(|| format!("the variables are: {}", names.join(", ")));
-                    let d = src.diag(i.span, "bad-skip-target", format!("skip target `{}` names no variable of the pattern", i.name)).with_hint(hint);
+                    let d = src
+                        .diag(
+                            i.span,
+                            "bad-skip-target",
+                            format!("skip target `{}` names no variable of the pattern", i.name),
+                        )
+                        .with_hint(hint);
                     ck.diags.push(d);
                     SkipStrategy::NoSkip
                 }
@@ -395,7 +428,8 @@ fn check_pattern(
             "critical" => Severity::Critical,
             other => {
                 let levels = ["low", "medium", "high", "critical"];
-                let hint = did_you_mean(other, levels).unwrap_or_else(|| "use low, medium, high or critical".to_owned());
+                let hint =
+                    did_you_mean(other, levels).unwrap_or_else(|| "use low, medium, high or critical".to_owned());
                 ck.diags.push(src.diag(i.span, "bad-severity", format!("unknown severity `{other}`")).with_hint(hint));
                 Severity::Medium
             }
@@ -417,11 +451,13 @@ fn check_pattern(
 
     // Output.
     let mut outputs = Vec::new();
-    if let (Some(ast::Clause { kind: ClauseKind::Emit(fields), .. }), true) = (clauses.get("emit"), ck.stream.is_some()) {
+    if let (Some(ast::Clause { kind: ClauseKind::Emit(fields), .. }), true) = (clauses.get("emit"), ck.stream.is_some())
+    {
         let mut names: BTreeMap<&str, Span> = BTreeMap::new();
         for f in fields {
             if names.insert(&f.name.name, f.name.span).is_some() {
-                let d = src.diag(f.name.span, "duplicate-output", format!("output field `{}` is given twice", f.name.name))
+                let d = src
+                    .diag(f.name.span, "duplicate-output", format!("output field `{}` is given twice", f.name.name))
                     .with_hint("give it another name: `name: expression`");
                 ck.diags.push(d);
             }
@@ -446,7 +482,8 @@ fn check_pattern(
             }
         }
         _ => {
-            let text = if description.is_empty() { format!("pattern {} matched", p.name.name) } else { description.clone() };
+            let text =
+                if description.is_empty() { format!("pattern {} matched", p.name.name) } else { description.clone() };
             message.push(engine::TemplatePart::Lit(text));
         }
     }
@@ -510,7 +547,12 @@ impl Checker<'_> {
 
     fn duration(&mut self, ms: i64, span: Span) -> Option<i64> {
         if ms <= 0 {
-            self.err_hint(span, "bad-duration", "a window must be longer than zero", "e.g. `within 500ms`, `within 10m`");
+            self.err_hint(
+                span,
+                "bad-duration",
+                "a window must be longer than zero",
+                "e.g. `within 500ms`, `within 10m`",
+            );
             None
         } else {
             Some(ms)
@@ -540,8 +582,12 @@ impl Checker<'_> {
             let r = self.element(el, contiguity.map(|c| c.0), negated, in_group, in_loop);
             if let (Some(r), Some((_, _, prev_greedy))) = (&r, prev) {
                 if r.optional && prev_greedy {
-                    self.err_hint(el.span, "optional-after-greedy", "an optional element cannot follow a greedy one",
-                        "drop `greedy` from the element before, or make this one required");
+                    self.err_hint(
+                        el.span,
+                        "optional-after-greedy",
+                        "an optional element cannot follow a greedy one",
+                        "drop `greedy` from the element before, or make this one required",
+                    );
                 }
             }
             if let Some(r) = r {
@@ -566,8 +612,12 @@ impl Checker<'_> {
         let mut times: Option<(u32, Option<u32>)> = None;
         if let Some((q, span)) = el.quantifier {
             if negated {
-                self.err_hint(span, "negated-quantifier", "a negated element cannot have a quantifier",
-                    "`not next` / `not followed by` take a single variable");
+                self.err_hint(
+                    span,
+                    "negated-quantifier",
+                    "a negated element cannot have a quantifier",
+                    "`not next` / `not followed by` take a single variable",
+                );
             }
             match q {
                 Quantifier::Plus => times = Some((1, None)),
@@ -582,10 +632,22 @@ impl Checker<'_> {
                         self.err_hint(span, "bad-quantifier", format!("a repetition count must be at most {MAX_TIMES}"),
                             "for more, use an open range `{n,}` and an aggregate such as `count(x) >= n` on the next element");
                     } else if max == Some(0) {
-                        self.err_hint(span, "bad-quantifier", "an element cannot occur zero times", "use `?` or `*` for an optional element");
+                        self.err_hint(
+                            span,
+                            "bad-quantifier",
+                            "an element cannot occur zero times",
+                            "use `?` or `*` for an optional element",
+                        );
                     } else if max.is_some_and(|m| m < min) {
-                        self.err_hint(span, "bad-quantifier", format!("the range `{{{min},{}}}` is empty: the maximum is below the minimum", max.unwrap_or(0)),
-                            format!("write `{{{},{min}}}`", max.unwrap_or(0)));
+                        self.err_hint(
+                            span,
+                            "bad-quantifier",
+                            format!(
+                                "the range `{{{min},{}}}` is empty: the maximum is below the minimum",
+                                max.unwrap_or(0)
+                            ),
+                            format!("write `{{{},{min}}}`", max.unwrap_or(0)),
+                        );
                     } else {
                         let (mut lo, hi) = (min as u32, max.map(|m| m as u32));
                         if lo == 0 {
@@ -610,15 +672,24 @@ impl Checker<'_> {
             }
             seen.push(*m);
             if negated {
-                self.err_hint(*span, "negated-modifier", format!("a negated element cannot be `{}`", m.text()),
-                    "`not next` / `not followed by` take a single variable");
+                self.err_hint(
+                    *span,
+                    "negated-modifier",
+                    format!("a negated element cannot be `{}`", m.text()),
+                    "`not next` / `not followed by` take a single variable",
+                );
                 continue;
             }
             match m {
                 Modifier::Optional => optional = true,
                 Modifier::Greedy => {
                     if times.is_none() {
-                        self.err_hint(*span, "needs-loop", "`greedy` applies to loops and repetitions", "add a quantifier such as `+` or `{2,4}`");
+                        self.err_hint(
+                            *span,
+                            "needs-loop",
+                            "`greedy` applies to loops and repetitions",
+                            "add a quantifier such as `+` or `{2,4}`",
+                        );
                     } else if matches!(el.kind, ElementKind::Group(_)) {
                         self.err(*span, "greedy-group", "a group cannot be `greedy` (FlinkCEP does not support it)");
                     }
@@ -626,11 +697,20 @@ impl Checker<'_> {
                 }
                 Modifier::Consecutive | Modifier::AllowCombinations => {
                     if times.is_none() {
-                        self.err_hint(*span, "needs-loop", format!("`{}` applies to loops and repetitions", m.text()), "add a quantifier such as `+` or `{3}`");
+                        self.err_hint(
+                            *span,
+                            "needs-loop",
+                            format!("`{}` applies to loops and repetitions", m.text()),
+                            "add a quantifier such as `+` or `{3}`",
+                        );
                     }
                     let want = if *m == Modifier::Consecutive { Inner::Strict } else { Inner::Any };
                     if inner != Inner::Relaxed && inner != want {
-                        self.err(*span, "conflicting-modifiers", "`consecutive` and `allow combinations` exclude each other");
+                        self.err(
+                            *span,
+                            "conflicting-modifiers",
+                            "`consecutive` and `allow combinations` exclude each other",
+                        );
                     }
                     inner = want;
                 }
@@ -643,12 +723,20 @@ impl Checker<'_> {
         let window_ms = match el.window {
             Some((ms, span)) => {
                 if contiguity.is_none() && !in_group {
-                    self.err_hint(span, "bad-window", "the first element has no previous event to be `within` of",
-                        "put `within` on a later element, or a pattern-wide `within` clause");
+                    self.err_hint(
+                        span,
+                        "bad-window",
+                        "the first element has no previous event to be `within` of",
+                        "put `within` on a later element, or a pattern-wide `within` clause",
+                    );
                     None
                 } else if self.pattern_window.is_some_and(|w| ms > w) {
-                    self.err_hint(span, "bad-window", "this element's `within` is longer than the pattern's `within`",
-                        "the whole match must fit in the pattern window anyway: shorten this one or drop it");
+                    self.err_hint(
+                        span,
+                        "bad-window",
+                        "this element's `within` is longer than the pattern's `within`",
+                        "the whole match must fit in the pattern window anyway: shorten this one or drop it",
+                    );
                     None
                 } else {
                     self.duration(ms, span)
@@ -665,7 +753,12 @@ impl Checker<'_> {
             }
             ElementKind::Group(s) => {
                 if negated {
-                    self.err_hint(el.span, "negated-group", "a group cannot be negated", "negate a single variable: `not followed by x`");
+                    self.err_hint(
+                        el.span,
+                        "negated-group",
+                        "a group cannot be negated",
+                        "negate a single variable: `not followed by x`",
+                    );
                 }
                 let inner_seq = self.sequence(s, true, looping);
                 if let Some((c, span, _)) = s.rest.last() {
@@ -687,7 +780,12 @@ impl Checker<'_> {
                 let names: Vec<&str> = st.types.iter().map(|t| t.name.as_str()).collect();
                 let hint = did_you_mean(&t.name, names.iter().copied())
                     .unwrap_or_else(|| format!("stream `{}` has: {}", st.name, names.join(", ")));
-                self.err_hint(t.span, "unknown-type", format!("stream `{}` has no record type `{}`", st.name, t.name), hint);
+                self.err_hint(
+                    t.span,
+                    "unknown-type",
+                    format!("stream `{}` has no record type `{}`", st.name, t.name),
+                    hint,
+                );
                 None
             }
         }
@@ -696,8 +794,12 @@ impl Checker<'_> {
     fn declare(&mut self, name: &Ident, ty: Option<TypeId>, looping: bool, negated: bool) -> Option<VarId> {
         if let Some(prev) = self.by_name.get(&name.name) {
             let (line, col) = self.src.line_col(self.vars[prev.index()].span.start);
-            self.err_hint(name.span, "duplicate-variable", format!("variable `{}` appears twice in the sequence", name.name),
-                format!("it is first used at line {line}, column {col}; give each element its own name"));
+            self.err_hint(
+                name.span,
+                "duplicate-variable",
+                format!("variable `{}` appears twice in the sequence", name.name),
+                format!("it is first used at line {line}, column {col}; give each element its own name"),
+            );
             return None;
         }
         if let Some(st) = &self.stream {
@@ -708,7 +810,15 @@ impl Checker<'_> {
             }
         }
         let id = VarId(self.vars.len() as u16);
-        self.vars.push(VarDef { name: name.name.clone(), span: name.span, ty, looping, negated, cond: None, until: None });
+        self.vars.push(VarDef {
+            name: name.name.clone(),
+            span: name.span,
+            ty,
+            looping,
+            negated,
+            cond: None,
+            until: None,
+        });
         self.by_name.insert(name.name.clone(), id);
         Some(id)
     }
@@ -745,22 +855,36 @@ impl Checker<'_> {
         let f = &st.fields[id.index()];
         match ty {
             Some(t) if !f.in_types[t.index()] => {
-                let has: Vec<&str> = st.types.iter().zip(&f.in_types).filter(|(_, b)| **b).map(|(t, _)| t.name.as_str()).collect();
-                self.err_hint(span, "unknown-field", format!("record type `{}` has no field `{path}`", st.types[t.index()].name),
-                    format!("`{path}` is a field of {}", has.join(", ")));
+                let has: Vec<&str> =
+                    st.types.iter().zip(&f.in_types).filter(|(_, b)| **b).map(|(t, _)| t.name.as_str()).collect();
+                self.err_hint(
+                    span,
+                    "unknown-field",
+                    format!("record type `{}` has no field `{path}`", st.types[t.index()].name),
+                    format!("`{path}` is a field of {}", has.join(", ")),
+                );
                 return None;
             }
             None if !f.in_types.iter().all(|b| *b) => {
-                let has: Vec<&str> = st.types.iter().zip(&f.in_types).filter(|(_, b)| **b).map(|(t, _)| t.name.as_str()).collect();
-                self.err_hint(span, "field-not-in-all-types", format!("field `{path}` is only in record type {} of stream `{}`", has.join(", "), st.name),
-                    format!("restrict the variable to that type in `match`, e.g. `x: {}`", has[0]));
+                let has: Vec<&str> =
+                    st.types.iter().zip(&f.in_types).filter(|(_, b)| **b).map(|(t, _)| t.name.as_str()).collect();
+                self.err_hint(
+                    span,
+                    "field-not-in-all-types",
+                    format!("field `{path}` is only in record type {} of stream `{}`", has.join(", "), st.name),
+                    format!("restrict the variable to that type in `match`, e.g. `x: {}`", has[0]),
+                );
                 return None;
             }
             _ => {}
         }
         if f.conflict && ty.is_none() {
-            self.err_hint(span, "type-mismatch", format!("field `{path}` has different types in the record types of stream `{}`", st.name),
-                "restrict the variable to one record type in `match`, e.g. `x: Type`");
+            self.err_hint(
+                span,
+                "type-mismatch",
+                format!("field `{path}` has different types in the record types of stream `{}`", st.name),
+                "restrict the variable to one record type in `match`, e.g. `x: Type`",
+            );
             return None;
         }
         match Ty::from_field(f.ty) {
@@ -776,8 +900,12 @@ impl Checker<'_> {
         if t.ty == Ty::Bool {
             Some(t.expr)
         } else {
-            self.err_hint(span, "type-mismatch", format!("{what} must be true or false, but this is {}", t.ty.describe()),
-                "compare it with something, e.g. `amount > 100`");
+            self.err_hint(
+                span,
+                "type-mismatch",
+                format!("{what} must be true or false, but this is {}", t.ty.describe()),
+                "compare it with something, e.g. `amount > 100`",
+            );
             None
         }
     }
@@ -787,8 +915,15 @@ impl Checker<'_> {
         if let Some(&v) = self.by_name.get(&first.name) {
             let var = self.vars[v.index()].clone();
             if segs.len() == 1 {
-                self.err_hint(e.span, "variable-as-value", format!("`{}` is a variable, not a value", first.name),
-                    format!("read one of its fields, e.g. `{}.amount`, or count its events with `count({})`", first.name, first.name));
+                self.err_hint(
+                    e.span,
+                    "variable-as-value",
+                    format!("`{}` is a variable, not a value", first.name),
+                    format!(
+                        "read one of its fields, e.g. `{}.amount`, or count its events with `count({})`",
+                        first.name, first.name
+                    ),
+                );
                 return None;
             }
             let field_path = segs[1..].iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
@@ -796,20 +931,35 @@ impl Checker<'_> {
             let own = matches!(scope, Scope::Condition { owner } if owner == v);
             if !own {
                 if var.negated {
-                    self.err(first.span, "read-negated", format!("`{}` is a negated element: it never has an event to read", first.name));
+                    self.err(
+                        first.span,
+                        "read-negated",
+                        format!("`{}` is a negated element: it never has an event to read", first.name),
+                    );
                     return None;
                 }
                 if let Scope::Condition { owner } = scope {
                     if v > owner {
                         let o = &self.vars[owner.index()].name;
-                        self.err_hint(first.span, "read-later-variable", format!("`{}` comes after `{o}` in the sequence, so it has no event yet", first.name),
-                            format!("a condition can read variables matched before `{o}`"));
+                        self.err_hint(
+                            first.span,
+                            "read-later-variable",
+                            format!("`{}` comes after `{o}` in the sequence, so it has no event yet", first.name),
+                            format!("a condition can read variables matched before `{o}`"),
+                        );
                         return None;
                     }
                 }
                 if var.looping {
-                    self.err_hint(first.span, "field-of-loop", format!("`{}` takes several events; say which with an aggregate", first.name),
-                        format!("e.g. `last({0}.{field_path})`, `first({0}.{field_path})`, `sum({0}.{field_path})`", first.name));
+                    self.err_hint(
+                        first.span,
+                        "field-of-loop",
+                        format!("`{}` takes several events; say which with an aggregate", first.name),
+                        format!(
+                            "e.g. `last({0}.{field_path})`, `first({0}.{field_path})`, `sum({0}.{field_path})`",
+                            first.name
+                        ),
+                    );
                     return None;
                 }
             }
@@ -832,13 +982,24 @@ impl Checker<'_> {
                     let v = self.vars.iter().position(|v| !v.negated)?;
                     let t = Ty::from_field(st.fields[key.index()].ty)?;
                     let var = VarId(v as u16);
-                    let expr = if self.vars[v].looping { Expr::Agg(AggFunc::First, var, Some(key)) } else { Expr::VarField(var, key) };
+                    let expr = if self.vars[v].looping {
+                        Expr::Agg(AggFunc::First, var, Some(key))
+                    } else {
+                        Expr::VarField(var, key)
+                    };
                     return Some(Typed::new(t, expr));
                 }
                 if st.field(&path).is_some() {
-                    let example = self.vars.iter().find(|v| !v.negated && !v.looping).map_or("x", |v| v.name.as_str()).to_owned();
-                    self.err_hint(e.span, "ambiguous-field", format!("`{path}` is ambiguous here: say which event it comes from"),
-                        format!("e.g. `{example}.{path}`; only the key field can be named alone in `emit` and `message`"));
+                    let example =
+                        self.vars.iter().find(|v| !v.negated && !v.looping).map_or("x", |v| v.name.as_str()).to_owned();
+                    self.err_hint(
+                        e.span,
+                        "ambiguous-field",
+                        format!("`{path}` is ambiguous here: say which event it comes from"),
+                        format!(
+                            "e.g. `{example}.{path}`; only the key field can be named alone in `emit` and `message`"
+                        ),
+                    );
                     return None;
                 }
                 let d = self.unknown_field(e.span, &path, &st, None);
@@ -848,7 +1009,14 @@ impl Checker<'_> {
         }
     }
 
-    fn aggregate(&mut self, e: &ast::Expr, name: &Ident, distinct: bool, args: &[ast::Expr], scope: Scope) -> Option<Typed> {
+    fn aggregate(
+        &mut self,
+        e: &ast::Expr,
+        name: &Ident,
+        distinct: bool,
+        args: &[ast::Expr],
+        scope: Scope,
+    ) -> Option<Typed> {
         let func = match name.name.as_str() {
             "count" if distinct => AggFunc::CountDistinct,
             "count" => AggFunc::Count,
@@ -865,37 +1033,69 @@ impl Checker<'_> {
         }
         if args.len() != 1 {
             let example = if func == AggFunc::Count { "count(burst)" } else { "sum(burst.amount)" };
-            self.err_hint(e.span, "bad-aggregate", format!("`{}` takes one argument", name.name), format!("e.g. `{example}`"));
+            self.err_hint(
+                e.span,
+                "bad-aggregate",
+                format!("`{}` takes one argument", name.name),
+                format!("e.g. `{example}`"),
+            );
             return None;
         }
         let ExprKind::Path(segs) = &args[0].kind else {
-            self.err_hint(args[0].span, "bad-aggregate", format!("`{}` aggregates over a variable's events", name.name),
-                format!("e.g. `{}(burst.amount)`", name.name));
+            self.err_hint(
+                args[0].span,
+                "bad-aggregate",
+                format!("`{}` aggregates over a variable's events", name.name),
+                format!("e.g. `{}(burst.amount)`", name.name),
+            );
             return None;
         };
         let Some(&v) = self.by_name.get(&segs[0].name) else {
             let names = self.var_names(false);
             let hint = did_you_mean(&segs[0].name, names.iter().map(String::as_str))
                 .unwrap_or_else(|| format!("the variables are: {}", names.join(", ")));
-            self.err_hint(segs[0].span, "unknown-variable", format!("`{}` is not a variable of the pattern", segs[0].name), hint);
+            self.err_hint(
+                segs[0].span,
+                "unknown-variable",
+                format!("`{}` is not a variable of the pattern", segs[0].name),
+                hint,
+            );
             return None;
         };
         let var = self.vars[v.index()].clone();
         if var.negated {
-            self.err(segs[0].span, "read-negated", format!("`{}` is a negated element: it never has events to aggregate", var.name));
+            self.err(
+                segs[0].span,
+                "read-negated",
+                format!("`{}` is a negated element: it never has events to aggregate", var.name),
+            );
             return None;
         }
         if !var.looping {
-            self.err_hint(segs[0].span, "aggregate-non-loop", format!("`{}` over `{}`, which takes a single event", name.name, var.name),
-                if segs.len() > 1 { format!("read it directly: `{}`", segs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".")) }
-                else { format!("aggregates need a loop such as `{}+` or `{}{{2,}}`", var.name, var.name) });
+            self.err_hint(
+                segs[0].span,
+                "aggregate-non-loop",
+                format!("`{}` over `{}`, which takes a single event", name.name, var.name),
+                if segs.len() > 1 {
+                    format!(
+                        "read it directly: `{}`",
+                        segs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".")
+                    )
+                } else {
+                    format!("aggregates need a loop such as `{}+` or `{}{{2,}}`", var.name, var.name)
+                },
+            );
             return None;
         }
         if let Scope::Condition { owner } = scope {
             if v > owner {
                 let o = self.vars[owner.index()].name.clone();
-                self.err_hint(segs[0].span, "read-later-variable", format!("`{}` comes after `{o}` in the sequence, so it has no events yet", var.name),
-                    format!("a condition can read variables matched before `{o}`"));
+                self.err_hint(
+                    segs[0].span,
+                    "read-later-variable",
+                    format!("`{}` comes after `{o}` in the sequence, so it has no events yet", var.name),
+                    format!("a condition can read variables matched before `{o}`"),
+                );
                 return None;
             }
         }
@@ -903,12 +1103,25 @@ impl Checker<'_> {
             if func == AggFunc::Count {
                 return Some(Typed::new(Ty::Int, Expr::Agg(AggFunc::Count, v, None)));
             }
-            self.err_hint(args[0].span, "bad-aggregate", format!("`{}` needs a field", name.name), format!("e.g. `{}({}.amount)`", name.name, var.name));
+            self.err_hint(
+                args[0].span,
+                "bad-aggregate",
+                format!("`{}` needs a field", name.name),
+                format!("e.g. `{}({}.amount)`", name.name, var.name),
+            );
             return None;
         }
         if func == AggFunc::Count {
-            self.err_hint(args[0].span, "bad-aggregate", "`count` counts events: give it the variable alone",
-                format!("`count({})`, or `count(distinct {})` for distinct values", var.name, segs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".")));
+            self.err_hint(
+                args[0].span,
+                "bad-aggregate",
+                "`count` counts events: give it the variable alone",
+                format!(
+                    "`count({})`, or `count(distinct {})` for distinct values",
+                    var.name,
+                    segs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".")
+                ),
+            );
             return None;
         }
         let field_path = segs[1..].iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
@@ -919,16 +1132,32 @@ impl Checker<'_> {
             AggFunc::Sum if ty.numeric() => ty,
             AggFunc::Avg if ty.numeric() => Ty::Float,
             AggFunc::Sum | AggFunc::Avg => {
-                self.err(fspan, "type-mismatch", format!("`{}` needs numbers, but `{field_path}` is {}", name.name, ty.describe()));
+                self.err(
+                    fspan,
+                    "type-mismatch",
+                    format!("`{}` needs numbers, but `{field_path}` is {}", name.name, ty.describe()),
+                );
                 return None;
             }
             AggFunc::Min | AggFunc::Max if ty == Ty::Bool => {
-                self.err(fspan, "type-mismatch", format!("`{}` needs numbers, text or timestamps, but `{field_path}` is a boolean", name.name));
+                self.err(
+                    fspan,
+                    "type-mismatch",
+                    format!("`{}` needs numbers, text or timestamps, but `{field_path}` is a boolean", name.name),
+                );
                 return None;
             }
             _ => ty,
         };
-        Some(Typed { ty: out, expr: Expr::Agg(func, v, Some(fid)), symbols: if matches!(func, AggFunc::First | AggFunc::Last | AggFunc::Min | AggFunc::Max) { symbols } else { None } })
+        Some(Typed {
+            ty: out,
+            expr: Expr::Agg(func, v, Some(fid)),
+            symbols: if matches!(func, AggFunc::First | AggFunc::Last | AggFunc::Min | AggFunc::Max) {
+                symbols
+            } else {
+                None
+            },
+        })
     }
 
     fn call(&mut self, e: &ast::Expr, name: &Ident, distinct: bool, args: &[ast::Expr], scope: Scope) -> Option<Typed> {
@@ -937,7 +1166,8 @@ impl Checker<'_> {
         }
         let Some(func) = Func::ALL.into_iter().find(|f| f.name() == name.name) else {
             let known = Func::ALL.iter().map(|f| f.name()).chain(AGGREGATES);
-            let hint = did_you_mean(&name.name, known).unwrap_or_else(|| "see docs/language.md for the list of functions".to_owned());
+            let hint = did_you_mean(&name.name, known)
+                .unwrap_or_else(|| "see docs/language.md for the list of functions".to_owned());
             self.err_hint(name.span, "unknown-function", format!("unknown function `{}`", name.name), hint);
             return None;
         };
@@ -962,8 +1192,12 @@ impl Checker<'_> {
             None => typed.len() >= 2,
         };
         if !ok_arity {
-            self.err_hint(e.span, "bad-arguments", format!("`{}` takes {sig}, but was given {} argument(s)", name.name, typed.len()),
-                format!("e.g. {}", example_call(func)));
+            self.err_hint(
+                e.span,
+                "bad-arguments",
+                format!("`{}` takes {sig}, but was given {} argument(s)", name.name, typed.len()),
+                format!("e.g. {}", example_call(func)),
+            );
             return None;
         }
         let bad = |t: &Typed| match func {
@@ -973,8 +1207,12 @@ impl Checker<'_> {
             Func::Coalesce => false,
         };
         if let Some((i, t)) = typed.iter().enumerate().find(|(_, t)| bad(t)) {
-            self.err_hint(args[i].span, "type-mismatch", format!("`{}` takes {sig}, but this is {}", name.name, t.ty.describe()),
-                format!("e.g. {}", example_call(func)));
+            self.err_hint(
+                args[i].span,
+                "type-mismatch",
+                format!("`{}` takes {sig}, but this is {}", name.name, t.ty.describe()),
+                format!("e.g. {}", example_call(func)),
+            );
             return None;
         }
         let ty = match func {
@@ -991,7 +1229,11 @@ impl Checker<'_> {
                     if ty == Ty::Null {
                         ty = t.ty;
                     } else if !Ty::comparable(ty, t.ty) {
-                        self.err(args[i].span, "type-mismatch", format!("`coalesce` mixes {} and {}", ty.describe(), t.ty.describe()));
+                        self.err(
+                            args[i].span,
+                            "type-mismatch",
+                            format!("`coalesce` mixes {} and {}", ty.describe(), t.ty.describe()),
+                        );
                         return None;
                     } else if ty != t.ty {
                         ty = Ty::Float;
@@ -1067,11 +1309,24 @@ impl Checker<'_> {
                 for item in list {
                     let it = self.expr(item, scope)?;
                     if it.ty == Ty::Null {
-                        self.err_hint(item.span, "null-in-list", "`null` in a list never matches", "test for null with `is null`");
+                        self.err_hint(
+                            item.span,
+                            "null-in-list",
+                            "`null` in a list never matches",
+                            "test for null with `is null`",
+                        );
                         return None;
                     }
                     if !Ty::comparable(t.ty, it.ty) {
-                        self.err(item.span, "type-mismatch", format!("this list item is {}, but the value tested is {}", it.ty.describe(), t.ty.describe()));
+                        self.err(
+                            item.span,
+                            "type-mismatch",
+                            format!(
+                                "this list item is {}, but the value tested is {}",
+                                it.ty.describe(),
+                                t.ty.describe()
+                            ),
+                        );
                         return None;
                     }
                     self.check_symbol(&t, item);
@@ -1088,13 +1343,23 @@ impl Checker<'_> {
                     self.err(expr.span, "type-mismatch", format!("`{op}` needs text, but this is {}", t.ty.describe()));
                     return None;
                 }
-                let compiled = if *regex { engine::expr::TextPattern::regex(pattern) } else { engine::expr::TextPattern::like(pattern) };
+                let compiled = if *regex {
+                    engine::expr::TextPattern::regex(pattern)
+                } else {
+                    engine::expr::TextPattern::like(pattern)
+                };
                 match compiled {
-                    Ok(p) => Some(Typed::new(Ty::Bool, Expr::Like { expr: Box::new(t.expr), pattern: p, negated: *negated })),
+                    Ok(p) => {
+                        Some(Typed::new(Ty::Bool, Expr::Like { expr: Box::new(t.expr), pattern: p, negated: *negated }))
+                    }
                     Err(err) => {
                         let first = err.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
-                        self.err_hint(*pattern_span, "bad-regex", format!("invalid regular expression: {first}"),
-                            "see the `regex` crate syntax; escape special characters with `\\\\`");
+                        self.err_hint(
+                            *pattern_span,
+                            "bad-regex",
+                            format!("invalid regular expression: {first}"),
+                            "see the `regex` crate syntax; escape special characters with `\\\\`",
+                        );
                         None
                     }
                 }
@@ -1112,7 +1377,15 @@ impl Checker<'_> {
                 } else if tt.ty.numeric() && tf.ty.numeric() {
                     Ty::Float
                 } else {
-                    self.err(f.span, "type-mismatch", format!("the `then` branch is {} but the `else` branch is {}", tt.ty.describe(), tf.ty.describe()));
+                    self.err(
+                        f.span,
+                        "type-mismatch",
+                        format!(
+                            "the `then` branch is {} but the `else` branch is {}",
+                            tt.ty.describe(),
+                            tf.ty.describe()
+                        ),
+                    );
                     return None;
                 };
                 Some(Typed::new(ty, Expr::If(Box::new(cond), Box::new(tt.expr), Box::new(tf.expr))))
@@ -1120,9 +1393,18 @@ impl Checker<'_> {
         }
     }
 
-    fn binary(&mut self, e: &ast::Expr, op: BinOp, a: &ast::Expr, b: &ast::Expr, ta: Typed, tb: Typed) -> Option<Typed> {
+    fn binary(
+        &mut self,
+        e: &ast::Expr,
+        op: BinOp,
+        a: &ast::Expr,
+        b: &ast::Expr,
+        ta: Typed,
+        tb: Typed,
+    ) -> Option<Typed> {
         use Ty::*;
-        let mk = |ty: Ty, ta: Typed, tb: Typed| Some(Typed::new(ty, Expr::Binary(op, Box::new(ta.expr), Box::new(tb.expr))));
+        let mk =
+            |ty: Ty, ta: Typed, tb: Typed| Some(Typed::new(ty, Expr::Binary(op, Box::new(ta.expr), Box::new(tb.expr))));
         let mismatch = |this: &mut Self, what: String| {
             this.err_hint(e.span, "type-mismatch", what, hint_for(op, ta.ty, tb.ty));
             None
@@ -1136,8 +1418,12 @@ impl Checker<'_> {
             BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
                 if ta.ty == Null || tb.ty == Null {
                     let neg = if op == BinOp::Ne { "not " } else { "" };
-                    self.err_hint(e.span, "compare-null", format!("`{}` with null is never true", op.symbol()),
-                        format!("write `x is {neg}null`"));
+                    self.err_hint(
+                        e.span,
+                        "compare-null",
+                        format!("`{}` with null is never true", op.symbol()),
+                        format!("write `x is {neg}null`"),
+                    );
                     return None;
                 }
                 if !Ty::comparable(ta.ty, tb.ty) {
@@ -1152,7 +1438,15 @@ impl Checker<'_> {
             }
             BinOp::Contains | BinOp::StartsWith | BinOp::EndsWith => {
                 if ta.ty != Str || tb.ty != Str {
-                    return mismatch(self, format!("`{}` needs text on both sides, but has {} and {}", op.symbol(), ta.ty.describe(), tb.ty.describe()));
+                    return mismatch(
+                        self,
+                        format!(
+                            "`{}` needs text on both sides, but has {} and {}",
+                            op.symbol(),
+                            ta.ty.describe(),
+                            tb.ty.describe()
+                        ),
+                    );
                 }
                 mk(Bool, ta, tb)
             }
@@ -1172,7 +1466,10 @@ impl Checker<'_> {
                 };
                 match ty {
                     Some(t) => mk(t, ta, tb),
-                    None => mismatch(self, format!("cannot apply `{}` to {} and {}", op.symbol(), ta.ty.describe(), tb.ty.describe())),
+                    None => mismatch(
+                        self,
+                        format!("cannot apply `{}` to {} and {}", op.symbol(), ta.ty.describe(), tb.ty.describe()),
+                    ),
                 }
             }
         }
@@ -1196,11 +1493,15 @@ fn example_call(f: Func) -> &'static str {
 
 fn hint_for(op: BinOp, a: Ty, b: Ty) -> String {
     match (a, b) {
-        (Ty::Str, x) | (x, Ty::Str) if x.numeric() => "text and numbers do not mix: quote the number (\"42\") or compare with a numeric field".into(),
+        (Ty::Str, x) | (x, Ty::Str) if x.numeric() => {
+            "text and numbers do not mix: quote the number (\"42\") or compare with a numeric field".into()
+        }
         (Ty::Timestamp, x) | (x, Ty::Timestamp) if x.numeric() => {
             "timestamps combine with durations: write `event_time - first.event_time > 10m`".into()
         }
-        _ if matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem) => "arithmetic works on numbers, durations and timestamps".into(),
+        _ if matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem) => {
+            "arithmetic works on numbers, durations and timestamps".into()
+        }
         _ => "both sides must have the same kind of value".into(),
     }
 }

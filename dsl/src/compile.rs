@@ -229,15 +229,15 @@ impl<'a> Compiler<'a> {
 
     fn extend_with_until(cond: Option<Cond>, until: Option<Cond>, is_take: bool) -> Option<Cond> {
         match (cond, until) {
-            (Some(c), Some(u)) => Some(Cond::and(Cond::not(u), c)),
-            (None, Some(u)) if is_take => Some(Cond::not(u)),
+            (Some(c), Some(u)) => Some(Cond::and(Cond::negate(u), c)),
+            (None, Some(u)) if is_take => Some(Cond::negate(u)),
             (c, _) => c,
         }
     }
 
     fn ignore_for(&self, strategy: Strategy, cur: Cur<'a>) -> Option<Cond> {
         match strategy {
-            Strategy::SkipTillNext => Some(Cond::not(self.condition_of(cur))),
+            Strategy::SkipTillNext => Some(Cond::negate(self.condition_of(cur))),
             Strategy::SkipTillAny => Some(Cond::True),
             _ => None,
         }
@@ -372,7 +372,7 @@ impl<'a> Compiler<'a> {
     fn update_with_greedy_condition(&mut self, state: StateId, take: &Cond) {
         for e in &mut self.states[state.index()].edges {
             let c = std::mem::replace(&mut e.cond, Cond::True);
-            e.cond = Cond::and(c, Cond::not(take.clone()));
+            e.cond = Cond::and(c, Cond::negate(take.clone()));
         }
     }
 
@@ -394,7 +394,7 @@ impl<'a> Compiler<'a> {
                         let not_cond = self.take_condition(self.current);
                         let stop = self.create_stop_state(not_cond.clone(), self.current_name());
                         self.add(pending, Action::Proceed, stop, not_cond.clone());
-                        self.add(pending, Action::Ignore, pending, Cond::not(not_cond));
+                        self.add(pending, Action::Ignore, pending, Cond::negate(not_cond));
                         last_sink = pending;
                     }
                 }
@@ -404,9 +404,9 @@ impl<'a> Compiler<'a> {
                     let stop = self.create_stop_state(not_cond.clone(), self.current_name());
                     if self.is_final(last_sink) {
                         // So that the PROCEED to the final state does not fire before the next event.
-                        self.add(not_next, Action::Ignore, last_sink, Cond::not(not_cond.clone()));
+                        self.add(not_next, Action::Ignore, last_sink, Cond::negate(not_cond.clone()));
                     } else {
-                        self.add(not_next, Action::Proceed, last_sink, Cond::not(not_cond.clone()));
+                        self.add(not_next, Action::Proceed, last_sink, Cond::negate(not_cond.clone()));
                     }
                     self.add(not_next, Action::Proceed, stop, not_cond);
                     last_sink = not_next;
@@ -496,7 +496,7 @@ impl<'a> Compiler<'a> {
                         self.add(singleton, Action::Proceed, orig, u.clone());
                     }
                 }
-                let cond = until.map_or(Cond::True, Cond::not);
+                let cond = until.map_or(Cond::True, Cond::negate);
                 self.add(singleton, Action::Proceed, proceed, cond);
             } else {
                 self.add(singleton, Action::Proceed, proceed, Cond::True);
@@ -570,7 +570,7 @@ impl<'a> Compiler<'a> {
                 let name = self.states[sink.index()].name.clone();
                 self.original_state_map.insert(name, copy);
             }
-            self.add(looping, Action::Proceed, sink, until.clone().map_or(Cond::True, Cond::not));
+            self.add(looping, Action::Proceed, sink, until.clone().map_or(Cond::True, Cond::negate));
             let plain_take = self.take_condition(cur);
             self.update_with_greedy_condition(sink, &plain_take);
         } else {

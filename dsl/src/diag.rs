@@ -145,7 +145,9 @@ mod tests {
         let f = SourceFile::new("x.tl", "pattern a\n  from paymnts\n");
         assert_eq!(f.line_col(0), (1, 1));
         assert_eq!(f.line_col(17), (2, 8));
-        let d = f.diag(Span::new(17, 24), "unknown-stream", "unknown stream `paymnts`").with_hint("did you mean `payments`?");
+        let d = f
+            .diag(Span::new(17, 24), "unknown-stream", "unknown stream `paymnts`")
+            .with_hint("did you mean `payments`?");
         expect_test::expect![[r#"
             x.tl:2:8: error[unknown-stream]: unknown stream `paymnts`
               |

@@ -19,6 +19,8 @@ pub use schema::{Catalog, FieldType, SchemaError, StreamSchema};
 /// Deepest nesting of brackets and prefix operators accepted, so that hostile input cannot
 /// exhaust the stack.
 pub const MAX_NESTING: usize = 128;
+/// Most operators accepted in one expression (a chain of them nests as deeply as brackets).
+pub const MAX_OPERATORS: usize = 1024;
 
 /// The result of checking one file.
 #[derive(Debug, Default)]
@@ -49,7 +51,7 @@ pub fn compile_source(src: &SourceFile, catalog: &Catalog) -> Compiled {
         diagnostics.push(d);
     }
     let checked = check::check_file(src, &parsed, catalog, &mut diagnostics);
-    diagnostics.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+    diagnostics.sort_by_key(|d| (d.line, d.column));
     diagnostics.dedup();
     let patterns = if diagnostics.is_empty() { checked.iter().map(compile::compile).collect() } else { Vec::new() };
     Compiled { patterns, diagnostics }
@@ -58,7 +60,7 @@ pub fn compile_source(src: &SourceFile, catalog: &Catalog) -> Compiled {
 /// Rejects input nested deeper than [`MAX_NESTING`] (brackets, or runs of `not` / `-`).
 fn nesting_error(src: &SourceFile) -> Option<Diagnostic> {
     let bytes = src.text.as_bytes();
-    let (mut depth, mut run) = (0usize, 0usize);
+    let (mut depth, mut run, mut ops) = (0usize, 0usize, 0usize);
     let mut i = 0;
     let mut quote: Option<u8> = None;
     while i < bytes.len() {
@@ -79,10 +81,21 @@ fn nesting_error(src: &SourceFile) -> Option<Diagnostic> {
                     i += 1;
                 }
             }
+            b':' | b',' => ops = 0,
+            b'+' | b'*' | b'/' | b'%' | b'<' | b'>' | b'=' | b'!' => ops += 1,
+            b'a' | b'o' if bytes[i..].starts_with(b"and ") || bytes[i..].starts_with(b"or ") => {
+                ops += 1;
+                run = 0;
+            }
             b'(' | b'{' | b'[' => depth += 1,
             b')' | b'}' | b']' => depth = depth.saturating_sub(1),
-            b'-' => run += 1,
-            b'n' if bytes[i..].starts_with(b"not") && bytes.get(i + 3).is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_') => {
+            b'-' => {
+                run += 1;
+                ops += 1;
+            }
+            b'n' if bytes[i..].starts_with(b"not")
+                && bytes.get(i + 3).is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_') =>
+            {
                 run += 1;
                 i += 3;
                 continue;
@@ -93,6 +106,16 @@ fn nesting_error(src: &SourceFile) -> Option<Diagnostic> {
         if depth > MAX_NESTING || run > MAX_NESTING {
             let d = src
                 .diag(ast::Span::new(i, i + 1), "too-deep", format!("nested more than {MAX_NESTING} levels deep"))
+                .with_hint("split the expression into simpler conditions");
+            return Some(d);
+        }
+        if ops > MAX_OPERATORS {
+            let d = src
+                .diag(
+                    ast::Span::new(i, i + 1),
+                    "too-deep",
+                    format!("more than {MAX_OPERATORS} operators in one expression"),
+                )
                 .with_hint("split the expression into simpler conditions");
             return Some(d);
         }

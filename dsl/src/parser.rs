@@ -183,8 +183,8 @@ fn describe(rule: Rule) -> Option<&'static str> {
         emit_field => "an output field `name: expression`",
         expr | primary | paren | if_expr | call | path | literal | boolean | null | kw_if | kw_true | kw_false
         | kw_null | op_not | op_neg => "an expression",
-        op_or | op_and | op_eq | op_ne | op_le | op_ge | op_lt | op_gt | op_contains | op_starts | op_ends
-        | op_add | op_sub | op_mul | op_div | op_rem => "an operator",
+        op_or | op_and | op_eq | op_ne | op_le | op_ge | op_lt | op_gt | op_contains | op_starts | op_ends | op_add
+        | op_sub | op_mul | op_div | op_rem => "an operator",
         is_null | is_not_null | in_list | not_in_list | like | not_like | matches | not_matches => "an operator",
         tpl_text | tpl_hole => "message text",
         distinct | kw_distinct => "`distinct`",
@@ -246,7 +246,8 @@ fn syntax_diag(src: &SourceFile, text: &str, pos: usize, variant: &ErrorVariant<
         1 => expected[0].to_owned(),
         n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
     };
-    let start = pos + (text[pos.min(text.len())..].len() - text[pos.min(text.len())..].trim_start_matches([' ', '\t']).len());
+    let start =
+        pos + (text[pos.min(text.len())..].len() - text[pos.min(text.len())..].trim_start_matches([' ', '\t']).len());
     let word_len = text[start.min(text.len())..]
         .chars()
         .take_while(|c| c.is_alphanumeric() || *c == '_')
@@ -256,7 +257,10 @@ fn syntax_diag(src: &SourceFile, text: &str, pos: usize, variant: &ErrorVariant<
     let span = Span::new(start.min(text.len()), (start + word_len).min(text.len()).max(start.min(text.len())));
     let d = src.diag(span, "syntax", format!("expected {expected_text}, found {found}"));
     let word = found.trim_matches('`');
-    let hint = if found.starts_with('`') && is_keyword(word) && expected.iter().any(|e| *e == "a name" || *e == "an expression") {
+    let hint = if found.starts_with('`')
+        && is_keyword(word)
+        && expected.iter().any(|e| *e == "a name" || *e == "an expression")
+    {
         Some(format!("`{word}` is a keyword; to use a field or variable with this name write `` `{word}` ``"))
     } else if found == "`=`" {
         Some("compare with `==`".to_owned())
@@ -384,9 +388,9 @@ fn build_clause(c: Pair<'_, Rule>) -> Clause {
             })
         }
         Rule::message_clause => ClauseKind::Message(build_template(next())),
-        Rule::emit_clause => ClauseKind::Emit(
-            inner.filter(|p| p.as_rule() == Rule::emit_field).map(build_emit_field).collect(),
-        ),
+        Rule::emit_clause => {
+            ClauseKind::Emit(inner.filter(|p| p.as_rule() == Rule::emit_field).map(build_emit_field).collect())
+        }
         r => unreachable!("grammar: unexpected clause {r:?}"),
     };
     Clause { kind, keyword }
@@ -483,7 +487,9 @@ fn build_element(p: Pair<'_, Rule>) -> Element {
     } else {
         let mut parts = head.into_inner();
         let name = ident(parts.next().expect("grammar: variable"));
-        let ty = parts.find(|p| p.as_rule() == Rule::type_name).map(|t| Ident { name: t.as_str().to_owned(), span: span(&t) });
+        let ty = parts
+            .find(|p| p.as_rule() == Rule::type_name)
+            .map(|t| Ident { name: t.as_str().to_owned(), span: span(&t) });
         ElementKind::Var { name, ty }
     };
     let mut quantifier = None;
@@ -504,7 +510,9 @@ fn build_element(p: Pair<'_, Rule>) -> Element {
                         let has_comma = nums.next().is_some();
                         let max = match (has_comma, nums.next()) {
                             (false, _) => Some(min),
-                            (true, Some(n)) if n.as_rule() == Rule::integer => Some(parse_int(n.as_str()).unwrap_or(u64::MAX)),
+                            (true, Some(n)) if n.as_rule() == Rule::integer => {
+                                Some(parse_int(n.as_str()).unwrap_or(u64::MAX))
+                            }
                             (true, _) => None,
                         };
                         Quantifier::Range { min, max }
@@ -556,7 +564,9 @@ fn pratt() -> &'static PrattParser<Rule> {
                 | Op::postfix(Rule::matches)
                 | Op::postfix(Rule::not_matches))
             .op(Op::infix(Rule::op_add, Assoc::Left) | Op::infix(Rule::op_sub, Assoc::Left))
-            .op(Op::infix(Rule::op_mul, Assoc::Left) | Op::infix(Rule::op_div, Assoc::Left) | Op::infix(Rule::op_rem, Assoc::Left))
+            .op(Op::infix(Rule::op_mul, Assoc::Left)
+                | Op::infix(Rule::op_div, Assoc::Left)
+                | Op::infix(Rule::op_rem, Assoc::Left))
             .op(Op::prefix(Rule::op_neg))
     })
 }
@@ -620,7 +630,16 @@ fn build_expr(p: Pair<'_, Rule>) -> Expr {
 }
 
 fn is_literal(r: Rule) -> bool {
-    matches!(r, Rule::negative_number | Rule::duration | Rule::float | Rule::integer | Rule::string | Rule::boolean | Rule::null)
+    matches!(
+        r,
+        Rule::negative_number
+            | Rule::duration
+            | Rule::float
+            | Rule::integer
+            | Rule::string
+            | Rule::boolean
+            | Rule::null
+    )
 }
 
 fn build_path(p: Pair<'_, Rule>) -> Expr {

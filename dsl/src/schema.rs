@@ -113,7 +113,8 @@ impl StreamSchema {
             }
             other => return Err(SchemaError::NotARecord(describe_avro(other))),
         };
-        let mut out = StreamSchema { name: name.to_owned(), types: Vec::new(), fields: Vec::new(), timestamp_field: None };
+        let mut out =
+            StreamSchema { name: name.to_owned(), types: Vec::new(), fields: Vec::new(), timestamp_field: None };
         let ntypes = records.len();
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for (t, rec) in records.iter().enumerate() {
@@ -237,7 +238,9 @@ fn describe_avro(s: &Schema) -> String {
 fn scalar(s: &Schema) -> (FieldType, Option<Vec<String>>, i64) {
     match s {
         Schema::Boolean => (FieldType::Bool, None, 1),
-        Schema::Int | Schema::Long | Schema::Date | Schema::TimeMillis | Schema::TimeMicros => (FieldType::Int, None, 1),
+        Schema::Int | Schema::Long | Schema::Date | Schema::TimeMillis | Schema::TimeMicros => {
+            (FieldType::Int, None, 1)
+        }
         Schema::Float | Schema::Double | Schema::Decimal(_) | Schema::BigDecimal => (FieldType::Float, None, 1),
         Schema::String | Schema::Uuid(_) => (FieldType::Str, None, 1),
         Schema::Enum(e) => (FieldType::Str, Some(e.symbols.clone()), 1),

@@ -188,9 +188,20 @@ pub enum Expr {
     Agg(AggFunc, VarId, Option<FieldId>),
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
-    IsNull { expr: Box<Expr>, negated: bool },
-    In { expr: Box<Expr>, list: Box<[Value]>, negated: bool },
-    Like { expr: Box<Expr>, pattern: TextPattern, negated: bool },
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
+    In {
+        expr: Box<Expr>,
+        list: Box<[Value]>,
+        negated: bool,
+    },
+    Like {
+        expr: Box<Expr>,
+        pattern: TextPattern,
+        negated: bool,
+    },
     If(Box<Expr>, Box<Expr>, Box<Expr>),
     Call(Func, Box<[Expr]>),
 }
@@ -208,7 +219,7 @@ pub enum Cond {
 }
 
 impl Cond {
-    pub fn not(c: Cond) -> Cond {
+    pub fn negate(c: Cond) -> Cond {
         match c {
             Cond::Not(inner) => *inner,
             c => Cond::Not(Box::new(c)),
@@ -376,7 +387,10 @@ fn aggregate(func: AggFunc, var: VarId, field: Option<FieldId>, view: &dyn Match
                 }
                 let better = match best.compare(&v) {
                     None => best.is_null(),
-                    Some(o) => (func == AggFunc::Min && o == Ordering::Greater) || (func == AggFunc::Max && o == Ordering::Less),
+                    Some(o) => {
+                        (func == AggFunc::Min && o == Ordering::Greater)
+                            || (func == AggFunc::Max && o == Ordering::Less)
+                    }
                 };
                 if better {
                     best = v;
@@ -423,9 +437,7 @@ fn call(func: Func, args: &[Value]) -> Value {
             _ => Value::Null,
         },
         Func::Lower | Func::Upper => match args.first() {
-            Some(Value::Str(s)) => {
-                Value::str(&if func == Func::Lower { s.to_lowercase() } else { s.to_uppercase() })
-            }
+            Some(Value::Str(s)) => Value::str(&if func == Func::Lower { s.to_lowercase() } else { s.to_uppercase() }),
             _ => Value::Null,
         },
         Func::Length => match args.first() {
@@ -587,12 +599,17 @@ mod tests {
         let conds = [bin(BinOp::Gt, Expr::Field(FieldId(0)), Expr::Lit(Value::Int(5)))];
         let e = ev(vec![Value::Null]);
         assert!(!Cond::Holds(CondId(0)).holds(&conds, &e, &EmptyMatch));
-        assert!(Cond::not(Cond::Holds(CondId(0))).holds(&conds, &e, &EmptyMatch));
+        assert!(Cond::negate(Cond::Holds(CondId(0))).holds(&conds, &e, &EmptyMatch));
     }
 
     #[test]
     fn aggregates() {
-        let m = OneVar(vec![ev(vec![Value::Int(3)]), ev(vec![Value::Float(1.5)]), ev(vec![Value::Null]), ev(vec![Value::Int(3)])]);
+        let m = OneVar(vec![
+            ev(vec![Value::Int(3)]),
+            ev(vec![Value::Float(1.5)]),
+            ev(vec![Value::Null]),
+            ev(vec![Value::Int(3)]),
+        ]);
         let agg = |f| Expr::Agg(f, VarId(0), Some(FieldId(0))).eval(None, &m);
         assert_eq!(agg(AggFunc::Count), Value::Int(4));
         assert_eq!(agg(AggFunc::CountDistinct), Value::Int(2));
@@ -611,11 +628,15 @@ mod tests {
         let like = TextPattern::like("ab%_z").expect("valid");
         assert!(like.regex.is_match("abXYz"));
         assert!(!like.regex.is_match("abz"));
-        let e = |op, a: i64, b: i64| bin(op, Expr::Lit(Value::Int(a)), Expr::Lit(Value::Int(b))).eval(None, &EmptyMatch);
+        let e =
+            |op, a: i64, b: i64| bin(op, Expr::Lit(Value::Int(a)), Expr::Lit(Value::Int(b))).eval(None, &EmptyMatch);
         assert_eq!(e(BinOp::Div, 5, 2), Value::Float(2.5));
         assert_eq!(e(BinOp::Div, 5, 0), Value::Null);
         assert_eq!(e(BinOp::Add, i64::MAX, 1), Value::Null);
-        let km = call(Func::GeoKm, &[Value::Float(51.5074), Value::Float(-0.1278), Value::Float(40.7128), Value::Float(-74.006)]);
+        let km = call(
+            Func::GeoKm,
+            &[Value::Float(51.5074), Value::Float(-0.1278), Value::Float(40.7128), Value::Float(-74.006)],
+        );
         let km = km.as_f64().expect("number");
         assert!((km - 5570.0).abs() < 10.0, "{km}");
     }

@@ -13,7 +13,7 @@ pub mod value;
 
 pub use expr::{AggFunc, BinOp, Cond, Expr, Func, MatchView, UnOp};
 pub use nfa::{
-    Action, CondId, Edge, FieldId, Mode, Nfa, OutputField, PatternMeta, Severity, SkipStrategy,
-    State, StateId, StateKind, Template, TemplatePart, TypeId, VarId, VarInfo,
+    Action, CondId, Edge, FieldId, Mode, Nfa, OutputField, PatternMeta, Severity, SkipStrategy, State, StateId,
+    StateKind, Template, TemplatePart, TypeId, VarId, VarInfo,
 };
 pub use value::{Event, Value};

@@ -70,7 +70,11 @@ pub fn run_check(paths: &[PathBuf], config: Option<&Path>, format: Format) -> u8
             let (line, _) = src.line_col(at);
             if let Some((other, other_line)) = defined.get(&name) {
                 let d = src
-                    .diag(Span::new(at, at + 7 + name.len() + 1), "duplicate-pattern", format!("pattern `{name}` is also defined in {other}:{other_line}"))
+                    .diag(
+                        Span::new(at, at + 7 + name.len() + 1),
+                        "duplicate-pattern",
+                        format!("pattern `{name}` is also defined in {other}:{other_line}"),
+                    )
                     .with_hint("pattern names must be unique across the pattern set");
                 diagnostics.push(d);
                 continue;
@@ -169,7 +173,12 @@ pub fn run_explain(file: &Path, only: Option<&str>, config: Option<&Path>) -> u8
     }
     if shown == 0 {
         let names: Vec<&str> = compiled.patterns.iter().map(|n| n.meta.name.as_str()).collect();
-        err(&format!("error: {} has no pattern `{}` (it has: {})\n", file.display(), only.unwrap_or(""), names.join(", ")));
+        err(&format!(
+            "error: {} has no pattern `{}` (it has: {})\n",
+            file.display(),
+            only.unwrap_or(""),
+            names.join(", ")
+        ));
         return EXIT_USAGE;
     }
     out(&text);

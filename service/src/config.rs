@@ -39,7 +39,9 @@ pub fn parse_duration(s: &str) -> Result<i64> {
     let s = s.trim();
     let digits = s.chars().take_while(char::is_ascii_digit).count();
     let (num, unit) = s.split_at(digits);
-    let n: i64 = num.parse().with_context(|| format!("`{s}` is not a duration: expected a number followed by ms, s, m, h or d"))?;
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("`{s}` is not a duration: expected a number followed by ms, s, m, h or d"))?;
     let mult = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -69,10 +71,12 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf> {
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
         for (name, s) in &cfg.streams {
             if let Some(d) = &s.max_out_of_orderness {
-                parse_duration(d).with_context(|| format!("{}: streams.{name}.max_out_of_orderness", path.display()))?;
+                parse_duration(d)
+                    .with_context(|| format!("{}: streams.{name}.max_out_of_orderness", path.display()))?;
             }
             if s.topic.trim().is_empty() {
                 bail!("{}: streams.{name}.topic is empty", path.display());
@@ -87,8 +91,9 @@ impl Config {
         let mut catalog = Catalog::default();
         for (name, s) in &self.streams {
             let path = base.join(&s.schema);
-            let json = std::fs::read_to_string(&path)
-                .with_context(|| format!("{}: stream `{name}`: cannot read schema {}", config_path.display(), path.display()))?;
+            let json = std::fs::read_to_string(&path).with_context(|| {
+                format!("{}: stream `{name}`: cannot read schema {}", config_path.display(), path.display())
+            })?;
             let schema = StreamSchema::from_avro_json(name, &json, s.timestamp_field.as_deref())
                 .with_context(|| format!("{}: stream `{name}`: schema {}", config_path.display(), path.display()))?;
             catalog.insert(schema);
@@ -111,7 +116,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = toml::from_str::<Config>("[streams.p]\ntopic='p'\nschema='x'\ntimestamp='t'\n").expect_err("unknown key");
+        let err =
+            toml::from_str::<Config>("[streams.p]\ntopic='p'\nschema='x'\ntimestamp='t'\n").expect_err("unknown key");
         assert!(err.to_string().contains("unknown field `timestamp`"), "{err}");
     }
 }

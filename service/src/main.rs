@@ -18,7 +18,11 @@ pub const EXIT_INVALID: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "tripline", version, about = "Complex-event processing over Kafka: patterns in, exactly-once alerts out")]
+#[command(
+    name = "tripline",
+    version,
+    about = "Complex-event processing over Kafka: patterns in, exactly-once alerts out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

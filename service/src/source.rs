@@ -15,14 +15,20 @@ pub fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
     let whole = |msg: String, hint: &str| {
         SourceFile::new(name.clone(), "").diag(Span::new(0, 0), "unreadable", msg).with_hint(hint)
     };
-    let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot read the file: {e}"), "check the path and permissions"))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| whole(format!("cannot read the file: {e}"), "check the path and permissions"))?;
     if meta.len() > MAX_FILE_BYTES {
         return Err(whole(
-            format!("the file is {} bytes; pattern files are limited to {} MiB", meta.len(), MAX_FILE_BYTES / 1024 / 1024),
+            format!(
+                "the file is {} bytes; pattern files are limited to {} MiB",
+                meta.len(),
+                MAX_FILE_BYTES / 1024 / 1024
+            ),
             "split it into several files",
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| whole(format!("cannot read the file: {e}"), "check the path and permissions"))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| whole(format!("cannot read the file: {e}"), "check the path and permissions"))?;
     from_bytes(name, bytes)
 }
 

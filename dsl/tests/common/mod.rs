@@ -28,7 +28,8 @@ pub fn catalog_from(config: &Path) -> Catalog {
 
 /// The catalog the language tests use (`testdata/dsl/tripline.toml`).
 pub fn test_catalog() -> Catalog {
-    catalog_from(&root().join("testdata/dsl/tripline.toml"))
+    static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+    CATALOG.get_or_init(|| catalog_from(&root().join("testdata/dsl/tripline.toml"))).clone()
 }
 
 /// Files of `dir` with extension `ext`, sorted.

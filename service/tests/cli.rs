@@ -1,0 +1,213 @@
+//! `tripline check` and `tripline explain` as a user runs them: exit codes, messages, bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("service/ is in the repository").to_owned()
+}
+
+fn tripline(args: &[&str]) -> Output {
+    tripline_in(&root(), args)
+}
+
+fn tripline_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tripline"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TRIPLINE_CONFIG")
+        .output()
+        .expect("tripline runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn assert_no_panic(o: &Output) {
+    let (out, err) = text(o);
+    assert!(!out.contains("panicked") && !err.contains("panicked"), "panic:\n{out}\n{err}");
+}
+
+#[test]
+fn the_pattern_library_is_valid() {
+    let o = tripline(&["check", "patterns/"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(err.contains("all valid"), "{err}");
+}
+
+#[test]
+fn an_invalid_file_exits_1_with_located_diagnostics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("bad.tl");
+    std::fs::write(
+        &f,
+        "pattern p\n  from payments\n  key account_id\n  match a followed by b\n  where\n    a: ammount > 5\n",
+    )
+    .expect("write");
+    let o = tripline(&["check", f.to_str().expect("utf8 path")]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(out.contains("bad.tl:6:8: error[unknown-field]: unknown field `ammount` in stream `payments`"), "{out}");
+    assert!(out.contains("did you mean `amount`?"), "{out}");
+    assert!(out.contains("6 |     a: ammount > 5\n  |        ^^^^^^^"), "{out}");
+    assert!(err.contains("1 error(s) in 1 file(s)"), "{err}");
+}
+
+#[test]
+fn the_error_corpus_fails_file_by_file() {
+    let o = tripline(&["check", "--config", "testdata/dsl/tripline.toml", "testdata/dsl/err"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let dir = root().join("testdata/dsl/err");
+    for entry in std::fs::read_dir(dir).expect("corpus") {
+        let p = entry.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "tl") {
+            let name = format!("testdata/dsl/err/{}:", p.file_name().expect("name").to_string_lossy());
+            assert!(out.contains(&name), "no diagnostic for {name}");
+        }
+    }
+}
+
+#[test]
+fn json_format_for_editors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("bad.tl");
+    std::fs::write(&f, "pattern p from payments key account_id match a where a: amount > \"x\"\n").expect("write");
+    let o = tripline(&["check", "--format", "json", f.to_str().expect("utf8 path")]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
+    assert_eq!(v["ok"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["code"], "type-mismatch");
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(1), Some(57)));
+    assert!(d["message"].as_str().is_some_and(|m| m.contains("cannot compare")), "{d}");
+
+    let o = tripline(&["check", "--format", "json", "patterns"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
+    assert_eq!(v["ok"], true);
+    assert!(v["patterns"]
+        .as_array()
+        .is_some_and(|p| p.len() >= 12 && p.iter().all(|p| p["hash"].as_str().is_some_and(|h| h.len() == 16))));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [&[][..], &["check"][..], &["check", "--format", "yaml", "patterns"][..], &["frobnicate"][..]] {
+        let o = tripline(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {:?}", text(&o));
+        assert_no_panic(&o);
+    }
+    let o = tripline(&["check", "no/such/file.tl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("no such file or directory: no/such/file.tl"), "{:?}", text(&o));
+}
+
+#[test]
+fn configuration_problems_exit_2_and_say_where() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("p.tl"), "pattern p from s key k match a\n").expect("write");
+    // No config at all.
+    let o = tripline_in(dir.path(), &["check", "p.tl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("no configuration: pass --config FILE"), "{:?}", text(&o));
+    // A misspelled key.
+    std::fs::write(
+        dir.path().join("tripline.toml"),
+        "[streams.s]\ntopic = \"s\"\nschema = \"s.avsc\"\ntimestamp = \"t\"\n",
+    )
+    .expect("write");
+    let o = tripline_in(dir.path(), &["check", "p.tl"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o).1;
+    assert!(err.contains("tripline.toml") && err.contains("unknown field `timestamp`"), "{err}");
+    // A schema file that is not there.
+    std::fs::write(dir.path().join("tripline.toml"), "[streams.s]\ntopic = \"s\"\nschema = \"s.avsc\"\n")
+        .expect("write");
+    let o = tripline_in(dir.path(), &["check", "p.tl"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o).1;
+    assert!(err.contains("stream `s`: cannot read schema") && err.contains("s.avsc"), "{err}");
+    // A schema that is not Avro.
+    std::fs::write(dir.path().join("s.avsc"), "{\"type\": \"recrod\"}").expect("write");
+    let o = tripline_in(dir.path(), &["check", "p.tl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("invalid Avro schema"), "{:?}", text(&o));
+    // The environment variable names the config.
+    let o = Command::new(env!("CARGO_BIN_EXE_tripline"))
+        .args(["check", "patterns"])
+        .current_dir(root())
+        .env("TRIPLINE_CONFIG", dir.path().join("missing.toml"))
+        .output()
+        .expect("runs");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("missing.toml"), "{:?}", text(&o));
+}
+
+#[test]
+fn hostile_files_give_located_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty.tl", Vec::new(), "empty.tl:1:1: error[empty-file]"),
+        ("comments.tl", b"# nothing here\n# at all\n".to_vec(), "comments.tl:1:1: error[empty-file]"),
+        ("binary.tl", (0u8..=255).cycle().take(4096).collect(), "binary.tl:1:1: error[binary-file]"),
+        ("latin1.tl", b"pattern caf\xe9 from payments\n".to_vec(), "latin1.tl:1:12: error[not-utf8]"),
+        (
+            "deep.tl",
+            format!(
+                "pattern p from payments key account_id match a where a: {}1{}\n",
+                "(".repeat(500),
+                ")".repeat(500)
+            )
+            .into_bytes(),
+            "error[too-deep]",
+        ),
+        ("huge.tl", vec![b' '; 9 * 1024 * 1024], "huge.tl:1:1: error[unreadable]: the file is 9437184 bytes"),
+        (
+            "long.tl",
+            format!("pattern p from payments key account_id match a where a: amount > 1{}\n", " + 1".repeat(50_000))
+                .into_bytes(),
+            "error[too-deep]: more than 1024 operators",
+        ),
+        (
+            "medium.tl",
+            format!("pattern p from payments key account_id match a where a: amount > 1{}\n", " + 1".repeat(500))
+                .into_bytes(),
+            "",
+        ),
+    ];
+    for (name, bytes, expected) in &cases {
+        std::fs::write(dir.path().join(name), bytes).expect("write");
+        let o = tripline(&["check", dir.path().join(name).to_str().expect("utf8")]);
+        assert_no_panic(&o);
+        let (out, err) = text(&o);
+        if expected.is_empty() {
+            assert_eq!(o.status.code(), Some(0), "{name}: {out}\n{err}");
+        } else {
+            assert_eq!(o.status.code(), Some(1), "{name}: {out}\n{err}");
+            assert!(out.contains(expected), "{name}: expected `{expected}` in:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn explain_prints_the_compiled_automaton() {
+    let o =
+        tripline(&["explain", "--config", "testdata/dsl/tripline.toml", "--nfa", "testdata/dsl/nfa/one_or_more.tl"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let golden = std::fs::read_to_string(root().join("testdata/dsl/nfa/one_or_more.nfa")).expect("golden dump");
+    assert_eq!(out, golden);
+    let o = tripline(&[
+        "explain",
+        "--config",
+        "testdata/dsl/tripline.toml",
+        "--nfa",
+        "testdata/dsl/nfa/one_or_more.tl",
+        "--pattern",
+        "nope",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("has no pattern `nope` (it has: one_or_more)"));
+}
