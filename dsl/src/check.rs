@@ -51,6 +51,8 @@ pub struct VarDef {
     pub name: String,
     pub span: Span,
     pub ty: Option<TypeId>,
+    /// Its `: Type` named no record type (already reported): its conditions are not checked.
+    pub bad_type: bool,
     pub looping: bool,
     pub negated: bool,
     pub cond: Option<CondId>,
@@ -309,7 +311,9 @@ fn check_pattern(
 
     // Conditions.
     let mut defs: BTreeMap<VarId, &ast::ConditionDef> = BTreeMap::new();
-    if let Some(ast::Clause { kind: ClauseKind::Where(list), .. }) = clauses.get("where") {
+    if let (Some(ast::Clause { kind: ClauseKind::Where(list), .. }), true) =
+        (clauses.get("where"), clauses.contains_key("match"))
+    {
         for def in list {
             match ck.by_name.get(&def.var.name).copied() {
                 Some(v) => {
@@ -324,16 +328,18 @@ fn check_pattern(
                     }
                 }
                 None => {
-                    let hint = did_you_mean(&def.var.name, ck.by_name.keys().map(String::as_str));
-                    let names: Vec<&str> = ck.by_name.keys().map(String::as_str).collect();
-                    let hint = hint.unwrap_or_else(|| format!("the variables of `match` are: {}", names.join(", ")));
+                    let names = ck.var_names(true);
+                    let hint = did_you_mean(&def.var.name, names.iter().map(String::as_str)).or_else(|| {
+                        (!names.is_empty()).then(|| format!("the variables of `match` are: {}", names.join(", ")))
+                    });
                     let d = src
                         .diag(
                             def.var.span,
                             "unknown-variable",
                             format!("`{}` is not a variable of the `match` sequence", def.var.name),
                         )
-                        .with_hint(hint);
+                        .with_hint_opt(hint);
+
                     ck.diags.push(d);
                 }
             }
@@ -341,6 +347,9 @@ fn check_pattern(
     }
     if ck.stream.is_some() {
         for (v, def) in defs {
+            if ck.vars[v.index()].bad_type {
+                continue;
+            }
             if let Some(t) = ck.expr(&def.cond, Scope::Condition { owner: v }) {
                 if let Some(expr) = ck.expect_bool(t, def.cond.span, "a condition") {
                     ck.vars[v.index()].cond = Some(ck.add_condition(expr));
@@ -381,11 +390,13 @@ fn check_pattern(
                     }
                 }
                 Some(_) => {
-                    let d = src.diag(
-                        i.span,
-                        "bad-skip-target",
-                        format!("skip target `{}` is a negated element and is never part of a match", i.name),
-                    );
+                    let d = src
+                        .diag(
+                            i.span,
+                            "bad-skip-target",
+                            format!("skip target `{}` is a negated element and is never part of a match", i.name),
+                        )
+                        .with_hint(format!("skip to one of: {}", ck.var_names(false).join(", ")));
                     ck.diags.push(d);
                     SkipStrategy::NoSkip
                 }
@@ -749,6 +760,7 @@ impl Checker<'_> {
             ElementKind::Var { name, ty } => {
                 let ty_id = ty.as_ref().and_then(|t| self.record_type(t));
                 let id = self.declare(name, ty_id, looping, negated)?;
+                self.vars[id.index()].bad_type = ty.is_some() && ty_id.is_none();
                 RKind::Var(id)
             }
             ElementKind::Group(s) => {
@@ -763,7 +775,12 @@ impl Checker<'_> {
                 let inner_seq = self.sequence(s, true, looping);
                 if let Some((c, span, _)) = s.rest.last() {
                     if c.is_negation() {
-                        self.err(*span, "negation-at-group-end", format!("a group cannot end with `{}`", c.text()));
+                        self.err_hint(
+                            *span,
+                            "negation-at-group-end",
+                            format!("a group cannot end with `{}`", c.text()),
+                            "move the negation after the group: `(a next b) not followed by c followed by d`",
+                        );
                     }
                 }
                 RKind::Group(inner_seq)
@@ -814,6 +831,7 @@ impl Checker<'_> {
             name: name.name.clone(),
             span: name.span,
             ty,
+            bad_type: false,
             looping,
             negated,
             cond: None,
@@ -845,7 +863,14 @@ impl Checker<'_> {
     }
 
     /// Resolves a field path read from events of `ty` (or any record type of the stream).
-    fn field(&mut self, span: Span, path: &str, ty: Option<TypeId>) -> Option<(FieldId, Ty, Option<Vec<String>>)> {
+    /// `who` is the variable whose events are read, for hints.
+    fn field(
+        &mut self,
+        span: Span,
+        path: &str,
+        ty: Option<TypeId>,
+        who: &str,
+    ) -> Option<(FieldId, Ty, Option<Vec<String>>)> {
         let st = self.stream.clone()?;
         let Some(id) = st.field(path) else {
             let d = self.unknown_field(span, path, &st, ty);
@@ -871,8 +896,8 @@ impl Checker<'_> {
                 self.err_hint(
                     span,
                     "field-not-in-all-types",
-                    format!("field `{path}` is only in record type {} of stream `{}`", has.join(", "), st.name),
-                    format!("restrict the variable to that type in `match`, e.g. `x: {}`", has[0]),
+                    format!("field `{path}` is only in {} of stream `{}`", record_types(&has), st.name),
+                    format!("restrict the variable to that type in `match`: `{who}: {}`", has[0]),
                 );
                 return None;
             }
@@ -883,7 +908,7 @@ impl Checker<'_> {
                 span,
                 "type-mismatch",
                 format!("field `{path}` has different types in the record types of stream `{}`", st.name),
-                "restrict the variable to one record type in `match`, e.g. `x: Type`",
+                format!("restrict the variable to one record type in `match`, e.g. `{who}: {}`", st.types[0].name),
             );
             return None;
         }
@@ -894,6 +919,18 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// A field of `ty` (or of the stream) to show in hints, preferring a number.
+    fn example_field(&self, ty: Option<TypeId>) -> String {
+        let Some(st) = &self.stream else { return "field".to_owned() };
+        let readable: Vec<_> = st
+            .fields
+            .iter()
+            .filter(|f| ty.is_none_or(|t| f.in_types[t.index()]) && f.ty != FieldType::Unsupported)
+            .collect();
+        let numeric = readable.iter().find(|f| matches!(f.ty, FieldType::Float | FieldType::Int));
+        numeric.or(readable.first()).map_or_else(|| "field".to_owned(), |f| f.path.clone())
     }
 
     fn expect_bool(&mut self, t: Typed, span: Span, what: &str) -> Option<Expr> {
@@ -912,17 +949,25 @@ impl Checker<'_> {
 
     fn path(&mut self, e: &ast::Expr, segs: &[Ident], scope: Scope) -> Option<Typed> {
         let first = &segs[0];
-        if let Some(&v) = self.by_name.get(&first.name) {
+        // A variable named like a field (reported where it is declared) reads as the field.
+        let shadowed = segs.len() == 1 && self.stream.as_ref().is_some_and(|st| st.field(&first.name).is_some());
+        if let (Some(&v), false) = (self.by_name.get(&first.name), shadowed) {
             let var = self.vars[v.index()].clone();
             if segs.len() == 1 {
+                let example = self.example_field(var.ty);
+                let hint = if var.looping {
+                    format!(
+                        "read its events through an aggregate, e.g. `last({0}.{example})`, or count them: `count({0})`",
+                        first.name
+                    )
+                } else {
+                    format!("read one of its fields, e.g. `{}.{example}`", first.name)
+                };
                 self.err_hint(
                     e.span,
                     "variable-as-value",
                     format!("`{}` is a variable, not a value", first.name),
-                    format!(
-                        "read one of its fields, e.g. `{}.amount`, or count its events with `count({})`",
-                        first.name, first.name
-                    ),
+                    hint,
                 );
                 return None;
             }
@@ -931,10 +976,11 @@ impl Checker<'_> {
             let own = matches!(scope, Scope::Condition { owner } if owner == v);
             if !own {
                 if var.negated {
-                    self.err(
+                    self.err_hint(
                         first.span,
                         "read-negated",
                         format!("`{}` is a negated element: it never has an event to read", first.name),
+                        "a negated element only says what must not happen; read the elements that matched",
                     );
                     return None;
                 }
@@ -951,19 +997,22 @@ impl Checker<'_> {
                     }
                 }
                 if var.looping {
+                    let numeric = self
+                        .stream
+                        .as_ref()
+                        .and_then(|st| st.field(&field_path).map(|f| st.fields[f.index()].ty))
+                        .is_some_and(|t| matches!(t, FieldType::Int | FieldType::Float));
+                    let more = if numeric { format!(", `sum({}.{field_path})`", first.name) } else { String::new() };
                     self.err_hint(
                         first.span,
                         "field-of-loop",
                         format!("`{}` takes several events; say which with an aggregate", first.name),
-                        format!(
-                            "e.g. `last({0}.{field_path})`, `first({0}.{field_path})`, `sum({0}.{field_path})`",
-                            first.name
-                        ),
+                        format!("e.g. `last({0}.{field_path})`, `first({0}.{field_path})`{more}", first.name),
                     );
                     return None;
                 }
             }
-            let (fid, ty, symbols) = self.field(fspan, &field_path, var.ty)?;
+            let (fid, ty, symbols) = self.field(fspan, &field_path, var.ty, &var.name)?;
             let expr = if own { Expr::Field(fid) } else { Expr::VarField(v, fid) };
             return Some(Typed { ty, expr, symbols });
         }
@@ -971,7 +1020,9 @@ impl Checker<'_> {
         match scope {
             Scope::Condition { owner } => {
                 let ty = self.vars[owner.index()].ty;
-                let (fid, t, symbols) = self.field(e.span, &path, ty)?;
+                let who = self.vars[owner.index()].name.clone();
+                let (fid, t, symbols) = self.field(e.span, &path, ty, &who)?;
+
                 Some(Typed { ty: t, expr: Expr::Field(fid), symbols })
             }
             Scope::Output => {
@@ -1028,7 +1079,12 @@ impl Checker<'_> {
             _ => AggFunc::Last,
         };
         if distinct && func != AggFunc::CountDistinct {
-            self.err(name.span, "bad-aggregate", "`distinct` is only allowed in `count(distinct ...)`");
+            self.err_hint(
+                name.span,
+                "bad-aggregate",
+                "`distinct` is only allowed in `count(distinct ...)`",
+                format!("drop `distinct`: `{}(...)`, or count distinct values with `count(distinct ...)`", name.name),
+            );
             return None;
         }
         if args.len() != 1 {
@@ -1126,7 +1182,7 @@ impl Checker<'_> {
         }
         let field_path = segs[1..].iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
         let fspan = segs[1].span.to(segs[segs.len() - 1].span);
-        let (fid, ty, symbols) = self.field(fspan, &field_path, var.ty)?;
+        let (fid, ty, symbols) = self.field(fspan, &field_path, var.ty, &var.name)?;
         let out = match func {
             AggFunc::CountDistinct => Ty::Int,
             AggFunc::Sum if ty.numeric() => ty,
@@ -1172,7 +1228,12 @@ impl Checker<'_> {
             return None;
         };
         if distinct {
-            self.err(name.span, "bad-aggregate", "`distinct` is only allowed in `count(distinct ...)`");
+            self.err_hint(
+                name.span,
+                "bad-aggregate",
+                "`distinct` is only allowed in `count(distinct ...)`",
+                format!("`{}` is not an aggregate: drop `distinct`", name.name),
+            );
             return None;
         }
         let typed: Vec<Option<Typed>> = args.iter().map(|a| self.expr(a, scope)).collect();
@@ -1195,8 +1256,16 @@ impl Checker<'_> {
             self.err_hint(
                 e.span,
                 "bad-arguments",
-                format!("`{}` takes {sig}, but was given {} argument(s)", name.name, typed.len()),
-                format!("e.g. {}", example_call(func)),
+                match arity {
+                    Some(1) => format!("`{}` takes 1 argument ({sig}), but was given {}", name.name, typed.len()),
+                    Some(n) => format!("`{}` takes {n} arguments ({sig}), but was given {}", name.name, typed.len()),
+                    None => format!("`{}` takes {sig}, but was given {}", name.name, typed.len()),
+                },
+                if func == Func::Round {
+                    "`round` has no precision argument: to round to cents write `round(amount * 100) / 100`".to_owned()
+                } else {
+                    format!("e.g. {}", example_call(func))
+                },
             );
             return None;
         }
@@ -1353,7 +1422,14 @@ impl Checker<'_> {
                         Some(Typed::new(Ty::Bool, Expr::Like { expr: Box::new(t.expr), pattern: p, negated: *negated }))
                     }
                     Err(err) => {
-                        let first = err.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
+                        let first = err
+                            .to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or("invalid")
+                            .trim()
+                            .trim_start_matches("error: ")
+                            .to_owned();
                         self.err_hint(
                             *pattern_span,
                             "bad-regex",
@@ -1377,7 +1453,7 @@ impl Checker<'_> {
                 } else if tt.ty.numeric() && tf.ty.numeric() {
                     Ty::Float
                 } else {
-                    self.err(
+                    self.err_hint(
                         f.span,
                         "type-mismatch",
                         format!(
@@ -1385,6 +1461,7 @@ impl Checker<'_> {
                             tt.ty.describe(),
                             tf.ty.describe()
                         ),
+                        "both branches must give the same kind of value (use `null` for \"nothing\")",
                     );
                     return None;
                 };
@@ -1405,8 +1482,18 @@ impl Checker<'_> {
         use Ty::*;
         let mk =
             |ty: Ty, ta: Typed, tb: Typed| Some(Typed::new(ty, Expr::Binary(op, Box::new(ta.expr), Box::new(tb.expr))));
+        let text = |x: &ast::Expr| self.src.text.get(x.span.start..x.span.end).unwrap_or("").to_owned();
+        let (a_text, b_text) = (text(a), text(b));
+        // `9000 < amount < 10000` parses as `(9000 < amount) < 10000`.
+        let chained = match &a.kind {
+            ExprKind::Binary(inner, _, mid) if is_comparison(*inner) && is_comparison(op) => {
+                Some(format!("write `{a_text} and {} {} {b_text}`", text(mid), op.symbol()))
+            }
+            _ => None,
+        };
+        let hint = chained.unwrap_or_else(|| hint_for(op, (ta.ty, &a_text), (tb.ty, &b_text)));
         let mismatch = |this: &mut Self, what: String| {
-            this.err_hint(e.span, "type-mismatch", what, hint_for(op, ta.ty, tb.ty));
+            this.err_hint(e.span, "type-mismatch", what, hint);
             None
         };
         match op {
@@ -1418,11 +1505,12 @@ impl Checker<'_> {
             BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
                 if ta.ty == Null || tb.ty == Null {
                     let neg = if op == BinOp::Ne { "not " } else { "" };
+                    let operand = if ta.ty == Null { &b_text } else { &a_text };
                     self.err_hint(
                         e.span,
                         "compare-null",
                         format!("`{}` with null is never true", op.symbol()),
-                        format!("write `x is {neg}null`"),
+                        format!("write `{operand} is {neg}null`"),
                     );
                     return None;
                 }
@@ -1476,6 +1564,15 @@ impl Checker<'_> {
     }
 }
 
+/// "record type `A`" / "record types `A` and `B`".
+fn record_types(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.len() {
+        1 => format!("record type {}", quoted[0]),
+        n => format!("record types {} and {}", quoted[..n - 1].join(", "), quoted[n - 1]),
+    }
+}
+
 fn example_call(f: Func) -> &'static str {
     match f {
         Func::Abs => "`abs(last.price - first.price)`",
@@ -1491,17 +1588,36 @@ fn example_call(f: Func) -> &'static str {
     }
 }
 
-fn hint_for(op: BinOp, a: Ty, b: Ty) -> String {
+fn is_comparison(op: BinOp) -> bool {
+    matches!(op, BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge)
+}
+
+/// A hint for an operator applied to values of the wrong kinds (each side's type and text).
+fn hint_for(op: BinOp, (a, a_text): (Ty, &str), (b, b_text): (Ty, &str)) -> String {
+    let arithmetic = matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem);
+    let text_op = matches!(op, BinOp::Contains | BinOp::StartsWith | BinOp::EndsWith);
+    // The side that is not what the operator wants, for messages about one operand.
+    let odd = |want: fn(Ty) -> bool| if !want(a) { (a, a_text) } else { (b, b_text) };
     match (a, b) {
+        _ if text_op => {
+            let (t, s) = odd(|t| t == Ty::Str);
+            format!("`{s}` is {}; `{}` works on text", t.describe(), op.symbol())
+        }
+        _ if arithmetic && (a == Ty::Str || b == Ty::Str || a == Ty::Bool || b == Ty::Bool) => {
+            let (t, s) = odd(|t| t != Ty::Str && t != Ty::Bool);
+            format!("`{}` needs numbers (or durations and timestamps); `{s}` is {}", op.symbol(), t.describe())
+        }
         (Ty::Str, x) | (x, Ty::Str) if x.numeric() => {
             "text and numbers do not mix: quote the number (\"42\") or compare with a numeric field".into()
         }
+        (Ty::Duration, x) | (x, Ty::Duration) if x.numeric() => {
+            "write the duration with a unit, e.g. `1h`, `30s` or `500ms`".into()
+        }
         (Ty::Timestamp, x) | (x, Ty::Timestamp) if x.numeric() => {
-            "timestamps combine with durations: write `event_time - first.event_time > 10m`".into()
+            "timestamps compare with timestamps, and differ by durations (`event_time - prev.event_time > 10m`); there are no date literals".into()
         }
-        _ if matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem) => {
-            "arithmetic works on numbers, durations and timestamps".into()
-        }
+        (Ty::Bool, Ty::Bool) => format!("booleans compare with `==` and `!=`, e.g. `{a_text} == true`"),
+        _ if arithmetic => "arithmetic works on numbers, durations and timestamps".into(),
         _ => "both sides must have the same kind of value".into(),
     }
 }

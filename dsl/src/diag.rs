@@ -100,8 +100,8 @@ impl Diagnostic {
         let line: String = self.source_line.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
         let _ = writeln!(out, "{pad} |");
         let _ = writeln!(out, "{num} | {line}");
-        let width = if self.end_line == self.line && self.end_column > self.column {
-            self.end_column - self.column
+        let width = if self.end_line == self.line {
+            self.end_column.saturating_sub(self.column).max(1)
         } else {
             // A span that runs past the line: underline to its end.
             line.chars().count().saturating_sub(self.column - 1).max(1)

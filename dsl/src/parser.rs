@@ -142,50 +142,45 @@ fn recovery_region(text: &str, pos: usize) -> Span {
     Span::new(start, end)
 }
 
+/// What a grammar rule means to an analyst. Clause keywords all read "a new clause".
 fn describe(rule: Rule) -> Option<&'static str> {
     use Rule::*;
     Some(match rule {
         EOI => "end of file",
-        pattern | kw_pattern => "`pattern`",
         ident | plain_ident => "a name",
         type_name => "a record type name",
         description | string => "a quoted string",
         template => "a quoted message",
-        version_clause | kw_version => "`version`",
-        severity_clause | kw_severity => "`severity`",
-        mode_clause | kw_mode => "`mode`",
-        from_clause | kw_from => "`from`",
-        key_clause | kw_key => "`key`",
-        match_clause | kw_match => "`match`",
-        where_clause | kw_where => "`where`",
-        within_clause | kw_within | element_window => "`within`",
-        skip_clause | kw_skip => "`skip`",
-        message_clause | kw_message => "`message`",
-        emit_clause | kw_emit => "`emit`",
+        pattern | kw_pattern | version_clause | kw_version | severity_clause | kw_severity | mode_clause | kw_mode
+        | from_clause | kw_from | key_clause | kw_key | match_clause | kw_match | where_clause | kw_where
+        | within_clause | skip_clause | kw_skip | message_clause | kw_message | emit_clause | kw_emit => "a new clause",
+        kw_within | element_window => "`within`",
         integer | negative_number => "a whole number",
         float => "a number",
         duration => "a duration such as `500ms`, `30s`, `10m`, `24h` or `7d`",
-        contiguity | strict_next | followed_by | followed_by_any | not_next | not_followed_by => {
-            "`next`, `followed by`, `followed by any`, `not next` or `not followed by`"
+        contiguity | strict_next | followed_by | followed_by_any | not_next | not_followed_by | kw_followed => {
+            "`next`, `followed by` (`any`), `not next`, `not followed by`"
         }
-        element | var_decl | group => "a pattern variable or `(`",
+        element | var_decl | group => "an element (a variable or a `(` group)",
+
         quantifier | q_range | q_plus | q_star | q_optional => "a quantifier (`+`, `*`, `?`, `{n}`, `{n,m}`, `{n,}`)",
-        modifier | kw_optional | kw_greedy | kw_consecutive | allow_combinations => {
-            "`optional`, `greedy`, `consecutive` or `allow combinations`"
+        modifier | kw_optional | kw_greedy | kw_consecutive | allow_combinations | kw_allow => {
+            "a modifier (`optional`, `greedy`, `consecutive`, `allow combinations`)"
         }
         condition_def => "a condition `name: ...`",
         until_part | kw_until => "`until`",
         skip_none | skip_to_next | skip_past_last | skip_to_first | skip_to_last | w_none | w_to | w_past => {
-            "`none`, `to next`, `past last event`, `to first NAME` or `to last NAME`"
+            "a skip strategy (`none`, `to next`, `past last event`, `to first NAME`, `to last NAME`)"
         }
         w_first | w_last => "`first` or `last`",
         w_event => "`event`",
         emit_field => "an output field `name: expression`",
         expr | primary | paren | if_expr | call | path | literal | boolean | null | kw_if | kw_true | kw_false
-        | kw_null | op_not | op_neg => "an expression",
+        | kw_null | op_neg => "an expression",
         op_or | op_and | op_eq | op_ne | op_le | op_ge | op_lt | op_gt | op_contains | op_starts | op_ends | op_add
-        | op_sub | op_mul | op_div | op_rem => "an operator",
-        is_null | is_not_null | in_list | not_in_list | like | not_like | matches | not_matches => "an operator",
+        | op_sub | op_mul | op_div | op_rem | is_null | is_not_null | in_list | not_in_list | like | not_like
+        | matches | not_matches | kw_is | kw_in | kw_like | kw_matches | kw_contains | kw_starts | kw_ends | kw_and
+        | kw_or => "an operator",
         tpl_text | tpl_hole => "message text",
         distinct | kw_distinct => "`distinct`",
         lparen => "`(`",
@@ -194,35 +189,101 @@ fn describe(rule: Rule) -> Option<&'static str> {
         rbrace => "`}`",
         colon => "`:`",
         comma => "`,`",
-        kw_followed => "`followed by`",
         kw_by => "`by`",
         kw_next => "`next`",
-        kw_not => "`not`",
+        kw_not | op_not => "`not`",
         kw_any => "`any`",
-        kw_allow | kw_combinations => "`allow combinations`",
+        kw_combinations => "`combinations`",
         kw_then => "`then`",
         kw_else => "`else`",
+        kw_with => "`with`",
         _ => return None,
     })
 }
 
+/// The token at `pos`, in words.
 fn found_at(text: &str, pos: usize) -> String {
     let rest = &text[pos.min(text.len())..];
     let rest = rest.trim_start_matches([' ', '\t']);
     match rest.chars().next() {
         None => "end of file".to_owned(),
         Some('\n') | Some('\r') => "end of line".to_owned(),
-        Some(c) if c.is_alphanumeric() || c == '_' => {
-            let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').take(40).collect();
-            format!("`{word}`")
-        }
+        Some(c) if c.is_alphanumeric() || c == '_' => format!("`{}`", word_at(rest)),
         Some('"') => "a string".to_owned(),
         Some(c) => format!("`{c}`"),
     }
 }
 
+fn word_at(s: &str) -> String {
+    s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').take(40).collect()
+}
+
 fn is_keyword(word: &str) -> bool {
     Grammar::parse(Rule::keyword, word).map(|p| p.as_str().len() == word.len()).unwrap_or(false)
+}
+
+/// Keywords an analyst may have misspelled, for the alternatives an error expected.
+fn keyword_candidates(expected: &[&str]) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    for e in expected {
+        match *e {
+            "a new clause" => v.extend(CLAUSE_WORDS),
+            "`within`" => v.push("within"),
+            "`until`" => v.push("until"),
+            "an operator" => v.extend(["and", "or", "like", "matches", "contains", "starts", "ends", "in", "is"]),
+            "a modifier (`optional`, `greedy`, `consecutive`, `allow combinations`)" => {
+                v.extend(["optional", "greedy", "consecutive", "allow"])
+            }
+            "`next`, `followed by` (`any`), `not next`, `not followed by`" => v.extend(["next", "followed", "not"]),
+            _ => {}
+        }
+    }
+    v
+}
+
+/// Byte offset of the innermost `(` still open at `pos`, counting from `from` (strings and
+/// comments skipped).
+fn unclosed_paren(text: &str, from: usize, pos: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut open = Vec::new();
+    let mut i = from;
+    while i < pos.min(b.len()) {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != q && b[i] != b'\n' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'(' => open.push(i),
+            b')' => {
+                open.pop();
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    open.pop()
+}
+
+/// Start of the clause or pattern around `pos` (the line of the nearest clause keyword).
+fn clause_start(text: &str, pos: usize) -> usize {
+    let starts = line_starts(text);
+    let mut line = starts.partition_point(|&s| s <= pos).saturating_sub(1);
+    loop {
+        if clause_word_at(text, starts[line]).is_some() || line == 0 {
+            return starts[line];
+        }
+        line -= 1;
+    }
 }
 
 fn syntax_diag(src: &SourceFile, text: &str, pos: usize, variant: &ErrorVariant<Rule>) -> Diagnostic {
@@ -236,31 +297,98 @@ fn syntax_diag(src: &SourceFile, text: &str, pos: usize, variant: &ErrorVariant<
             }
         }
     }
-    // Operators are implied wherever an expression could continue; say so only when nothing else fits.
-    if expected.len() > 1 {
-        expected.retain(|d| *d != "an operator");
-    }
+    let pos = pos.min(text.len());
+    let token_start = pos + (text[pos..].len() - text[pos..].trim_start_matches([' ', '\t']).len());
     let found = found_at(text, pos);
-    let expected_text = match expected.len() {
+    // Inside an expression, say "an operator" once and first; drop what only pads the list.
+    if expected.contains(&"an operator") {
+        expected.retain(|d| *d != "`not`" && *d != "an operator");
+        expected.insert(0, "an operator");
+    }
+    if expected.len() > 1 {
+        expected.retain(|d| *d != "end of file");
+    }
+    let list = |items: &[&str]| match items.len() {
         0 => "something else".to_owned(),
-        1 => expected[0].to_owned(),
-        n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
+        1 => items[0].to_owned(),
+        n => format!("{} or {}", items[..n - 1].join(", "), items[n - 1]),
     };
-    let start =
-        pos + (text[pos.min(text.len())..].len() - text[pos.min(text.len())..].trim_start_matches([' ', '\t']).len());
-    let word_len = text[start.min(text.len())..]
+
+    // An unclosed message or string: point at its opening quote.
+    if expected.contains(&"message text") && (found == "end of line" || found == "end of file") {
+        let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+        let quote = text[line_start..pos].find('"').map_or(pos, |i| line_start + i);
+        return src
+            .diag(Span::new(quote, quote + 1), "syntax", "this message is not closed")
+            .with_hint("add `\"` at the end of the message (a message stays on one line)");
+    }
+    if let Some(q @ ('"' | '\'')) = text[token_start..].chars().next() {
+        let line_end = text[token_start + 1..].find('\n').map_or(text.len(), |i| token_start + 1 + i);
+        if !text[token_start + 1..line_end].contains(q) {
+            return src
+                .diag(Span::new(token_start, token_start + 1), "syntax", "this string is not closed")
+                .with_hint(format!("add `{q}` at the end of the text (a string stays on one line)"));
+        }
+    }
+    // A `(` left open: point at it.
+    if expected.contains(&"`)`") && !found.starts_with("`)") {
+        if let Some(open) = unclosed_paren(text, clause_start(text, pos), pos) {
+            return src
+                .diag(Span::new(open, open + 1), "syntax", "this `(` is not closed")
+                .with_hint(format!("add `)` where the parenthesised part ends; found {found} instead"));
+        }
+    }
+
+    // An error at the start of a line usually means the line before stopped too early: point
+    // at the end of that line and name the word the missing piece should follow.
+    let line_start = text[..token_start].rfind('\n').map_or(0, |i| i + 1);
+    let at_line_start = token_start > 0 && text[line_start..token_start].trim().is_empty();
+    let before = text[..line_start].trim_end();
+    let prev_word: String = before
+        .chars()
+        .rev()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect::<String>()
+        .chars()
+        .rev()
+        .collect();
+    let starts_clause = found == "end of file" || CLAUSE_WORDS.iter().any(|w| found == format!("`{w}`"));
+    if at_line_start && starts_clause && !before.is_empty() && !prev_word.is_empty() && !before.ends_with(['}', ')']) {
+        let end = before.len();
+        let what = list(&expected);
+        let d = src.diag(
+            Span::new(end.saturating_sub(prev_word.len()), end),
+            "syntax",
+            format!("expected {what} after `{prev_word}`"),
+        );
+        let hint = match prev_word.as_str() {
+            "from" => Some("name the stream, e.g. `from payments`".to_owned()),
+            "key" => Some("name the key field, e.g. `key account_id`".to_owned()),
+            "by" | "next" | "any" | "match" => Some("an element (a variable name) must follow".to_owned()),
+            _ => None,
+        };
+        return d.with_hint_opt(hint);
+    }
+
+    let word_len = text[token_start..]
         .chars()
         .take_while(|c| c.is_alphanumeric() || *c == '_')
         .map(char::len_utf8)
         .sum::<usize>()
         .max(1);
-    let span = Span::new(start.min(text.len()), (start + word_len).min(text.len()).max(start.min(text.len())));
-    let d = src.diag(span, "syntax", format!("expected {expected_text}, found {found}"));
+    let span = Span::new(token_start, (token_start + word_len).min(text.len()).max(token_start));
+    let d = src.diag(span, "syntax", format!("expected {}, found {found}", list(&expected)));
     let word = found.trim_matches('`');
-    let hint = if found.starts_with('`')
-        && is_keyword(word)
-        && expected.iter().any(|e| *e == "a name" || *e == "an expression")
-    {
+    let wants_name = expected.iter().any(|e| {
+        matches!(
+            *e,
+            "a name"
+                | "an expression"
+                | "an element (a variable or a `(` group)"
+                | "an output field `name: expression`"
+        )
+    });
+    let hint = if found.starts_with('`') && is_keyword(word) && wants_name {
         Some(format!("`{word}` is a keyword; to use a field or variable with this name write `` `{word}` ``"))
     } else if found == "`=`" {
         Some("compare with `==`".to_owned())
@@ -268,6 +396,8 @@ fn syntax_diag(src: &SourceFile, text: &str, pos: usize, variant: &ErrorVariant<
         Some("combine conditions with `and` / `or`".to_owned())
     } else if found == "end of file" && expected.contains(&"`)`") {
         Some("a `(` is not closed".to_owned())
+    } else if found.starts_with('`') && !is_keyword(word) && word.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        crate::diag::did_you_mean(word, keyword_candidates(&expected))
     } else {
         None
     };
@@ -278,9 +408,15 @@ fn syntax_diag(src: &SourceFile, text: &str, pos: usize, variant: &ErrorVariant<
 // Tree building. The grammar guarantees the shapes matched below.
 // ---------------------------------------------------------------------------------------------
 
+/// The span of a pair without the trailing whitespace pest's implicit WHITESPACE leaves in
+/// non-atomic rules.
 fn span(p: &Pair<'_, Rule>) -> Span {
     let s = p.as_span();
-    Span::new(s.start(), s.end())
+    let trimmed = s.as_str().trim_end_matches([' ', '\t', '\r', '\n', '\u{FEFF}']);
+    Span::new(
+        s.start(),
+        s.start() + trimmed.len().max(if s.as_str().is_empty() { 0 } else { 1 }).min(s.end() - s.start()),
+    )
 }
 
 fn ident(p: Pair<'_, Rule>) -> Ident {
@@ -505,15 +641,19 @@ fn build_element(p: Pair<'_, Rule>) -> Element {
                     Rule::q_star => Quantifier::Star,
                     Rule::q_optional => Quantifier::Optional,
                     _ => {
-                        let mut nums = q.into_inner();
-                        let min = nums.next().and_then(|n| parse_int(n.as_str())).unwrap_or(u64::MAX);
-                        let has_comma = nums.next().is_some();
-                        let max = match (has_comma, nums.next()) {
+                        // `{n}`, `{n,}` or `{n,m}`: integers and whether a comma separates them.
+                        let parts: Vec<(Rule, &str)> = q.into_inner().map(|n| (n.as_rule(), n.as_str())).collect();
+                        let ints: Vec<u64> = parts
+                            .iter()
+                            .filter(|(r, _)| *r == Rule::integer)
+                            .map(|(_, t)| parse_int(t).unwrap_or(u64::MAX))
+                            .collect();
+                        let has_comma = parts.iter().any(|(r, _)| *r == Rule::comma);
+                        let min = ints.first().copied().unwrap_or(u64::MAX);
+                        let max = match (has_comma, ints.get(1)) {
                             (false, _) => Some(min),
-                            (true, Some(n)) if n.as_rule() == Rule::integer => {
-                                Some(parse_int(n.as_str()).unwrap_or(u64::MAX))
-                            }
-                            (true, _) => None,
+                            (true, Some(m)) => Some(*m),
+                            (true, None) => None,
                         };
                         Quantifier::Range { min, max }
                     }
