@@ -1029,14 +1029,27 @@ impl Checker<'_> {
                 let st = self.stream.clone()?;
                 let key = self.key?;
                 if st.field(&path) == Some(key) {
-                    // Every event of a match has the same key: read it from the first variable.
-                    let v = self.vars.iter().position(|v| !v.negated)?;
+                    // Every event of a match has the same key: read it from the first variable
+                    // that took an event (an optional one may have taken none).
                     let t = Ty::from_field(st.fields[key.index()].ty)?;
-                    let var = VarId(v as u16);
-                    let expr = if self.vars[v].looping {
-                        Expr::Agg(AggFunc::First, var, Some(key))
+                    let reads: Vec<Expr> = self
+                        .vars
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| !v.negated)
+                        .map(|(i, v)| {
+                            let var = VarId(i as u16);
+                            if v.looping {
+                                Expr::Agg(AggFunc::First, var, Some(key))
+                            } else {
+                                Expr::VarField(var, key)
+                            }
+                        })
+                        .collect();
+                    let expr = if reads.len() == 1 {
+                        reads.into_iter().next()?
                     } else {
-                        Expr::VarField(var, key)
+                        Expr::Call(Func::Coalesce, reads.into())
                     };
                     return Some(Typed::new(t, expr));
                 }

@@ -174,6 +174,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         }
         w_first | w_last => "`first` or `last`",
         w_event => "`event`",
+        w_of | w_previous => "`of previous`",
         emit_field => "an output field `name: expression`",
         expr | primary | paren | if_expr | call | path | literal | boolean | null | kw_if | kw_true | kw_false
         | kw_null | op_neg => "an expression",
@@ -448,6 +449,8 @@ fn build_pattern(p: Pair<'_, Rule>) -> Pattern {
     Pattern { name, description, clauses, span: sp }
 }
 
+/// The text of a quoted string: `\n`, `\t`, `\\` and escaped quotes are translated; any other
+/// backslash is kept, so that `matches "\d+"` and `like "50\%"` mean what they say.
 fn unquote(s: &str) -> String {
     let body = &s[1..s.len().saturating_sub(1).max(1)];
     let mut out = String::with_capacity(body.len());
@@ -457,7 +460,11 @@ fn unquote(s: &str) -> String {
             match chars.next() {
                 Some('n') => out.push('\n'),
                 Some('t') => out.push('\t'),
-                Some(o) => out.push(o),
+                Some(q @ ('\\' | '"' | '\'')) => out.push(q),
+                Some(o) => {
+                    out.push('\\');
+                    out.push(o);
+                }
                 None => {}
             }
         } else {
@@ -670,7 +677,7 @@ fn build_element(p: Pair<'_, Rule>) -> Element {
                 modifiers.push((m, s));
             }
             Rule::element_window => {
-                let d = part.into_inner().nth(1).expect("grammar: duration");
+                let d = part.into_inner().find(|p| p.as_rule() == Rule::duration).expect("grammar: duration");
                 window = Some((duration_ms(&d).unwrap_or(-1), span(&d)));
             }
             _ => {}
