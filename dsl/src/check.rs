@@ -63,6 +63,8 @@ pub struct VarDef {
 #[derive(Clone, Debug)]
 pub struct CheckedPattern {
     pub name: String,
+    /// Where the pattern is named in its file.
+    pub name_span: Span,
     pub description: String,
     pub version: u32,
     pub severity: Severity,
@@ -506,6 +508,7 @@ fn check_pattern(
     }
     Some(CheckedPattern {
         name: p.name.name.clone(),
+        name_span: p.name.span,
         description,
         version,
         severity,

@@ -107,8 +107,8 @@ struct Compiler<'a> {
     start: Option<StateId>,
 }
 
-/// Compiles a checked pattern. `source_hash` is mixed into nothing: the content hash covers the
-/// compiled meaning (the dump), so comments and layout do not change it.
+/// Compiles a checked pattern. Its content hash covers the compiled meaning (the dump), so
+/// comments and layout do not change it.
 pub fn compile(p: &CheckedPattern) -> Nfa {
     let mut c = Compiler {
         p,

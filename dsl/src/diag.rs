@@ -97,7 +97,17 @@ impl Diagnostic {
         let _ = writeln!(out, "{}:{}:{}: error[{}]: {}", self.file, self.line, self.column, self.code, self.message);
         let num = self.line.to_string();
         let pad = " ".repeat(num.len());
-        let line: String = self.source_line.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
+        // Tabs become spaces so the caret lines up; control characters are never echoed to a terminal.
+        let line: String = self
+            .source_line
+            .chars()
+            .map(|c| match c {
+                '\t' => ' ',
+                c if c.is_control() => '\u{FFFD}',
+                c => c,
+            })
+            .collect();
+
         let _ = writeln!(out, "{pad} |");
         let _ = writeln!(out, "{num} | {line}");
         let width = if self.end_line == self.line {

@@ -22,11 +22,19 @@ pub const MAX_NESTING: usize = 128;
 /// Most operators accepted in one expression (a chain of them nests as deeply as brackets).
 pub const MAX_OPERATORS: usize = 1024;
 
+/// A compiled pattern and where it is defined.
+#[derive(Debug)]
+pub struct CompiledPattern {
+    pub nfa: engine::Nfa,
+    /// The pattern's name in its source file.
+    pub name_span: ast::Span,
+}
+
 /// The result of checking one file.
 #[derive(Debug, Default)]
 pub struct Compiled {
-    /// One NFA per valid pattern, in file order.
-    pub patterns: Vec<engine::Nfa>,
+    /// One compiled pattern per valid pattern, in file order.
+    pub patterns: Vec<CompiledPattern>,
     /// Every error found, in source order.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -53,7 +61,11 @@ pub fn compile_source(src: &SourceFile, catalog: &Catalog) -> Compiled {
     let checked = check::check_file(src, &parsed, catalog, &mut diagnostics);
     diagnostics.sort_by_key(|d| (d.line, d.column));
     diagnostics.dedup();
-    let patterns = if diagnostics.is_empty() { checked.iter().map(compile::compile).collect() } else { Vec::new() };
+    let patterns = if diagnostics.is_empty() {
+        checked.iter().map(|c| CompiledPattern { nfa: compile::compile(c), name_span: c.name_span }).collect()
+    } else {
+        Vec::new()
+    };
     Compiled { patterns, diagnostics }
 }
 

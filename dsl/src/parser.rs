@@ -898,7 +898,7 @@ pattern rapid_price_manipulation
     fn recovers_and_reports_every_clause() {
         let p = parse_str("pattern a\n  from\n  key k\n  match x followed y\n  within 2\npattern b\n  from s\n");
         let lines: Vec<usize> = p.errors.iter().map(|d| d.line).collect();
-        assert_eq!(lines, vec![3, 4, 5], "{:#?}", p.errors);
+        assert_eq!(lines, vec![2, 4, 5], "{:#?}", p.errors);
         assert_eq!(p.file.patterns.len(), 2);
     }
 }

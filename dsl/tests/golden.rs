@@ -49,7 +49,7 @@ fn nfa_dumps() {
         let dump: String = compiled
             .patterns
             .iter()
-            .map(|n| format!("# hash {}\n{}", n.meta.hash, engine::dump::dump(n)))
+            .map(|p| format!("# hash {}\n{}", p.nfa.meta.hash, engine::dump::dump(&p.nfa)))
             .collect::<Vec<_>>()
             .join("\n");
         if let Some(m) = golden(&path.with_extension("nfa"), &dump) {
@@ -72,7 +72,7 @@ fn pattern_library_checks_clean() {
         if !compiled.is_ok() {
             failures.push(render_all(&compiled.diagnostics));
         }
-        for p in &compiled.patterns {
+        for p in compiled.patterns.iter().map(|p| &p.nfa) {
             assert!(names.insert(p.meta.name.clone()), "pattern {} defined twice", p.meta.name);
             assert!(!p.meta.description.is_empty(), "{}: pattern {} has no description", path.display(), p.meta.name);
         }

@@ -149,7 +149,7 @@ fn rule_names() -> &'static [String] {
 }
 
 fn hashes(c: &Compiled) -> Vec<String> {
-    c.patterns.iter().map(|n| n.meta.hash.clone()).collect()
+    c.patterns.iter().map(|p| p.nfa.meta.hash.clone()).collect()
 }
 
 fn valid_corpus() -> Vec<(PathBuf, Catalog)> {

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use dsl::ast::Span;
 use dsl::{Catalog, Diagnostic};
 use serde::Serialize;
 
@@ -64,14 +63,14 @@ pub fn run_check(paths: &[PathBuf], config: Option<&Path>, format: Format) -> u8
         };
         let compiled = dsl::compile_source(&src, &catalog);
         diagnostics.extend(compiled.diagnostics);
-        for nfa in compiled.patterns {
+        for compiled in compiled.patterns {
+            let nfa = compiled.nfa;
             let name = nfa.meta.name.clone();
-            let at = src.text.find(&format!("pattern {name}")).unwrap_or(0);
-            let (line, _) = src.line_col(at);
+            let (line, _) = src.line_col(compiled.name_span.start);
             if let Some((other, other_line)) = defined.get(&name) {
                 let d = src
                     .diag(
-                        Span::new(at, at + 7 + name.len() + 1),
+                        compiled.name_span,
                         "duplicate-pattern",
                         format!("pattern `{name}` is also defined in {other}:{other_line}"),
                     )
@@ -160,7 +159,7 @@ pub fn run_explain(file: &Path, only: Option<&str>, config: Option<&Path>) -> u8
     }
     let mut text = String::new();
     let mut shown = 0;
-    for nfa in &compiled.patterns {
+    for nfa in compiled.patterns.iter().map(|p| &p.nfa) {
         if only.is_some_and(|n| n != nfa.meta.name) {
             continue;
         }
@@ -172,7 +171,7 @@ pub fn run_explain(file: &Path, only: Option<&str>, config: Option<&Path>) -> u8
         shown += 1;
     }
     if shown == 0 {
-        let names: Vec<&str> = compiled.patterns.iter().map(|n| n.meta.name.as_str()).collect();
+        let names: Vec<&str> = compiled.patterns.iter().map(|p| p.nfa.meta.name.as_str()).collect();
         err(&format!(
             "error: {} has no pattern `{}` (it has: {})\n",
             file.display(),

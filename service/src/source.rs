@@ -34,16 +34,18 @@ pub fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
 
 /// Decodes file contents, locating the first invalid UTF-8 sequence or NUL byte.
 pub fn from_bytes(name: String, bytes: Vec<u8>) -> Result<SourceFile, Diagnostic> {
+    if let Some(i) = bytes.iter().position(|b| *b == 0) {
+        // Locate it in the text before it (lossily decoded: the file is not text anyway).
+        let text = String::from_utf8_lossy(&bytes[..i]).into_owned();
+        let at = text.len();
+        let f = SourceFile::new(name, text + " ");
+        return Err(f
+            .diag(Span::new(at, at + 1), "binary-file", "this file contains a NUL byte: it is not a text file")
+            .with_hint("pattern files are UTF-8 text (*.tl)"));
+    }
     match String::from_utf8(bytes) {
-        Ok(text) => {
-            if let Some(i) = text.find('\0') {
-                let f = SourceFile::new(name, text.replace('\0', " "));
-                return Err(f
-                    .diag(Span::new(i, i + 1), "binary-file", "this file contains a NUL byte: it is not a text file")
-                    .with_hint("pattern files are UTF-8 text (*.tl)"));
-            }
-            Ok(SourceFile::new(name, text))
-        }
+        Ok(text) => Ok(SourceFile::new(name, text)),
+
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
             let bytes = e.into_bytes();

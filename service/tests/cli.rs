@@ -211,3 +211,16 @@ fn explain_prints_the_compiled_automaton() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("has no pattern `nope` (it has: one_or_more)"));
 }
+
+#[test]
+fn a_pattern_name_defined_in_two_files_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = "pattern same\n  from payments\n  key account_id\n  match a\n";
+    std::fs::write(dir.path().join("a.tl"), body).expect("write");
+    std::fs::write(dir.path().join("b.tl"), format!("# another file\n{body}")).expect("write");
+    let o = tripline(&["check", dir.path().to_str().expect("utf8")]);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("b.tl:2:9: error[duplicate-pattern]: pattern `same` is also defined in"), "{out}");
+    assert!(out.contains("a.tl:1"), "{out}");
+}

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(d.line >= 1 && d.column >= 1);
         let _ = d.render();
     }
-    for nfa in &compiled.patterns {
-        let _ = engine::dump::dump(nfa);
+    for p in &compiled.patterns {
+        let _ = engine::dump::dump(&p.nfa);
     }
 });
