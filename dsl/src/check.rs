@@ -583,18 +583,18 @@ impl Checker<'_> {
     /// Resolves a sequence; `in_loop`: inside a quantified group (its variables take several events).
     fn sequence(&mut self, s: &ast::Sequence, in_group: bool, in_loop: bool) -> Vec<RElement> {
         let mut out = Vec::new();
-        let mut prev: Option<(&ast::Element, bool, bool)> = None; // (element, optional, greedy)
+        let mut prev: Option<(bool, bool)> = None; // the previous element: (optional, greedy)
         let items = std::iter::once((None, &s.first)).chain(s.rest.iter().map(|(c, sp, e)| (Some((*c, *sp)), e)));
         for (contiguity, el) in items {
             let negated = contiguity.is_some_and(|(c, _)| c.is_negation());
-            if let (Some((c, cspan)), Some((_, prev_optional, _))) = (contiguity, prev) {
+            if let (Some((c, cspan)), Some((prev_optional, _))) = (contiguity, prev) {
                 if c.is_negation() && prev_optional {
                     self.err_hint(cspan, "negation-after-optional", format!("`{}` cannot follow an optional element", c.text()),
                         "FlinkCEP does not support an optional path into a negation; write two patterns, one with and one without the optional element");
                 }
             }
             let r = self.element(el, contiguity.map(|c| c.0), negated, in_group, in_loop);
-            if let (Some(r), Some((_, _, prev_greedy))) = (&r, prev) {
+            if let (Some(r), Some((_, prev_greedy))) = (&r, prev) {
                 if r.optional && prev_greedy {
                     self.err_hint(
                         el.span,
@@ -605,10 +605,10 @@ impl Checker<'_> {
                 }
             }
             if let Some(r) = r {
-                prev = Some((el, r.optional, r.greedy));
+                prev = Some((r.optional, r.greedy));
                 out.push(r);
             } else {
-                prev = Some((el, false, false));
+                prev = Some((false, false));
             }
         }
         out
