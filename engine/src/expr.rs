@@ -572,7 +572,7 @@ mod tests {
     }
 
     fn ev(vals: Vec<Value>) -> Event {
-        Event { ts: 0, kind: TypeId(0), fields: vals.into() }
+        Event { seq: 0, ts: 0, kind: TypeId(0), fields: vals.into() }
     }
 
     fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {

@@ -9,6 +9,7 @@
 pub mod dump;
 pub mod expr;
 pub mod nfa;
+pub mod runtime;
 pub mod value;
 
 pub use expr::{AggFunc, BinOp, Cond, Expr, Func, MatchView, UnOp};

@@ -89,6 +89,9 @@ impl fmt::Display for Value {
 /// is a union of record types) and its field values in the stream's field order (`FieldId`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
+    /// Where the event came from, as the caller numbers it (arrival order, or a source offset):
+    /// how matches point back at their input.
+    pub seq: u64,
     pub ts: i64,
     pub kind: TypeId,
     pub fields: Box<[Value]>,

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod check;
 mod config;
+mod conformance;
 mod source;
 
 /// Exit status: everything valid.
@@ -51,6 +52,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Run a FlinkCEP conformance corpus (JSON cases) and compare the results.
+    Conformance {
+        /// Corpus files (a JSON array of cases each).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Also print a line for every passing case.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Explain compiled patterns.
     Explain {
         /// Print the compiled automaton of every pattern in FILE.
@@ -86,6 +96,7 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Check { paths, config, format } => check::run_check(&paths, config.as_deref(), format),
+        Command::Conformance { files, verbose } => conformance::run(&files, verbose),
         Command::Explain { nfa, pattern, config } => check::run_explain(&nfa, pattern.as_deref(), config.as_deref()),
     };
     ExitCode::from(code)

@@ -1,0 +1,185 @@
+//! The shared buffer (FlinkCEP's `SharedBuffer` + `SharedBufferAccessor`): the events partial
+//! matches have taken, stored once, linked into a graph whose edges carry Dewey versions, so that
+//! runs share their common prefixes. Reference counts free what no run can reach any more.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::dewey::Dewey;
+use crate::nfa::VarId;
+use crate::value::Event;
+
+/// An event in the buffer: its timestamp and its rank among the taken events of that timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId {
+    pub ts: i64,
+    pub id: u32,
+}
+
+/// A node: an event as taken by a variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeId {
+    pub event: EventId,
+    pub var: VarId,
+}
+
+#[derive(Clone, Debug)]
+struct Edge {
+    target: Option<NodeId>,
+    version: Dewey,
+    refs: i32,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Node {
+    edges: Vec<Edge>,
+    refs: i32,
+}
+
+/// `Lockable.release`: frees when the count reaches zero (or was already not positive).
+fn release(refs: &mut i32) -> bool {
+    if *refs <= 0 {
+        return true;
+    }
+    *refs -= 1;
+    *refs == 0
+}
+
+/// The events of one match, per variable in order of their first event, each list in order.
+pub type EventPath = Vec<(VarId, Vec<EventId>)>;
+
+#[derive(Clone, Debug, Default)]
+pub struct SharedBuffer {
+    events: HashMap<EventId, (i32, Arc<Event>)>,
+    counts: BTreeMap<i64, u32>,
+    nodes: HashMap<NodeId, Node>,
+}
+
+impl SharedBuffer {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.nodes.is_empty()
+    }
+
+    /// Number of stored events and nodes (for memory accounting).
+    pub fn size(&self) -> (usize, usize) {
+        (self.events.len(), self.nodes.len())
+    }
+
+    pub fn register_event(&mut self, event: Arc<Event>, ts: i64) -> EventId {
+        let c = self.counts.entry(ts).or_insert(0);
+        let id = EventId { ts, id: *c };
+        *c += 1;
+        self.events.insert(id, (1, event));
+        id
+    }
+
+    pub fn event(&self, id: EventId) -> Option<&Arc<Event>> {
+        self.events.get(&id).map(|e| &e.1)
+    }
+
+    pub fn release_event(&mut self, id: EventId) {
+        if let Some(e) = self.events.get_mut(&id) {
+            if release(&mut e.0) {
+                self.events.remove(&id);
+            }
+        }
+    }
+
+    pub fn lock_node(&mut self, node: NodeId, version: &Dewey) {
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.refs += 1;
+            for e in &mut n.edges {
+                if version.is_compatible_with(&e.version) {
+                    e.refs += 1;
+                }
+            }
+        }
+    }
+
+    /// Records that `var` took `event` after `prev` (in the run of `version`).
+    pub fn put(&mut self, var: VarId, event: EventId, prev: Option<NodeId>, version: &Dewey) -> NodeId {
+        if let Some(p) = prev {
+            self.lock_node(p, version);
+        }
+        let id = NodeId { event, var };
+        let node = match self.nodes.entry(id) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if let Some(e) = self.events.get_mut(&event) {
+                    e.0 += 1;
+                }
+                v.insert(Node::default())
+            }
+        };
+        node.edges.push(Edge { target: prev, version: version.clone(), refs: 0 });
+        id
+    }
+
+    pub fn release_node(&mut self, node: NodeId, version: &Dewey) {
+        let mut stack: Vec<(NodeId, Dewey)> = vec![(node, version.clone())];
+        while let Some((cur, v)) = stack.pop() {
+            let Some(n) = self.nodes.get_mut(&cur) else { break };
+            let mut i = 0;
+            while i < n.edges.len() {
+                let e = &mut n.edges[i];
+                if v.is_compatible_with(&e.version) && release(&mut e.refs) {
+                    let e = n.edges.remove(i);
+                    if let Some(t) = e.target {
+                        stack.push((t, e.version));
+                    }
+                    continue;
+                }
+                i += 1;
+            }
+            if release(&mut n.refs) {
+                self.nodes.remove(&cur);
+                self.release_event(cur.event);
+            }
+        }
+    }
+
+    /// Every path of `version` ending at `node`, earliest event first; the first path is the one
+    /// that follows the last compatible edge at each node.
+    pub fn extract(&self, node: NodeId, version: &Dewey) -> Vec<EventPath> {
+        let mut out = Vec::new();
+        if !self.nodes.contains_key(&node) {
+            return out;
+        }
+        let mut stack: Vec<(Option<NodeId>, Dewey, Vec<NodeId>)> = vec![(Some(node), version.clone(), Vec::new())];
+        while let Some((entry, v, mut path)) = stack.pop() {
+            match entry {
+                None => {
+                    let mut m: EventPath = Vec::new();
+                    for n in path.iter().rev() {
+                        match m.iter_mut().find(|(var, _)| *var == n.var) {
+                            Some((_, list)) => list.push(n.event),
+                            None => m.push((n.var, vec![n.event])),
+                        }
+                    }
+                    out.push(m);
+                }
+                Some(id) => {
+                    path.push(id);
+                    if let Some(n) = self.nodes.get(&id) {
+                        for e in &n.edges {
+                            if v.is_compatible_with(&e.version) {
+                                stack.push((e.target, e.version.clone(), path.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The events of a path.
+    pub fn materialize(&self, path: &EventPath) -> Vec<(VarId, Vec<Arc<Event>>)> {
+        path.iter().map(|(var, ids)| (*var, ids.iter().filter_map(|id| self.event(*id).cloned()).collect())).collect()
+    }
+
+    /// Forgets the per-timestamp id counters older than `ts`.
+    pub fn advance_time(&mut self, ts: i64) {
+        self.counts = self.counts.split_off(&ts);
+    }
+}

@@ -1,0 +1,66 @@
+//! Dewey version numbers of partial matches (FlinkCEP's `DeweyNumber`): they tell which shared
+//! buffer edges belong to which run, so that runs sharing a prefix can be told apart.
+
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dewey(Vec<u32>);
+
+impl Dewey {
+    pub fn new(start: u32) -> Self {
+        Dewey(vec![start])
+    }
+
+    /// The last digit increased by `times`.
+    pub fn increase(&self, times: u32) -> Self {
+        let mut v = self.0.clone();
+        if let Some(last) = v.last_mut() {
+            *last += times;
+        }
+        Dewey(v)
+    }
+
+    /// A new stage: `1.2` becomes `1.2.0`.
+    pub fn add_stage(&self) -> Self {
+        let mut v = self.0.clone();
+        v.push(0);
+        Dewey(v)
+    }
+
+    /// Whether a run of version `self` may follow an edge of version `other`: `other` is a
+    /// prefix of `self`, or they have the same length, the same prefix and `self`'s last digit is
+    /// not smaller.
+    pub fn is_compatible_with(&self, other: &Dewey) -> bool {
+        let (a, b) = (&self.0, &other.0);
+        if a.len() > b.len() {
+            a[..b.len()] == b[..]
+        } else if a.len() == b.len() {
+            let n = a.len();
+            n > 0 && a[..n - 1] == b[..n - 1] && a[n - 1] >= b[n - 1]
+        } else {
+            false
+        }
+    }
+}
+
+impl fmt::Debug for Dewey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(u32::to_string).collect();
+        f.write_str(&parts.join("."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compatibility() {
+        let v = Dewey::new(1);
+        assert!(v.add_stage().is_compatible_with(&v));
+        assert!(v.increase(2).is_compatible_with(&v));
+        assert!(!v.is_compatible_with(&v.increase(1)));
+        assert!(!v.is_compatible_with(&v.add_stage()));
+        assert_eq!(format!("{:?}", v.increase(1).add_stage().add_stage()), "2.0.0");
+    }
+}

@@ -1,0 +1,8 @@
+//! The runtime: run state per key and pattern, the shared buffer, and FlinkCEP-exact ordering.
+
+pub mod buffer;
+pub mod dewey;
+pub mod pq;
+pub mod run;
+
+pub use run::{Match, MatchEvents, RunState, Timeout};

@@ -1,0 +1,404 @@
+//! One pattern's partial matches for one key (FlinkCEP's `NFA` + `NFAState`), processing events
+//! and the passage of time. Semantics follow `docs/design/flinkcep-runtime.md` step by step: the
+//! visiting order of partial matches, version numbering, reference counting and the skip
+//! strategies all decide what comes out, and in which order.
+
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use super::buffer::{EventId, EventPath, NodeId, SharedBuffer};
+use super::dewey::Dewey;
+use super::pq::JavaPq;
+use crate::expr::MatchView;
+use crate::nfa::{Action, Nfa, SkipStrategy, StateId, StateKind, VarId};
+use crate::value::Event;
+
+/// A partial match (or a completed match waiting to be released).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partial {
+    pub state: StateId,
+    pub version: Dewey,
+    /// Node of the last taken event; `None` for the fresh start state.
+    pub prev: Option<NodeId>,
+    pub start_ts: i64,
+    pub prev_ts: i64,
+    pub start_id: Option<EventId>,
+}
+
+fn key(p: &Partial) -> (i64, u32) {
+    match p.start_id {
+        Some(e) => (e.ts, e.id),
+        None => (i64::MAX, u32::MAX),
+    }
+}
+
+/// FlinkCEP's comparator: by start event only.
+fn cmp(a: &Partial, b: &Partial) -> Ordering {
+    key(a).cmp(&key(b))
+}
+
+/// Per variable (in order of its first event), the events it took.
+pub type MatchEvents = Vec<(VarId, Vec<Arc<Event>>)>;
+
+/// A match: per variable (in order of their first event) the events it took, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Match {
+    pub events: MatchEvents,
+}
+
+/// A partial match that ran out of time, and when it did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timeout {
+    pub events: MatchEvents,
+    pub ts: i64,
+}
+
+/// The run state of one pattern for one key.
+#[derive(Clone, Debug)]
+pub struct RunState {
+    partial: JavaPq<Partial>,
+    completed: JavaPq<Partial>,
+    /// Set when a run started (FlinkCEP registers a window timer then).
+    pub new_start: bool,
+    pub buffer: SharedBuffer,
+}
+
+impl RunState {
+    pub fn new(nfa: &Nfa) -> Self {
+        let mut partial = JavaPq::new();
+        partial.offer(start_state(nfa.start, Dewey::new(1)), cmp);
+        RunState { partial, completed: JavaPq::new(), new_start: false, buffer: SharedBuffer::default() }
+    }
+
+    /// Only the fresh start state, nothing held, nothing buffered: the key holds no memory.
+    pub fn is_idle(&self) -> bool {
+        self.completed.is_empty() && self.partial.len() == 1 && self.partial.iter().all(|p| p.start_id.is_none())
+    }
+
+    /// Number of partial matches (the fresh start state not counted).
+    pub fn partial_count(&self) -> usize {
+        self.partial.iter().filter(|p| p.start_id.is_some()).count()
+    }
+}
+
+fn start_state(state: StateId, version: Dewey) -> Partial {
+    Partial { state, version, prev: None, start_ts: -1, prev_ts: -1, start_id: None }
+}
+
+/// Condition context: the events the partial match has taken so far (never the candidate).
+struct Ctx<'a> {
+    buffer: &'a SharedBuffer,
+    partial: &'a Partial,
+    cache: RefCell<Option<MatchEvents>>,
+}
+
+impl MatchView for Ctx<'_> {
+    fn visit(&self, var: VarId, f: &mut dyn FnMut(&Event) -> bool) {
+        let mut cache = self.cache.borrow_mut();
+        let events = cache.get_or_insert_with(|| current_events(self.buffer, self.partial));
+        if let Some((_, list)) = events.iter().find(|(v, _)| *v == var) {
+            for e in list {
+                if !f(e) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn current_events(buffer: &SharedBuffer, p: &Partial) -> MatchEvents {
+    let Some(prev) = p.prev else { return Vec::new() };
+    buffer.extract(prev, &p.version).first().map(|path| buffer.materialize(path)).unwrap_or_default()
+}
+
+/// An event being processed; registered in the buffer when first taken.
+struct Incoming {
+    event: Arc<Event>,
+    ts: i64,
+    id: Option<EventId>,
+}
+
+impl Incoming {
+    fn id(&mut self, buffer: &mut SharedBuffer) -> EventId {
+        *self.id.get_or_insert_with(|| buffer.register_event(self.event.clone(), self.ts))
+    }
+}
+
+struct Outgoing {
+    /// (source state, edge index)
+    edges: Vec<(StateId, usize)>,
+    takes: u32,
+    ignores: u32,
+}
+
+fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>) -> Outgoing {
+    let mut out = Outgoing { edges: Vec::new(), takes: 0, ignores: 0 };
+    let mut stack = vec![p.state];
+    while let Some(s) = stack.pop() {
+        for (i, e) in nfa.state(s).edges.iter().enumerate() {
+            if !e.cond.holds(&nfa.conditions, event, ctx) {
+                continue;
+            }
+            match e.action {
+                Action::Proceed => stack.push(e.target),
+                Action::Ignore | Action::Take => {
+                    out.edges.push((s, i));
+                    let self_ignore = e.action == Action::Ignore && e.target == p.state;
+                    if !self_ignore {
+                        if e.action == Action::Ignore {
+                            out.ignores += 1;
+                        } else {
+                            out.takes += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn final_after_proceed(nfa: &Nfa, from: StateId, event: &Event, ctx: &Ctx<'_>) -> Option<StateId> {
+    let mut stack = vec![from];
+    while let Some(s) = stack.pop() {
+        for e in &nfa.state(s).edges {
+            if e.action == Action::Proceed && e.cond.holds(&nfa.conditions, event, ctx) {
+                if nfa.state(e.target).kind == StateKind::Final {
+                    return Some(e.target);
+                }
+                stack.push(e.target);
+            }
+        }
+    }
+    None
+}
+
+fn self_increase(ignores: u32, takes: u32) -> u32 {
+    if takes == 0 && ignores == 0 {
+        0
+    } else {
+        ignores + takes.max(1)
+    }
+}
+
+fn add_partial(out: &mut Vec<Partial>, buffer: &mut SharedBuffer, p: Partial) {
+    if let Some(prev) = p.prev {
+        buffer.lock_node(prev, &p.version);
+    }
+    out.push(p);
+}
+
+fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incoming) -> Vec<Partial> {
+    let og = {
+        let ctx = Ctx { buffer, partial: p, cache: RefCell::new(None) };
+        decision_graph(nfa, p, &ev.event, &ctx)
+    };
+    let is_start = p.state == nfa.start;
+    let (takes, ignores) = (og.takes, og.ignores);
+    let mut take_to_visit = takes.saturating_sub(1);
+    let mut ignore_to_visit = ignores;
+    let take_to_skip = takes.saturating_sub(1);
+    let mut out = Vec::new();
+    for (src, i) in og.edges {
+        let edge = &nfa.state(src).edges[i];
+        match edge.action {
+            Action::Ignore => {
+                if is_start {
+                    continue;
+                }
+                let version = if edge.target == p.state {
+                    p.version.increase(self_increase(ignores, takes))
+                } else {
+                    let v = p.version.increase(take_to_skip + ignore_to_visit).add_stage();
+                    ignore_to_visit = ignore_to_visit.saturating_sub(1);
+                    v
+                };
+                let n = Partial { state: edge.target, version, ..p.clone() };
+                add_partial(&mut out, buffer, n);
+            }
+            Action::Take => {
+                let current = p.version.increase(take_to_visit);
+                let next = current.add_stage();
+                take_to_visit = take_to_visit.saturating_sub(1);
+                let var = nfa.state(src).var.unwrap_or(VarId(0));
+                let eid = ev.id(buffer);
+                let node = buffer.put(var, eid, p.prev, &current);
+                let (start_ts, start_id) = if is_start { (ev.ts, Some(eid)) } else { (p.start_ts, p.start_id) };
+                let n = Partial {
+                    state: edge.target,
+                    version: next.clone(),
+                    prev: Some(node),
+                    start_ts,
+                    prev_ts: ev.ts,
+                    start_id,
+                };
+                add_partial(&mut out, buffer, n.clone());
+                let fin = {
+                    let ctx = Ctx { buffer, partial: p, cache: RefCell::new(None) };
+                    final_after_proceed(nfa, edge.target, &ev.event, &ctx)
+                };
+                if let Some(f) = fin {
+                    add_partial(&mut out, buffer, Partial { state: f, ..n });
+                }
+            }
+            Action::Proceed => {}
+        }
+    }
+    if is_start {
+        out.push(start_state(p.state, p.version.increase(self_increase(ignores, takes))));
+    }
+    if let Some(prev) = p.prev {
+        buffer.release_node(prev, &p.version);
+    }
+    out
+}
+
+impl RunState {
+    /// Feeds one event at time `ts`; returns the matches it completes (and releases).
+    pub fn process(&mut self, nfa: &Nfa, event: Arc<Event>, ts: i64) -> Vec<Match> {
+        let mut ev = Incoming { event, ts, id: None };
+        let mut new_partial = JavaPq::new();
+        let mut potential = JavaPq::new();
+        let current = std::mem::take(&mut self.partial).into_vec();
+        for p in &current {
+            let next = next_states(nfa, &mut self.buffer, p, &mut ev);
+            let mut retain = Vec::new();
+            let mut discard = false;
+            for n in next {
+                if p.state == nfa.start && n.start_ts > 0 {
+                    self.new_start = true;
+                }
+                match nfa.state(n.state).kind {
+                    StateKind::Final => potential.offer(n, cmp),
+                    StateKind::Stop => {
+                        discard = true;
+                        if let Some(prev) = n.prev {
+                            self.buffer.release_node(prev, &n.version);
+                        }
+                    }
+                    _ => retain.push(n),
+                }
+            }
+            if discard {
+                for r in retain {
+                    if let Some(prev) = r.prev {
+                        self.buffer.release_node(prev, &r.version);
+                    }
+                }
+            } else {
+                for r in retain {
+                    new_partial.offer(r, cmp);
+                }
+            }
+        }
+        let mut result = Vec::new();
+        self.release_completed(nfa, potential, &mut new_partial, &mut result);
+        self.partial = new_partial;
+        if let Some(id) = ev.id {
+            self.buffer.release_event(id);
+        }
+        result
+    }
+
+    /// Advances time to `ts`: partial matches whose window has passed time out (or, waiting on a
+    /// `not followed by` at the end, complete); held-back matches may be released.
+    pub fn advance_time(&mut self, nfa: &Nfa, ts: i64) -> (Vec<Match>, Vec<Timeout>) {
+        let mut result = Vec::new();
+        let mut timeouts = Vec::new();
+        let mut new_partial = JavaPq::new();
+        let mut potential = JavaPq::new();
+        let current = std::mem::take(&mut self.partial).into_vec();
+        let window = nfa.window_ms.unwrap_or(0);
+        for p in current {
+            let state = nfa.state(p.state);
+            let is_start = p.state == nfa.start;
+            let timed_out = |since: i64, w: i64| !is_start && w > 0 && ts - since >= w;
+            let to_prev = state.window_ms.is_some_and(|w| timed_out(p.prev_ts, w));
+            let to_first = timed_out(p.start_ts, window);
+            if to_prev || to_first {
+                if state.kind == StateKind::Pending {
+                    potential.offer(p, cmp);
+                    continue;
+                }
+                let events = current_events(&self.buffer, &p);
+                let at = if to_prev { p.prev_ts + state.window_ms.unwrap_or(0) } else { p.start_ts + window };
+                timeouts.push(Timeout { events, ts: at });
+                if let Some(prev) = p.prev {
+                    self.buffer.release_node(prev, &p.version);
+                }
+            } else {
+                new_partial.offer(p, cmp);
+            }
+        }
+        self.release_completed(nfa, potential, &mut new_partial, &mut result);
+        self.partial = new_partial;
+        self.buffer.advance_time(ts);
+        (result, timeouts)
+    }
+
+    fn release_completed(
+        &mut self,
+        nfa: &Nfa,
+        potential: JavaPq<Partial>,
+        partial: &mut JavaPq<Partial>,
+        result: &mut Vec<Match>,
+    ) {
+        for m in potential.into_vec() {
+            self.completed.offer(m, cmp);
+        }
+        let skipping = nfa.skip != SkipStrategy::NoSkip;
+        while let Some(m) = self.completed.peek() {
+            if skipping {
+                if let Some(p) = partial.peek() {
+                    if cmp(m, p) == Ordering::Greater {
+                        break;
+                    }
+                }
+            }
+            let Some(m) = self.completed.poll(cmp) else { break };
+            let Some(prev) = m.prev else { continue };
+            let paths = self.buffer.extract(prev, &m.version);
+            if skipping {
+                if let Some(pid) = pruning_id(nfa.skip, &paths) {
+                    prune(&mut self.buffer, partial, nfa.skip, pid);
+                    prune(&mut self.buffer, &mut self.completed, nfa.skip, pid);
+                }
+            }
+            if let Some(first) = paths.first() {
+                result.push(Match { events: self.buffer.materialize(first) });
+            }
+            self.buffer.release_node(prev, &m.version);
+        }
+    }
+}
+
+/// The event relative to which a skip strategy prunes (FlinkCEP's `getPruningId`).
+fn pruning_id(skip: SkipStrategy, paths: &[EventPath]) -> Option<EventId> {
+    let all = || paths.iter().flatten();
+    let of = |x: VarId| all().filter(move |(v, _)| *v == x).map(|(_, l)| l);
+    match skip {
+        SkipStrategy::NoSkip => None,
+        SkipStrategy::ToNext => all().filter_map(|(_, l)| l.first().copied()).min(),
+        SkipStrategy::PastLastEvent => all().filter_map(|(_, l)| l.last().copied()).max(),
+        SkipStrategy::ToFirst(x) => of(x).filter_map(|l| l.first().copied()).max(),
+        SkipStrategy::ToLast(x) => of(x).filter_map(|l| l.last().copied()).max(),
+    }
+}
+
+fn prune(buffer: &mut SharedBuffer, q: &mut JavaPq<Partial>, skip: SkipStrategy, pid: EventId) {
+    let should = |p: &Partial| match p.start_id {
+        Some(s) => match skip {
+            SkipStrategy::ToNext | SkipStrategy::PastLastEvent => s <= pid,
+            _ => s < pid,
+        },
+        None => false,
+    };
+    let doomed: Vec<Partial> = q.iter().filter(|p| should(p)).cloned().collect();
+    for d in &doomed {
+        if let Some(prev) = d.prev {
+            buffer.release_node(prev, &d.version);
+        }
+    }
+    q.remove_if(|p| doomed.contains(p), cmp);
+}
