@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dsl::{Catalog, SourceFile, StreamSchema};
-use engine::runtime::{Match, RunState, Timeout};
+use engine::runtime::{Key, Match, Operator, Output, RunState, Timeout};
 use engine::{Event, FieldId, Nfa, TypeId, Value};
 use serde_json::Value as Json;
 
@@ -462,18 +462,12 @@ fn record_timeouts(nfa: &Nfa, feed: &Feed, ts: &[Timeout], outcome: &mut Outcome
     }
 }
 
-/// Event time, as FlinkCEP's `CepOperator`: per-key buffers and timers, late events.
+/// Event time, through the engine's operator (FlinkCEP's `CepOperator` semantics).
 fn run_event_time(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) -> Result<Outcome, String> {
-    struct Key {
-        state: RunState,
-        queue: BTreeMap<i64, Vec<Arc<Event>>>,
-    }
-    let mut keys: BTreeMap<String, Key> = BTreeMap::new();
-    let mut timers: BTreeSet<(i64, String)> = BTreeSet::new();
-    let mut watermark = i64::MIN;
-    let mut outcome = Outcome::default();
-    let comparator = case["same_timestamp_order"].as_str() == Some("price ascending");
-    let window = nfa.window_ms.unwrap_or(0);
+    let tie_break =
+        (case["same_timestamp_order"].as_str() == Some("price ascending")).then(|| schema.field("price")).flatten();
+    let config = engine::runtime::Config { tie_break, ..Default::default() };
+    let mut op = Operator::new(Arc::new(nfa.clone()), config);
     let wm_value = |w: &Json| -> Result<i64, String> {
         match w {
             Json::String(s) if s == "MIN" => Ok(i64::MIN),
@@ -485,65 +479,26 @@ fn run_event_time(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) ->
     for w in case["watermarks"].as_array().into_iter().flatten() {
         marks.entry(ref_of(&w["after_ref"])).or_default().push(wm_value(&w["wm"])?);
     }
-    let advance = |w: i64,
-                   keys: &mut BTreeMap<String, Key>,
-                   timers: &mut BTreeSet<(i64, String)>,
-                   watermark: &mut i64,
-                   outcome: &mut Outcome| {
-        *watermark = w;
-        while let Some((t, k)) = timers.iter().next().cloned() {
-            if t > w {
-                break;
-            }
-            timers.remove(&(t, k.clone()));
-            let Some(key) = keys.get_mut(&k) else { continue };
-            while let Some((&ts, _)) = key.queue.iter().next() {
-                if ts > *watermark {
-                    break;
-                }
-                let mut batch = key.queue.remove(&ts).unwrap_or_default();
-                let (ms, tos) = key.state.advance_time(nfa, ts);
-                record(nfa, feed, &ms, outcome);
-                record_timeouts(nfa, feed, &tos, outcome);
-                if comparator {
-                    batch.sort_by(|a, b| price(a).total_cmp(&price(b)));
-                }
-                for e in batch {
-                    let ms = key.state.process(nfa, e, ts);
-                    if window > 0 && key.state.new_start {
-                        timers.insert((ts.saturating_add(window), k.clone()));
-                    }
-                    key.state.new_start = false;
-                    record(nfa, feed, &ms, outcome);
-                }
-            }
-            let (ms, tos) = key.state.advance_time(nfa, *watermark);
-            record(nfa, feed, &ms, outcome);
-            record_timeouts(nfa, feed, &tos, outcome);
-        }
-    };
+    let mut out = Vec::new();
     for w in marks.get("START").into_iter().flatten() {
-        advance(*w, &mut keys, &mut timers, &mut watermark, &mut outcome);
+        op.advance_watermark(*w, &mut out);
     }
     for (event, r) in &feed.events {
-        let k = partition(case, event, schema);
-        if event.ts > watermark {
-            let key =
-                keys.entry(k.clone()).or_insert_with(|| Key { state: RunState::new(nfa), queue: BTreeMap::new() });
-            let list = key.queue.entry(event.ts).or_default();
-            if list.is_empty() {
-                timers.insert((event.ts, k));
-            }
-            list.push(event.clone());
-        } else {
-            outcome.late.push(r.clone());
-        }
+        op.process(Key::Str(partition(case, event, schema).into()), event.clone(), &mut out);
         for w in marks.get(r).into_iter().flatten() {
-            advance(*w, &mut keys, &mut timers, &mut watermark, &mut outcome);
+            op.advance_watermark(*w, &mut out);
         }
     }
     for w in marks.get("END").into_iter().flatten() {
-        advance(*w, &mut keys, &mut timers, &mut watermark, &mut outcome);
+        op.advance_watermark(*w, &mut out);
+    }
+    let mut outcome = Outcome::default();
+    for o in out {
+        match o {
+            Output::Match { events, .. } => outcome.matches.push(named(nfa, feed, &events)),
+            Output::Timeout { events, ts, .. } => outcome.timeouts.push((named(nfa, feed, &events), ts)),
+            Output::Late { event, .. } => outcome.late.push(feed.events[event.seq as usize].1.clone()),
+        }
     }
     Ok(outcome)
 }

@@ -2,7 +2,9 @@
 
 pub mod buffer;
 pub mod dewey;
+pub mod operator;
 pub mod pq;
 pub mod run;
 
+pub use operator::{Config, InMemory, Key, KeyState, Operator, Output, StateStore, Stats};
 pub use run::{Match, MatchEvents, RunState, Timeout};

@@ -76,6 +76,25 @@ impl RunState {
         self.completed.is_empty() && self.partial.len() == 1 && self.partial.iter().all(|p| p.start_id.is_none())
     }
 
+    /// Keeps at most `max` partial matches, dropping those that started earliest; returns how
+    /// many were dropped.
+    pub fn enforce_budget(&mut self, max: usize) -> usize {
+        let started: Vec<&Partial> = self.partial.iter().filter(|p| p.start_id.is_some()).collect();
+        if started.len() <= max {
+            return 0;
+        }
+        let mut doomed: Vec<Partial> = started.into_iter().cloned().collect();
+        doomed.sort_by(cmp);
+        doomed.truncate(doomed.len() - max);
+        for d in &doomed {
+            if let Some(prev) = d.prev {
+                self.buffer.release_node(prev, &d.version);
+            }
+        }
+        self.partial.remove_if(|p| doomed.contains(p), cmp);
+        doomed.len()
+    }
+
     /// Number of partial matches (the fresh start state not counted).
     pub fn partial_count(&self) -> usize {
         self.partial.iter().filter(|p| p.start_id.is_some()).count()
