@@ -6,6 +6,7 @@
 //! - the compiled [`Nfa`] is immutable and shared (`Arc`), run state is per key;
 //! - at run time fields, variables, states and record types are newtype indices, never strings.
 
+pub mod alert;
 pub mod dump;
 pub mod expr;
 pub mod nfa;

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod check;
 mod config;
 mod conformance;
+mod decode;
+mod replay;
 mod source;
 
 /// Exit status: everything valid.
@@ -61,6 +63,21 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Replay an exported file of events through a pattern set and write the alerts.
+    Replay {
+        /// Pattern files or directories.
+        #[arg(long, required = true, value_name = "PATH")]
+        patterns: Vec<PathBuf>,
+        /// Events, one JSON object per line: {"stream": ..., "type": ..., "value": {...}}.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// Where to write the alerts (JSON lines).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Configuration file with the streams (default: $TRIPLINE_CONFIG, then ./tripline.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Explain compiled patterns.
     Explain {
         /// Print the compiled automaton of every pattern in FILE.
@@ -97,6 +114,12 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Check { paths, config, format } => check::run_check(&paths, config.as_deref(), format),
         Command::Conformance { files, verbose } => conformance::run(&files, verbose),
+        Command::Replay { patterns, input, output, config } => replay::run(&replay::Replay {
+            patterns: &patterns,
+            input: &input,
+            output: &output,
+            config: config.as_deref(),
+        }),
         Command::Explain { nfa, pattern, config } => check::run_explain(&nfa, pattern.as_deref(), config.as_deref()),
     };
     ExitCode::from(code)

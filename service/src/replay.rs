@@ -1,0 +1,249 @@
+//! `tripline replay`: runs a pattern set over an exported file of events, with the same
+//! watermark rules as the service, and writes the alerts as JSON lines. Same input and patterns,
+//! same bytes out.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engine::runtime::{Config as OpConfig, Key, Operator, Output};
+use engine::{Nfa, Value};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::config::{self, Config};
+use crate::{decode, err, out, source, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
+
+/// Options of a replay.
+pub struct Replay<'a> {
+    pub patterns: &'a [PathBuf],
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub config: Option<&'a Path>,
+}
+
+/// Per stream: its watermark generator.
+struct StreamClock {
+    out_of_orderness: i64,
+    max_ts: i64,
+}
+
+impl StreamClock {
+    /// Bounded out-of-orderness, as Flink's: the newest event time minus the allowance, minus 1 ms
+    /// (an event exactly `out_of_orderness` behind the newest is still on time).
+    fn watermark(&self) -> i64 {
+        self.max_ts.saturating_sub(self.out_of_orderness).saturating_sub(1)
+    }
+}
+
+/// Counts for the summary.
+#[derive(Default)]
+struct Counts {
+    events: u64,
+    rejected: u64,
+    late: u64,
+    alerts: BTreeMap<String, u64>,
+}
+
+pub fn run(opts: &Replay<'_>) -> u8 {
+    match replay(opts) {
+        Ok((counts, rejected_lines)) => {
+            let mut summary = format!(
+                "replayed {} events: {} alert(s), {} late, {} rejected\n",
+                counts.events,
+                counts.alerts.values().sum::<u64>(),
+                counts.late,
+                counts.rejected
+            );
+            for (p, n) in &counts.alerts {
+                let _ = writeln!(summary, "  {p}: {n}");
+            }
+            err(&summary);
+            if rejected_lines {
+                EXIT_INVALID
+            } else {
+                EXIT_OK
+            }
+        }
+        Err((code, msg)) => {
+            err(&format!("{msg}\n"));
+            code
+        }
+    }
+}
+
+/// Compiles the pattern files; diagnostics go to stdout.
+pub fn compile_patterns(paths: &[PathBuf], catalog: &dsl::Catalog) -> Result<Vec<Arc<Nfa>>, (u8, String)> {
+    let files = source::expand(paths).map_err(|e| (EXIT_USAGE, format!("error: {e}")))?;
+    let mut nfas = Vec::new();
+    let mut bad = 0;
+    for f in &files {
+        let src = match source::read(f) {
+            Ok(s) => s,
+            Err(d) => {
+                out(&d.render());
+                bad += 1;
+                continue;
+            }
+        };
+        let compiled = dsl::compile_source(&src, catalog);
+        for d in &compiled.diagnostics {
+            out(&format!("{}\n", d.render()));
+        }
+        bad += compiled.diagnostics.len();
+        nfas.extend(compiled.patterns.into_iter().map(|p| Arc::new(p.nfa)));
+    }
+    if bad > 0 {
+        return Err((EXIT_INVALID, format!("error: the patterns have {bad} error(s); nothing was replayed")));
+    }
+    if nfas.is_empty() {
+        return Err((EXIT_USAGE, "error: no patterns found".to_owned()));
+    }
+    nfas.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    Ok(nfas)
+}
+
+fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
+    let cfg_path = config::locate(opts.config).map_err(|e| (EXIT_USAGE, format!("error: {e:#}")))?;
+    let cfg = Config::load(&cfg_path).map_err(|e| (EXIT_USAGE, format!("error: {e:#}")))?;
+    let catalog = cfg.catalog(&cfg_path).map_err(|e| (EXIT_USAGE, format!("error: {e:#}")))?;
+    let nfas = compile_patterns(opts.patterns, &catalog)?;
+
+    let mut operators: Vec<Operator> = nfas.iter().map(|n| Operator::new(n.clone(), OpConfig::default())).collect();
+    let mut clocks: BTreeMap<String, StreamClock> = BTreeMap::new();
+    for (name, s) in &cfg.streams {
+        let ooo =
+            s.max_out_of_orderness.as_deref().map(config::parse_duration).transpose().unwrap_or(None).unwrap_or(0);
+        clocks.insert(name.clone(), StreamClock { out_of_orderness: ooo, max_ts: i64::MIN });
+    }
+
+    let input = std::fs::File::open(opts.input)
+        .map_err(|e| (EXIT_USAGE, format!("error: cannot read {}: {e}", opts.input.display())))?;
+    let output = std::fs::File::create(opts.output)
+        .map_err(|e| (EXIT_USAGE, format!("error: cannot write {}: {e}", opts.output.display())))?;
+    let mut writer = BufWriter::new(output);
+    let mut counts = Counts::default();
+    let mut outs = Vec::new();
+    let write_err = |e: std::io::Error| (EXIT_USAGE, format!("error: writing {}: {e}", opts.output.display()));
+    for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
+        let n = i as u64 + 1;
+        let line = line.map_err(|e| (EXIT_USAGE, format!("error: {}:{n}: {e}", opts.input.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        counts.events += 1;
+        let (stream, event) = match parse_line(&line, &catalog, n) {
+            Ok(x) => x,
+            Err(reason) => {
+                counts.rejected += 1;
+                err(&format!("{}:{n}: rejected: {reason}\n", opts.input.display()));
+                continue;
+            }
+        };
+        let event = Arc::new(event);
+        let clock = clocks.get_mut(&stream).expect("every catalog stream has a clock");
+        if event.ts <= clock.watermark() {
+            counts.late += 1;
+        }
+        clock.max_ts = clock.max_ts.max(event.ts);
+        let wm = clock.watermark();
+        for op in operators.iter_mut().filter(|op| op.nfa().meta.stream == stream) {
+            let key = Key::of(event.field(op.nfa().meta.key));
+            op.process(key, event.clone(), &mut outs);
+            op.advance_watermark(wm, &mut outs);
+            write_outputs(op.nfa(), &mut outs, &mut writer, &mut counts).map_err(write_err)?;
+        }
+    }
+    // End of input is the end of time: everything buffered is processed, every window closes.
+    for op in &mut operators {
+        op.advance_watermark(i64::MAX, &mut outs);
+        let nfa = op.nfa().clone();
+        write_outputs(&nfa, &mut outs, &mut writer, &mut counts).map_err(write_err)?;
+    }
+    writer.flush().map_err(write_err)?;
+    let rejected = counts.rejected > 0;
+    Ok((counts, rejected))
+}
+
+fn parse_line(line: &str, catalog: &dsl::Catalog, n: u64) -> Result<(String, engine::Event), String> {
+    let j: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let stream = j["stream"].as_str().ok_or("no \"stream\"")?;
+    let schema = catalog.streams.get(stream).ok_or_else(|| format!("unknown stream `{stream}`"))?;
+    let event = decode::json_event(schema, j["type"].as_str(), &j["value"], n)?;
+    Ok((stream.to_owned(), event))
+}
+
+fn json_value(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(x) => serde_json::Number::from_f64(*x).map_or_else(|| "null".to_owned(), |n| n.to_string()),
+        Value::Str(s) => serde_json::to_string(s.as_ref()).unwrap_or_default(),
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// A stable alert id: the pattern's content hash, the key and the matched events' coordinates.
+pub fn alert_id(nfa: &Nfa, key: &Key, matched: &[(String, Vec<u64>)]) -> String {
+    let mut h = Sha256::new();
+    h.update(nfa.meta.hash.as_bytes());
+    h.update([0]);
+    h.update(key.to_string().as_bytes());
+    for (var, seqs) in matched {
+        h.update([0]);
+        h.update(var.as_bytes());
+        for s in seqs {
+            h.update(s.to_be_bytes());
+        }
+    }
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One alert as a JSON line, fields in a fixed order.
+pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents) -> String {
+    let body = engine::alert::body(nfa, events);
+    let m = &nfa.meta;
+    let mut s = String::with_capacity(256);
+    let _ = write!(
+        s,
+        "{{\"alert_id\":{},\"pattern\":{},\"version\":{},\"hash\":{},\"severity\":{},\"mode\":{},\"key\":{},\"ts\":{ts},\"match\":{{",
+        json_str(&alert_id(nfa, key, &body.matched)),
+        json_str(&m.name),
+        m.version,
+        json_str(&m.hash),
+        json_str(m.severity.as_str()),
+        json_str(if m.mode == engine::Mode::Shadow { "shadow" } else { "live" }),
+        json_str(&key.to_string()),
+    );
+    for (i, (var, seqs)) in body.matched.iter().enumerate() {
+        let list: Vec<String> = seqs.iter().map(u64::to_string).collect();
+        let _ = write!(s, "{}{}:[{}]", if i > 0 { "," } else { "" }, json_str(var), list.join(","));
+    }
+    s.push_str("},\"fields\":{");
+    for (i, (name, v)) in body.fields.iter().enumerate() {
+        let _ = write!(s, "{}{}:{}", if i > 0 { "," } else { "" }, json_str(name), json_value(v));
+    }
+    let _ = write!(s, "}},\"message\":{}}}", json_str(&body.message));
+    s
+}
+
+fn write_outputs(nfa: &Nfa, outs: &mut Vec<Output>, w: &mut impl Write, counts: &mut Counts) -> std::io::Result<()> {
+    for o in outs.drain(..) {
+        match o {
+            Output::Match { key, ts, events } => {
+                *counts.alerts.entry(nfa.meta.name.clone()).or_default() += 1;
+                w.write_all(alert_line(nfa, &key, ts, &events).as_bytes())?;
+                w.write_all(b"\n")?;
+            }
+            // Late events are counted once per stream by the caller; timeouts are not alerts.
+            Output::Timeout { .. } | Output::Late { .. } => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `tripline replay` over the examples kept beside every library pattern: exactly the expected
+//! alerts, and the same bytes on every run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("service/ is in the repository").to_owned()
+}
+
+fn replay(patterns: &Path, input: &Path, output: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tripline"))
+        .args(["replay", "--config", "tripline.toml", "--patterns"])
+        .arg(patterns)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .current_dir(root())
+        .output()
+        .expect("tripline runs")
+}
+
+/// The parts of an alert the examples pin down.
+fn project(a: &Value) -> Value {
+    let mut m = serde_json::Map::new();
+    for k in ["pattern", "key", "match", "fields", "message"] {
+        m.insert(k.to_owned(), a[k].clone());
+    }
+    Value::Object(m)
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+#[test]
+fn every_library_pattern_replays_its_examples_exactly_and_identically() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut patterns: Vec<PathBuf> = std::fs::read_dir(root().join("patterns"))
+        .expect("patterns/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tl"))
+        .collect();
+    patterns.sort();
+    assert!(patterns.len() >= 12);
+    let mut failures = Vec::new();
+    for p in &patterns {
+        let name = p.file_stem().expect("name").to_string_lossy().into_owned();
+        let input = root().join(format!("patterns/examples/{name}.events.jsonl"));
+        let expected =
+            std::fs::read_to_string(root().join(format!("patterns/examples/{name}.alerts.jsonl"))).expect("alerts");
+        let (out1, out2) = (dir.path().join(format!("{name}.1")), dir.path().join(format!("{name}.2")));
+        for out in [&out1, &out2] {
+            let o = replay(p, &input, out);
+            assert_eq!(o.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let (a, b) = (std::fs::read(&out1).expect("output"), std::fs::read(&out2).expect("output"));
+        if a != b {
+            failures.push(format!("{name}: two replays differ"));
+        }
+        let got: Vec<Value> = lines(&String::from_utf8_lossy(&a)).iter().map(project).collect();
+        let want = lines(&expected);
+        if got != want {
+            failures.push(format!(
+                "{name}: expected\n  {}\ngot\n  {}",
+                want.iter().map(Value::to_string).collect::<Vec<_>>().join("\n  "),
+                got.iter().map(Value::to_string).collect::<Vec<_>>().join("\n  ")
+            ));
+        }
+        for alert in lines(&String::from_utf8_lossy(&a)) {
+            assert_eq!(alert["alert_id"].as_str().map(str::len), Some(32), "{alert}");
+            assert_eq!(alert["hash"].as_str().map(str::len), Some(16), "{alert}");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn bad_lines_are_rejected_with_their_line_and_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    let good = std::fs::read_to_string(root().join("patterns/examples/card_testing.events.jsonl")).expect("events");
+    let mut text: Vec<String> = good.lines().map(str::to_owned).collect();
+    text.insert(1, "{not json".to_owned());
+    text.insert(2, r#"{"stream": "nope", "value": {}}"#.to_owned());
+    text.insert(3, r#"{"stream": "card_auths", "type": "CardAuthorisation", "value": {"amount": "12"}}"#.to_owned());
+    std::fs::write(&input, text.join("\n")).expect("write");
+    let out = dir.path().join("out.jsonl");
+    let o = replay(&root().join("patterns/card_testing.tl"), &input, &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("in.jsonl:2: rejected: not JSON"), "{err}");
+    assert!(err.contains("in.jsonl:3: rejected: unknown stream `nope`"), "{err}");
+    assert!(err.contains("in.jsonl:4: rejected: field `auth_id` is missing"), "{err}");
+    assert!(err.contains("3 rejected"), "{err}");
+    // The good events still produce the alert.
+    assert_eq!(std::fs::read_to_string(&out).expect("output").lines().count(), 1);
+}
