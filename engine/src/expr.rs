@@ -471,9 +471,34 @@ fn call(func: Func, args: &[Value]) -> Value {
     }
 }
 
+/// A non-logical binary operator on two values.
+fn binary(op: BinOp, x: &Value, y: &Value) -> Value {
+    match op {
+        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => arith(op, x, y),
+        BinOp::Eq => from_truth(x.sql_eq(y)),
+        BinOp::Ne => from_truth(x.sql_eq(y).map(|b| !b)),
+        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => from_truth(x.compare(y).map(|o| match op {
+            BinOp::Lt => o == Ordering::Less,
+            BinOp::Le => o != Ordering::Greater,
+            BinOp::Gt => o == Ordering::Greater,
+            _ => o != Ordering::Less,
+        })),
+        _ => text_op(op, x, y),
+    }
+}
+
 impl Expr {
     pub fn lit(v: Value) -> Expr {
         Expr::Lit(v)
+    }
+
+    /// The value of a constant or of a field of the event, without copying it.
+    fn borrowed<'a>(&'a self, event: Option<&'a Event>) -> Option<&'a Value> {
+        match self {
+            Expr::Lit(v) => Some(v),
+            Expr::Field(f) => event.map(|e| e.field(*f)),
+            _ => None,
+        }
     }
 
     /// Evaluates on `event` (the candidate; `None` when evaluating on a complete match) with the
@@ -513,19 +538,11 @@ impl Expr {
                 }
             }
             Expr::Binary(op, a, b) => {
-                let (x, y) = (a.eval(event, view), b.eval(event, view));
-                match op {
-                    BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => arith(*op, &x, &y),
-                    BinOp::Eq => from_truth(x.sql_eq(&y)),
-                    BinOp::Ne => from_truth(x.sql_eq(&y).map(|b| !b)),
-                    BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => from_truth(x.compare(&y).map(|o| match op {
-                        BinOp::Lt => o == Ordering::Less,
-                        BinOp::Le => o != Ordering::Greater,
-                        BinOp::Gt => o == Ordering::Greater,
-                        _ => o != Ordering::Less,
-                    })),
-                    _ => text_op(*op, &x, &y),
+                // Fields and constants are compared in place (no clone of their text).
+                if let (Some(x), Some(y)) = (a.borrowed(event), b.borrowed(event)) {
+                    return binary(*op, x, y);
                 }
+                binary(*op, &a.eval(event, view), &b.eval(event, view))
             }
             Expr::IsNull { expr, negated } => Value::Bool(expr.eval(event, view).is_null() != *negated),
             Expr::In { expr, list, negated } => {

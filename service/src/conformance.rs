@@ -437,7 +437,7 @@ fn run_processing_free(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchem
     for i in order {
         let (event, _) = &feed.events[i];
         let st = states.entry(partition(case, event, schema)).or_insert_with(|| RunState::new(nfa));
-        let (pending, timeouts) = st.advance_time(nfa, event.ts);
+        let (pending, timeouts) = st.advance_time(nfa, event.ts, true);
         record_timeouts(nfa, feed, &timeouts, &mut outcome);
         let mut out = st.process(nfa, event.clone(), event.ts);
         out.extend(pending);
@@ -466,7 +466,7 @@ fn record_timeouts(nfa: &Nfa, feed: &Feed, ts: &[Timeout], outcome: &mut Outcome
 fn run_event_time(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) -> Result<Outcome, String> {
     let tie_break =
         (case["same_timestamp_order"].as_str() == Some("price ascending")).then(|| schema.field("price")).flatten();
-    let config = engine::runtime::Config { tie_break, ..Default::default() };
+    let config = engine::runtime::Config { tie_break, timeouts: true, ..Default::default() };
     let mut op = Operator::new(Arc::new(nfa.clone()), config);
     let wm_value = |w: &Json| -> Result<i64, String> {
         match w {

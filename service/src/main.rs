@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod check;
 mod config;
 mod conformance;
@@ -78,6 +79,18 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Throughput benchmark against FlinkCEP on shared/bench/flinkcep's generated input.
+    Bench {
+        /// The generated events (`events_N.csv`: seq,key,ts,type,amount).
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// P1 or P2 (testdata/bench/).
+        #[arg(long, value_name = "P1|P2")]
+        pattern: String,
+        /// Write the matches here, in the harness's line format, sorted.
+        #[arg(long, value_name = "FILE")]
+        matches: Option<PathBuf>,
+    },
     /// Explain compiled patterns.
     Explain {
         /// Print the compiled automaton of every pattern in FILE.
@@ -114,6 +127,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Check { paths, config, format } => check::run_check(&paths, config.as_deref(), format),
         Command::Conformance { files, verbose } => conformance::run(&files, verbose),
+        Command::Bench { input, pattern, matches } => bench::run(&input, &pattern, matches.as_deref()),
         Command::Replay { patterns, input, output, config } => replay::run(&replay::Replay {
             patterns: &patterns,
             input: &input,

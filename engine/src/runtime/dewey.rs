@@ -3,12 +3,15 @@
 
 use std::fmt;
 
+/// Digits inline up to this depth (a stage per element taken); deeper ones spill to the heap.
+type Digits = smallvec::SmallVec<[u32; 6]>;
+
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Dewey(Vec<u32>);
+pub struct Dewey(Digits);
 
 impl Dewey {
     pub fn new(start: u32) -> Self {
-        Dewey(vec![start])
+        Dewey(smallvec::smallvec![start])
     }
 
     /// The last digit increased by `times`.

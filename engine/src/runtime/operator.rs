@@ -62,6 +62,8 @@ pub struct Config {
     pub max_partial_matches_per_key: Option<usize>,
     /// Events with equal timestamps are fed in ascending order of this field (else arrival order).
     pub tie_break: Option<FieldId>,
+    /// Emit timed-out partial matches (with their events) as [`Output::Timeout`].
+    pub timeouts: bool,
 }
 
 /// Counters of the operator's work.
@@ -193,11 +195,12 @@ impl<S: StateStore> Operator<S> {
         let window = nfa.window_ms.unwrap_or(0);
         let wm = self.watermark;
         let (tie_break, budget) = (self.config.tie_break, self.config.max_partial_matches_per_key);
+        let emit_timeouts = self.config.timeouts;
         let Some(state) = self.store.get_mut(&key) else { return };
         let mut new_timers = Vec::new();
         let stats = &mut self.stats;
         let emit_time = |state: &mut KeyState, ts: i64, out: &mut Vec<Output>, stats: &mut Stats| {
-            let (matches, timeouts) = state.run.advance_time(&nfa, ts);
+            let (matches, timeouts) = state.run.advance_time(&nfa, ts, emit_timeouts);
             stats.matches += matches.len() as u64;
             stats.timeouts += timeouts.len() as u64;
             out.extend(matches.into_iter().map(|m| Output::Match { key: key.clone(), ts, events: m.events }));

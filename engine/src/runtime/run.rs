@@ -201,8 +201,13 @@ fn self_increase(ignores: u32, takes: u32) -> u32 {
     }
 }
 
-fn add_partial(out: &mut Vec<Partial>, buffer: &mut SharedBuffer, p: Partial) {
-    if let Some(prev) = p.prev {
+/// Adds a successor and locks its path. A successor with the same node and version as its
+/// parent takes over the parent's lock instead (FlinkCEP locks it and then releases the parent:
+/// the same counts, without the two walks).
+fn add_partial(out: &mut Vec<Partial>, buffer: &mut SharedBuffer, p: Partial, parent: &Partial, inherited: &mut bool) {
+    if !*inherited && p.prev == parent.prev && p.version == parent.version {
+        *inherited = true;
+    } else if let Some(prev) = p.prev {
         buffer.lock_node(prev, &p.version);
     }
     out.push(p);
@@ -219,6 +224,7 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
     let mut ignore_to_visit = ignores;
     let take_to_skip = takes.saturating_sub(1);
     let mut out = Vec::new();
+    let mut inherited = false;
     for (src, i) in og.edges {
         let edge = &nfa.state(src).edges[i];
         match edge.action {
@@ -234,7 +240,7 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
                     v
                 };
                 let n = Partial { state: edge.target, version, ..p.clone() };
-                add_partial(&mut out, buffer, n);
+                add_partial(&mut out, buffer, n, p, &mut inherited);
             }
             Action::Take => {
                 let current = p.version.increase(take_to_visit);
@@ -252,13 +258,13 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
                     prev_ts: ev.ts,
                     start_id,
                 };
-                add_partial(&mut out, buffer, n.clone());
+                add_partial(&mut out, buffer, n.clone(), p, &mut inherited);
                 let fin = {
                     let ctx = Ctx { buffer, partial: p, cache: RefCell::new(None) };
                     final_after_proceed(nfa, edge.target, &ev.event, &ctx)
                 };
                 if let Some(f) = fin {
-                    add_partial(&mut out, buffer, Partial { state: f, ..n });
+                    add_partial(&mut out, buffer, Partial { state: f, ..n }, p, &mut inherited);
                 }
             }
             Action::Proceed => {}
@@ -267,7 +273,7 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
     if is_start {
         out.push(start_state(p.state, p.version.increase(self_increase(ignores, takes))));
     }
-    if let Some(prev) = p.prev {
+    if let (Some(prev), false) = (p.prev, inherited) {
         buffer.release_node(prev, &p.version);
     }
     out
@@ -322,17 +328,30 @@ impl RunState {
 
     /// Advances time to `ts`: partial matches whose window has passed time out (or, waiting on a
     /// `not followed by` at the end, complete); held-back matches may be released.
-    pub fn advance_time(&mut self, nfa: &Nfa, ts: i64) -> (Vec<Match>, Vec<Timeout>) {
+    /// Timed-out partial matches are returned (with their events) only if `timeouts_wanted`.
+    pub fn advance_time(&mut self, nfa: &Nfa, ts: i64, timeouts_wanted: bool) -> (Vec<Match>, Vec<Timeout>) {
         let mut result = Vec::new();
         let mut timeouts = Vec::new();
+        let window = nfa.window_ms.unwrap_or(0);
+        let expired = |p: &Partial| {
+            let w = nfa.state(p.state).window_ms;
+            p.state != nfa.start
+                && (w.is_some_and(|w| w > 0 && ts.wrapping_sub(p.prev_ts) >= w)
+                    || (window > 0 && ts.wrapping_sub(p.start_ts) >= window))
+        };
+        if self.completed.is_empty() && !self.partial.iter().any(expired) {
+            // Nothing to do but forget old id counters: rebuilding the queue would give the same layout.
+            self.buffer.advance_time(ts);
+            return (result, timeouts);
+        }
         let mut new_partial = JavaPq::new();
         let mut potential = JavaPq::new();
         let current = std::mem::take(&mut self.partial).into_vec();
-        let window = nfa.window_ms.unwrap_or(0);
         for p in current {
             let state = nfa.state(p.state);
             let is_start = p.state == nfa.start;
-            let timed_out = |since: i64, w: i64| !is_start && w > 0 && ts - since >= w;
+            // Java's long arithmetic wraps; so does this (it matters only at the end of time).
+            let timed_out = |since: i64, w: i64| !is_start && w > 0 && ts.wrapping_sub(since) >= w;
             let to_prev = state.window_ms.is_some_and(|w| timed_out(p.prev_ts, w));
             let to_first = timed_out(p.start_ts, window);
             if to_prev || to_first {
@@ -340,9 +359,11 @@ impl RunState {
                     potential.offer(p, cmp);
                     continue;
                 }
-                let events = current_events(&self.buffer, &p);
-                let at = if to_prev { p.prev_ts + state.window_ms.unwrap_or(0) } else { p.start_ts + window };
-                timeouts.push(Timeout { events, ts: at });
+                if timeouts_wanted {
+                    let events = current_events(&self.buffer, &p);
+                    let at = if to_prev { p.prev_ts + state.window_ms.unwrap_or(0) } else { p.start_ts + window };
+                    timeouts.push(Timeout { events, ts: at });
+                }
                 if let Some(prev) = p.prev {
                     self.buffer.release_node(prev, &p.version);
                 }
