@@ -190,4 +190,9 @@ impl Nfa {
     pub fn field_name(&self, id: FieldId) -> &str {
         &self.fields[id.index()]
     }
+
+    /// Whether any state has a window to the previous event (`within ... of previous`).
+    pub fn has_state_windows(&self) -> bool {
+        self.states.iter().any(|s| s.window_ms.is_some())
+    }
 }

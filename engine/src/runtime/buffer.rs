@@ -2,7 +2,9 @@
 //! matches have taken, stored once, linked into a graph whose edges carry Dewey versions, so that
 //! runs share their common prefixes. Reference counts free what no run can reach any more.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use super::dewey::Dewey;

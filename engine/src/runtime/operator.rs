@@ -6,7 +6,9 @@
 //! in a deterministic order: timers fire in (timestamp, key) order; for each key and timestamp,
 //! matches released by time come first, then timeouts, then the matches of the events.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -88,6 +90,8 @@ pub struct KeyState {
 /// Where key states live. In memory here; the service keeps them in RocksDB.
 pub trait StateStore {
     fn get_mut(&mut self, key: &Key) -> Option<&mut KeyState>;
+    /// The state of `key`, created with `new` if it has none.
+    fn get_or_insert_with(&mut self, key: &Key, new: impl FnOnce() -> KeyState) -> &mut KeyState;
     fn insert(&mut self, key: Key, state: KeyState);
     fn remove(&mut self, key: &Key);
     fn len(&self) -> usize;
@@ -103,6 +107,9 @@ pub struct InMemory(HashMap<Key, KeyState>);
 impl StateStore for InMemory {
     fn get_mut(&mut self, key: &Key) -> Option<&mut KeyState> {
         self.0.get_mut(key)
+    }
+    fn get_or_insert_with(&mut self, key: &Key, new: impl FnOnce() -> KeyState) -> &mut KeyState {
+        self.0.entry(key.clone()).or_insert_with(new)
     }
     fn insert(&mut self, key: Key, state: KeyState) {
         self.0.insert(key, state);
@@ -163,11 +170,9 @@ impl<S: StateStore> Operator<S> {
             return;
         }
         let ts = event.ts;
-        if self.store.get_mut(&key).is_none() {
-            let state = KeyState { run: RunState::new(&self.nfa), queue: BTreeMap::new() };
-            self.store.insert(key.clone(), state);
-        }
-        let Some(state) = self.store.get_mut(&key) else { return };
+        let nfa = &self.nfa;
+        let state =
+            self.store.get_or_insert_with(&key, || KeyState { run: RunState::new(nfa), queue: BTreeMap::new() });
         let list = state.queue.entry(ts).or_default();
         if list.is_empty() {
             self.timers.insert((ts, key));

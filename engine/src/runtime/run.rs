@@ -13,6 +13,7 @@ use super::pq::JavaPq;
 use crate::expr::MatchView;
 use crate::nfa::{Action, Nfa, SkipStrategy, StateId, StateKind, VarId};
 use crate::value::Event;
+use smallvec::SmallVec;
 
 /// A partial match (or a completed match waiting to be released).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,13 +63,21 @@ pub struct RunState {
     /// Set when a run started (FlinkCEP registers a window timer then).
     pub new_start: bool,
     pub buffer: SharedBuffer,
+    /// Reused between events.
+    scratch: Vec<Partial>,
 }
 
 impl RunState {
     pub fn new(nfa: &Nfa) -> Self {
         let mut partial = JavaPq::new();
         partial.offer(start_state(nfa.start, Dewey::new(1)), cmp);
-        RunState { partial, completed: JavaPq::new(), new_start: false, buffer: SharedBuffer::default() }
+        RunState {
+            partial,
+            completed: JavaPq::new(),
+            new_start: false,
+            buffer: SharedBuffer::default(),
+            scratch: Vec::new(),
+        }
     }
 
     /// Only the fresh start state, nothing held, nothing buffered: the key holds no memory.
@@ -146,14 +155,14 @@ impl Incoming {
 
 struct Outgoing {
     /// (source state, edge index)
-    edges: Vec<(StateId, usize)>,
+    edges: SmallVec<[(StateId, usize); 8]>,
     takes: u32,
     ignores: u32,
 }
 
 fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>) -> Outgoing {
-    let mut out = Outgoing { edges: Vec::new(), takes: 0, ignores: 0 };
-    let mut stack = vec![p.state];
+    let mut out = Outgoing { edges: SmallVec::new(), takes: 0, ignores: 0 };
+    let mut stack: SmallVec<[StateId; 8]> = smallvec::smallvec![p.state];
     while let Some(s) = stack.pop() {
         for (i, e) in nfa.state(s).edges.iter().enumerate() {
             if !e.cond.holds(&nfa.conditions, event, ctx) {
@@ -179,7 +188,7 @@ fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>) -> Outgo
 }
 
 fn final_after_proceed(nfa: &Nfa, from: StateId, event: &Event, ctx: &Ctx<'_>) -> Option<StateId> {
-    let mut stack = vec![from];
+    let mut stack: SmallVec<[StateId; 8]> = smallvec::smallvec![from];
     while let Some(s) = stack.pop() {
         for e in &nfa.state(s).edges {
             if e.action == Action::Proceed && e.cond.holds(&nfa.conditions, event, ctx) {
@@ -213,7 +222,8 @@ fn add_partial(out: &mut Vec<Partial>, buffer: &mut SharedBuffer, p: Partial, pa
     out.push(p);
 }
 
-fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incoming) -> Vec<Partial> {
+/// The successors of `p` for the event, appended to `out` (which the caller reuses).
+fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incoming, out: &mut Vec<Partial>) {
     let og = {
         let ctx = Ctx { buffer, partial: p, cache: RefCell::new(None) };
         decision_graph(nfa, p, &ev.event, &ctx)
@@ -223,7 +233,6 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
     let mut take_to_visit = takes.saturating_sub(1);
     let mut ignore_to_visit = ignores;
     let take_to_skip = takes.saturating_sub(1);
-    let mut out = Vec::new();
     let mut inherited = false;
     for (src, i) in og.edges {
         let edge = &nfa.state(src).edges[i];
@@ -240,7 +249,7 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
                     v
                 };
                 let n = Partial { state: edge.target, version, ..p.clone() };
-                add_partial(&mut out, buffer, n, p, &mut inherited);
+                add_partial(out, buffer, n, p, &mut inherited);
             }
             Action::Take => {
                 let current = p.version.increase(take_to_visit);
@@ -258,13 +267,13 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
                     prev_ts: ev.ts,
                     start_id,
                 };
-                add_partial(&mut out, buffer, n.clone(), p, &mut inherited);
+                add_partial(out, buffer, n.clone(), p, &mut inherited);
                 let fin = {
                     let ctx = Ctx { buffer, partial: p, cache: RefCell::new(None) };
                     final_after_proceed(nfa, edge.target, &ev.event, &ctx)
                 };
                 if let Some(f) = fin {
-                    add_partial(&mut out, buffer, Partial { state: f, ..n }, p, &mut inherited);
+                    add_partial(out, buffer, Partial { state: f, ..n }, p, &mut inherited);
                 }
             }
             Action::Proceed => {}
@@ -276,7 +285,6 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
     if let (Some(prev), false) = (p.prev, inherited) {
         buffer.release_node(prev, &p.version);
     }
-    out
 }
 
 impl RunState {
@@ -286,11 +294,14 @@ impl RunState {
         let mut new_partial = JavaPq::new();
         let mut potential = JavaPq::new();
         let current = std::mem::take(&mut self.partial).into_vec();
+        let mut next = std::mem::take(&mut self.scratch);
+        let mut retain = Vec::new();
         for p in &current {
-            let next = next_states(nfa, &mut self.buffer, p, &mut ev);
-            let mut retain = Vec::new();
+            next.clear();
+            next_states(nfa, &mut self.buffer, p, &mut ev, &mut next);
+            retain.clear();
             let mut discard = false;
-            for n in next {
+            for n in next.drain(..) {
                 if p.state == nfa.start && n.start_ts > 0 {
                     self.new_start = true;
                 }
@@ -306,17 +317,18 @@ impl RunState {
                 }
             }
             if discard {
-                for r in retain {
+                for r in retain.drain(..) {
                     if let Some(prev) = r.prev {
                         self.buffer.release_node(prev, &r.version);
                     }
                 }
             } else {
-                for r in retain {
+                for r in retain.drain(..) {
                     new_partial.offer(r, cmp);
                 }
             }
         }
+        self.scratch = next;
         let mut result = Vec::new();
         self.release_completed(nfa, potential, &mut new_partial, &mut result);
         self.partial = new_partial;
@@ -333,13 +345,15 @@ impl RunState {
         let mut result = Vec::new();
         let mut timeouts = Vec::new();
         let window = nfa.window_ms.unwrap_or(0);
-        let expired = |p: &Partial| {
-            let w = nfa.state(p.state).window_ms;
+        let expired_to_prev = |p: &Partial| {
             p.state != nfa.start
-                && (w.is_some_and(|w| w > 0 && ts.wrapping_sub(p.prev_ts) >= w)
-                    || (window > 0 && ts.wrapping_sub(p.start_ts) >= window))
+                && nfa.state(p.state).window_ms.is_some_and(|w| w > 0 && ts.wrapping_sub(p.prev_ts) >= w)
         };
-        if self.completed.is_empty() && !self.partial.iter().any(expired) {
+        // The head of the queue has the earliest start: if it has not expired, none has.
+        let expired_to_first = window > 0
+            && self.partial.peek().is_some_and(|p| p.start_id.is_some() && ts.wrapping_sub(p.start_ts) >= window);
+        let any_expired = expired_to_first || (nfa.has_state_windows() && self.partial.iter().any(expired_to_prev));
+        if self.completed.is_empty() && !any_expired {
             // Nothing to do but forget old id counters: rebuilding the queue would give the same layout.
             self.buffer.advance_time(ts);
             return (result, timeouts);
