@@ -244,6 +244,64 @@ impl Cond {
             Cond::And(a, b) => a.holds(conditions, event, view) && b.holds(conditions, event, view),
         }
     }
+
+    /// As [`Cond::holds`], remembering in `cache` the result of conditions that do not read the
+    /// match (the same for every partial match of one event). Reset the cache per event.
+    pub fn holds_cached(
+        &self,
+        conditions: &[Expr],
+        event: &Event,
+        view: &dyn MatchView,
+        cache: &mut ConditionCache,
+    ) -> bool {
+        match self {
+            Cond::True => true,
+            Cond::Holds(id) => {
+                let i = id.index();
+                match cache.known.get(i).copied().unwrap_or(UNKNOWN) {
+                    TRUE => true,
+                    FALSE => false,
+                    _ => {
+                        let r = conditions[i].eval(Some(event), view).is_true();
+                        if cache.pure.get(i).copied().unwrap_or(false) {
+                            cache.known[i] = if r { TRUE } else { FALSE };
+                        }
+                        r
+                    }
+                }
+            }
+            Cond::IsType(t) => event.kind == *t,
+            Cond::Not(c) => !c.holds_cached(conditions, event, view, cache),
+            Cond::And(a, b) => {
+                a.holds_cached(conditions, event, view, cache) && b.holds_cached(conditions, event, view, cache)
+            }
+        }
+    }
+}
+
+const UNKNOWN: u8 = 0;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
+
+/// Per-event results of the conditions that do not depend on the partial match.
+#[derive(Clone, Debug, Default)]
+pub struct ConditionCache {
+    pure: Vec<bool>,
+    known: Vec<u8>,
+}
+
+impl ConditionCache {
+    pub fn new(conditions: &[Expr]) -> Self {
+        ConditionCache {
+            pure: conditions.iter().map(|c| !c.reads_match()).collect(),
+            known: vec![UNKNOWN; conditions.len()],
+        }
+    }
+
+    /// Forgets the results (a new event).
+    pub fn reset(&mut self) {
+        self.known.iter_mut().for_each(|k| *k = UNKNOWN);
+    }
 }
 
 /// Read access to the events a (partial) match has taken, per variable, in order.
@@ -490,6 +548,21 @@ fn binary(op: BinOp, x: &Value, y: &Value) -> Value {
 impl Expr {
     pub fn lit(v: Value) -> Expr {
         Expr::Lit(v)
+    }
+
+    /// Whether the value depends on the events the match has taken (variables, aggregates).
+    pub fn reads_match(&self) -> bool {
+        match self {
+            Expr::Lit(_) | Expr::Field(_) => false,
+            Expr::VarField(..) | Expr::Agg(..) => true,
+            Expr::Unary(_, e)
+            | Expr::IsNull { expr: e, .. }
+            | Expr::In { expr: e, .. }
+            | Expr::Like { expr: e, .. } => e.reads_match(),
+            Expr::Binary(_, a, b) => a.reads_match() || b.reads_match(),
+            Expr::If(c, t, e) => c.reads_match() || t.reads_match() || e.reads_match(),
+            Expr::Call(_, args) => args.iter().any(Expr::reads_match),
+        }
     }
 
     /// The value of a constant or of a field of the event, without copying it.

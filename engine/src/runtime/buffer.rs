@@ -175,6 +175,31 @@ impl SharedBuffer {
         out
     }
 
+    /// The first path `extract` would return (the last compatible edge at every node), pushed
+    /// newest first into `out`, without building the others.
+    pub fn first_path(&self, node: NodeId, version: &Dewey, out: &mut Vec<NodeId>) {
+        let mut cur = Some(node);
+        let mut v = version.clone();
+        while let Some(id) = cur {
+            let Some(n) = self.nodes.get(&id) else {
+                out.clear();
+                return;
+            };
+            out.push(id);
+            match n.edges.iter().rev().find(|e| v.is_compatible_with(&e.version)) {
+                Some(e) => {
+                    cur = e.target;
+                    v = e.version.clone();
+                }
+                None => {
+                    // A dead end: `extract` finds no path through it.
+                    out.clear();
+                    return;
+                }
+            }
+        }
+    }
+
     /// The events of a path.
     pub fn materialize(&self, path: &EventPath) -> Vec<(VarId, Vec<Arc<Event>>)> {
         path.iter().map(|(var, ids)| (*var, ids.iter().filter_map(|id| self.event(*id).cloned()).collect())).collect()

@@ -43,6 +43,12 @@ impl<T> JavaPq<T> {
         self.a
     }
 
+    /// An empty queue that reuses `storage`'s allocation.
+    pub fn reusing(mut storage: Vec<T>) -> Self {
+        storage.clear();
+        JavaPq { a: storage }
+    }
+
     pub fn offer(&mut self, x: T, cmp: impl Fn(&T, &T) -> Ordering) {
         self.a.push(x);
         let mut k = self.a.len() - 1;

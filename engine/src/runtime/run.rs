@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::buffer::{EventId, EventPath, NodeId, SharedBuffer};
 use super::dewey::Dewey;
 use super::pq::JavaPq;
-use crate::expr::MatchView;
+use crate::expr::{ConditionCache, MatchView};
 use crate::nfa::{Action, Nfa, SkipStrategy, StateId, StateKind, VarId};
 use crate::value::Event;
 use smallvec::SmallVec;
@@ -65,6 +65,8 @@ pub struct RunState {
     pub buffer: SharedBuffer,
     /// Reused between events.
     scratch: Vec<Partial>,
+    spare: Vec<Partial>,
+    cond_cache: Option<ConditionCache>,
 }
 
 impl RunState {
@@ -77,6 +79,8 @@ impl RunState {
             new_start: false,
             buffer: SharedBuffer::default(),
             scratch: Vec::new(),
+            spare: Vec::new(),
+            cond_cache: None,
         }
     }
 
@@ -114,19 +118,33 @@ fn start_state(state: StateId, version: Dewey) -> Partial {
     Partial { state, version, prev: None, start_ts: -1, prev_ts: -1, start_id: None }
 }
 
-/// Condition context: the events the partial match has taken so far (never the candidate).
+/// Condition context: the events the partial match has taken so far (never the candidate),
+/// found on first use by walking the match's path in the shared buffer (newest first).
 struct Ctx<'a> {
     buffer: &'a SharedBuffer,
     partial: &'a Partial,
-    cache: RefCell<Option<MatchEvents>>,
+    path: RefCell<Option<Vec<NodeId>>>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(buffer: &'a SharedBuffer, partial: &'a Partial) -> Self {
+        Ctx { buffer, partial, path: RefCell::new(None) }
+    }
 }
 
 impl MatchView for Ctx<'_> {
     fn visit(&self, var: VarId, f: &mut dyn FnMut(&Event) -> bool) {
-        let mut cache = self.cache.borrow_mut();
-        let events = cache.get_or_insert_with(|| current_events(self.buffer, self.partial));
-        if let Some((_, list)) = events.iter().find(|(v, _)| *v == var) {
-            for e in list {
+        let mut path = self.path.borrow_mut();
+        let nodes = path.get_or_insert_with(|| {
+            let mut v = Vec::new();
+            if let Some(prev) = self.partial.prev {
+                self.buffer.first_path(prev, &self.partial.version, &mut v);
+            }
+            v
+        });
+        // Oldest first, as FlinkCEP's context lists them.
+        for n in nodes.iter().rev().filter(|n| n.var == var) {
+            if let Some(e) = self.buffer.event(n.event) {
                 if !f(e) {
                     break;
                 }
@@ -145,6 +163,8 @@ struct Incoming {
     event: Arc<Event>,
     ts: i64,
     id: Option<EventId>,
+    /// Results of the conditions that do not depend on the partial match, for this event.
+    cache: ConditionCache,
 }
 
 impl Incoming {
@@ -160,12 +180,12 @@ struct Outgoing {
     ignores: u32,
 }
 
-fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>) -> Outgoing {
+fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>, cache: &mut ConditionCache) -> Outgoing {
     let mut out = Outgoing { edges: SmallVec::new(), takes: 0, ignores: 0 };
     let mut stack: SmallVec<[StateId; 8]> = smallvec::smallvec![p.state];
     while let Some(s) = stack.pop() {
         for (i, e) in nfa.state(s).edges.iter().enumerate() {
-            if !e.cond.holds(&nfa.conditions, event, ctx) {
+            if !e.cond.holds_cached(&nfa.conditions, event, ctx, cache) {
                 continue;
             }
             match e.action {
@@ -187,11 +207,17 @@ fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>) -> Outgo
     out
 }
 
-fn final_after_proceed(nfa: &Nfa, from: StateId, event: &Event, ctx: &Ctx<'_>) -> Option<StateId> {
+fn final_after_proceed(
+    nfa: &Nfa,
+    from: StateId,
+    event: &Event,
+    ctx: &Ctx<'_>,
+    cache: &mut ConditionCache,
+) -> Option<StateId> {
     let mut stack: SmallVec<[StateId; 8]> = smallvec::smallvec![from];
     while let Some(s) = stack.pop() {
         for e in &nfa.state(s).edges {
-            if e.action == Action::Proceed && e.cond.holds(&nfa.conditions, event, ctx) {
+            if e.action == Action::Proceed && e.cond.holds_cached(&nfa.conditions, event, ctx, cache) {
                 if nfa.state(e.target).kind == StateKind::Final {
                     return Some(e.target);
                 }
@@ -225,8 +251,8 @@ fn add_partial(out: &mut Vec<Partial>, buffer: &mut SharedBuffer, p: Partial, pa
 /// The successors of `p` for the event, appended to `out` (which the caller reuses).
 fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incoming, out: &mut Vec<Partial>) {
     let og = {
-        let ctx = Ctx { buffer, partial: p, cache: RefCell::new(None) };
-        decision_graph(nfa, p, &ev.event, &ctx)
+        let ctx = Ctx::new(buffer, p);
+        decision_graph(nfa, p, &ev.event, &ctx, &mut ev.cache)
     };
     let is_start = p.state == nfa.start;
     let (takes, ignores) = (og.takes, og.ignores);
@@ -269,8 +295,8 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
                 };
                 add_partial(out, buffer, n.clone(), p, &mut inherited);
                 let fin = {
-                    let ctx = Ctx { buffer, partial: p, cache: RefCell::new(None) };
-                    final_after_proceed(nfa, edge.target, &ev.event, &ctx)
+                    let ctx = Ctx::new(buffer, p);
+                    final_after_proceed(nfa, edge.target, &ev.event, &ctx, &mut ev.cache)
                 };
                 if let Some(f) = fin {
                     add_partial(out, buffer, Partial { state: f, ..n }, p, &mut inherited);
@@ -290,8 +316,10 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
 impl RunState {
     /// Feeds one event at time `ts`; returns the matches it completes (and releases).
     pub fn process(&mut self, nfa: &Nfa, event: Arc<Event>, ts: i64) -> Vec<Match> {
-        let mut ev = Incoming { event, ts, id: None };
-        let mut new_partial = JavaPq::new();
+        let mut cache = self.cond_cache.take().unwrap_or_else(|| ConditionCache::new(&nfa.conditions));
+        cache.reset();
+        let mut ev = Incoming { event, ts, id: None, cache };
+        let mut new_partial = JavaPq::reusing(std::mem::take(&mut self.spare));
         let mut potential = JavaPq::new();
         let current = std::mem::take(&mut self.partial).into_vec();
         let mut next = std::mem::take(&mut self.scratch);
@@ -329,6 +357,8 @@ impl RunState {
             }
         }
         self.scratch = next;
+        self.spare = current;
+        self.cond_cache = Some(std::mem::take(&mut ev.cache));
         let mut result = Vec::new();
         self.release_completed(nfa, potential, &mut new_partial, &mut result);
         self.partial = new_partial;
