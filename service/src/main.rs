@@ -69,9 +69,13 @@ enum Command {
         /// Pattern files or directories.
         #[arg(long, required = true, value_name = "PATH")]
         patterns: Vec<PathBuf>,
-        /// Events, one JSON object per line: {"stream": ..., "type": ..., "value": {...}}.
+        /// Events: JSON lines ({"stream": ..., "type": ..., "value": {...}}) or an Avro object
+        /// container file of one stream's records.
         #[arg(long, value_name = "FILE")]
         input: PathBuf,
+        /// The stream of an Avro input, when its record types fit several streams.
+        #[arg(long, value_name = "NAME")]
+        stream: Option<String>,
         /// Where to write the alerts (JSON lines).
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
@@ -128,11 +132,12 @@ fn main() -> ExitCode {
         Command::Check { paths, config, format } => check::run_check(&paths, config.as_deref(), format),
         Command::Conformance { files, verbose } => conformance::run(&files, verbose),
         Command::Bench { input, pattern, matches } => bench::run(&input, &pattern, matches.as_deref()),
-        Command::Replay { patterns, input, output, config } => replay::run(&replay::Replay {
+        Command::Replay { patterns, input, output, config, stream } => replay::run(&replay::Replay {
             patterns: &patterns,
             input: &input,
             output: &output,
             config: config.as_deref(),
+            stream: stream.as_deref(),
         }),
         Command::Explain { nfa, pattern, config } => check::run_explain(&nfa, pattern.as_deref(), config.as_deref()),
     };

@@ -22,6 +22,8 @@ pub struct Replay<'a> {
     pub input: &'a Path,
     pub output: &'a Path,
     pub config: Option<&'a Path>,
+    /// For Avro input whose record types fit several streams.
+    pub stream: Option<&'a str>,
 }
 
 /// Per stream: its watermark generator.
@@ -119,24 +121,19 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
         clocks.insert(name.clone(), StreamClock { out_of_orderness: ooo, max_ts: i64::MIN });
     }
 
-    let input = std::fs::File::open(opts.input)
-        .map_err(|e| (EXIT_USAGE, format!("error: cannot read {}: {e}", opts.input.display())))?;
+    let records = read_records(opts.input, &catalog, opts.stream)?;
     let output = std::fs::File::create(opts.output)
         .map_err(|e| (EXIT_USAGE, format!("error: cannot write {}: {e}", opts.output.display())))?;
     let mut writer = BufWriter::new(output);
     let mut counts = Counts::default();
     let mut outs = Vec::new();
     let write_err = |e: std::io::Error| (EXIT_USAGE, format!("error: writing {}: {e}", opts.output.display()));
-    for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
-        let n = i as u64 + 1;
-        let line = line.map_err(|e| (EXIT_USAGE, format!("error: {}:{n}: {e}", opts.input.display())))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (n, record) in records {
         counts.events += 1;
-        let (stream, event) = match parse_line(&line, &catalog, n) {
+        let (stream, event) = match record {
             Ok(x) => x,
-            Err(reason) => {
+            Err(Fatal(reason)) => return Err((EXIT_USAGE, format!("error: {}: {reason}", opts.input.display()))),
+            Err(Rejected(reason)) => {
                 counts.rejected += 1;
                 err(&format!("{}:{n}: rejected: {reason}\n", opts.input.display()));
                 continue;
@@ -165,6 +162,109 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
     writer.flush().map_err(write_err)?;
     let rejected = counts.rejected > 0;
     Ok((counts, rejected))
+}
+
+/// Why a record was not replayed: the input cannot be read on, or this record is bad.
+enum Problem {
+    Fatal(String),
+    Rejected(String),
+}
+use Problem::{Fatal, Rejected};
+
+type Records = Box<dyn Iterator<Item = (u64, Result<(String, engine::Event), Problem>)>>;
+
+const AVRO_MAGIC: &[u8; 4] = b"Obj\x01";
+
+/// The records of an export: JSON lines, or an Avro object container file (detected by its
+/// magic bytes). Each record's `seq` is its line or record number, from 1.
+fn read_records(path: &Path, catalog: &dsl::Catalog, stream: Option<&str>) -> Result<Records, (u8, String)> {
+    let open =
+        || std::fs::File::open(path).map_err(|e| (EXIT_USAGE, format!("error: cannot read {}: {e}", path.display())));
+    let mut magic = [0u8; 4];
+    let is_avro = std::io::Read::read_exact(&mut open()?, &mut magic).is_ok() && &magic == AVRO_MAGIC;
+    if !is_avro {
+        let catalog = catalog.clone();
+        let lines = std::io::BufReader::new(open()?).lines().enumerate();
+        return Ok(Box::new(lines.filter_map(move |(i, line)| {
+            let n = i as u64 + 1;
+            match line {
+                Err(e) => Some((n, Err(Fatal(format!("line {n}: {e}"))))),
+                Ok(l) if l.trim().is_empty() => None,
+                Ok(l) => Some((n, parse_line(&l, &catalog, n).map_err(Rejected))),
+            }
+        })));
+    }
+    let reader = apache_avro::Reader::new(std::io::BufReader::new(open()?))
+        .map_err(|e| (EXIT_USAGE, format!("error: {}: not a readable Avro file: {e}", path.display())))?;
+    // The record type of each union branch (or the one record type) of the writer schema.
+    let branch_names: Vec<String> = match reader.writer_schema() {
+        apache_avro::Schema::Record(r) => vec![r.name.fullname(None)],
+        apache_avro::Schema::Union(u) => u
+            .variants()
+            .iter()
+            .map(|v| match v {
+                apache_avro::Schema::Record(r) => r.name.fullname(None),
+                _ => String::new(),
+            })
+            .collect(),
+        other => {
+            return Err((
+                EXIT_USAGE,
+                format!("error: {}: the Avro schema is {other:?}, not a record or a union of records", path.display()),
+            ))
+        }
+    };
+    let candidates: Vec<&String> = catalog
+        .streams
+        .iter()
+        .filter(|(name, s)| {
+            stream.is_none_or(|want| want == name.as_str())
+                && branch_names.iter().filter(|b| !b.is_empty()).all(|b| s.record_type(b).is_some())
+        })
+        .map(|(name, _)| name)
+        .collect();
+    let stream_name = match candidates.as_slice() {
+        [one] => (*one).clone(),
+        [] => {
+            return Err((
+                EXIT_USAGE,
+                format!(
+                    "error: {}: no configured stream has the record type(s) {}{}",
+                    path.display(),
+                    branch_names.join(", "),
+                    stream.map(|s| format!(" (asked for stream `{s}`)")).unwrap_or_default()
+                ),
+            ))
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+            return Err((
+                EXIT_USAGE,
+                format!(
+                    "error: {}: several streams fit ({}): say which with --stream",
+                    path.display(),
+                    names.join(", ")
+                ),
+            ));
+        }
+    };
+    let schema = catalog.streams[&stream_name].clone();
+    Ok(Box::new(reader.enumerate().map(move |(i, record)| {
+        let n = i as u64 + 1;
+        let value = match record {
+            Ok(v) => v,
+            Err(e) => return (n, Err(Fatal(format!("record {n}: {e}")))),
+        };
+        let type_name = match &value {
+            apache_avro::types::Value::Union(idx, _) => branch_names.get(*idx as usize).cloned(),
+            _ => branch_names.first().cloned(),
+        };
+        let result = serde_json::Value::try_from(value)
+            .map_err(|e| Rejected(format!("record {n}: {e}")))
+            .and_then(|json| decode::json_event(&schema, type_name.as_deref(), &json, n).map_err(Rejected))
+            .map(|event| (stream_name.clone(), event));
+        (n, result)
+    })))
 }
 
 fn parse_line(line: &str, catalog: &dsl::Catalog, n: u64) -> Result<(String, engine::Event), String> {

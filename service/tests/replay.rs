@@ -99,3 +99,60 @@ fn bad_lines_are_rejected_with_their_line_and_reason() {
     // The good events still produce the alert.
     assert_eq!(std::fs::read_to_string(&out).expect("output").lines().count(), 1);
 }
+
+/// JSON to a schema-less Avro value; `resolve` then fits it to the record schema.
+fn json_to_avro(j: &Value) -> apache_avro::types::Value {
+    use apache_avro::types::Value as Avro;
+    match j {
+        Value::Null => Avro::Null,
+        Value::Bool(b) => Avro::Boolean(*b),
+        Value::Number(n) => n.as_i64().map_or_else(|| Avro::Double(n.as_f64().unwrap_or(f64::NAN)), Avro::Long),
+        Value::String(s) => Avro::String(s.clone()),
+        Value::Array(a) => Avro::Array(a.iter().map(json_to_avro).collect()),
+        Value::Object(o) => Avro::Map(o.iter().map(|(k, v)| (k.clone(), json_to_avro(v))).collect()),
+    }
+}
+
+/// Writes the JSON-lines events of `stream` as an Avro object container file.
+fn to_avro(jsonl: &Path, schema_file: &Path, out: &Path) {
+    use apache_avro::types::Value as Avro;
+    let schema =
+        apache_avro::Schema::parse_str(&std::fs::read_to_string(schema_file).expect("schema")).expect("avro schema");
+    let variants: Vec<apache_avro::Schema> = match &schema {
+        apache_avro::Schema::Union(u) => u.variants().to_vec(),
+        s => vec![s.clone()],
+    };
+    let mut writer = apache_avro::Writer::new(&schema, Vec::new()).expect("writer");
+    for line in std::fs::read_to_string(jsonl).expect("events").lines() {
+        let j: Value = serde_json::from_str(line).expect("json");
+        let ty = j["type"].as_str().expect("type");
+        let (idx, variant) = variants
+            .iter()
+            .enumerate()
+            .find(|(_, v)| matches!(v, apache_avro::Schema::Record(r) if r.name.name() == ty))
+            .expect("record type");
+        let record = json_to_avro(&j["value"]).resolve_schemata(variant, vec![&schema]).expect("resolves");
+        let value = if variants.len() > 1 { Avro::Union(idx as u32, Box::new(record)) } else { record };
+        writer.append(value).expect("append");
+    }
+    std::fs::write(out, writer.into_inner().expect("avro bytes")).expect("write");
+}
+
+#[test]
+fn avro_exports_replay_exactly_like_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (pattern, schema) in [("card_testing", "card_auths"), ("ato_after_password_reset", "account_events")] {
+        let jsonl = root().join(format!("patterns/examples/{pattern}.events.jsonl"));
+        let avro = dir.path().join(format!("{pattern}.avro"));
+        to_avro(&jsonl, &root().join(format!("testdata/schemas/{schema}.avsc")), &avro);
+        let p = root().join(format!("patterns/{pattern}.tl"));
+        let (a, b) = (dir.path().join(format!("{pattern}.json.out")), dir.path().join(format!("{pattern}.avro.out")));
+        let o = replay(&p, &jsonl, &a);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = replay(&p, &avro, &b);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let (a, b) = (std::fs::read_to_string(a).expect("out"), std::fs::read_to_string(b).expect("out"));
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "{pattern}: Avro and JSON-lines replays differ");
+    }
+}

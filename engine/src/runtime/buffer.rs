@@ -207,6 +207,8 @@ impl SharedBuffer {
 
     /// Forgets the per-timestamp id counters older than `ts`.
     pub fn advance_time(&mut self, ts: i64) {
-        self.counts = self.counts.split_off(&ts);
+        while self.counts.first_key_value().is_some_and(|(&k, _)| k < ts) {
+            self.counts.pop_first();
+        }
     }
 }
