@@ -133,7 +133,7 @@ fn to_avro(jsonl: &Path, schema_file: &Path, out: &Path) {
             .expect("record type");
         let record = json_to_avro(&j["value"]).resolve_schemata(variant, vec![&schema]).expect("resolves");
         let value = if variants.len() > 1 { Avro::Union(idx as u32, Box::new(record)) } else { record };
-        writer.append(value).expect("append");
+        writer.append_value(value).expect("append");
     }
     std::fs::write(out, writer.into_inner().expect("avro bytes")).expect("write");
 }
