@@ -219,7 +219,8 @@ fn word_at(s: &str) -> String {
     s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').take(40).collect()
 }
 
-fn is_keyword(word: &str) -> bool {
+/// Whether `word` is a reserved word of the language (a name with it must be in backticks).
+pub fn is_keyword(word: &str) -> bool {
     Grammar::parse(Rule::keyword, word).map(|p| p.as_str().len() == word.len()).unwrap_or(false)
 }
 

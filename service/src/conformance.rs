@@ -79,43 +79,7 @@ pub fn run(files: &[PathBuf], verbose: bool) -> u8 {
 fn ident(name: &str) -> String {
     let plain = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    const RESERVED: &[&str] = &[
-        "pattern",
-        "version",
-        "severity",
-        "mode",
-        "from",
-        "key",
-        "match",
-        "where",
-        "within",
-        "skip",
-        "message",
-        "emit",
-        "followed",
-        "next",
-        "not",
-        "any",
-        "optional",
-        "greedy",
-        "consecutive",
-        "until",
-        "and",
-        "or",
-        "in",
-        "is",
-        "null",
-        "true",
-        "false",
-        "like",
-        "matches",
-        "contains",
-        "if",
-        "then",
-        "else",
-        "distinct",
-    ];
-    if plain && !RESERVED.contains(&name) {
+    if plain && !dsl::parser::is_keyword(name) {
         name.to_owned()
     } else {
         format!("`{name}`")
