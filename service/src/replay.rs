@@ -112,6 +112,19 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
     let cfg = Config::load(&cfg_path).map_err(|e| (EXIT_USAGE, format!("error: {e:#}")))?;
     let catalog = cfg.catalog(&cfg_path).map_err(|e| (EXIT_USAGE, format!("error: {e:#}")))?;
     let nfas = compile_patterns(opts.patterns, &catalog)?;
+    for n in &nfas {
+        if catalog.streams.get(&n.meta.stream).is_some_and(|s| s.timestamp_field.is_none()) {
+            return Err((
+                EXIT_USAGE,
+                format!(
+                    "error: {}: stream `{}` (read by pattern `{}`) has no timestamp_field: replay needs each event's event time",
+                    cfg_path.display(),
+                    n.meta.stream,
+                    n.meta.name
+                ),
+            ));
+        }
+    }
 
     let mut operators: Vec<Operator> = nfas.iter().map(|n| Operator::new(n.clone(), OpConfig::default())).collect();
     let mut clocks: BTreeMap<String, StreamClock> = BTreeMap::new();

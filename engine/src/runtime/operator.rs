@@ -74,6 +74,7 @@ pub struct Stats {
     pub events: u64,
     pub late: u64,
     pub matches: u64,
+    /// Timed-out partial matches returned (only with [`Config::timeouts`]).
     pub timeouts: u64,
     /// Partial matches dropped because a key hit the partial-match budget.
     pub dropped_partial_matches: u64,
