@@ -18,6 +18,17 @@ pub const DEFAULT_CONFIG: &str = "tripline.toml";
 pub struct Config {
     #[serde(default)]
     pub streams: BTreeMap<String, StreamConfig>,
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+/// How patterns run (`[engine]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// At most this many partial matches per key and pattern; beyond it the earliest-started are
+    /// dropped and counted. Unset: no bound.
+    pub max_partial_matches_per_key: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +84,9 @@ impl Config {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let cfg: Config =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        if cfg.engine.max_partial_matches_per_key == Some(0) {
+            bail!("{}: engine.max_partial_matches_per_key must be at least 1", path.display());
+        }
         for (name, s) in &cfg.streams {
             if let Some(d) = &s.max_out_of_orderness {
                 parse_duration(d)

@@ -43,6 +43,7 @@ impl StreamClock {
 /// Counts for the summary.
 #[derive(Default)]
 struct Counts {
+    dropped: u64,
     events: u64,
     rejected: u64,
     late: u64,
@@ -53,11 +54,12 @@ pub fn run(opts: &Replay<'_>) -> u8 {
     match replay(opts) {
         Ok((counts, rejected_lines)) => {
             let mut summary = format!(
-                "replayed {} events: {} alert(s), {} late, {} rejected\n",
+                "replayed {} events: {} alert(s), {} late, {} rejected, {} partial match(es) dropped by the budget\n",
                 counts.events,
                 counts.alerts.values().sum::<u64>(),
                 counts.late,
-                counts.rejected
+                counts.rejected,
+                counts.dropped
             );
             for (p, n) in &counts.alerts {
                 let _ = writeln!(summary, "  {p}: {n}");
@@ -126,7 +128,9 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
         }
     }
 
-    let mut operators: Vec<Operator> = nfas.iter().map(|n| Operator::new(n.clone(), OpConfig::default())).collect();
+    let op_config =
+        OpConfig { max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
+    let mut operators: Vec<Operator> = nfas.iter().map(|n| Operator::new(n.clone(), op_config)).collect();
     let mut clocks: BTreeMap<String, StreamClock> = BTreeMap::new();
     for (name, s) in &cfg.streams {
         let ooo =
@@ -171,6 +175,7 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
         op.advance_watermark(i64::MAX, &mut outs);
         let nfa = op.nfa().clone();
         write_outputs(&nfa, &mut outs, &mut writer, &mut counts).map_err(write_err)?;
+        counts.dropped += op.stats().dropped_partial_matches;
     }
     writer.flush().map_err(write_err)?;
     let rejected = counts.rejected > 0;

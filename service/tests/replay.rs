@@ -156,3 +156,34 @@ fn avro_exports_replay_exactly_like_json_lines() {
         assert_eq!(a, b, "{pattern}: Avro and JSON-lines replays differ");
     }
 }
+
+#[test]
+fn the_partial_match_budget_comes_from_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = std::fs::read_to_string(root().join("tripline.toml")).expect("config");
+    let cfg = cfg.replace("max_partial_matches_per_key = 10000", "max_partial_matches_per_key = 1");
+    let cfg = cfg.replace("\"testdata/", &format!("\"{}/testdata/", root().display()));
+    let cfg_path = dir.path().join("tripline.toml");
+    std::fs::write(&cfg_path, cfg).expect("write");
+    let out = dir.path().join("out.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_tripline"))
+        .args(["replay", "--config"])
+        .arg(&cfg_path)
+        .arg("--patterns")
+        .arg(root().join("patterns/structuring.tl"))
+        .arg("--input")
+        .arg(root().join("patterns/examples/structuring.events.jsonl"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let dropped: u64 = err
+        .split(" partial match(es) dropped")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped > 0, "a budget of 1 must drop partial matches: {err}");
+}
