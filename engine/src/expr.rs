@@ -290,6 +290,18 @@ pub struct ConditionCache {
     known: Vec<u8>,
 }
 
+impl Cond {
+    /// Whether the guard reads no event of the match (its result depends on the event alone).
+    pub fn is_pure(&self, cache: &ConditionCache) -> bool {
+        match self {
+            Cond::True | Cond::IsType(_) => true,
+            Cond::Holds(id) => cache.pure.get(id.index()).copied().unwrap_or(false),
+            Cond::Not(c) => c.is_pure(cache),
+            Cond::And(a, b) => a.is_pure(cache) && b.is_pure(cache),
+        }
+    }
+}
+
 impl ConditionCache {
     pub fn new(conditions: &[Expr]) -> Self {
         ConditionCache {

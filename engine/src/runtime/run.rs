@@ -67,7 +67,14 @@ pub struct RunState {
     scratch: Vec<Partial>,
     spare: Vec<Partial>,
     cond_cache: Option<ConditionCache>,
+    /// Per state, for the event being processed: whether its partial matches stay as they are.
+    stay: Vec<u8>,
 }
+
+const UNKNOWN: u8 = 0;
+const STAYS: u8 = 1;
+const MOVES: u8 = 2;
+const DEPENDS: u8 = 3;
 
 impl RunState {
     pub fn new(nfa: &Nfa) -> Self {
@@ -81,6 +88,7 @@ impl RunState {
             scratch: Vec::new(),
             spare: Vec::new(),
             cond_cache: None,
+            stay: Vec::new(),
         }
     }
 
@@ -207,6 +215,31 @@ fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>, cache: &
     out
 }
 
+/// Whether every partial match waiting in `state` stays exactly as it is for this event: the
+/// state's guards read no event of the match and only its self-IGNORE edge passes (no branch, so
+/// FlinkCEP re-creates the partial match unchanged). `None` when a guard reads the match.
+fn stays(nfa: &Nfa, state: StateId, event: &Event, cache: &mut ConditionCache) -> Option<bool> {
+    let mut stack: SmallVec<[StateId; 8]> = smallvec::smallvec![state];
+    let mut only_self_ignore = true;
+    let mut edges = 0;
+    while let Some(s) = stack.pop() {
+        for e in &nfa.state(s).edges {
+            if !e.cond.is_pure(cache) {
+                return None;
+            }
+            if !e.cond.holds_cached(&nfa.conditions, event, &crate::expr::EmptyMatch, cache) {
+                continue;
+            }
+            match e.action {
+                Action::Proceed => stack.push(e.target),
+                Action::Ignore if e.target == state => edges += 1,
+                _ => only_self_ignore = false,
+            }
+        }
+    }
+    Some(only_self_ignore && edges == 1)
+}
+
 fn final_after_proceed(
     nfa: &Nfa,
     from: StateId,
@@ -324,7 +357,24 @@ impl RunState {
         let current = std::mem::take(&mut self.partial).into_vec();
         let mut next = std::mem::take(&mut self.scratch);
         let mut retain = Vec::new();
+        let mut stay = std::mem::take(&mut self.stay);
+        stay.clear();
+        stay.resize(nfa.states.len(), UNKNOWN);
         for p in &current {
+            if p.state != nfa.start {
+                let s = &mut stay[p.state.index()];
+                if *s == UNKNOWN {
+                    *s = match stays(nfa, p.state, &ev.event, &mut ev.cache) {
+                        Some(true) => STAYS,
+                        Some(false) => MOVES,
+                        None => DEPENDS,
+                    };
+                }
+                if *s == STAYS {
+                    new_partial.offer(p.clone(), cmp);
+                    continue;
+                }
+            }
             next.clear();
             next_states(nfa, &mut self.buffer, p, &mut ev, &mut next);
             retain.clear();
@@ -358,6 +408,7 @@ impl RunState {
         }
         self.scratch = next;
         self.spare = current;
+        self.stay = stay;
         self.cond_cache = Some(std::mem::take(&mut ev.cache));
         let mut result = Vec::new();
         self.release_completed(nfa, potential, &mut new_partial, &mut result);
