@@ -407,6 +407,9 @@ impl RunState {
             }
         }
         self.scratch = next;
+        // Keep the allocation, not the old partial matches.
+        let mut current = current;
+        current.clear();
         self.spare = current;
         self.stay = stay;
         self.cond_cache = Some(std::mem::take(&mut ev.cache));
