@@ -312,7 +312,13 @@ fn token_soup() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+    // A fixed seed: CI sees the same cases on every run (new inputs come from the fuzzer).
+    #![proptest_config(ProptestConfig {
+        cases: 1500,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x7219_11e5),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn token_soup_never_panics(body in token_soup()) {
