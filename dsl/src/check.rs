@@ -936,6 +936,22 @@ impl Checker<'_> {
         numeric.or(readable.first()).map_or_else(|| "field".to_owned(), |f| f.path.clone())
     }
 
+    /// Reports (and says) whether a condition reads `v`, which comes after the condition's owner.
+    fn reads_later(&mut self, scope: Scope, v: VarId, name: &Ident) -> bool {
+        let Scope::Condition { owner } = scope else { return false };
+        if v <= owner {
+            return false;
+        }
+        let o = self.vars[owner.index()].name.clone();
+        self.err_hint(
+            name.span,
+            "read-later-variable",
+            format!("`{}` comes after `{o}` in the sequence, so it has no event yet", name.name),
+            format!("a condition can read variables matched before `{o}`"),
+        );
+        true
+    }
+
     fn expect_bool(&mut self, t: Typed, span: Span, what: &str) -> Option<Expr> {
         if t.ty == Ty::Bool {
             Some(t.expr)
@@ -987,17 +1003,8 @@ impl Checker<'_> {
                     );
                     return None;
                 }
-                if let Scope::Condition { owner } = scope {
-                    if v > owner {
-                        let o = &self.vars[owner.index()].name;
-                        self.err_hint(
-                            first.span,
-                            "read-later-variable",
-                            format!("`{}` comes after `{o}` in the sequence, so it has no event yet", first.name),
-                            format!("a condition can read variables matched before `{o}`"),
-                        );
-                        return None;
-                    }
+                if self.reads_later(scope, v, first) {
+                    return None;
                 }
                 if var.looping {
                     let numeric = self
@@ -1159,17 +1166,8 @@ impl Checker<'_> {
             );
             return None;
         }
-        if let Scope::Condition { owner } = scope {
-            if v > owner {
-                let o = self.vars[owner.index()].name.clone();
-                self.err_hint(
-                    segs[0].span,
-                    "read-later-variable",
-                    format!("`{}` comes after `{o}` in the sequence, so it has no events yet", var.name),
-                    format!("a condition can read variables matched before `{o}`"),
-                );
-                return None;
-            }
+        if self.reads_later(scope, v, &segs[0]) {
+            return None;
         }
         if segs.len() == 1 {
             if func == AggFunc::Count {
