@@ -1,6 +1,7 @@
 //! The shared buffer (FlinkCEP's `SharedBuffer` + `SharedBufferAccessor`): the events partial
 //! matches have taken, stored once, linked into a graph whose edges carry Dewey versions, so that
 //! runs share their common prefixes. Reference counts free what no run can reach any more.
+//! Counts and ids wrap as Java's `int`s do (a state restored from a snapshot may hold any value).
 
 use std::collections::BTreeMap;
 
@@ -25,17 +26,19 @@ pub struct NodeId {
     pub var: VarId,
 }
 
+/// An edge to the node of the previous event (`None`: the match starts here), for the runs of
+/// compatible versions. Fields are visible to `snapshot`, which writes and rebuilds them.
 #[derive(Clone, Debug)]
-struct Edge {
-    target: Option<NodeId>,
-    version: Dewey,
-    refs: i32,
+pub(super) struct Edge {
+    pub(super) target: Option<NodeId>,
+    pub(super) version: Dewey,
+    pub(super) refs: i32,
 }
 
 #[derive(Clone, Debug, Default)]
-struct Node {
-    edges: Vec<Edge>,
-    refs: i32,
+pub(super) struct Node {
+    pub(super) edges: Vec<Edge>,
+    pub(super) refs: i32,
 }
 
 /// `Lockable.release`: frees when the count reaches zero (or was already not positive).
@@ -52,9 +55,11 @@ pub type EventPath = Vec<(VarId, Vec<EventId>)>;
 
 #[derive(Clone, Debug, Default)]
 pub struct SharedBuffer {
-    events: HashMap<EventId, (i32, Arc<Event>)>,
-    counts: BTreeMap<i64, u32>,
-    nodes: HashMap<NodeId, Node>,
+    /// Taken events with their reference counts.
+    pub(super) events: HashMap<EventId, (i32, Arc<Event>)>,
+    /// Per timestamp, the next event id.
+    pub(super) counts: BTreeMap<i64, u32>,
+    pub(super) nodes: HashMap<NodeId, Node>,
 }
 
 impl SharedBuffer {
@@ -70,7 +75,7 @@ impl SharedBuffer {
     pub fn register_event(&mut self, event: Arc<Event>, ts: i64) -> EventId {
         let c = self.counts.entry(ts).or_insert(0);
         let id = EventId { ts, id: *c };
-        *c += 1;
+        *c = c.wrapping_add(1);
         self.events.insert(id, (1, event));
         id
     }
@@ -89,10 +94,10 @@ impl SharedBuffer {
 
     pub fn lock_node(&mut self, node: NodeId, version: &Dewey) {
         if let Some(n) = self.nodes.get_mut(&node) {
-            n.refs += 1;
+            n.refs = n.refs.wrapping_add(1);
             for e in &mut n.edges {
                 if version.is_compatible_with(&e.version) {
-                    e.refs += 1;
+                    e.refs = e.refs.wrapping_add(1);
                 }
             }
         }
@@ -108,7 +113,7 @@ impl SharedBuffer {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 if let Some(e) = self.events.get_mut(&event) {
-                    e.0 += 1;
+                    e.0 = e.0.wrapping_add(1);
                 }
                 v.insert(Node::default())
             }

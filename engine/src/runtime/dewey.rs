@@ -14,13 +14,23 @@ impl Dewey {
         Dewey(smallvec::smallvec![start])
     }
 
-    /// The last digit increased by `times`.
+    /// The last digit increased by `times` (wrapping, as Java's `int` does).
     pub fn increase(&self, times: u32) -> Self {
         let mut v = self.0.clone();
         if let Some(last) = v.last_mut() {
-            *last += times;
+            *last = last.wrapping_add(times);
         }
         Dewey(v)
+    }
+
+    /// The digits, outermost first (snapshots).
+    pub(crate) fn digits(&self) -> &[u32] {
+        &self.0
+    }
+
+    /// A version from its digits (snapshots; the caller checks there is at least one).
+    pub(crate) fn from_digits(digits: &[u32]) -> Self {
+        Dewey(Digits::from_slice(digits))
     }
 
     /// A new stage: `1.2` becomes `1.2.0`.

@@ -5,6 +5,8 @@ pub mod dewey;
 pub mod operator;
 pub mod pq;
 pub mod run;
+pub mod snapshot;
 
 pub use operator::{Config, InMemory, Key, KeyState, Operator, Output, StateStore, Stats};
 pub use run::{Match, MatchEvents, RunState, Timeout};
+pub use snapshot::SnapshotError;

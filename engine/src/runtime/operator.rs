@@ -5,14 +5,19 @@
 //! Inputs are explicit: [`Operator::process`] and [`Operator::advance_watermark`]. Outputs come
 //! in a deterministic order: timers fire in (timestamp, key) order; for each key and timestamp,
 //! matches released by time come first, then timeouts, then the matches of the events.
+//!
+//! For a durable store (the service's changelog), the operator records which keys changed
+//! ([`Operator::take_dirty`]) and writes and restores one key at a time
+//! ([`Operator::snapshot_key`], [`Operator::restore_key`]; the format is in [`super::snapshot`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use super::run::{MatchEvents, RunState};
+use super::snapshot::{self, SnapshotError};
 use crate::nfa::{FieldId, Nfa};
 use crate::value::{Event, Value};
 
@@ -86,10 +91,51 @@ pub struct KeyState {
     pub run: RunState,
     /// Buffered events by timestamp, in arrival order.
     pub queue: BTreeMap<i64, Vec<Arc<Event>>>,
+    /// The key's pending window timers, ascending. Its other timers are the timestamps of
+    /// `queue` (a buffered timestamp always has one): together they are the key's entries in the
+    /// operator's timer set.
+    windows: WindowTimers,
+    /// Whether the key is in the operator's set of changed keys.
+    dirty: bool,
+}
+
+impl KeyState {
+    fn new(nfa: &Nfa, windows: WindowTimers) -> Self {
+        KeyState { run: RunState::new(nfa), queue: BTreeMap::new(), windows, dirty: false }
+    }
+}
+
+/// A key's pending window timers, ascending: one per run started within the window, fired
+/// from the front.
+pub(super) type WindowTimers = VecDeque<i64>;
+
+/// Adds `t` to an ascending list of timers (usually at the end).
+fn add_timer(timers: &mut WindowTimers, t: i64) {
+    if timers.back().is_none_or(|&last| last < t) {
+        timers.push_back(t);
+    } else if let Err(i) = timers.binary_search(&t) {
+        timers.insert(i, t);
+    }
+}
+
+/// Removes and returns the window timers of `key` if it has no state.
+fn take_orphans(orphans: &mut HashMap<Key, WindowTimers>, key: &Key) -> WindowTimers {
+    if orphans.is_empty() {
+        return WindowTimers::new();
+    }
+    orphans.remove(key).unwrap_or_default()
+}
+
+/// Forgets the timers up to `t`, which just fired (a key's timers fire in ascending order).
+fn remove_fired(timers: &mut WindowTimers, t: i64) {
+    while timers.front().is_some_and(|&first| first <= t) {
+        timers.pop_front();
+    }
 }
 
 /// Where key states live. In memory here; the service keeps them in RocksDB.
 pub trait StateStore {
+    fn get(&self, key: &Key) -> Option<&KeyState>;
     fn get_mut(&mut self, key: &Key) -> Option<&mut KeyState>;
     /// The state of `key`, created with `new` if it has none.
     fn get_or_insert_with(&mut self, key: &Key, new: impl FnOnce() -> KeyState) -> &mut KeyState;
@@ -106,6 +152,9 @@ pub trait StateStore {
 pub struct InMemory(HashMap<Key, KeyState>);
 
 impl StateStore for InMemory {
+    fn get(&self, key: &Key) -> Option<&KeyState> {
+        self.0.get(key)
+    }
     fn get_mut(&mut self, key: &Key) -> Option<&mut KeyState> {
         self.0.get_mut(key)
     }
@@ -129,6 +178,13 @@ pub struct Operator<S: StateStore = InMemory> {
     nfa: Arc<Nfa>,
     store: S,
     timers: BTreeSet<(i64, Key)>,
+    /// Window timers of keys whose state was dropped (idle keys): they still fire, as Flink's
+    /// do, and a key that comes back before they do takes them back into its state.
+    orphan_timers: HashMap<Key, WindowTimers>,
+    /// Keys whose state or timers changed since the last [`Operator::take_dirty`]; a key whose
+    /// state has `dirty` set is in it.
+    dirty: HashSet<Key>,
+    track_changes: bool,
     watermark: i64,
     config: Config,
     stats: Stats,
@@ -142,7 +198,17 @@ impl Operator<InMemory> {
 
 impl<S: StateStore> Operator<S> {
     pub fn with_store(nfa: Arc<Nfa>, config: Config, store: S) -> Self {
-        Operator { nfa, store, timers: BTreeSet::new(), watermark: i64::MIN, config, stats: Stats::default() }
+        Operator {
+            nfa,
+            store,
+            timers: BTreeSet::new(),
+            orphan_timers: HashMap::default(),
+            dirty: HashSet::default(),
+            track_changes: true,
+            watermark: i64::MIN,
+            config,
+            stats: Stats::default(),
+        }
     }
 
     pub fn nfa(&self) -> &Arc<Nfa> {
@@ -172,8 +238,12 @@ impl<S: StateStore> Operator<S> {
         }
         let ts = event.ts;
         let nfa = &self.nfa;
-        let state =
-            self.store.get_or_insert_with(&key, || KeyState { run: RunState::new(nfa), queue: BTreeMap::new() });
+        let orphans = &mut self.orphan_timers;
+        let state = self.store.get_or_insert_with(&key, || KeyState::new(nfa, take_orphans(orphans, &key)));
+        if self.track_changes && !state.dirty {
+            state.dirty = true;
+            self.dirty.insert(key.clone());
+        }
         let list = state.queue.entry(ts).or_default();
         if list.is_empty() {
             self.timers.insert((ts, key));
@@ -192,17 +262,35 @@ impl<S: StateStore> Operator<S> {
                 break;
             }
             self.timers.remove(&(t, key.clone()));
-            self.on_timer(key, out);
+            self.on_timer(t, key, out);
         }
     }
 
-    fn on_timer(&mut self, key: Key, out: &mut Vec<Output>) {
+    /// The timer `(t, key)` fired (it is out of the timer set).
+    fn on_timer(&mut self, t: i64, key: Key, out: &mut Vec<Output>) {
         let nfa = self.nfa.clone();
         let window = nfa.window_ms.unwrap_or(0);
         let wm = self.watermark;
         let (tie_break, budget) = (self.config.tie_break, self.config.max_partial_matches_per_key);
         let emit_timeouts = self.config.timeouts;
-        let Some(state) = self.store.get_mut(&key) else { return };
+        let Some(state) = self.store.get_mut(&key) else {
+            // A window timer that outlived the key's state: it does nothing, but it is gone.
+            if let Some(timers) = self.orphan_timers.get_mut(&key) {
+                remove_fired(timers, t);
+                if timers.is_empty() {
+                    self.orphan_timers.remove(&key);
+                }
+            }
+            if self.track_changes {
+                self.dirty.insert(key);
+            }
+            return;
+        };
+        remove_fired(&mut state.windows, t);
+        if self.track_changes && !state.dirty {
+            state.dirty = true;
+            self.dirty.insert(key.clone());
+        }
         let mut new_timers = Vec::new();
         let stats = &mut self.stats;
         let emit_time = |state: &mut KeyState, ts: i64, out: &mut Vec<Output>, stats: &mut Stats| {
@@ -238,11 +326,106 @@ impl<S: StateStore> Operator<S> {
         let idle = state.queue.is_empty() && state.run.is_idle();
         for t in new_timers {
             // A timer at or below the watermark fires in this pass, as in Flink.
-            self.timers.insert((t, key.clone()));
+            if self.timers.insert((t, key.clone())) {
+                add_timer(&mut state.windows, t);
+            }
         }
         if idle {
-            // Its leftover window timers, if any, find no state and do nothing.
+            // Its leftover window timers, if any, find no state and do nothing (but they fire).
+            let windows = std::mem::take(&mut state.windows);
             self.store.remove(&key);
+            if !windows.is_empty() {
+                self.orphan_timers.insert(key, windows);
+            }
         }
+    }
+
+    /// The keys whose state or pending timers changed since the last call (or since the
+    /// operator was made), in ascending order; the record starts afresh. A late event changes
+    /// nothing; a processed event, a fired timer (even one that finds no state) and a dropped
+    /// idle key do. Write [`Operator::snapshot_key`] of each (or a tombstone when it returns
+    /// `false`) to keep a durable copy of the operator.
+    pub fn take_dirty(&mut self) -> Vec<Key> {
+        let mut keys: Vec<Key> = self.dirty.drain().collect();
+        keys.sort_unstable();
+        for k in &keys {
+            if let Some(state) = self.store.get_mut(k) {
+                state.dirty = false;
+            }
+        }
+        keys
+    }
+
+    /// Turns the record of changed keys on (the default) or off. Off, [`Operator::take_dirty`]
+    /// returns nothing and the record costs no memory: for runs that keep no durable copy
+    /// (replay, benchmarks). Turning it off forgets what was recorded.
+    pub fn track_changes(&mut self, on: bool) {
+        if !on {
+            self.take_dirty();
+        }
+        self.track_changes = on;
+    }
+
+    /// Appends the complete state of `key` to `out`: its partial matches, shared buffer and
+    /// buffered events, and its pending timers (window timers outlive a dropped idle key, so a
+    /// key with no state may still have a snapshot). Returns `false`, appending nothing, when the
+    /// key holds nothing (write a tombstone). The format is described in [`super::snapshot`].
+    pub fn snapshot_key(&self, key: &Key, out: &mut Vec<u8>) -> bool {
+        match (self.store.get(key), self.orphan_timers.get(key)) {
+            (Some(state), _) => {
+                snapshot::encode(&self.nfa, Some((&state.run, &state.queue)), state.windows.iter().copied(), out)
+            }
+            (None, Some(windows)) => snapshot::encode(&self.nfa, None, windows.iter().copied(), out),
+            (None, None) => return false,
+        }
+        true
+    }
+
+    /// Replaces whatever `key` holds by the state in `bytes` (from [`Operator::snapshot_key`] of
+    /// an operator of the same pattern). The bytes are checked against the pattern first: on an
+    /// error nothing changes. The key is not recorded as changed. Restore every key and then
+    /// [`Operator::set_watermark`] (or the other way round) before processing anything.
+    pub fn restore_key(&mut self, key: Key, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let (state, windows) = snapshot::decode(&self.nfa, bytes)?;
+        self.remove_key(&key);
+        for &t in &windows {
+            self.timers.insert((t, key.clone()));
+        }
+        match state {
+            // An idle state holds nothing: the operator never keeps one.
+            Some((run, queue)) if !(queue.is_empty() && run.is_idle()) => {
+                for &t in queue.keys() {
+                    self.timers.insert((t, key.clone()));
+                }
+                self.store.insert(key, KeyState { run, queue, windows, dirty: false });
+            }
+            _ if !windows.is_empty() => {
+                self.orphan_timers.insert(key, windows);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Forgets everything `key` holds (state and timers) without recording a change: for keys
+    /// that another instance now owns.
+    pub fn remove_key(&mut self, key: &Key) {
+        if let Some(state) = self.store.get(key) {
+            for &t in state.queue.keys().chain(state.windows.iter()) {
+                self.timers.remove(&(t, key.clone()));
+            }
+            self.store.remove(key);
+        }
+        for t in self.orphan_timers.remove(key).unwrap_or_default() {
+            self.timers.remove(&(t, key.clone()));
+        }
+        self.dirty.remove(key);
+    }
+
+    /// Sets the watermark without firing anything: for an operator being restored, to the
+    /// watermark its snapshots were taken at. (Timers at or below it, which a snapshot taken
+    /// between calls never holds, would fire on the next [`Operator::advance_watermark`].)
+    pub fn set_watermark(&mut self, wm: i64) {
+        self.watermark = wm;
     }
 }

@@ -43,6 +43,17 @@ impl<T> JavaPq<T> {
         self.a
     }
 
+    /// The backing array (Java's iteration order).
+    pub fn as_slice(&self) -> &[T] {
+        &self.a
+    }
+
+    /// A queue with exactly the backing array `a`, if `a` is a heap under `cmp` (snapshots).
+    pub fn from_heap(a: Vec<T>, cmp: impl Fn(&T, &T) -> Ordering) -> Option<Self> {
+        let heap = (1..a.len()).all(|i| cmp(&a[(i - 1) / 2], &a[i]) != Ordering::Greater);
+        heap.then_some(JavaPq { a })
+    }
+
     /// An empty queue that reuses `storage`'s allocation.
     pub fn reusing(mut storage: Vec<T>) -> Self {
         storage.clear();
@@ -128,6 +139,14 @@ mod tests {
         // removeIf(x -> x == 3) -> survivors [2, 8, 5, 9], already a heap
         pq.remove_if(|x| *x == 3, i32::cmp);
         assert_eq!(pq.iter().copied().collect::<Vec<_>>(), [2, 8, 5, 9]);
+    }
+
+    #[test]
+    fn from_heap_keeps_a_heap_and_refuses_the_rest() {
+        let pq = JavaPq::from_heap(vec![1, 3, 2, 5, 9, 8], i32::cmp).expect("a heap");
+        assert_eq!(pq.as_slice(), [1, 3, 2, 5, 9, 8]);
+        assert!(JavaPq::from_heap(vec![1, 3, 2, 0], i32::cmp).is_none());
+        assert!(JavaPq::<i32>::from_heap(Vec::new(), i32::cmp).is_some());
     }
 
     #[test]

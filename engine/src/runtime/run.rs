@@ -120,6 +120,33 @@ impl RunState {
     pub fn partial_count(&self) -> usize {
         self.partial.iter().filter(|p| p.start_id.is_some()).count()
     }
+
+    /// The partial matches and the completed matches held back, each in backing-array order
+    /// (what a snapshot writes).
+    pub(super) fn queues(&self) -> (&[Partial], &[Partial]) {
+        (self.partial.as_slice(), self.completed.as_slice())
+    }
+
+    /// A run state from what [`RunState::queues`], `new_start` and `buffer` held; `None` unless
+    /// both queues are heaps in FlinkCEP's order. The scratch space starts empty (it holds nothing
+    /// between events).
+    pub(super) fn from_parts(
+        partial: Vec<Partial>,
+        completed: Vec<Partial>,
+        new_start: bool,
+        buffer: SharedBuffer,
+    ) -> Option<Self> {
+        Some(RunState {
+            partial: JavaPq::from_heap(partial, cmp)?,
+            completed: JavaPq::from_heap(completed, cmp)?,
+            new_start,
+            buffer,
+            scratch: Vec::new(),
+            spare: Vec::new(),
+            cond_cache: None,
+            stay: Vec::new(),
+        })
+    }
 }
 
 fn start_state(state: StateId, version: Dewey) -> Partial {
@@ -459,7 +486,11 @@ impl RunState {
                 }
                 if timeouts_wanted {
                     let events = current_events(&self.buffer, &p);
-                    let at = if to_prev { p.prev_ts + state.window_ms.unwrap_or(0) } else { p.start_ts + window };
+                    let at = if to_prev {
+                        p.prev_ts.wrapping_add(state.window_ms.unwrap_or(0))
+                    } else {
+                        p.start_ts.wrapping_add(window)
+                    };
                     timeouts.push(Timeout { events, ts: at });
                 }
                 if let Some(prev) = p.prev {
