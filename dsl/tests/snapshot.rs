@@ -1,0 +1,959 @@
+//! Per-key snapshots of the operator (`Operator::take_dirty`, `snapshot_key`, `restore_key`):
+//! - differential: an operator that is checkpointed (changed keys snapshotted into a map) and
+//!   replaced, at random points, by a fresh operator restored from the map gives exactly the
+//!   outputs, in the same order, and the stats of one that ran straight through: over the
+//!   library's examples and over random streams for library and test patterns (windows, loops,
+//!   negations, skip strategies, budgets, timeouts, tie-breaks);
+//! - corruption: every truncation and many byte flips of real snapshots give an error or a state
+//!   the operator runs, never a panic; foreign bytes give an error;
+//! - the size of snapshots (printed: `cargo test --test snapshot -- --nocapture`).
+
+#![allow(clippy::print_stderr)] // the sizes and counts are worth seeing in the test log
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use common::*;
+use dsl::{FieldType, SourceFile, StreamSchema};
+use engine::runtime::{Config, Key, Operator, Output, SnapshotError, Stats};
+use engine::{Event, FieldId, Nfa, TypeId, Value};
+use proptest::prelude::*;
+use serde_json::Value as Json;
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+/// One call on the operator.
+#[derive(Clone, Debug)]
+enum Step {
+    Event(Key, Arc<Event>),
+    Watermark(i64),
+}
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// A record of the JSON-lines export format decoded against its stream's schema (what
+/// `tripline replay` does, in short: the examples are valid, `examples.rs` checks them).
+fn json_event(schema: &StreamSchema, line: &Json, seq: u64) -> Event {
+    let kind = schema.record_type(line["type"].as_str().expect("type")).expect("known record type");
+    let mut fields = vec![Value::Null; schema.fields.len()];
+    for (i, f) in schema.fields.iter().enumerate() {
+        if !f.in_types[kind.index()] {
+            continue;
+        }
+        let v = f.path.split('.').try_fold(&line["value"], |v, seg| v.get(seg)).unwrap_or(&Json::Null);
+        fields[i] = match (f.ty, v) {
+            (_, Json::Null) => Value::Null,
+            (FieldType::Bool, Json::Bool(b)) => Value::Bool(*b),
+            (FieldType::Int, Json::Number(n)) => Value::Int(n.as_i64().expect("int")),
+            (FieldType::Timestamp, Json::Number(n)) => Value::Int(n.as_i64().expect("int") / f.time_divisor.max(1)),
+            (FieldType::Float, Json::Number(n)) => Value::Float(n.as_f64().expect("float")),
+            (FieldType::Str, Json::String(s)) => Value::str(s),
+            _ => Value::Null,
+        };
+    }
+    let ts = match &fields[schema.timestamp_field.expect("event time").index()] {
+        Value::Int(ms) => *ms,
+        v => panic!("event time is {v:?}"),
+    };
+    Event { seq, ts, kind, fields: fields.into() }
+}
+
+/// A library pattern with its schema, example events and the stream's out-of-orderness.
+struct Library {
+    nfa: Arc<Nfa>,
+    schema: Arc<StreamSchema>,
+    examples: Vec<Arc<Event>>,
+    out_of_orderness: i64,
+}
+
+fn duration_ms(s: &str) -> i64 {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n.parse().expect("duration");
+    n * match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => panic!("unit {unit}"),
+    }
+}
+
+fn library() -> &'static [Library] {
+    static LIB: std::sync::OnceLock<Vec<Library>> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        let config_path = root().join("tripline.toml");
+        let catalog = catalog_from(&config_path);
+        let config: toml::Table = std::fs::read_to_string(&config_path).expect("config").parse().expect("TOML");
+        let mut out = Vec::new();
+        for path in files(&root().join("patterns"), "tl") {
+            let compiled = dsl::compile_source(&source(&path), &catalog);
+            assert!(compiled.is_ok(), "{}: {:?}", path.display(), compiled.diagnostics);
+            for p in compiled.patterns {
+                let nfa = Arc::new(p.nfa);
+                let schema = catalog.streams[&nfa.meta.stream].clone();
+                let file = root().join(format!("patterns/examples/{}.events.jsonl", nfa.meta.name));
+                let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                let examples = text
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| Arc::new(json_event(&schema, &serde_json::from_str(l).expect("JSON"), i as u64 + 1)))
+                    .collect();
+                let out_of_orderness = config["streams"][&nfa.meta.stream]
+                    .get("max_out_of_orderness")
+                    .and_then(|v| v.as_str())
+                    .map_or(0, duration_ms);
+                out.push(Library { nfa, schema, examples, out_of_orderness });
+            }
+        }
+        assert!(out.len() >= 14, "only {} library patterns", out.len());
+        out
+    })
+}
+
+/// The steps `tripline replay` takes over the examples: each event, then the stream's
+/// watermark; the end of the input is the end of time.
+fn replay_steps(lib: &Library) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut max_ts = i64::MIN;
+    for e in &lib.examples {
+        steps.push(Step::Event(Key::of(e.field(lib.nfa.meta.key)), e.clone()));
+        max_ts = max_ts.max(e.ts);
+        steps.push(Step::Watermark(max_ts.saturating_sub(lib.out_of_orderness).saturating_sub(1)));
+    }
+    steps.push(Step::Watermark(i64::MAX));
+    steps
+}
+
+/// A random stream for a library pattern: example events with some fields replaced by values
+/// other examples have there, a few keys, event times from milliseconds to months apart (some
+/// out of order), watermarks at random lags.
+fn library_steps(lib: &Library, seed: u64, len: usize) -> Vec<Step> {
+    let mut rng = Rng(seed);
+    let nf = lib.schema.fields.len();
+    // Per record type and field, the values the examples have.
+    let mut pools: BTreeMap<(u16, usize), Vec<Value>> = BTreeMap::new();
+    for e in &lib.examples {
+        for (i, v) in e.fields.iter().enumerate() {
+            pools.entry((e.kind.0, i)).or_default().push(v.clone());
+        }
+    }
+    let key_field = lib.nfa.meta.key;
+    let mut keys: Vec<Value> = Vec::new();
+    for e in &lib.examples {
+        let k = e.field(key_field);
+        if !k.is_null() && !keys.contains(k) && keys.len() < 3 {
+            keys.push(k.clone());
+        }
+    }
+    let ts_field = lib.schema.timestamp_field.expect("event time");
+    let gaps = [0, 0, 1, 200, 1_000, 30_000, 600_000, 3_600_000, 86_400_000, 200 * 86_400_000];
+    let lags = [0, 1, 1_000, 5_000, 60_000, 3_600_000];
+    let mut now = lib.examples.first().map_or(1_700_000_000_000, |e| e.ts);
+    let mut max_ts = now;
+    let mut steps = Vec::new();
+    for seq in 0..len as u64 {
+        let template = rng.pick(&lib.examples);
+        let mut fields: Vec<Value> = template.fields.to_vec();
+        for (i, f) in fields.iter_mut().enumerate().take(nf) {
+            if rng.below(3) == 0 {
+                if let Some(pool) = pools.get(&(template.kind.0, i)) {
+                    *f = rng.pick(pool).clone();
+                }
+            }
+        }
+        let gap = *rng.pick(&gaps);
+        now += rng.below(gap + 1) as i64;
+        let ts = if rng.below(8) == 0 { now - rng.below(10_000) as i64 } else { now };
+        max_ts = max_ts.max(ts);
+        fields[ts_field.index()] = Value::Int(ts);
+        let key = rng.pick(&keys).clone();
+        fields[key_field.index()] = key.clone();
+        let e = Event { seq: seq + 1, ts, kind: template.kind, fields: fields.into() };
+        steps.push(Step::Event(Key::of(&key), Arc::new(e)));
+        if rng.below(2) == 0 {
+            steps.push(Step::Watermark(max_ts - rng.pick(&lags)));
+        }
+    }
+    steps.push(Step::Watermark(i64::MAX));
+    steps
+}
+
+/// The test patterns over `cep_events` (FlinkCEP's test event): the compiler's golden patterns
+/// keyed by `id` instead of `name` (so that their elements meet), and patterns with windows of
+/// both kinds, every skip strategy, negations and loops.
+const CEP_PATTERNS: &str = r#"
+pattern w_loop from cep_events key id
+  match a followed by b+ followed by c
+  where a: name == "a"  b: name == "b"  c: name == "c"
+  within 5s
+  skip to next
+
+pattern w_previous from cep_events key id
+  match a{2,} consecutive followed by b within 2s of previous
+  where a: name == "a" and price < 20.0  b: name == "b" and price > first(a.price)
+  within 8s
+  skip to last a
+
+pattern w_combinations from cep_events key id
+  match a followed by any b{1,} allow combinations followed by c
+  where a: name == "a"  b: name == "b"  c: name == "c" and price >= avg(b.price)
+  within 6s
+  skip to first b
+
+pattern w_pending from cep_events key id
+  match a followed by b not followed by c
+  where a: name == "a"  b: name == "b"  c: name == "c"
+  within 3s
+  skip past last event
+
+pattern w_not_next from cep_events key id
+  match a not next b followed by c? followed by d
+  where a: name == "a"  b: name == "b"  c: name == "c"  d: name == "d" and price > a.price
+  within 4s
+
+pattern w_greedy from cep_events key id
+  match a followed by b* greedy followed by c: SubEvent
+  where a: name == "a"  b: name == "b" until price > 10.0  c: volume > 100.0
+  within 10s
+  skip to next
+"#;
+
+fn cep_patterns() -> &'static [Arc<Nfa>] {
+    static PATS: std::sync::OnceLock<Vec<Arc<Nfa>>> = std::sync::OnceLock::new();
+    PATS.get_or_init(|| {
+        let catalog = test_catalog();
+        let mut sources = vec![CEP_PATTERNS.to_owned()];
+        for path in files(&root().join("testdata/dsl/nfa"), "tl") {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            // The key field alone in `message` and `emit` follows the key.
+            sources.push(text.replace("key name", "key id").replace("{name}", "{id}").replace("{ name,", "{ id,"));
+        }
+        let mut out = Vec::new();
+        for text in sources {
+            let compiled = dsl::compile_source(&SourceFile::new("t.tl", text.clone()), &catalog);
+            assert!(compiled.is_ok(), "{text}\n{:?}", compiled.diagnostics);
+            out.extend(compiled.patterns.into_iter().map(|p| Arc::new(p.nfa)));
+        }
+        assert!(out.len() >= 19, "only {} cep patterns", out.len());
+        out
+    })
+}
+
+/// One random `cep_events` event: (key, name, gap, price, SubEvent, out of order, watermark lag).
+type CepEvent = (u8, u8, u8, u8, bool, u8, u8);
+
+fn cep_steps(events: &[CepEvent]) -> Vec<Step> {
+    let names = ["a", "b", "c", "d"];
+    let gaps = [0, 0, 1, 10, 300, 900, 1_500, 2_500, 4_000];
+    let prices = [1.0, 5.0, 9.0, 12.0, 50.0];
+    let lags = [0, 1, 500, 1_500, 3_000, 6_000];
+    let (mut now, mut max_ts) = (1_000i64, 1_000i64);
+    let mut steps = Vec::new();
+    for (seq, &(key, name, gap, price, sub, back, lag)) in events.iter().enumerate() {
+        now += gaps[gap as usize % gaps.len()];
+        let ts = if back % 6 == 0 { now - i64::from(back) * 100 } else { now };
+        max_ts = max_ts.max(ts);
+        let id = i64::from(key % 3);
+        let price = prices[price as usize % prices.len()];
+        let mut fields =
+            vec![Value::Int(id), Value::str(names[name as usize % 4]), Value::Float(price), Value::Int(ts)];
+        let kind = if sub {
+            fields.push(Value::Float(price * 20.0));
+            TypeId(1)
+        } else {
+            fields.push(Value::Null);
+            TypeId(0)
+        };
+        let e = Event { seq: seq as u64 + 1, ts, kind, fields: fields.into() };
+        steps.push(Step::Event(Key::Int(id), Arc::new(e)));
+        if lag % 2 == 0 {
+            steps.push(Step::Watermark(max_ts - lags[lag as usize / 2 % lags.len()]));
+        }
+    }
+    steps.push(Step::Watermark(i64::MAX));
+    steps
+}
+
+fn configs() -> [Config; 4] {
+    [
+        Config::default(),
+        Config { timeouts: true, ..Config::default() },
+        Config { timeouts: true, max_partial_matches_per_key: Some(2), ..Config::default() },
+        // For cep_events, field 2 is the price; library streams get some field of theirs.
+        Config { timeouts: true, tie_break: Some(FieldId(2)), max_partial_matches_per_key: Some(50) },
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+fn apply(op: &mut Operator, step: &Step, out: &mut Vec<Output>) {
+    match step {
+        Step::Event(k, e) => op.process(k.clone(), e.clone(), out),
+        Step::Watermark(wm) => op.advance_watermark(*wm, out),
+    }
+}
+
+fn add(a: Stats, b: Stats) -> Stats {
+    Stats {
+        events: a.events + b.events,
+        late: a.late + b.late,
+        matches: a.matches + b.matches,
+        timeouts: a.timeouts + b.timeouts,
+        dropped_partial_matches: a.dropped_partial_matches + b.dropped_partial_matches,
+    }
+}
+
+fn straight(nfa: &Arc<Nfa>, config: Config, steps: &[Step]) -> (Vec<Output>, Stats) {
+    let mut op = Operator::new(nfa.clone(), config);
+    let mut out = Vec::new();
+    for s in steps {
+        apply(&mut op, s, &mut out);
+    }
+    (out, op.stats())
+}
+
+/// The durable copy: encoded key to snapshot.
+type Store = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn key_bytes(k: &Key) -> Vec<u8> {
+    let mut b = Vec::new();
+    k.encode(&mut b);
+    b
+}
+
+/// Writes the changed keys to the store; checks that then the store holds exactly what a full
+/// snapshot of every key would (no change went unrecorded). Returns the sizes written.
+fn checkpoint(op: &mut Operator, store: &mut Store, all_keys: &BTreeSet<Key>) -> Result<Vec<usize>, String> {
+    let dirty = op.take_dirty();
+    if !dirty.windows(2).all(|w| w[0] < w[1]) {
+        return Err(format!("take_dirty is not sorted: {dirty:?}"));
+    }
+    let mut sizes = Vec::new();
+    for key in dirty {
+        let mut snap = Vec::new();
+        if op.snapshot_key(&key, &mut snap) {
+            sizes.push(snap.len());
+            store.insert(key_bytes(&key), snap);
+        } else if !snap.is_empty() {
+            return Err("snapshot_key returned false but wrote bytes".into());
+        } else {
+            store.remove(&key_bytes(&key));
+        }
+    }
+    if !op.take_dirty().is_empty() {
+        return Err("take_dirty twice in a row".into());
+    }
+    for key in all_keys {
+        let mut snap = Vec::new();
+        let held = op.snapshot_key(key, &mut snap).then_some(snap);
+        if held.as_ref() != store.get(&key_bytes(key)) {
+            return Err(format!("key {key}: the store is stale (a change was not recorded)"));
+        }
+    }
+    Ok(sizes)
+}
+
+/// A fresh operator restored from the store; every key's snapshot re-encodes to the same bytes.
+fn restore(nfa: &Arc<Nfa>, config: Config, store: &Store, wm: i64) -> Result<Operator, String> {
+    let mut op = Operator::new(nfa.clone(), config);
+    for (kb, snap) in store {
+        let key = Key::decode(kb).map_err(|e| format!("key: {e}"))?;
+        op.restore_key(key.clone(), snap).map_err(|e| format!("key {key}: {e}"))?;
+        let mut again = Vec::new();
+        if !op.snapshot_key(&key, &mut again) || &again != snap {
+            return Err(format!("key {key}: the restored state snapshots differently"));
+        }
+    }
+    op.set_watermark(wm);
+    if !op.take_dirty().is_empty() {
+        return Err("restoring recorded changes".into());
+    }
+    Ok(op)
+}
+
+/// How often (in percent per step) the operator is checkpointed and replaced.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    checkpoint: u64,
+    crash: u64,
+    seed: u64,
+}
+
+/// Runs `steps` with checkpoints and crashes: a crash loses everything since the last
+/// checkpoint (outputs included) and the steps from there are replayed into an operator restored
+/// from the store. Returns the outputs, the stats and the snapshot sizes written.
+fn with_restarts(
+    nfa: &Arc<Nfa>,
+    config: Config,
+    steps: &[Step],
+    plan: Plan,
+) -> Result<(Vec<Output>, Stats, Vec<usize>, Store), String> {
+    let all_keys: BTreeSet<Key> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Event(k, _) => Some(k.clone()),
+            Step::Watermark(_) => None,
+        })
+        .collect();
+    let mut rng = Rng(plan.seed);
+    let mut op = Operator::new(nfa.clone(), config);
+    let mut store = Store::new();
+    let mut out = Vec::new();
+    let mut sizes = Vec::new();
+    // (step, outputs, stats, watermark) at the last checkpoint.
+    let mut saved = (0usize, 0usize, Stats::default(), i64::MIN);
+    let mut base = Stats::default();
+    let (mut i, mut furthest_crash) = (0, 0);
+    while i < steps.len() {
+        apply(&mut op, &steps[i], &mut out);
+        i += 1;
+        if rng.below(100) < plan.checkpoint {
+            sizes.extend(checkpoint(&mut op, &mut store, &all_keys)?);
+            saved = (i, out.len(), add(base, op.stats()), op.watermark());
+        }
+        if i > furthest_crash && rng.below(100) < plan.crash {
+            furthest_crash = i;
+            i = saved.0;
+            out.truncate(saved.1);
+            base = saved.2;
+            op = restore(nfa, config, &store, saved.3)?;
+        }
+    }
+    sizes.extend(checkpoint(&mut op, &mut store, &all_keys)?);
+    Ok((out, add(base, op.stats()), sizes, store))
+}
+
+fn describe(o: Option<&Output>) -> String {
+    match o {
+        None => "nothing".into(),
+        Some(Output::Match { key, ts, events }) => format!("match {key}@{ts} {:?}", seqs(events)),
+        Some(Output::Timeout { key, ts, events }) => format!("timeout {key}@{ts} {:?}", seqs(events)),
+        Some(Output::Late { key, event, watermark }) => format!("late {key} seq {} wm {watermark}", event.seq),
+    }
+}
+
+fn seqs(events: &engine::runtime::MatchEvents) -> Vec<(u16, Vec<u64>)> {
+    events.iter().map(|(v, l)| (v.0, l.iter().map(|e| e.seq).collect())).collect()
+}
+
+/// Straight through vs with restarts: the same outputs in the same order, the same stats.
+fn differential(nfa: &Arc<Nfa>, config: Config, steps: &[Step], plan: Plan) -> Result<Vec<usize>, String> {
+    let (want, want_stats) = straight(nfa, config, steps);
+    let (got, got_stats, sizes, _) = with_restarts(nfa, config, steps, plan)?;
+    if let Some(i) = (0..want.len().max(got.len())).find(|&i| want.get(i) != got.get(i)) {
+        return Err(format!(
+            "{} ({config:?}, {plan:?}): output {i} of {}: expected {}, got {}",
+            nfa.meta.name,
+            want.len(),
+            describe(want.get(i)),
+            describe(got.get(i))
+        ));
+    }
+    if want_stats != got_stats {
+        return Err(format!("{}: stats {got_stats:?}, expected {want_stats:?}", nfa.meta.name));
+    }
+    Ok(sizes)
+}
+
+fn plans(seed: u64) -> Vec<Plan> {
+    let mut v = vec![Plan { checkpoint: 100, crash: 100, seed }, Plan { checkpoint: 100, crash: 0, seed }];
+    for s in 0..6 {
+        v.push(Plan { checkpoint: 30, crash: 15, seed: seed.wrapping_add(s) });
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Differential tests
+
+#[test]
+fn library_examples_restore_exactly() {
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for lib in library() {
+        let steps = replay_steps(lib);
+        let (out, _) = straight(&lib.nfa, Config::default(), &steps);
+        let alerts = out.iter().filter(|o| matches!(o, Output::Match { .. })).count();
+        assert!(alerts > 0, "{}: the examples raise no alert", lib.nfa.meta.name);
+        for config in configs() {
+            for plan in plans(lib.examples.len() as u64) {
+                runs += 1;
+                if let Err(e) = differential(&lib.nfa, config, &steps, plan) {
+                    failures.push(e);
+                }
+            }
+        }
+    }
+    eprintln!("library examples: {runs} runs with restarts");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+proptest! {
+    // A fixed seed: CI sees the same cases on every run.
+    #![proptest_config(ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5a95_4071),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_cep_streams_restore_exactly(
+        pattern in 0usize..64,
+        config in 0usize..4,
+        events in proptest::collection::vec(any::<CepEvent>(), 1..70),
+        checkpoint in 0u64..=100,
+        crash in 0u64..=60,
+        seed in any::<u64>(),
+    ) {
+        let pats = cep_patterns();
+        let nfa = &pats[pattern % pats.len()];
+        let steps = cep_steps(&events);
+        if let Err(e) = differential(nfa, configs()[config], &steps, Plan { checkpoint, crash, seed }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+
+    #[test]
+    fn random_library_streams_restore_exactly(
+        pattern in 0usize..64,
+        config in 0usize..3,
+        len in 1usize..60,
+        stream_seed in any::<u64>(),
+        checkpoint in 0u64..=100,
+        crash in 0u64..=60,
+        seed in any::<u64>(),
+    ) {
+        let lib = &library()[pattern % library().len()];
+        let steps = library_steps(lib, stream_seed, len);
+        if let Err(e) = differential(&lib.nfa, configs()[config], &steps, Plan { checkpoint, crash, seed }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
+
+/// The random streams are not trivial: they make partial matches, matches and timeouts, and
+/// the restarts happen with state in flight.
+#[test]
+fn random_streams_exercise_the_runtime() {
+    let (mut matches, mut timeouts, mut late, mut dropped, mut snapshots) = (0, 0, 0, 0, 0);
+    let mut rng = Rng(7);
+    for nfa in cep_patterns() {
+        for _ in 0..10 {
+            let events: Vec<CepEvent> = (0..60)
+                .map(|_| {
+                    let r = rng.next().to_le_bytes();
+                    (r[0], r[1], r[2], r[3], r[4] % 2 == 0, r[5], r[6])
+                })
+                .collect();
+            let steps = cep_steps(&events);
+            let (_, stats) = straight(nfa, configs()[2], &steps);
+            matches += stats.matches;
+            timeouts += stats.timeouts;
+            late += stats.late;
+            dropped += stats.dropped_partial_matches;
+            let plan = Plan { checkpoint: 50, crash: 20, seed: rng.next() };
+            snapshots += differential(nfa, configs()[2], &steps, plan).map(|s| s.len()).unwrap_or_default();
+        }
+    }
+    eprintln!(
+        "cep streams: {matches} matches, {timeouts} timeouts, {late} late, {dropped} dropped, {snapshots} snapshots"
+    );
+    assert!(matches > 100 && timeouts > 100 && late > 10 && dropped > 10 && snapshots > 1000);
+    let (mut lib_matches, mut lib_timeouts) = (0, 0);
+    for lib in library() {
+        for s in 0..20 {
+            let (_, stats) = straight(&lib.nfa, configs()[1], &library_steps(lib, s, 60));
+            lib_matches += stats.matches;
+            lib_timeouts += stats.timeouts;
+        }
+    }
+    eprintln!("library streams: {lib_matches} matches, {lib_timeouts} timeouts");
+    assert!(lib_matches > 50 && lib_timeouts > 50);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The record of changed keys, timers of idle keys
+
+fn cep(seq: u64, id: i64, name: &str, ts: i64) -> (Key, Arc<Event>) {
+    let fields = vec![Value::Int(id), Value::str(name), Value::Float(1.0), Value::Int(ts), Value::Null];
+    (Key::Int(id), Arc::new(Event { seq, ts, kind: TypeId(0), fields: fields.into() }))
+}
+
+fn compile_one(text: &str) -> Arc<Nfa> {
+    let compiled = dsl::compile_source(&SourceFile::new("t.tl", text), &test_catalog());
+    assert!(compiled.is_ok(), "{:?}", compiled.diagnostics);
+    Arc::new(compiled.patterns.into_iter().next().expect("one pattern").nfa)
+}
+
+const A_NEXT_B: &str =
+    "pattern p from cep_events key id match a next b where a: name == \"a\" b: name == \"b\" within 10s";
+
+#[test]
+fn changed_keys_are_recorded_once_and_in_order() {
+    let mut op = Operator::new(compile_one(A_NEXT_B), Config::default());
+    let mut out = Vec::new();
+    assert!(op.take_dirty().is_empty());
+    for (seq, id) in [(1, 3), (2, 1), (3, 3), (4, 2)] {
+        let (k, e) = cep(seq, id, "c", 100);
+        op.process(k, e, &mut out);
+    }
+    assert_eq!(op.take_dirty(), [Key::Int(1), Key::Int(2), Key::Int(3)]);
+    assert!(op.take_dirty().is_empty());
+    // A late event changes nothing.
+    op.advance_watermark(150, &mut out);
+    assert_eq!(op.take_dirty().len(), 3, "each key's timer fired; the idle keys were dropped");
+    let (k, e) = cep(5, 1, "a", 120);
+    op.process(k, e, &mut out);
+    assert!(matches!(out.last(), Some(Output::Late { .. })));
+    assert!(op.take_dirty().is_empty(), "a late event changes no key");
+    let mut snap = Vec::new();
+    assert!(!op.snapshot_key(&Key::Int(1), &mut snap) && snap.is_empty(), "an idle key holds nothing");
+
+    // Off, nothing is recorded; on again, changes are.
+    op.track_changes(false);
+    let (k, e) = cep(6, 4, "c", 200);
+    op.process(k, e, &mut out);
+    assert!(op.take_dirty().is_empty());
+    op.track_changes(true);
+    let (k, e) = cep(7, 4, "c", 201);
+    op.process(k, e, &mut out);
+    assert_eq!(op.take_dirty(), [Key::Int(4)]);
+}
+
+#[test]
+fn window_timers_of_idle_keys_are_part_of_the_snapshot() {
+    let nfa = compile_one(A_NEXT_B);
+    let mut op = Operator::new(nfa.clone(), Config::default());
+    let mut out = Vec::new();
+    for (seq, name, ts) in [(1, "a", 30), (2, "c", 31)] {
+        let (k, e) = cep(seq, 5, name, ts);
+        op.process(k, e, &mut out);
+    }
+    op.advance_watermark(40, &mut out);
+    assert_eq!(op.active_keys(), 0, "`c` broke the strict contiguity: no state left");
+    assert_eq!(op.take_dirty(), [Key::Int(5)]);
+    let mut snap = Vec::new();
+    assert!(op.snapshot_key(&Key::Int(5), &mut snap), "the window timer at 10030 is still pending");
+    let mut restored = Operator::new(nfa.clone(), Config::default());
+    restored.restore_key(Key::Int(5), &snap).expect("restores");
+    restored.set_watermark(40);
+    assert_eq!(restored.active_keys(), 0);
+    let mut again = Vec::new();
+    assert!(restored.snapshot_key(&Key::Int(5), &mut again));
+    assert_eq!(again, snap);
+    // The timer firing is a change, after which the key holds nothing.
+    for o in [&mut op, &mut restored] {
+        o.advance_watermark(10_030, &mut out);
+        assert_eq!(o.take_dirty(), [Key::Int(5)]);
+        assert!(!o.snapshot_key(&Key::Int(5), &mut Vec::new()));
+    }
+}
+
+#[test]
+fn remove_key_forgets_without_recording_and_bad_bytes_change_nothing() {
+    let nfa = compile_one(A_NEXT_B);
+    let mut op = Operator::new(nfa.clone(), Config::default());
+    let mut out = Vec::new();
+    for (seq, id, name, ts) in [(1, 1, "a", 30), (2, 2, "a", 30), (3, 1, "b", 35)] {
+        let (k, e) = cep(seq, id, name, ts);
+        op.process(k, e, &mut out);
+    }
+    let mut snap = Vec::new();
+    assert!(op.snapshot_key(&Key::Int(1), &mut snap));
+    op.remove_key(&Key::Int(1));
+    assert_eq!(op.take_dirty(), [Key::Int(2)], "a removed key is not recorded");
+    assert!(!op.snapshot_key(&Key::Int(1), &mut Vec::new()));
+    op.advance_watermark(100, &mut out);
+    assert!(out.is_empty(), "key 1's events went with it");
+
+    let before = {
+        let mut b = Vec::new();
+        assert!(op.snapshot_key(&Key::Int(2), &mut b));
+        b
+    };
+    let mut bad = snap.clone();
+    bad.truncate(bad.len() - 1);
+    assert_eq!(op.restore_key(Key::Int(2), &bad), Err(SnapshotError::Truncated));
+    let mut after = Vec::new();
+    assert!(op.snapshot_key(&Key::Int(2), &mut after));
+    assert_eq!(after, before, "a failed restore leaves the key as it was");
+
+    // Restoring key 1 brings its match back.
+    op.restore_key(Key::Int(1), &snap).expect("restores");
+    op.advance_watermark(i64::MAX, &mut out);
+    assert_eq!(out.iter().filter(|o| matches!(o, Output::Match { .. })).count(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Corruption and foreign bytes
+
+/// A real snapshot, with what is needed to go on running from it.
+struct Sample {
+    nfa: Arc<Nfa>,
+    config: Config,
+    key: Key,
+    bytes: Vec<u8>,
+    watermark: i64,
+    rest: Vec<Step>,
+}
+
+/// Snapshots of every key at every step of the library examples and of some random streams.
+fn samples() -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut collect = |nfa: &Arc<Nfa>, config: Config, steps: &[Step]| {
+        let mut op = Operator::new(nfa.clone(), config);
+        let mut sink = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, s) in steps.iter().enumerate() {
+            apply(&mut op, s, &mut sink);
+            for key in op.take_dirty() {
+                let mut bytes = Vec::new();
+                if op.snapshot_key(&key, &mut bytes) && seen.insert(bytes.clone()) {
+                    let rest = steps[i + 1..].iter().take(30).cloned().collect();
+                    out.push(Sample { nfa: nfa.clone(), config, key, bytes, watermark: op.watermark(), rest });
+                }
+            }
+        }
+    };
+    for lib in library() {
+        collect(&lib.nfa, configs()[1], &replay_steps(lib));
+        collect(&lib.nfa, configs()[1], &library_steps(lib, 3, 40));
+    }
+    let mut rng = Rng(11);
+    for nfa in cep_patterns() {
+        let events: Vec<CepEvent> = (0..40)
+            .map(|_| {
+                let r = rng.next().to_le_bytes();
+                (r[0], r[1], r[2], r[3], r[4] % 2 == 0, r[5], r[6])
+            })
+            .collect();
+        collect(nfa, configs()[3], &cep_steps(&events));
+    }
+    out
+}
+
+/// Restores `bytes` for `sample`'s key into a fresh operator and, if that works, runs the rest
+/// of the stream and the end of time, and checks the state re-encodes stably. `Ok(true)` if it
+/// restored; `Err` on a panic or an unstable encoding.
+fn try_corrupt(sample: &Sample, bytes: &[u8]) -> Result<bool, String> {
+    let run = || -> Result<bool, String> {
+        let mut op = Operator::new(sample.nfa.clone(), sample.config);
+        if op.restore_key(sample.key.clone(), bytes).is_err() {
+            return Ok(false);
+        }
+        op.set_watermark(sample.watermark);
+        let mut first = Vec::new();
+        if op.snapshot_key(&sample.key, &mut first) {
+            let mut again = Operator::new(sample.nfa.clone(), sample.config);
+            again.restore_key(sample.key.clone(), &first).map_err(|e| format!("re-encoded state: {e}"))?;
+            let mut second = Vec::new();
+            again.snapshot_key(&sample.key, &mut second);
+            if first != second {
+                return Err("a restored state does not re-encode stably".into());
+            }
+        }
+        let mut out = Vec::new();
+        for s in &sample.rest {
+            apply(&mut op, s, &mut out);
+        }
+        op.advance_watermark(i64::MAX, &mut out);
+        for key in op.take_dirty() {
+            op.snapshot_key(&key, &mut Vec::new());
+        }
+        Ok(true)
+    };
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| Err("panicked".into()))
+}
+
+#[test]
+fn truncated_and_corrupted_snapshots_are_rejected_or_run() {
+    let samples = samples();
+    assert!(samples.len() > 300, "only {} samples", samples.len());
+    let mut failures = Vec::new();
+    let (mut truncations, mut flips, mut restored) = (0, 0, 0);
+    let mut rng = Rng(0xC0FFEE);
+    for (n, s) in samples.iter().enumerate() {
+        // Every truncation is an error (a prefix never completes a snapshot).
+        for len in 0..s.bytes.len() {
+            truncations += 1;
+            let mut op = Operator::new(s.nfa.clone(), s.config);
+            let r = catch_unwind(AssertUnwindSafe(|| op.restore_key(s.key.clone(), &s.bytes[..len])));
+            match r {
+                Ok(Err(_)) => {}
+                Ok(Ok(())) => failures.push(format!("{}: a {len}-byte prefix restored", s.nfa.meta.name)),
+                Err(_) => failures.push(format!("{}: a {len}-byte prefix panicked", s.nfa.meta.name)),
+            }
+        }
+        // A trailing byte is an error.
+        let mut longer = s.bytes.clone();
+        longer.push(0);
+        if Operator::new(s.nfa.clone(), s.config).restore_key(s.key.clone(), &longer).is_ok() {
+            failures.push(format!("{}: a trailing byte restored", s.nfa.meta.name));
+        }
+        // Byte flips, one to three at a time: an error or a state that runs.
+        let per_sample = if n % 4 == 0 { 60 } else { 12 };
+        for _ in 0..per_sample {
+            let mut bad = s.bytes.clone();
+            for _ in 0..1 + rng.below(3) * rng.below(2) {
+                let at = rng.below(bad.len() as u64) as usize;
+                bad[at] ^= 1 + rng.below(255) as u8;
+            }
+            flips += 1;
+            match try_corrupt(s, &bad) {
+                Ok(true) => restored += 1,
+                Ok(false) => {}
+                Err(e) => failures.push(format!("{}: {e}: {bad:?}", s.nfa.meta.name)),
+            }
+        }
+    }
+    eprintln!(
+        "corruption: {} snapshots, {truncations} truncations, {flips} flips ({restored} of them decoded to a state that ran)",
+        samples.len()
+    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures[..failures.len().min(20)].join("\n"));
+}
+
+#[test]
+fn foreign_bytes_are_rejected() {
+    let samples = samples();
+    let mut rng = Rng(0xF0E1);
+    let mut failures = Vec::new();
+    let nfa = &cep_patterns()[0];
+    // Random bytes.
+    for _ in 0..5_000 {
+        let len = rng.below(64) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let mut op = Operator::new(nfa.clone(), Config::default());
+        match catch_unwind(AssertUnwindSafe(|| op.restore_key(Key::Int(1), &bytes))) {
+            Ok(Err(_)) => {}
+            Ok(Ok(())) => failures.push(format!("random bytes restored: {bytes:?}")),
+            Err(_) => failures.push(format!("random bytes panicked: {bytes:?}")),
+        }
+    }
+    // Snapshots of one pattern restored into another.
+    let mut other = 0;
+    for s in samples.iter().step_by(7) {
+        let stranger = cep_patterns().iter().find(|n| n.meta.hash != s.nfa.meta.hash).expect("another pattern");
+        let mut op = Operator::new(stranger.clone(), s.config);
+        other += 1;
+        if op.restore_key(s.key.clone(), &s.bytes) != Err(SnapshotError::OtherPattern) {
+            failures.push(format!("a snapshot of {} restored into {}", s.nfa.meta.name, stranger.meta.name));
+        }
+    }
+    // Another format version, nothing at all.
+    let s = &samples[0];
+    let mut newer = s.bytes.clone();
+    newer[0] = 2;
+    let mut op = Operator::new(s.nfa.clone(), s.config);
+    assert_eq!(op.restore_key(s.key.clone(), &newer), Err(SnapshotError::UnsupportedVersion(2)));
+    assert_eq!(op.restore_key(s.key.clone(), &[]), Err(SnapshotError::Truncated));
+    // Random bodies behind a valid header: an error or a state that runs, never a panic.
+    let header = &s.bytes[..5];
+    let mut decoded = 0;
+    for _ in 0..20_000 {
+        let len = rng.below(48) as usize;
+        let mut bytes = header.to_vec();
+        bytes.extend((0..len).map(|_| {
+            let b = rng.next() as u8;
+            // Mostly small numbers, as real bodies are.
+            if b & 0x80 != 0 && rng.below(4) != 0 {
+                b & 0x0f
+            } else {
+                b
+            }
+        }));
+        match try_corrupt(s, &bytes) {
+            Ok(true) => decoded += 1,
+            Ok(false) => {}
+            Err(e) => failures.push(format!("random body: {e}: {bytes:?}")),
+        }
+    }
+    eprintln!("foreign bytes: 5000 random, {other} of other patterns, 20000 random bodies ({decoded} decoded)");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures[..failures.len().min(20)].join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes
+
+#[test]
+fn snapshot_sizes() {
+    eprintln!("snapshot bytes per key (every changed key after every step of the examples):");
+    eprintln!("  {:<30} {:>9} {:>9} {:>9} {:>12}", "pattern", "snapshots", "mean", "max", "bytes/event");
+    for lib in library() {
+        let steps = replay_steps(lib);
+        let plan = Plan { checkpoint: 100, crash: 0, seed: 1 };
+        let (_, _, sizes, _) =
+            with_restarts(&lib.nfa, Config::default(), &steps, plan).expect("the examples restore exactly");
+        let mean = sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64;
+        let max = sizes.iter().max().copied().unwrap_or(0);
+        // What one buffered event costs: a key holding only its buffered events.
+        let mut op = Operator::new(lib.nfa.clone(), Config::default());
+        let mut out = Vec::new();
+        let key = Key::of(lib.examples[0].field(lib.nfa.meta.key));
+        let same_key: Vec<&Arc<Event>> =
+            lib.examples.iter().filter(|e| Key::of(e.field(lib.nfa.meta.key)) == key).collect();
+        for e in &same_key {
+            op.process(key.clone(), (*e).clone(), &mut out);
+        }
+        let mut snap = Vec::new();
+        assert!(op.snapshot_key(&key, &mut snap));
+        let per_event = snap.len() as f64 / same_key.len() as f64;
+        eprintln!("  {:<30} {:>9} {:>9.0} {:>9} {:>12.1}", lib.nfa.meta.name, sizes.len(), mean, max, per_event);
+        assert!(max < 4096, "{}: a {max}-byte snapshot of a handful of events", lib.nfa.meta.name);
+    }
+    // A heavy key: a relaxed loop over 400 events starts a run at every `a` and branches at
+    // every `b`, so the key holds about 20,000 partial matches whose versions are up to 400
+    // digits deep. Its snapshot is as large as its state; the budget bounds both.
+    let nfa = compile_one(
+        "pattern heavy from cep_events key id match a followed by b+ followed by c \
+         where a: name == \"a\" b: name == \"b\" c: name == \"c\" within 1h",
+    );
+    for budget in [None, Some(1_000), Some(100)] {
+        let mut op = Operator::new(nfa.clone(), Config { max_partial_matches_per_key: budget, ..Config::default() });
+        let mut run = engine::runtime::RunState::new(&nfa);
+        let mut out = Vec::new();
+        for i in 0..400 {
+            let (k, e) = cep(i, 1, if i % 2 == 0 { "a" } else { "b" }, 1_000 + i as i64);
+            op.process(k, e.clone(), &mut out);
+            op.advance_watermark(1_000 + i as i64, &mut out);
+            run.process(&nfa, e, 1_000 + i as i64);
+            if let Some(max) = budget {
+                run.enforce_budget(max);
+            }
+        }
+        let mut snap = Vec::new();
+        assert!(op.snapshot_key(&Key::Int(1), &mut snap));
+        eprintln!(
+            "  heavy key, budget {budget:?}: {} partial matches, {} bytes ({:.0} per partial match)",
+            run.partial_count(),
+            snap.len(),
+            snap.len() as f64 / run.partial_count().max(1) as f64
+        );
+    }
+}
