@@ -8,12 +8,13 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use engine::runtime::{Config as OpConfig, Key, Operator, Output};
+use engine::runtime::{Config as OpConfig, Key};
 use engine::{Nfa, Value};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config};
+use crate::pipeline::{admit, coords, seq_of, Emit, Partition, StreamPlan};
 use crate::{decode, err, out, source, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 
 /// Options of a replay.
@@ -24,20 +25,9 @@ pub struct Replay<'a> {
     pub config: Option<&'a Path>,
     /// For Avro input whose record types fit several streams.
     pub stream: Option<&'a str>,
-}
-
-/// Per stream: its watermark generator.
-struct StreamClock {
-    out_of_orderness: i64,
-    max_ts: i64,
-}
-
-impl StreamClock {
-    /// Bounded out-of-orderness, as Flink's: the newest event time minus the allowance, minus 1 ms
-    /// (an event exactly `out_of_orderness` behind the newest is still on time).
-    fn watermark(&self) -> i64 {
-        self.max_ts.saturating_sub(self.out_of_orderness).saturating_sub(1)
-    }
+    /// The input goes on after its end (a range of a live topic): windows are not closed at the
+    /// end, so the alerts are those the running service had emitted after these records.
+    pub open_end: bool,
 }
 
 /// Counts for the summary.
@@ -130,24 +120,36 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
 
     let op_config =
         OpConfig { max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
-    let mut operators: Vec<Operator> = nfas.iter().map(|n| Operator::new(n.clone(), op_config)).collect();
-    let mut clocks: BTreeMap<String, StreamClock> = BTreeMap::new();
+    let mut plans: BTreeMap<String, Arc<StreamPlan>> = BTreeMap::new();
     for (name, s) in &cfg.streams {
         let ooo =
             s.max_out_of_orderness.as_deref().map(config::parse_duration).transpose().unwrap_or(None).unwrap_or(0);
-        clocks.insert(name.clone(), StreamClock { out_of_orderness: ooo, max_ts: i64::MIN });
+        let Some(schema) = catalog.streams.get(name).cloned() else { continue };
+        let patterns = nfas.iter().filter(|n| &n.meta.stream == name).cloned().collect();
+        plans.insert(
+            name.clone(),
+            Arc::new(StreamPlan {
+                name: name.clone(),
+                topic: s.topic.clone(),
+                schema,
+                out_of_orderness: ooo,
+                patterns,
+            }),
+        );
     }
+    // One engine state per (stream, partition), as the service keeps it.
+    let mut parts: BTreeMap<(String, i32), Partition> = BTreeMap::new();
 
     let records = read_records(opts.input, &catalog, opts.stream)?;
     let output = std::fs::File::create(opts.output)
         .map_err(|e| (EXIT_USAGE, format!("error: cannot write {}: {e}", opts.output.display())))?;
     let mut writer = BufWriter::new(output);
     let mut counts = Counts::default();
-    let mut outs = Vec::new();
+    let mut emit = Vec::new();
     let write_err = |e: std::io::Error| (EXIT_USAGE, format!("error: writing {}: {e}", opts.output.display()));
     for (n, record) in records {
         counts.events += 1;
-        let (stream, event) = match record {
+        let (stream, partition, event) = match record {
             Ok(x) => x,
             Err(Fatal(reason)) => return Err((EXIT_USAGE, format!("error: {}: {reason}", opts.input.display()))),
             Err(Rejected(reason)) => {
@@ -156,30 +158,48 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
                 continue;
             }
         };
-        let event = Arc::new(event);
-        let clock = clocks.get_mut(&stream).expect("every catalog stream has a clock");
-        if event.ts <= clock.watermark() {
+        let plan = plans.get(&stream).expect("every catalog stream has a plan");
+        if let Err(r) = admit(plan, &event, cfg.service.min_event_time, cfg.service.max_event_time) {
+            counts.rejected += 1;
+            err(&format!("{}:{n}: rejected ({}): {}\n", opts.input.display(), r.code, r.message));
+            continue;
+        }
+        let part = parts
+            .entry((stream, partition))
+            .or_insert_with(|| Partition::new(plan.clone(), partition, op_config).without_change_tracking());
+        if !part.process(event, &mut emit) {
             counts.late += 1;
         }
-        clock.max_ts = clock.max_ts.max(event.ts);
-        let wm = clock.watermark();
-        for op in operators.iter_mut().filter(|op| op.nfa().meta.stream == stream) {
-            let key = Key::of(event.field(op.nfa().meta.key));
-            op.process(key, event.clone(), &mut outs);
-            op.advance_watermark(wm, &mut outs);
-            write_outputs(op.nfa(), &mut outs, &mut writer, &mut counts).map_err(write_err)?;
-        }
+        write_emits(&mut emit, &mut writer, &mut counts).map_err(write_err)?;
     }
-    // End of input is the end of time: everything buffered is processed, every window closes.
-    for op in &mut operators {
-        op.advance_watermark(i64::MAX, &mut outs);
-        let nfa = op.nfa().clone();
-        write_outputs(&nfa, &mut outs, &mut writer, &mut counts).map_err(write_err)?;
-        counts.dropped += op.stats().dropped_partial_matches;
+    for part in parts.values_mut() {
+        // End of input is the end of time (unless the input goes on, as the service's does).
+        if !opts.open_end {
+            part.finish(&mut emit);
+            write_emits(&mut emit, &mut writer, &mut counts).map_err(write_err)?;
+        }
+        counts.dropped += part.dropped_partial_matches();
     }
     writer.flush().map_err(write_err)?;
     let rejected = counts.rejected > 0;
     Ok((counts, rejected))
+}
+
+fn write_emits(emit: &mut Vec<Emit>, w: &mut impl Write, counts: &mut Counts) -> std::io::Result<()> {
+    for e in emit.drain(..) {
+        if let Emit::Alert { json, .. } = e {
+            let pattern = json_pattern(&json);
+            *counts.alerts.entry(pattern).or_default() += 1;
+            w.write_all(json.as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+/// The pattern name of an alert line (for the summary).
+fn json_pattern(line: &str) -> String {
+    serde_json::from_str::<Json>(line).ok().and_then(|j| j["pattern"].as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// Why a record was not replayed: the input cannot be read on, or this record is bad.
@@ -189,12 +209,14 @@ enum Problem {
 }
 use Problem::{Fatal, Rejected};
 
-type Records = Box<dyn Iterator<Item = (u64, Result<(String, engine::Event), Problem>)>>;
+type Records = Box<dyn Iterator<Item = (u64, Result<(String, i32, engine::Event), Problem>)>>;
 
 const AVRO_MAGIC: &[u8; 4] = b"Obj\x01";
 
 /// The records of an export: JSON lines, or an Avro object container file (detected by its
-/// magic bytes). Each record's `seq` is its line or record number, from 1.
+/// magic bytes). Each record's `seq` is its coordinate: a JSON line with `"partition"` and
+/// `"offset"` (as `tripline export` writes) is that record of that partition; otherwise the
+/// line or record number, from 1, in partition 0.
 fn read_records(path: &Path, catalog: &dsl::Catalog, stream: Option<&str>) -> Result<Records, (u8, String)> {
     let open =
         || std::fs::File::open(path).map_err(|e| (EXIT_USAGE, format!("error: cannot read {}: {e}", path.display())));
@@ -280,17 +302,26 @@ fn read_records(path: &Path, catalog: &dsl::Catalog, stream: Option<&str>) -> Re
         let result = serde_json::Value::try_from(value)
             .map_err(|e| Rejected(format!("record {n}: {e}")))
             .and_then(|json| decode::json_event(&schema, type_name.as_deref(), &json, n).map_err(Rejected))
-            .map(|event| (stream_name.clone(), event));
+            .map(|event| (stream_name.clone(), 0, event));
         (n, result)
     })))
 }
 
-fn parse_line(line: &str, catalog: &dsl::Catalog, n: u64) -> Result<(String, engine::Event), String> {
+fn parse_line(line: &str, catalog: &dsl::Catalog, n: u64) -> Result<(String, i32, engine::Event), String> {
     let j: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let stream = j["stream"].as_str().ok_or("no \"stream\"")?;
     let schema = catalog.streams.get(stream).ok_or_else(|| format!("unknown stream `{stream}`"))?;
-    let event = decode::json_event(schema, j["type"].as_str(), &j["value"], n)?;
-    Ok((stream.to_owned(), event))
+    let (partition, seq) = match (j.get("partition"), j.get("offset")) {
+        (None, None) => (0, n),
+        (Some(p), Some(o)) => {
+            let p = p.as_i64().filter(|p| (0..=0xffff).contains(p)).ok_or("\"partition\" is not a partition number")?;
+            let o = o.as_i64().filter(|o| (0..1 << 48).contains(o)).ok_or("\"offset\" is not an offset")?;
+            (p as i32, seq_of(p as i32, o))
+        }
+        _ => return Err("give both \"partition\" and \"offset\", or neither".to_owned()),
+    };
+    let event = decode::json_event(schema, j["type"].as_str(), &j["value"], seq)?;
+    Ok((stream.to_owned(), partition, event))
 }
 
 fn json_value(v: &Value) -> String {
@@ -323,14 +354,16 @@ pub fn alert_id(nfa: &Nfa, key: &Key, matched: &[(String, Vec<u64>)]) -> String 
     h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-/// One alert as a JSON line, fields in a fixed order.
+/// One alert as a JSON line, fields in a fixed order. `match` lists, per variable, the offsets
+/// of the events it took in `partition` (an export without coordinates: partition 0, line or
+/// record numbers).
 pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents) -> String {
     let body = engine::alert::body(nfa, events);
     let m = &nfa.meta;
     let mut s = String::with_capacity(256);
     let _ = write!(
         s,
-        "{{\"alert_id\":{},\"pattern\":{},\"version\":{},\"hash\":{},\"severity\":{},\"mode\":{},\"key\":{},\"ts\":{ts},\"match\":{{",
+        "{{\"alert_id\":{},\"pattern\":{},\"version\":{},\"hash\":{},\"severity\":{},\"mode\":{},\"key\":{},\"ts\":{ts},",
         json_str(&alert_id(nfa, key, &body.matched)),
         json_str(&m.name),
         m.version,
@@ -339,11 +372,8 @@ pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::Match
         json_str(if m.mode == engine::Mode::Shadow { "shadow" } else { "live" }),
         json_str(&key.to_string()),
     );
-    for (i, (var, seqs)) in body.matched.iter().enumerate() {
-        let list: Vec<String> = seqs.iter().map(u64::to_string).collect();
-        let _ = write!(s, "{}{}:[{}]", if i > 0 { "," } else { "" }, json_str(var), list.join(","));
-    }
-    s.push_str("},\"fields\":{");
+    write_match(&mut s, &body.matched);
+    s.push_str(",\"fields\":{");
     for (i, (name, v)) in body.fields.iter().enumerate() {
         let _ = write!(s, "{}{}:{}", if i > 0 { "," } else { "" }, json_str(name), json_value(v));
     }
@@ -351,17 +381,37 @@ pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::Match
     s
 }
 
-fn write_outputs(nfa: &Nfa, outs: &mut Vec<Output>, w: &mut impl Write, counts: &mut Counts) -> std::io::Result<()> {
-    for o in outs.drain(..) {
-        match o {
-            Output::Match { key, ts, events } => {
-                *counts.alerts.entry(nfa.meta.name.clone()).or_default() += 1;
-                w.write_all(alert_line(nfa, &key, ts, &events).as_bytes())?;
-                w.write_all(b"\n")?;
-            }
-            // Late events are counted once per stream by the caller; timeouts are not alerts.
-            Output::Timeout { .. } | Output::Late { .. } => {}
+/// A timed-out partial match as a JSON line: the pattern, the key, when the window closed and
+/// the events taken so far.
+pub fn timeout_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents) -> String {
+    let m = &nfa.meta;
+    let mut matched = Vec::new();
+    for (i, v) in nfa.vars.iter().enumerate() {
+        if let Some((_, list)) = events.iter().find(|(var, _)| var.index() == i) {
+            matched.push((v.name.clone(), list.iter().map(|e| e.seq).collect::<Vec<u64>>()));
         }
     }
-    Ok(())
+    let mut s = String::with_capacity(160);
+    let _ = write!(
+        s,
+        "{{\"pattern\":{},\"version\":{},\"hash\":{},\"key\":{},\"timed_out_at\":{ts},",
+        json_str(&m.name),
+        m.version,
+        json_str(&m.hash),
+        json_str(&key.to_string()),
+    );
+    write_match(&mut s, &matched);
+    s.push('}');
+    s
+}
+
+/// `"partition":P,"match":{"var":[offset,...],...}`.
+fn write_match(s: &mut String, matched: &[(String, Vec<u64>)]) {
+    let partition = matched.iter().flat_map(|(_, seqs)| seqs.first()).map(|&q| coords(q).0).next().unwrap_or(0);
+    let _ = write!(s, "\"partition\":{partition},\"match\":{{");
+    for (i, (var, seqs)) in matched.iter().enumerate() {
+        let list: Vec<String> = seqs.iter().map(|&q| coords(q).1.to_string()).collect();
+        let _ = write!(s, "{}{}:[{}]", if i > 0 { "," } else { "" }, json_str(var), list.join(","));
+    }
+    s.push('}');
 }

@@ -1,0 +1,354 @@
+//! The Kafka-independent core shared by `tripline run` and `tripline replay`: the engine state of
+//! one input partition (one operator per pattern over the partition's stream, the partition's
+//! watermark) and what it emits, plus the encoding of that state for the changelog.
+//!
+//! State is per partition, as the watermark is: an event is late when its time is at or behind
+//! the newest event time of its partition minus the stream's allowed out-of-orderness (minus
+//! 1 ms, as Flink's bounded out-of-orderness generator). The result depends only on the
+//! partition's records in offset order, never on how partitions interleave, on batching or on
+//! the wall clock, so a replay of the same records gives the same alerts as the service.
+//!
+//! An event's `seq` is its source coordinate: the partition in the top 16 bits, the offset in
+//! the low 48 ([`seq_of`]). Alert ids hash these, so they identify the matched records.
+
+use std::sync::Arc;
+
+use dsl::StreamSchema;
+use engine::runtime::{Config as OpConfig, Key, Operator, Output};
+use engine::{Event, Nfa};
+
+use crate::replay::{alert_line, timeout_line};
+
+/// Bits of an event's `seq` that hold the offset.
+pub const OFFSET_BITS: u32 = 48;
+const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
+
+/// An event's coordinate as one number: partition (16 bits) and offset (48 bits).
+pub fn seq_of(partition: i32, offset: i64) -> u64 {
+    ((partition as u64 & 0xffff) << OFFSET_BITS) | (offset as u64 & OFFSET_MASK)
+}
+
+/// The (partition, offset) of a `seq`.
+pub fn coords(seq: u64) -> (i32, i64) {
+    ((seq >> OFFSET_BITS) as i32, (seq & OFFSET_MASK) as i64)
+}
+
+/// Why a record is not processed (it goes to the dead-letter topic): a stable code and a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Reject { code, message: message.into() }
+    }
+}
+
+/// The checks every decoded event passes before the patterns see it, in the service and in a
+/// replay alike: the event time within `[min_ts, max_ts]` (one absurd timestamp would make the
+/// partition's later events late) and a key for every pattern.
+pub fn admit(plan: &StreamPlan, event: &Event, min_ts: i64, max_ts: i64) -> Result<(), Reject> {
+    if event.ts < min_ts || event.ts > max_ts {
+        return Err(Reject::new(
+            "bad-timestamp",
+            format!(
+                "event time {} is outside the accepted range [{min_ts}, {max_ts}] (service.min_event_time/max_event_time)",
+                event.ts
+            ),
+        ));
+    }
+    for nfa in &plan.patterns {
+        if event.field(nfa.meta.key).is_null() {
+            let field = &plan.schema.fields[nfa.meta.key.index()].path;
+            return Err(Reject::new(
+                "missing-field",
+                format!("the key field `{field}` of pattern `{}` is null", nfa.meta.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One stream as the service runs it: its schema, watermark rule and patterns.
+#[derive(Debug)]
+pub struct StreamPlan {
+    pub name: String,
+    pub topic: String,
+    pub schema: Arc<StreamSchema>,
+    /// Bounded out-of-orderness in ms.
+    pub out_of_orderness: i64,
+    /// The patterns reading this stream, sorted by name.
+    pub patterns: Vec<Arc<Nfa>>,
+}
+
+/// What a partition reports, per record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records read from the partition.
+    pub consumed: u64,
+    /// Events fed to the patterns.
+    pub processed: u64,
+    pub late: u64,
+    pub dead_lettered: u64,
+    pub alerts: u64,
+    pub timeouts: u64,
+}
+
+/// An output of the engine, rendered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Emit {
+    /// An alert: its record key (the pattern key) and JSON document.
+    Alert { key: String, json: String },
+    /// A timed-out partial match (JSON document).
+    Timeout { key: String, json: String },
+}
+
+/// The engine state of one input partition.
+#[derive(Debug)]
+pub struct Partition {
+    pub plan: Arc<StreamPlan>,
+    pub partition: i32,
+    operators: Vec<Operator>,
+    /// Newest event time seen (i64::MIN before the first event).
+    max_ts: i64,
+    /// The offset of the next record to read (the position a commit records).
+    pub next_offset: i64,
+    pub counts: Counts,
+    outs: Vec<Output>,
+}
+
+impl Partition {
+    pub fn new(plan: Arc<StreamPlan>, partition: i32, config: OpConfig) -> Self {
+        let operators = plan.patterns.iter().map(|n| Operator::new(n.clone(), config)).collect();
+        Partition {
+            plan,
+            partition,
+            operators,
+            max_ts: i64::MIN,
+            next_offset: 0,
+            counts: Counts::default(),
+            outs: Vec::new(),
+        }
+    }
+
+    /// Stops recording changed keys (for runs that keep no durable copy: replay).
+    pub fn without_change_tracking(mut self) -> Self {
+        for op in &mut self.operators {
+            op.track_changes(false);
+        }
+        self
+    }
+
+    /// The partition's watermark: newest event time - out-of-orderness - 1 ms.
+    pub fn watermark(&self) -> i64 {
+        if self.max_ts == i64::MIN {
+            return i64::MIN;
+        }
+        self.max_ts.saturating_sub(self.plan.out_of_orderness).saturating_sub(1)
+    }
+
+    /// Whether an event at `ts` would be late.
+    pub fn is_late(&self, ts: i64) -> bool {
+        ts <= self.watermark()
+    }
+
+    /// Feeds an on-time event to every pattern of the stream and moves the watermark; returns
+    /// false (and feeds nothing) when the event is late.
+    pub fn process(&mut self, event: Event, emit: &mut Vec<Emit>) -> bool {
+        if self.is_late(event.ts) {
+            self.counts.late += 1;
+            return false;
+        }
+        self.counts.processed += 1;
+        self.max_ts = self.max_ts.max(event.ts);
+        let wm = self.watermark();
+        let event = Arc::new(event);
+        for i in 0..self.operators.len() {
+            let op = &mut self.operators[i];
+            let key = Key::of(event.field(op.nfa().meta.key));
+            op.process(key, event.clone(), &mut self.outs);
+            op.advance_watermark(wm, &mut self.outs);
+            self.render(i, emit);
+        }
+        true
+    }
+
+    /// End of input (replay only): time runs to its end, every window closes.
+    pub fn finish(&mut self, emit: &mut Vec<Emit>) {
+        for i in 0..self.operators.len() {
+            self.operators[i].advance_watermark(i64::MAX, &mut self.outs);
+            self.render(i, emit);
+        }
+    }
+
+    fn render(&mut self, op: usize, emit: &mut Vec<Emit>) {
+        let nfa = self.operators[op].nfa();
+        for o in self.outs.drain(..) {
+            match o {
+                Output::Match { key, ts, events } => {
+                    self.counts.alerts += 1;
+                    emit.push(Emit::Alert { key: key.to_string(), json: alert_line(nfa, &key, ts, &events) });
+                }
+                Output::Timeout { key, ts, events } => {
+                    self.counts.timeouts += 1;
+                    emit.push(Emit::Timeout { key: key.to_string(), json: timeout_line(nfa, &key, ts, &events) });
+                }
+                // Lateness is decided once per event, above, against the shared watermark.
+                Output::Late { .. } => {}
+            }
+        }
+    }
+
+    /// Partial matches dropped by the per-key budget, over all patterns.
+    pub fn dropped_partial_matches(&self) -> u64 {
+        self.operators.iter().map(|o| o.stats().dropped_partial_matches).sum()
+    }
+
+    /// The changelog records for everything that changed since the last call: one per changed
+    /// (pattern, key) — its snapshot, or `None` (a tombstone) when the key holds nothing — and the
+    /// partition's meta record (position, newest event time, counts).
+    pub fn take_changes(&mut self, out: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        let prefix = state_prefix(&self.plan.topic, self.partition);
+        for op in &mut self.operators {
+            let hash = op.nfa().meta.hash.clone();
+            for key in op.take_dirty() {
+                let mut k = prefix.clone();
+                k.push(KIND_KEY);
+                k.extend_from_slice(hash.as_bytes());
+                key.encode(&mut k);
+                let mut v = Vec::new();
+                let value = op.snapshot_key(&key, &mut v).then_some(v);
+                out.push((k, value));
+            }
+        }
+        let mut k = prefix;
+        k.push(KIND_META);
+        out.push((k, Some(self.encode_meta())));
+    }
+
+    fn encode_meta(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64);
+        v.push(META_VERSION);
+        for n in [self.next_offset, self.max_ts] {
+            v.extend_from_slice(&n.to_be_bytes());
+        }
+        let c = &self.counts;
+        for n in [c.consumed, c.processed, c.late, c.dead_lettered, c.alerts, c.timeouts] {
+            v.extend_from_slice(&n.to_be_bytes());
+        }
+        v
+    }
+
+    /// Restores the partition from its state records (as [`Partition::take_changes`] wrote them,
+    /// latest value per key). Records of patterns that no longer run are skipped and returned
+    /// as the count of stale records.
+    pub fn restore<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<RestoreSummary, String> {
+        let prefix = state_prefix(&self.plan.topic, self.partition);
+        let mut summary = RestoreSummary::default();
+        for (k, v) in records {
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                return Err("a state record of another partition".to_owned());
+            };
+            match rest.split_first() {
+                Some((&KIND_META, _)) => {
+                    self.decode_meta(v)?;
+                    summary.meta = true;
+                }
+                Some((&KIND_KEY, rest)) if rest.len() >= HASH_LEN => {
+                    let (hash, key) = rest.split_at(HASH_LEN);
+                    let Some(op) = self.operators.iter_mut().find(|o| o.nfa().meta.hash.as_bytes() == hash) else {
+                        summary.stale += 1;
+                        continue;
+                    };
+                    let key = Key::decode(key).map_err(|e| format!("a state key: {e}"))?;
+                    op.restore_key(key, v)
+                        .map_err(|e| format!("the state of pattern `{}`: {e}", op.nfa().meta.name))?;
+                    summary.keys += 1;
+                }
+                _ => return Err("an unknown kind of state record".to_owned()),
+            }
+        }
+        let wm = self.watermark();
+        for op in &mut self.operators {
+            op.set_watermark(wm);
+            op.take_dirty();
+        }
+        Ok(summary)
+    }
+
+    fn decode_meta(&mut self, v: &[u8]) -> Result<(), String> {
+        let bad = || "a corrupt partition meta record".to_owned();
+        let (&version, rest) = v.split_first().ok_or_else(bad)?;
+        if version != META_VERSION {
+            return Err(format!("partition meta record version {version}, this build reads {META_VERSION}"));
+        }
+        if rest.len() != 64 {
+            return Err(bad());
+        }
+        let n = |i: usize| -> [u8; 8] {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&rest[i * 8..i * 8 + 8]);
+            b
+        };
+        self.next_offset = i64::from_be_bytes(n(0));
+        self.max_ts = i64::from_be_bytes(n(1));
+        let u = |i| u64::from_be_bytes(n(i));
+        self.counts =
+            Counts { consumed: u(2), processed: u(3), late: u(4), dead_lettered: u(5), alerts: u(6), timeouts: u(7) };
+        Ok(())
+    }
+}
+
+/// What a restore found.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreSummary {
+    /// Whether the partition's meta record was there (else the partition is new).
+    pub meta: bool,
+    pub keys: u64,
+    /// Records of patterns that no longer run (another content hash).
+    pub stale: u64,
+}
+
+const META_VERSION: u8 = 1;
+const KIND_META: u8 = b'M';
+const KIND_KEY: u8 = b'K';
+/// Pattern content hashes are 16 hex digits.
+const HASH_LEN: usize = 16;
+
+/// The prefix of every state record of a partition: `T`, topic length (u16), topic, partition (u32).
+pub fn state_prefix(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 8);
+    k.push(b'T');
+    k.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    k.extend_from_slice(topic.as_bytes());
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coordinates_round_trip() {
+        for (p, o) in [(0, 0), (3, 12_345), (65_535, (1 << 48) - 1)] {
+            assert_eq!(coords(seq_of(p, o)), (p, o));
+        }
+        // Partition 0 keeps the plain offset, so line-numbered exports keep their ids.
+        assert_eq!(seq_of(0, 17), 17);
+    }
+
+    #[test]
+    fn state_prefixes_never_overlap() {
+        // One topic's prefix is never a prefix of another partition's (or topic's) records.
+        let a = state_prefix("pay", 1);
+        for (t, p) in [("pay", 10), ("pay", 256), ("payments", 1), ("pa", 1)] {
+            assert!(!state_prefix(t, p).starts_with(&a), "{t}/{p}");
+        }
+    }
+}
