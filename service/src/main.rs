@@ -6,13 +6,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod avro_in;
 mod bench;
 mod check;
 mod config;
 mod conformance;
 mod decode;
+mod http;
+mod kafka;
+mod pipeline;
 mod replay;
+mod run;
 mod source;
+mod store;
+mod tools;
 
 /// Exit status: everything valid.
 pub const EXIT_OK: u8 = 0;
@@ -82,6 +89,60 @@ enum Command {
         /// Configuration file with the streams (default: $TRIPLINE_CONFIG, then ./tripline.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The input goes on after its end (a range of a live topic): do not close the windows
+        /// at the end; the alerts are those the running service had committed after it.
+        #[arg(long)]
+        open_end: bool,
+    },
+    /// Run the service: consume the streams, run the patterns, publish alerts exactly once.
+    Run {
+        /// Configuration file (default: $TRIPLINE_CONFIG, then ./tripline.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Produce JSON-lines events ({"stream","type","value"}) as Avro records, registering the
+    /// streams' schemas (subject `<topic>-value`) and creating missing topics.
+    Produce {
+        /// The events.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// Partitions of the topics created here.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Configuration file (default: $TRIPLINE_CONFIG, then ./tripline.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print the committed records of a topic (e.g. the alerts), one value per line.
+    Tail {
+        /// The topic.
+        #[arg(long, value_name = "TOPIC")]
+        topic: String,
+        /// Stop after this many records.
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+        /// Stop when nothing new came for this many seconds.
+        #[arg(long, value_name = "SECS")]
+        idle: Option<f64>,
+        /// Prefix each line with partition/offset and the record key.
+        #[arg(long)]
+        keys: bool,
+        /// Configuration file (default: $TRIPLINE_CONFIG, then ./tripline.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Export a stream's committed records, decoded, as JSON lines with their partition and
+    /// offset: the input of `tripline replay`.
+    Export {
+        /// The stream (as named in the config).
+        #[arg(long, value_name = "NAME")]
+        stream: String,
+        /// Where to write the JSON lines.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Configuration file (default: $TRIPLINE_CONFIG, then ./tripline.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Throughput benchmark against FlinkCEP on shared/bench/flinkcep's generated input.
     Bench {
@@ -119,6 +180,32 @@ pub fn err(text: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// Log lines to stderr; `RUST_LOG` filters (default: info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Runs a tool command: its result, errors printed with their context.
+fn tool<T>(f: impl FnOnce() -> anyhow::Result<T>, done: impl FnOnce(T)) -> u8 {
+    init_logging();
+    match f() {
+        Ok(v) => {
+            done(v);
+            EXIT_OK
+        }
+        Err(e) => {
+            err(&format!("error: {e:#}\n"));
+            EXIT_INVALID
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -132,13 +219,29 @@ fn main() -> ExitCode {
         Command::Check { paths, config, format } => check::run_check(&paths, config.as_deref(), format),
         Command::Conformance { files, verbose } => conformance::run(&files, verbose),
         Command::Bench { input, pattern, matches } => bench::run(&input, &pattern, matches.as_deref()),
-        Command::Replay { patterns, input, output, config, stream } => replay::run(&replay::Replay {
+        Command::Replay { patterns, input, output, config, stream, open_end } => replay::run(&replay::Replay {
             patterns: &patterns,
             input: &input,
             output: &output,
             config: config.as_deref(),
             stream: stream.as_deref(),
+            open_end,
         }),
+        Command::Run { config } => run::run(config.as_deref()),
+        Command::Produce { input, partitions, config } => {
+            tool(|| tools::produce(config.as_deref(), &input, partitions), |n| err(&format!("produced {n} records\n")))
+        }
+        Command::Tail { topic, max, idle, keys, config } => tool(
+            || {
+                let idle = idle.map(|s| std::time::Duration::from_secs_f64(s.max(0.0)));
+                tools::tail(config.as_deref(), &topic, max, idle, keys)
+            },
+            |_| {},
+        ),
+        Command::Export { stream, output, config } => tool(
+            || tools::export(config.as_deref(), &stream, &output),
+            |(n, bad)| err(&format!("exported {n} records ({bad} left out: the service dead-letters them)\n")),
+        ),
         Command::Explain { nfa, pattern, config } => check::run_explain(&nfa, pattern.as_deref(), config.as_deref()),
     };
     ExitCode::from(code)

@@ -1,0 +1,888 @@
+//! `tripline run`: the service. A consumer group over the streams' topics; each record decoded
+//! through the schema registry and fed to its partition's engine state ([`Partition`]); alerts,
+//! late events, timeouts and dead letters produced in a Kafka transaction together with the
+//! changed state (the changelog) and the consumed offsets, one transaction per commit interval.
+//!
+//! Exactly once: outputs, state and offsets commit or abort together. After an abort (a failed
+//! commit, a fenced generation) every partition is rebuilt from the local store, which holds
+//! exactly the last committed state, and the consumer seeks back to the matching offsets. After
+//! a crash or on assignment, a partition's state comes from the local store when its stored
+//! position is the group's committed offset, else from the changelog (read_committed).
+//!
+//! Threads: this loop owns the consumer, the producer and all engine state (behind one mutex,
+//! which the rebalance callback takes from inside `poll`, on this same thread); a small tokio
+//! runtime serves `/healthz` and `/readyz` and turns SIGTERM/SIGINT into a shutdown request.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use engine::runtime::Config as OpConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::avro_in::{AvroIn, DecodeError};
+use crate::config::{self, Config};
+use crate::kafka::{self, REQUEST_TIMEOUT};
+use crate::pipeline::{admit, seq_of, state_prefix, Emit, Partition, StreamPlan};
+use crate::store::Store;
+use crate::{replay, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
+
+/// The largest state record the changelog takes (Kafka's default `message.max.bytes` is about
+/// 1 MB). One key's state beyond it stops the service with a message rather than failing every
+/// commit: `engine.max_partial_matches_per_key` bounds it.
+const MAX_STATE_RECORD: usize = 900 * 1024;
+
+/// How long a transaction operation may take before it counts as failed.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Process-wide flags shared with the HTTP server and the signal handler.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set once every assigned partition's state is restored; cleared during rebalances.
+    pub ready: AtomicBool,
+    /// SIGTERM/SIGINT seen: finish the transaction and leave.
+    pub shutdown: AtomicBool,
+    /// Wall-clock ms of the loop's last turn (liveness).
+    pub alive_ms: AtomicI64,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Runs the service until SIGTERM/SIGINT; the exit status.
+pub fn run(config: Option<&Path>) -> u8 {
+    crate::init_logging();
+    let health = Arc::new(Health::default());
+    match serve(config, health) {
+        Ok(()) => EXIT_OK,
+        Err(e) if e.is::<Usage>() => {
+            tracing::error!("{e:#}");
+            EXIT_USAGE
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            EXIT_INVALID
+        }
+    }
+}
+
+/// A configuration or setup problem (exit status 2), as opposed to a failure while running.
+#[derive(Debug)]
+pub struct Usage(pub String);
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Usage {}
+
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Usage(e.to_string()))
+}
+
+/// Everything `run` derives from the configuration before touching Kafka.
+pub struct Setup {
+    pub cfg: Config,
+    /// Per input topic.
+    pub plans: BTreeMap<String, Arc<StreamPlan>>,
+    pub avro: AvroIn,
+    pub op_config: OpConfig,
+    pub base: std::path::PathBuf,
+}
+
+/// Loads and checks the configuration and the patterns.
+pub fn setup(config: Option<&Path>) -> Result<Setup> {
+    let path = config::locate(config).map_err(usage)?;
+    let cfg = Config::load_with_env(&path).map_err(|e| usage(format!("{e:#}")))?;
+    let catalog = cfg.catalog(&path).map_err(|e| usage(format!("{e:#}")))?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let pattern_paths: Vec<_> = cfg.service.patterns.iter().map(|p| base.join(p)).collect();
+    let nfas = replay::compile_patterns(&pattern_paths, &catalog).map_err(|(_, m)| usage(m))?;
+    let mut plans = BTreeMap::new();
+    let mut readers = Vec::new();
+    for (name, s) in &cfg.streams {
+        let patterns: Vec<_> = nfas.iter().filter(|n| &n.meta.stream == name).cloned().collect();
+        if patterns.is_empty() {
+            continue;
+        }
+        if s.timestamp_field.is_none() {
+            return Err(usage(format!(
+                "{}: stream `{name}` has no timestamp_field: the service needs each event's event time",
+                path.display()
+            )));
+        }
+        let schema = catalog.streams.get(name).cloned().context("every configured stream is in the catalog")?;
+        if let Some(k) = &s.key {
+            for n in &patterns {
+                let field = &schema.fields[n.meta.key.index()].path;
+                if field != k {
+                    tracing::warn!(
+                        pattern = %n.meta.name, stream = %name,
+                        "the pattern is keyed by `{field}` but the topic is partitioned by `{k}`: it sees \
+                         each key's events per partition only"
+                    );
+                }
+            }
+        }
+        if plans.values().any(|p: &Arc<StreamPlan>| p.topic == s.topic) {
+            return Err(usage(format!("{}: two streams read topic `{}`", path.display(), s.topic)));
+        }
+        let ooo = s.max_out_of_orderness.as_deref().map(config::parse_duration).transpose()?.unwrap_or(0);
+        let json = std::fs::read_to_string(base.join(&s.schema))
+            .with_context(|| format!("cannot read the schema of stream `{name}`"))?;
+        readers.push((name.clone(), json));
+        plans.insert(
+            s.topic.clone(),
+            Arc::new(StreamPlan {
+                name: name.clone(),
+                topic: s.topic.clone(),
+                schema,
+                out_of_orderness: ooo,
+                patterns,
+            }),
+        );
+    }
+    if plans.is_empty() {
+        return Err(usage("no pattern reads a configured stream: nothing to run"));
+    }
+    let avro = AvroIn::new(kafka::registry(&cfg).map_err(usage)?, &readers).map_err(usage)?;
+    let op_config = OpConfig {
+        max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key,
+        timeouts: cfg.outputs.timeouts_topic.is_some(),
+        ..OpConfig::default()
+    };
+    Ok(Setup { cfg, plans, avro, op_config, base })
+}
+
+fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
+    let Setup { cfg, plans, avro, op_config, base } = setup(config)?;
+    let patterns: usize = plans.values().map(|p| p.patterns.len()).sum();
+    tracing::info!(patterns, streams = plans.len(), group = %cfg.kafka.group_id, instance = %cfg.service.instance_id, "starting");
+
+    let http = crate::http::start(&cfg.service.http_addr, health.clone()).map_err(usage)?;
+
+    // Topics: inputs must exist to size the changelog; outputs are created when missing.
+    let client = kafka::client_config(&cfg).map_err(usage)?;
+    let probe: BaseConsumer =
+        kafka::create(&cfg, &client, rdkafka::consumer::DefaultConsumerContext, "metadata client")?;
+    let topics: Vec<String> = plans.keys().cloned().collect();
+    let inputs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let counts = kafka::partition_counts(&probe, &inputs)?;
+    for (t, c) in inputs.iter().zip(&counts) {
+        if c.is_none() {
+            tracing::warn!(topic = %t, "input topic does not exist yet; it is read once it does");
+        }
+    }
+    let max_parts = counts.iter().flatten().copied().max().unwrap_or(1).max(1) as i32;
+    let changelog = cfg.changelog_topic();
+    let o = &cfg.outputs;
+    let mut wanted = vec![
+        (o.alerts_topic.clone(), o.partitions, false),
+        (o.late_topic.clone(), o.partitions, false),
+        (o.dead_letter_topic.clone(), o.partitions, false),
+        (changelog.clone(), max_parts, true),
+    ];
+    if let Some(t) = &o.timeouts_topic {
+        wanted.push((t.clone(), o.partitions, false));
+    }
+    kafka::ensure_topics(&cfg, &wanted)?;
+    let changelog_parts = kafka::partition_counts(&probe, &[changelog.as_str()])?[0]
+        .with_context(|| format!("the changelog topic `{changelog}` is not there after creating it"))?
+        as i32;
+    drop(probe);
+
+    let store = Store::open(&base.join(&cfg.service.state_dir))?;
+
+    let txn_id = format!("{}-{}", cfg.kafka.group_id, cfg.service.instance_id);
+    let mut pc = client.clone();
+    pc.set("transactional.id", &txn_id).set("enable.idempotence", "true").set("linger.ms", "5");
+    let producer: BaseProducer<Logger> = kafka::create(&cfg, &pc, Logger, "producer")?;
+    producer.init_transactions(TXN_TIMEOUT).map_err(|e| {
+        anyhow!("cannot initialise transactions as `{txn_id}`: {}", kafka::redact(&cfg, &e.to_string()))
+    })?;
+
+    let interval = Duration::from_millis(cfg.commit_interval_ms() as u64);
+    let mut restore_config = client.clone();
+    restore_config
+        .set("group.id", format!("{}.restore", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    let core = Core {
+        producer,
+        store,
+        plans,
+        avro,
+        op_config,
+        parts: HashMap::new(),
+        in_txn: false,
+        txn_started: Instant::now(),
+        touched: HashSet::new(),
+        emit: Vec::new(),
+        changelog,
+        changelog_parts,
+        alerts_topic: o.alerts_topic.clone(),
+        late_topic: o.late_topic.clone(),
+        dead_letter_topic: o.dead_letter_topic.clone(),
+        timeouts_topic: o.timeouts_topic.clone(),
+        min_ts: cfg.service.min_event_time,
+        max_ts: cfg.service.max_event_time,
+        health: health.clone(),
+        totals: Totals::default(),
+        fatal: None,
+        restore_config,
+    };
+    let shared = Arc::new(Shared { core: Mutex::new(core), assigned: Mutex::new(None) });
+
+    let mut cc = client.clone();
+    if cfg.kafka.static_membership {
+        // Static membership: a restarted instance (same instance_id) takes its partitions back at
+        // once instead of waiting for its dead predecessor's session to expire.
+        cc.set("group.instance.id", &txn_id);
+    }
+    cc.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    // The configured properties win over these defaults.
+    for (k, v) in &cfg.kafka.properties {
+        cc.set(k, &v.0);
+    }
+    let consumer: BaseConsumer<GroupContext> =
+        kafka::create(&cfg, &cc, GroupContext { shared: shared.clone() }, "consumer")?;
+    consumer.subscribe(&inputs).context("cannot subscribe to the input topics")?;
+    drop(client);
+
+    let cfg = Arc::new(cfg);
+    let result = main_loop(&consumer, &shared, &health, interval, &cfg);
+    // Leave cleanly whatever happened: commit what is done (unless the loop failed), then leave
+    // the group so the partitions move at once.
+    if result.is_ok() {
+        let mut core = lock(&shared);
+        if let Err(e) = core.commit(&consumer) {
+            tracing::error!("the last commit failed: {e:#}");
+        }
+        let t = core.totals;
+        tracing::info!(
+            consumed = t.consumed,
+            processed = t.processed,
+            late = t.late,
+            dead_lettered = t.dead_lettered,
+            alerts = t.alerts,
+            commits = t.commits,
+            aborts = t.aborts,
+            "stopped"
+        );
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    drop(http);
+    result
+}
+
+fn main_loop(
+    consumer: &BaseConsumer<GroupContext>,
+    shared: &Arc<Shared>,
+    health: &Health,
+    interval: Duration,
+    cfg: &Config,
+) -> Result<()> {
+    let mut last_report = Instant::now();
+    while !health.shutdown.load(Ordering::Relaxed) {
+        health.alive_ms.store(now_ms(), Ordering::Relaxed);
+        handle_assignment(consumer, shared)?;
+        let wait = {
+            let core = lock(shared);
+            if let Some(f) = &core.fatal {
+                bail!("{f}");
+            }
+            if core.in_txn {
+                interval.saturating_sub(core.txn_started.elapsed()).min(Duration::from_millis(100))
+            } else {
+                Duration::from_millis(100)
+            }
+        };
+        match consumer.poll(wait) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                let msg = kafka::redact(cfg, &e.to_string());
+                if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+                    bail!("the consumer failed: {msg}");
+                }
+                tracing::warn!("consumer: {msg}");
+            }
+            Some(Ok(msg)) => {
+                handle_assignment(consumer, shared)?;
+                lock(shared).handle(consumer, &msg, health)?;
+            }
+        }
+        let mut core = lock(shared);
+        core.producer.poll(Duration::ZERO);
+        if core.in_txn && core.txn_started.elapsed() >= interval {
+            core.commit(consumer)?;
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            let t = core.totals;
+            tracing::info!(
+                consumed = t.consumed,
+                alerts = t.alerts,
+                late = t.late,
+                dead_lettered = t.dead_lettered,
+                commits = t.commits,
+                aborts = t.aborts,
+                commit_ms_avg = t.commit_us / t.commits.max(1) / 1000,
+                partitions = core.parts.values().map(HashMap::len).sum::<usize>(),
+                "progress"
+            );
+        }
+    }
+    tracing::info!("shutdown requested: committing and leaving the group");
+    Ok(())
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Core> {
+    shared.core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> Result<()> {
+    let pending = shared.assigned.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(list) = pending {
+        let mut core = lock(shared);
+        core.health.ready.store(false, Ordering::Relaxed);
+        core.assign(consumer, &list)?;
+        core.health.ready.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// State shared between the loop and the rebalance callbacks.
+struct Shared {
+    core: Mutex<Core>,
+    /// Partitions assigned by the last rebalance, waiting for their state.
+    assigned: Mutex<Option<Vec<(String, i32)>>>,
+}
+
+/// Counters over the process's life (logged).
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    consumed: u64,
+    processed: u64,
+    alerts: u64,
+    late: u64,
+    dead_lettered: u64,
+    commits: u64,
+    aborts: u64,
+    /// Time spent committing (changelog, offsets, commit), in µs.
+    commit_us: u64,
+}
+
+struct Core {
+    producer: BaseProducer<Logger>,
+    store: Store,
+    plans: BTreeMap<String, Arc<StreamPlan>>,
+    avro: AvroIn,
+    op_config: OpConfig,
+    /// Assigned partitions' state, by topic and partition.
+    parts: HashMap<String, HashMap<i32, Partition>>,
+    in_txn: bool,
+    txn_started: Instant,
+    /// Partitions that advanced in the open transaction.
+    touched: HashSet<(String, i32)>,
+    emit: Vec<Emit>,
+    changelog: String,
+    changelog_parts: i32,
+    alerts_topic: String,
+    late_topic: String,
+    dead_letter_topic: String,
+    timeouts_topic: Option<String>,
+    min_ts: i64,
+    max_ts: i64,
+    health: Arc<Health>,
+    totals: Totals,
+    /// An error raised inside a rebalance callback, reported by the loop.
+    fatal: Option<String>,
+    /// Client settings of the changelog reader.
+    restore_config: rdkafka::ClientConfig,
+}
+
+impl Core {
+    fn begin(&mut self) -> Result<()> {
+        if !self.in_txn {
+            self.producer.begin_transaction().context("cannot begin a transaction")?;
+            self.in_txn = true;
+            self.txn_started = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        msg: &BorrowedMessage<'_>,
+        health: &Health,
+    ) -> Result<()> {
+        let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
+        let Some(plan) = self.plans.get(topic).cloned() else { return Ok(()) };
+        match self.parts.get(topic).and_then(|m| m.get(&p)) {
+            // Not (or no longer) ours, or already in the restored state.
+            None => return Ok(()),
+            Some(part) if off < part.next_offset => return Ok(()),
+            Some(_) => {}
+        }
+        self.begin()?;
+        let seq = seq_of(p, off);
+        let mut backoff = Duration::from_millis(100);
+        let decoded = loop {
+            match self.avro.decode(&plan, msg.payload(), seq) {
+                Err(DecodeError::Unavailable(m)) => {
+                    tracing::warn!("{m}; retrying in {backoff:?}");
+                    if health.shutdown.load(Ordering::Relaxed) {
+                        // Not consumed: the next owner reads it again.
+                        return Ok(());
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Keep the group membership alive while waiting.
+                    let _ = consumer.position();
+                }
+                Ok(event) => break Ok(event),
+                Err(DecodeError::Reject(r)) => break Err(r),
+            }
+        };
+        let mut emit = std::mem::take(&mut self.emit);
+        let part = self.parts.get_mut(topic).and_then(|m| m.get_mut(&p)).context("partition state")?;
+        part.counts.consumed += 1;
+        self.totals.consumed += 1;
+        let outcome = match decoded.and_then(|ev| admit(&plan, &ev, self.min_ts, self.max_ts).map(|()| ev)) {
+            Ok(ev) => {
+                let ts = ev.ts;
+                if part.process(ev, &mut emit) {
+                    Ok(None)
+                } else {
+                    Ok(Some((ts, part.watermark())))
+                }
+            }
+            Err(r) => Err(r),
+        };
+        part.next_offset = off + 1;
+        match outcome {
+            Ok(None) => self.totals.processed += 1,
+            Ok(Some((ts, wm))) => {
+                self.totals.late += 1;
+                let headers = source_headers(msg)
+                    .insert(Header { key: "tripline.reason", value: Some("late") })
+                    .insert(Header { key: "tripline.event_time", value: Some(&ts.to_string()) })
+                    .insert(Header { key: "tripline.watermark", value: Some(&wm.to_string()) });
+                let late = self.late_topic.clone();
+                self.send(&late, msg.key(), msg.payload(), headers)?;
+            }
+            Err(r) => {
+                part.counts.dead_lettered += 1;
+                self.totals.dead_lettered += 1;
+                tracing::debug!(topic, partition = p, offset = off, reason = r.code, "dead letter: {}", r.message);
+                let headers = source_headers(msg)
+                    .insert(Header { key: "tripline.reason", value: Some(r.code) })
+                    .insert(Header { key: "tripline.error", value: Some(&r.message) });
+                let dlq = self.dead_letter_topic.clone();
+                self.send(&dlq, msg.key(), msg.payload(), headers)?;
+            }
+        }
+        self.touched.insert((topic.to_owned(), p));
+        for e in emit.drain(..) {
+            match e {
+                Emit::Alert { key, json } => {
+                    self.totals.alerts += 1;
+                    let t = self.alerts_topic.clone();
+                    self.send(&t, Some(key.as_bytes()), Some(json.as_bytes()), OwnedHeaders::new())?;
+                }
+                Emit::Timeout { key, json } => {
+                    if let Some(t) = self.timeouts_topic.clone() {
+                        self.send(&t, Some(key.as_bytes()), Some(json.as_bytes()), OwnedHeaders::new())?;
+                    }
+                }
+            }
+        }
+        self.emit = emit;
+        Ok(())
+    }
+
+    /// Produces one record in the open transaction, waiting while the local queue is full.
+    fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: Option<&[u8]>, headers: OwnedHeaders) -> Result<()> {
+        self.send_to(topic, None, key, payload, headers)
+    }
+
+    fn send_to(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> Result<()> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = payload {
+            record = record.payload(v);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => bail!("cannot produce to `{topic}`: {e}"),
+            }
+        }
+    }
+
+    /// Commits the open transaction: changelog records of the touched partitions, their
+    /// offsets, then the commit; on success the local store follows. On failure everything is
+    /// rewound to the last commit.
+    fn commit(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
+        if !self.in_txn {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut changes = Vec::new();
+        let mut offsets = TopicPartitionList::new();
+        let touched: Vec<(String, i32)> = self.touched.drain().collect();
+        let mut records = Vec::new();
+        for (t, p) in &touched {
+            let Some(part) = self.parts.get_mut(t).and_then(|m| m.get_mut(p)) else { continue };
+            records.clear();
+            part.take_changes(&mut records);
+            offsets.add_partition_offset(t, *p, Offset::Offset(part.next_offset)).context("offsets to commit")?;
+            let cp = p % self.changelog_parts;
+            let changelog = self.changelog.clone();
+            for (k, v) in records.drain(..) {
+                if let Some(v) = v.as_ref().filter(|v| v.len() > MAX_STATE_RECORD) {
+                    // The key record: partition prefix, `K`, the pattern's 16-digit hash, the key.
+                    let at = state_prefix(t, *p).len() + 1 + 16;
+                    let key = k
+                        .get(at..)
+                        .and_then(|b| engine::runtime::Key::decode(b).ok())
+                        .map(|k| k.to_string())
+                        .unwrap_or_default();
+                    bail!(
+                        "the state of one key of {t}/{p} ({key}) is {} bytes, more than a changelog record may be \
+                         ({MAX_STATE_RECORD}); bound it with engine.max_partial_matches_per_key",
+                        v.len()
+                    );
+                }
+                self.send_to(&changelog, Some(cp), Some(&k), v.as_deref(), OwnedHeaders::new())?;
+                changes.push((k, v));
+            }
+        }
+        let result = match consumer.group_metadata() {
+            None => Err(anyhow!("the consumer has no group metadata (not in a group)")),
+            Some(cgm) => {
+                let t0 = started.elapsed();
+                let r = self.wait_delivered();
+                let r = r.and_then(|()| self.producer.send_offsets_to_transaction(&offsets, &cgm, TXN_TIMEOUT));
+                let t1 = started.elapsed();
+                let r = r.and_then(|()| self.producer.commit_transaction(TXN_TIMEOUT));
+                tracing::debug!(
+                    changelog_us = t0.as_micros() as u64,
+                    offsets_us = (t1 - t0).as_micros() as u64,
+                    commit_us = (started.elapsed() - t1).as_micros() as u64,
+                    "commit"
+                );
+                r.map_err(anyhow::Error::from)
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.in_txn = false;
+                self.totals.commits += 1;
+                self.totals.commit_us += started.elapsed().as_micros() as u64;
+                self.store.apply(&changes)?;
+                Ok(())
+            }
+            Err(e) => {
+                self.in_txn = false;
+                self.totals.aborts += 1;
+                tracing::warn!("commit failed: {e:#}; aborting and rewinding to the last commit");
+                if let Some(KafkaError::Transaction(te)) = e.downcast_ref::<KafkaError>() {
+                    if te.is_fatal() {
+                        bail!("the producer cannot go on ({te}): another instance with the same instance_id, or the broker fenced it");
+                    }
+                }
+                self.producer.abort_transaction(TXN_TIMEOUT).context("cannot abort the transaction")?;
+                self.rewind(consumer)
+            }
+        }
+    }
+
+    /// Serves delivery reports until nothing is in flight. `commit_transaction` flushes too, but
+    /// rdkafka's flush sleeps in steps of 100 ms between checks, which would put a floor of 100 ms
+    /// under every commit.
+    fn wait_delivered(&self) -> rdkafka::error::KafkaResult<()> {
+        let deadline = Instant::now() + TXN_TIMEOUT;
+        self.producer.flush(Duration::ZERO).or_else(|e| match e {
+            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => Ok(()),
+            e => Err(e),
+        })?;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() >= deadline {
+                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every partition from the store (the last committed state) and seeks back.
+    fn rewind(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
+        let list: Vec<(String, i32)> =
+            self.parts.iter().flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p))).collect();
+        for (t, p) in list {
+            let part = self.load(&t, p, &self.store.scan(&state_prefix(&t, p))?)?;
+            let at = part.next_offset;
+            self.parts.entry(t.clone()).or_default().insert(p, part);
+            if let Err(e) = consumer.seek(&t, p, Offset::Offset(at), REQUEST_TIMEOUT) {
+                tracing::warn!(topic = %t, partition = p, "cannot seek back to {at}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&self, topic: &str, p: i32, records: &[(Vec<u8>, Vec<u8>)]) -> Result<Partition> {
+        let plan = self.plans.get(topic).with_context(|| format!("no stream reads topic `{topic}`"))?.clone();
+        let mut part = Partition::new(plan, p, self.op_config);
+        let summary = part
+            .restore(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .map_err(|e| anyhow!("the state of {topic}/{p} cannot be restored: {e}"))?;
+        if summary.stale > 0 {
+            tracing::info!(
+                topic,
+                partition = p,
+                stale = summary.stale,
+                "dropped the state of patterns that no longer run"
+            );
+        }
+        Ok(part)
+    }
+
+    /// Takes over newly assigned partitions: their state from the store when it is current,
+    /// else from the changelog.
+    fn assign(&mut self, consumer: &BaseConsumer<GroupContext>, list: &[(String, i32)]) -> Result<()> {
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in list {
+            tpl.add_partition(t, *p);
+        }
+        let committed =
+            consumer.committed_offsets(tpl, REQUEST_TIMEOUT).context("cannot read the group's committed offsets")?;
+        let mut from_changelog = 0;
+        for (t, p) in list {
+            let committed_at = committed.find_partition(t, *p).and_then(|e| match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            });
+            let prefix = state_prefix(t, *p);
+            let local = self.store.scan(&prefix)?;
+            let local_part = self.load(t, *p, &local)?;
+            let local_at = (local_part.next_offset > 0).then_some(local_part.next_offset);
+            let mut part = if local_at == committed_at {
+                local_part
+            } else {
+                from_changelog += 1;
+                let records = self.read_changelog(t, *p)?;
+                self.store.replace(&prefix, &records)?;
+                self.load(t, *p, &records)?
+            };
+            if let Some(c) = committed_at {
+                if part.next_offset != c {
+                    tracing::warn!(
+                        topic = %t, partition = p, state_at = part.next_offset, committed = c,
+                        "the state and the committed offset disagree (offsets reset by hand?): following the committed offset"
+                    );
+                    if part.next_offset == 0 {
+                        part.next_offset = c;
+                    }
+                }
+            }
+            self.parts.entry(t.clone()).or_default().insert(*p, part);
+        }
+        tracing::info!(
+            partitions = list.len(),
+            from_changelog,
+            ms = started.elapsed().as_millis() as u64,
+            "partitions assigned and restored"
+        );
+        Ok(())
+    }
+
+    /// The committed changelog records of one input partition (latest per key).
+    fn read_changelog(&self, topic: &str, p: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cfg_client = self.restore_client()?;
+        let cp = p % self.changelog_parts;
+        let (lo, hi) = cfg_client
+            .fetch_watermarks(&self.changelog, cp, REQUEST_TIMEOUT)
+            .with_context(|| format!("cannot read the end of changelog partition {}/{cp}", self.changelog))?;
+        let prefix = state_prefix(topic, p);
+        let mut latest: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        if hi <= lo {
+            return Ok(Vec::new());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.changelog, cp, Offset::Beginning).context("changelog assignment")?;
+        cfg_client.assign(&tpl).context("cannot read the changelog")?;
+        let mut read = 0u64;
+        let mut last_progress = Instant::now();
+        let mut last_log = Instant::now();
+        loop {
+            match cfg_client.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    read += 1;
+                    last_progress = Instant::now();
+                    if let Some(k) = m.key().filter(|k| k.starts_with(&prefix)) {
+                        match m.payload() {
+                            Some(v) => {
+                                latest.insert(k.to_vec(), v.to_vec());
+                            }
+                            None => {
+                                latest.remove(k);
+                            }
+                        }
+                    }
+                    if m.offset() + 1 >= hi {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => tracing::warn!("reading the changelog: {e}"),
+                None => {}
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(topic, partition = p, read, of = hi - lo, "restoring from the changelog");
+            }
+            if last_progress.elapsed() >= Duration::from_secs(120) {
+                bail!(
+                    "restoring {topic}/{p} from changelog partition {}/{cp} stalled after {read} of {} records \
+                     (an open transaction of a crashed instance blocks read_committed readers until that \
+                     instance restarts or the transaction times out)",
+                    self.changelog,
+                    hi - lo
+                );
+            }
+            if self.health.shutdown.load(Ordering::Relaxed) {
+                bail!("shutdown requested during the changelog restore");
+            }
+        }
+        Ok(latest.into_iter().collect())
+    }
+
+    fn restore_client(&self) -> Result<BaseConsumer> {
+        // The same client settings as the group consumer, but no group: it never commits.
+        self.restore_config.create().map_err(|e| anyhow!("cannot create the changelog reader: {e}"))
+    }
+}
+
+/// Headers naming a record's source: topic, partition, offset and record timestamp.
+fn source_headers(msg: &BorrowedMessage<'_>) -> OwnedHeaders {
+    let h = OwnedHeaders::new()
+        .insert(Header { key: "tripline.source.topic", value: Some(msg.topic()) })
+        .insert(Header { key: "tripline.source.partition", value: Some(&msg.partition().to_string()) })
+        .insert(Header { key: "tripline.source.offset", value: Some(&msg.offset().to_string()) });
+    match msg.timestamp().to_millis() {
+        Some(ts) => h.insert(Header { key: "tripline.source.timestamp", value: Some(&ts.to_string()) }),
+        None => h,
+    }
+}
+
+/// Routes librdkafka's log lines to `tracing`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Logger;
+
+impl ClientContext for Logger {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_rdkafka(level, fac, log_message);
+    }
+}
+
+impl rdkafka::producer::ProducerContext for Logger {
+    type DeliveryOpaque = ();
+    // Delivery failures surface as a failed commit of the transaction.
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+fn log_rdkafka(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", "{fac}: {msg}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac}: {msg}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", "{fac}: {msg}"),
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac}: {msg}"),
+    }
+}
+
+/// The group consumer's context: commits before partitions are revoked, and hands new
+/// assignments to the loop.
+struct GroupContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_rdkafka(level, fac, log_message);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut core = lock(&self.shared);
+            core.health.ready.store(false, Ordering::Relaxed);
+            // What was processed is committed before the partitions go (the generation is
+            // still valid here); if that fails, the transaction is aborted and the next owner
+            // reprocesses from the last commit.
+            if core.in_txn {
+                if let Err(e) = core.commit(consumer) {
+                    core.fatal = Some(format!("{e:#}"));
+                }
+            }
+            for e in tpl.elements() {
+                if let Some(m) = core.parts.get_mut(e.topic()) {
+                    m.remove(&e.partition());
+                }
+            }
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let list = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                *self.shared.assigned.lock().unwrap_or_else(|p| p.into_inner()) = Some(list);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
+        }
+    }
+}
