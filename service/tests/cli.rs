@@ -224,3 +224,78 @@ fn a_pattern_name_defined_in_two_files_is_an_error() {
     assert!(out.contains("b.tl:2:9: error[duplicate-pattern]: pattern `same` is also defined in"), "{out}");
     assert!(out.contains("a.tl:1"), "{out}");
 }
+
+/// A service config in `dir` (the payments stream, one library pattern) with `extra` appended.
+fn run_config(dir: &Path, extra: &str) -> PathBuf {
+    let root = root();
+    let text = format!(
+        "[streams.payments]\ntopic = \"payments\"\nschema = {:?}\ntimestamp_field = \"event_time\"\n\n\
+         [service]\npatterns = [{:?}]\nstate_dir = \"state\"\nhttp_addr = \"127.0.0.1:0\"\n{extra}\n",
+        root.join("testdata/schemas/payments.avsc").display().to_string(),
+        root.join("patterns/structuring.tl").display().to_string(),
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+fn run_with(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tripline"));
+    c.args(["run", "--config"]).arg(config).current_dir(dir).env_remove("TRIPLINE_CONFIG");
+    for v in ["TRIPLINE_KAFKA_BOOTSTRAP", "TRIPLINE_REGISTRY_URL", "TRIPLINE_STATE_DIR", "TRIPLINE_HTTP_ADDR"] {
+        c.env_remove(v);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("tripline runs")
+}
+
+#[test]
+fn run_configuration_problems_exit_2_and_name_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        ("[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[registry]\nurl = \"http://127.0.0.1:1\"\n[outputs]\npartitions = 0\n", &[], "outputs.partitions"),
+        ("[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n", &[("TRIPLINE_COMMIT_INTERVAL", "soon")], "service.commit_interval"),
+        ("[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n", &[], "no schema registry"),
+        ("[registry]\nurl = \"http://127.0.0.1:1\"\n", &[], "no Kafka bootstrap servers"),
+        ("[kafka]\nbootstrap = \"x\"\n", &[], "unknown field `bootstrap`"),
+        ("[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[registry]\nurl = \"http://127.0.0.1:1\"\n", &[("TRIPLINE_HTTP_ADDR", "nowhere")], "service.http_addr"),
+    ];
+    for (extra, env, expect) in cases {
+        let cfg = run_config(dir.path(), extra);
+        let out = run_with(dir.path(), &cfg, env);
+        let (_, err) = text(&out);
+        assert_no_panic(&out);
+        assert_eq!(out.status.code(), Some(2), "{extra:?} {env:?}: {err}");
+        assert!(err.contains(expect), "{extra:?} {env:?}: expected `{expect}` in:\n{err}");
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_errors_or_logs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = run_config(
+        dir.path(),
+        "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n\
+         properties = { \"security.protocol\" = \"carrier-pigeon\", \"sasl.password\" = \"hunter2-kafka\" }\n\
+         [registry]\nurl = \"http://127.0.0.1:1\"\nusername = \"u\"\n",
+    );
+    let out = run_with(
+        dir.path(),
+        &cfg,
+        &[
+            ("TRIPLINE_REGISTRY_PASSWORD", "swordfish-registry"),
+            ("TRIPLINE_KAFKA_PROP_SSL_KEY_PASSWORD", "hunter3-ssl"),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_no_panic(&out);
+    assert_ne!(out.status.code(), Some(0), "a bogus security.protocol cannot run");
+    assert!(stderr.contains("security.protocol") || stderr.contains("carrier-pigeon"), "names the problem:\n{stderr}");
+    for secret in ["hunter2-kafka", "swordfish-registry", "hunter3-ssl"] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} leaked:\n{stderr}");
+    }
+}

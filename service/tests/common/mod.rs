@@ -1,0 +1,339 @@
+//! Shared by the Kafka tests: a broker and a schema registry started by the project's own
+//! `scripts/dev-up` (or an external cluster given by `TRIPLINE_TEST_KAFKA` and
+//! `TRIPLINE_TEST_REGISTRY`), the `tripline` binary as a child process, a deterministic event
+//! generator, and reading what the service committed.
+#![allow(dead_code, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("service/ is in the repository").to_owned()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tripline")
+}
+
+/// A broker and a registry for one test; stopped when dropped.
+pub struct DevEnv {
+    pub dir: tempfile::TempDir,
+    pub bootstrap: String,
+    pub registry: String,
+    /// Started here (else external: never stopped or restarted).
+    local: bool,
+}
+
+impl DevEnv {
+    pub fn start() -> DevEnv {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if let (Ok(b), Ok(r)) = (std::env::var("TRIPLINE_TEST_KAFKA"), std::env::var("TRIPLINE_TEST_REGISTRY")) {
+            return DevEnv { dir, bootstrap: b, registry: r, local: false };
+        }
+        let data = dir.path().join("infra");
+        let out = Command::new(root().join("scripts/dev-up"))
+            .arg("--data-dir")
+            .arg(&data)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/dev-up runs");
+        assert!(out.status.success(), "scripts/dev-up failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_owned))
+                .unwrap_or_else(|| panic!("dev-up did not print {name}: {text}"))
+        };
+        DevEnv { bootstrap: get("TRIPLINE_KAFKA_BOOTSTRAP"), registry: get("TRIPLINE_REGISTRY_URL"), dir, local: true }
+    }
+
+    /// Whether the broker can be restarted by the test (only a local one).
+    pub fn can_restart_broker(&self) -> bool {
+        self.local
+    }
+
+    pub fn restart_broker(&self) {
+        let status = Command::new(root().join("scripts/dev-restart-broker"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("infra"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("scripts/dev-restart-broker runs");
+        assert!(status.success(), "broker restart failed");
+    }
+
+    /// A `tripline` command with this environment's addresses.
+    pub fn tripline(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("TRIPLINE_KAFKA_BOOTSTRAP", &self.bootstrap)
+            .env("TRIPLINE_REGISTRY_URL", &self.registry)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// Runs a tool command to completion; its stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.tripline().args(args).output().expect("tripline runs");
+        assert!(
+            out.status.success(),
+            "tripline {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn consumer(&self, group: &str) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .expect("consumer")
+    }
+
+    /// Whether `group` has committed every partition of `topic` to its end.
+    pub fn caught_up(&self, group: &str, topic: &str) -> bool {
+        let c = self.consumer(group);
+        let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(10)) else { return false };
+        let Some(t) = md.topics().first() else { return false };
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in t.partitions() {
+            let Ok((_, hi)) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10)) else { return false };
+            ends.insert(p.id(), hi);
+            tpl.add_partition(topic, p.id());
+        }
+        let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) else { return false };
+        ends.iter().all(|(p, hi)| {
+            *hi == 0
+                || matches!(committed.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *hi)
+        })
+    }
+
+    pub fn wait_caught_up(&self, group: &str, topic: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.caught_up(group, topic) {
+            assert!(start.elapsed() < limit, "group {group} did not catch up on {topic} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The committed records of a topic (values), via `tripline tail`.
+    pub fn committed(&self, config: &Path, topic: &str) -> Vec<String> {
+        let out = self.run_ok(&["tail", "--config", &config.display().to_string(), "--topic", topic, "--idle", "3"]);
+        out.lines().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for DevEnv {
+    fn drop(&mut self) {
+        if self.local {
+            let _ = Command::new(root().join("scripts/dev-down"))
+                .arg("--data-dir")
+                .arg(self.dir.path().join("infra"))
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A `tripline run` child process; killed when dropped.
+pub struct Service {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Service {
+    pub fn start(env: &DevEnv, config: &Path, name: &str) -> Service {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(env.dir.path().join(format!("{name}.log")))
+            .expect("log file");
+        let child = env
+            .tripline()
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tripline run starts");
+        Service { child, name: name.to_owned() }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (within 60 s).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                self.kill9();
+                panic!("{} did not stop within 60 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The tail of a service's log, for failure messages.
+pub fn log_tail(env: &DevEnv, name: &str) -> String {
+    let text = std::fs::read_to_string(env.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Writes a service config for the payments stream and the library's payment patterns.
+pub fn write_config(dir: &Path, group: &str, instance: &str, interval: &str, extra: &str) -> PathBuf {
+    let root = root();
+    let patterns: Vec<String> = ["structuring", "rapid_movement", "mule_fan_in", "mule_fan_out"]
+        .iter()
+        .map(|p| format!("{:?}", root.join(format!("patterns/{p}.tl")).display().to_string()))
+        .collect();
+    let text = format!(
+        r#"[streams.payments]
+topic = "payments"
+schema = {schema:?}
+timestamp_field = "event_time"
+max_out_of_orderness = "5s"
+key = "account_id"
+
+[engine]
+max_partial_matches_per_key = 10000
+
+[kafka]
+group_id = "{group}"
+
+[outputs]
+alerts_topic = "{group}.alerts"
+late_topic = "{group}.late"
+dead_letter_topic = "{group}.dead-letter"
+
+[service]
+patterns = [{patterns}]
+state_dir = "state-{group}-{instance}"
+instance_id = "{instance}"
+commit_interval = "{interval}"
+http_addr = "127.0.0.1:{port}"
+{extra}
+"#,
+        schema = root.join("testdata/schemas/payments.avsc").display().to_string(),
+        patterns = patterns.join(", "),
+        port = free_port(),
+    );
+    let path = dir.join(format!("{group}-{instance}.toml"));
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+/// A small deterministic generator (xorshift64*).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `n` payments over `keys` accounts as JSON lines, in event-time order with jitter below the
+/// stream's 5 s out-of-orderness (so none is late), shaped so the payment patterns alert.
+pub fn payments(n: usize, keys: u64, seed: u64) -> String {
+    payments_from(n, keys, seed, START, "P")
+}
+
+/// 2026-01-01T00:00:00Z.
+pub const START: i64 = 1_767_225_600_000;
+
+/// As [`payments`], from `start` (ms), with payment ids `<prefix>-<n>`.
+pub fn payments_from(n: usize, keys: u64, seed: u64, start: i64, prefix: &str) -> String {
+    let mut rng = Rng::new(seed);
+    let mut out = String::with_capacity(n * 330);
+    let channels = ["TRANSFER", "INSTANT_TRANSFER", "CASH_DEPOSIT", "CARD", "ATM_WITHDRAWAL", "INTERNATIONAL_WIRE"];
+    for i in 0..n {
+        let account = rng.below(keys);
+        let ts = start + i as i64 * 50 + rng.below(2_000) as i64;
+        let channel = channels[rng.below(channels.len() as u64) as usize];
+        let direction = if channel == "CASH_DEPOSIT" || rng.below(2) == 0 { "IN" } else { "OUT" };
+        let amount = match rng.below(10) {
+            0..=2 => 8_000.0 + rng.below(2_000) as f64,
+            3..=4 => 5_000.0 + rng.below(20_000) as f64,
+            _ => 10.0 + rng.below(1_000) as f64,
+        };
+        let counterparty = format!("CP-{}", rng.below(200));
+        let branch = if channel == "CASH_DEPOSIT" { format!("\"BR-{}\"", rng.below(20)) } else { "null".to_owned() };
+        let _ = writeln!(
+            out,
+            r#"{{"stream":"payments","value":{{"payment_id":"{prefix}-{i}","account_id":"ACC-{account}","customer_id":"C-{account}","counterparty_account_id":"{counterparty}","counterparty_name":null,"counterparty_country":"DE","direction":"{direction}","amount":{amount:.1},"currency":"EUR","channel":"{channel}","country":"DE","branch_id":{branch},"reference":null,"event_time":{ts}}}}}"#
+        );
+    }
+    out
+}
+
+/// Alert lines by id; panics on a duplicate id.
+pub fn by_id(lines: &[String], what: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        let j: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {l}"));
+        let id = j["alert_id"].as_str().unwrap_or_else(|| panic!("{what}: no alert_id: {l}")).to_owned();
+        if let Some(prev) = m.insert(id.clone(), l.clone()) {
+            panic!("{what}: alert {id} committed twice:\n{prev}\n{l}");
+        }
+    }
+    m
+}
+
+/// Compares two alert sets, describing the first differences.
+pub fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, what: &str) {
+    let only_a: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).take(3).collect();
+    let only_b: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).take(3).collect();
+    let differ: Vec<&String> = a.keys().filter(|k| b.get(*k).is_some_and(|v| v != &a[*k])).take(3).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty() && differ.is_empty(),
+        "{what}: {} vs {} alerts; only left: {:?}; only right: {:?}; different bytes: {:?}",
+        a.len(),
+        b.len(),
+        only_a.iter().map(|k| &a[*k]).collect::<Vec<_>>(),
+        only_b.iter().map(|k| &b[*k]).collect::<Vec<_>>(),
+        differ.iter().map(|k| (&a[*k], &b[*k])).collect::<Vec<_>>()
+    );
+}

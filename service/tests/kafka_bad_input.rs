@@ -1,0 +1,216 @@
+//! Bad input never stops the service and is never lost: undecodable bytes, an unknown schema
+//! id, a schema of another stream, a writer schema without a required field, a truncated datum
+//! and absurd timestamps each land in the dead-letter topic with their reason and source
+//! coordinates; a late event lands in the late topic; the good events still alert as a replay
+//! of them does; and consumed = processed + late + dead-lettered.
+
+#![allow(clippy::print_stderr)] // the figures are the output
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apache_avro::types::Value as Avro;
+use apache_avro::Schema;
+use common::{assert_same, by_id, log_tail, write_config, DevEnv, Service};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use schema_registry_converter::blocking::schema_registry::{post_schema, SrSettings};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+
+fn register(env: &DevEnv, subject: &str, schema: &str) -> u32 {
+    let sr = SrSettings::new(env.registry.clone());
+    post_schema(&sr, subject.to_owned(), SuppliedSchema::new(None, SchemaType::Avro, schema.to_owned()))
+        .expect("schema registered")
+        .id
+}
+
+fn framed(id: u32, schema: &Schema, value: Avro) -> Vec<u8> {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend(
+        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value))
+            .expect("encodes"),
+    );
+    v
+}
+
+/// (topic, partition, offset) -> headers, for every record of `topic`.
+fn records(env: &DevEnv, topic: &str) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.bootstrap)
+        .set("group.id", "bad-input-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let parts = md.topics()[0].partitions().len();
+    for p in 0..parts as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut eof = 0;
+    let start = std::time::Instant::now();
+    while eof < parts && start.elapsed() < Duration::from_secs(30) {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut h = BTreeMap::new();
+                if let Some(hs) = m.headers() {
+                    for x in hs.iter() {
+                        h.insert(x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned());
+                    }
+                }
+                out.push((h, m.payload().unwrap_or_default().to_vec()));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
+    let env = DevEnv::start();
+    let dir = env.dir.path().to_owned();
+    let cfg = write_config(&dir, "bad", "a", "50ms", "");
+    // Good events first (registers the payments schema and creates the topic, 2 partitions).
+    std::fs::write(dir.join("good.jsonl"), common::payments(3_000, 100, 5)).expect("written");
+    env.run_ok(&["produce", "--config", &cfg.display().to_string(), "--input", "good.jsonl", "--partitions", "2"]);
+
+    let root = common::root();
+    let payments_json = std::fs::read_to_string(root.join("testdata/schemas/payments.avsc")).expect("schema");
+    let payments = Schema::parse_str(&payments_json).expect("parses");
+    let payments_id = register(&env, "payments-value", &payments_json);
+    let cards_json = std::fs::read_to_string(root.join("testdata/schemas/card_auths.avsc")).expect("schema");
+    let cards_id = register(&env, "cards-elsewhere-value", &cards_json);
+    // A payments writer schema without `customer_id` (which the service's schema requires).
+    let mut short: serde_json::Value = serde_json::from_str(&payments_json).expect("json");
+    short["fields"].as_array_mut().expect("fields").retain(|f| f["name"] != "customer_id");
+    let short_json = short.to_string();
+    let short_schema = Schema::parse_str(&short_json).expect("parses");
+    let short_id = register(&env, "payments-short-value", &short_json);
+
+    let payment = |ts: i64, drop_customer: bool| {
+        let mut fields = vec![
+            ("payment_id", Avro::String("BAD-1".into())),
+            ("account_id", Avro::String("ACC-1".into())),
+            ("customer_id", Avro::String("C-1".into())),
+            ("counterparty_account_id", Avro::String("CP-1".into())),
+            ("counterparty_name", Avro::Union(0, Box::new(Avro::Null))),
+            ("counterparty_country", Avro::Union(0, Box::new(Avro::Null))),
+            ("direction", Avro::Enum(0, "IN".into())),
+            ("amount", Avro::Double(10.0)),
+            ("currency", Avro::String("EUR".into())),
+            ("channel", Avro::Enum(0, "CARD".into())),
+            ("country", Avro::String("DE".into())),
+            ("branch_id", Avro::Union(0, Box::new(Avro::Null))),
+            ("reference", Avro::Union(0, Box::new(Avro::Null))),
+            ("event_time", Avro::TimestampMillis(ts)),
+        ];
+        if drop_customer {
+            fields.retain(|(n, _)| *n != "customer_id");
+        }
+        Avro::Record(fields.into_iter().map(|(n, v)| (n.to_owned(), v)).collect())
+    };
+    let now_ish = common::START + 3_000 * 50;
+    let valid = framed(payments_id, &payments, payment(now_ish, false));
+    let mut truncated = valid.clone();
+    truncated.truncate(valid.len() - 6);
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("not-avro", b"this is not avro".to_vec()),
+        ("unknown-schema", {
+            let mut v = vec![0, 0, 0x0f, 0x42, 0x40];
+            v.extend_from_slice(b"\x02\x04");
+            v
+        }),
+        ("wrong-schema", {
+            let mut v = vec![0];
+            v.extend_from_slice(&cards_id.to_be_bytes());
+            v.extend_from_slice(&[0; 40]);
+            v
+        }),
+        ("missing-field", framed(short_id, &short_schema, payment(now_ish, true))),
+        ("undecodable", truncated),
+        ("bad-timestamp", framed(payments_id, &payments, payment(253_402_300_799_000, false))),
+        ("bad-timestamp", framed(payments_id, &payments, payment(-5, false))),
+    ];
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &env.bootstrap).create().expect("producer");
+    for (_, bytes) in &bad {
+        producer.send(BaseRecord::<str, [u8]>::to("payments").key("ACC-1").payload(bytes)).expect("queued");
+    }
+    // A late one: an hour behind everything else on its partition.
+    let late = framed(payments_id, &payments, payment(now_ish - 3_600_000, false));
+    producer.send(BaseRecord::<str, [u8]>::to("payments").key("ACC-1").payload(&late)).expect("queued");
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+    // More good events after the bad ones: the service must keep going.
+    std::fs::write(dir.join("good2.jsonl"), common::payments_from(3_000, 100, 6, common::START + 160_000, "Q"))
+        .expect("written");
+    env.run_ok(&["produce", "--config", &cfg.display().to_string(), "--input", "good2.jsonl"]);
+
+    let mut svc = Service::start(&env, &cfg, "bad");
+    env.wait_caught_up("bad", "payments", Duration::from_secs(300));
+    assert!(svc.stop().success(), "the service did not stop cleanly:\n{}", log_tail(&env, "bad"));
+
+    let dead = records(&env, "bad.dead-letter");
+    let mut reasons: Vec<&str> =
+        dead.iter().map(|(h, _)| h.get("tripline.reason").map(String::as_str).unwrap_or("?")).collect();
+    reasons.sort();
+    let mut expected: Vec<&str> = bad.iter().map(|(r, _)| *r).collect();
+    expected.sort();
+    assert_eq!(reasons, expected, "dead letters: {dead:?}");
+    for (h, payload) in &dead {
+        assert_eq!(h.get("tripline.source.topic").map(String::as_str), Some("payments"), "{h:?}");
+        assert!(h.contains_key("tripline.source.partition") && h.contains_key("tripline.source.offset"), "{h:?}");
+        assert!(!h.get("tripline.error").map(String::is_empty).unwrap_or(true), "a reason message: {h:?}");
+        assert!(bad.iter().any(|(_, b)| b == payload), "the original bytes are kept");
+    }
+    let late_records = records(&env, "bad.late");
+    assert_eq!(late_records.len(), 1, "one late event: {late_records:?}");
+    assert_eq!(late_records[0].1, late);
+
+    // The counts add up, as the service reports them when it stops.
+    let log = std::fs::read_to_string(dir.join("bad.log")).expect("log");
+    let stopped = log.lines().rev().find(|l| l.contains("stopped")).expect("a final report");
+    let field = |name: &str| -> u64 {
+        let at = stopped.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} in {stopped}"));
+        stopped[at + name.len() + 1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .expect("a number")
+    };
+    let total = 6_000 + bad.len() as u64 + 1;
+    assert_eq!(field("consumed"), total, "{stopped}");
+    assert_eq!(field("processed") + field("late") + field("dead_lettered"), total, "{stopped}");
+    assert_eq!(field("dead_lettered"), bad.len() as u64);
+    assert_eq!(field("late"), 1);
+
+    // The good events alert exactly as a replay of them.
+    env.run_ok(&["export", "--config", &cfg.display().to_string(), "--stream", "payments", "--output", "export.jsonl"]);
+    let mut args: Vec<String> =
+        vec!["replay".into(), "--config".into(), cfg.display().to_string(), "--open-end".into()];
+    for p in ["structuring", "rapid_movement", "mule_fan_in", "mule_fan_out"] {
+        args.push("--patterns".into());
+        args.push(root.join(format!("patterns/{p}.tl")).display().to_string());
+    }
+    args.extend(["--input", "export.jsonl", "--output", "replay.jsonl"].map(String::from));
+    let out = env.tripline().args(&args).output().expect("replay runs");
+    // The export keeps the records that decode; replay rejects the absurd timestamps again.
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed: Vec<String> =
+        std::fs::read_to_string(dir.join("replay.jsonl")).expect("output").lines().map(str::to_owned).collect();
+    let committed = by_id(&env.committed(&cfg, "bad.alerts"), "service");
+    assert!(!committed.is_empty());
+    assert_same(&committed, &by_id(&replayed, "replay"), "service vs replay");
+}
