@@ -61,9 +61,10 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub properties: BTreeMap<String, Secret>,
     /// Join the group as a static member (`group.instance.id = <group_id>-<instance_id>`): a
-    /// restarted instance gets its partitions back at once, without a rebalance; an instance
-    /// that stops for good keeps its partitions until its session times out.
-    #[serde(default = "default_true")]
+    /// restarted instance gets its partitions back at once, without a rebalance; but an instance
+    /// that stops does not leave the group (its partitions wait for its session to time out).
+    /// Off (the default): an instance that stops leaves the group and its partitions move at once.
+    #[serde(default)]
     pub static_membership: bool,
 }
 
@@ -73,13 +74,9 @@ impl Default for KafkaConfig {
             bootstrap_servers: None,
             group_id: default_group(),
             properties: BTreeMap::new(),
-            static_membership: true,
+            static_membership: false,
         }
     }
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_group() -> String {

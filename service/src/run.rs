@@ -256,6 +256,8 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
+        // A fetch returns after at most this long when there is nothing new (alert latency).
+        .set("fetch.wait.max.ms", "100")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
     // The configured properties win over these defaults.

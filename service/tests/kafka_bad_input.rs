@@ -158,6 +158,9 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     env.run_ok(&["produce", "--config", &cfg.display().to_string(), "--input", "good2.jsonl"]);
 
     let mut svc = Service::start(&env, &cfg, "bad");
+    common::wait_ready(&cfg, Duration::from_secs(60));
+    assert_eq!(common::http_status(&cfg, "/healthz"), Some(200));
+    assert_eq!(common::http_status(&cfg, "/nothing-here"), Some(404));
     env.wait_caught_up("bad", "payments", Duration::from_secs(300));
     assert!(svc.stop().success(), "the service did not stop cleanly:\n{}", log_tail(&env, "bad"));
 

@@ -15,15 +15,9 @@ fn instances_join_and_leave_without_changing_the_alerts() {
     let env = DevEnv::start();
     let dir = env.dir.path().to_owned();
     std::fs::write(dir.join("payments.jsonl"), common::payments(120_000, 5_000, 11)).expect("written");
-    // Dynamic membership: an instance that stops leaves the group, and its partitions move at once.
-    // (Static membership, the default, suits restarts: see the crash test.)
-    let cfg = |i: &str| {
-        let path = write_config(&dir, "scale", i, "100ms", "");
-        let text = std::fs::read_to_string(&path).expect("config");
-        std::fs::write(&path, text.replace("group_id = \"scale\"", "group_id = \"scale\"\nstatic_membership = false"))
-            .expect("config");
-        path
-    };
+    // Dynamic membership (the default): an instance that stops leaves the group, and its
+    // partitions move at once.
+    let cfg = |i: &str| write_config(&dir, "scale", i, "100ms", "");
     let (a, b, c) = (cfg("a"), cfg("b"), cfg("c"));
     env.run_ok(&["produce", "--config", &a.display().to_string(), "--input", "payments.jsonl", "--partitions", "6"]);
 

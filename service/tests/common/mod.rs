@@ -209,6 +209,28 @@ pub fn log_tail(env: &DevEnv, name: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// The status code of `GET path` on the service's HTTP address from `config` (None: no answer).
+pub fn http_status(config: &Path, path: &str) -> Option<u16> {
+    use std::io::{Read, Write as _};
+    let text = std::fs::read_to_string(config).ok()?;
+    let addr = text.lines().find_map(|l| l.strip_prefix("http_addr = "))?.trim_matches('"').to_owned();
+    let mut s = std::net::TcpStream::connect(&addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits until `/readyz` answers 200.
+pub fn wait_ready(config: &Path, limit: Duration) {
+    let start = Instant::now();
+    while http_status(config, "/readyz") != Some(200) {
+        assert!(start.elapsed() < limit, "not ready within {limit:?} (last: {:?})", http_status(config, "/readyz"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
