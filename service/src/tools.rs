@@ -153,7 +153,18 @@ fn to_avro(t: &Target, type_name: Option<&str>, value: &Json) -> Result<Avro> {
 pub fn tail(config: Option<&Path>, topic: &str, max: Option<u64>, idle: Option<Duration>, keys: bool) -> Result<u64> {
     let (cfg, _) = load(config)?;
     let consumer = reader(&cfg)?;
-    let parts = kafka::partition_counts(&consumer, &[topic])?[0].with_context(|| format!("no topic `{topic}`"))?;
+    // The topic may be about to be created (by a service starting up): wait for it a while.
+    let wait = idle.unwrap_or(Duration::from_secs(30));
+    let started = Instant::now();
+    let parts = loop {
+        if let Some(n) = kafka::partition_counts(&consumer, &[topic])?[0] {
+            break n;
+        }
+        if started.elapsed() >= wait {
+            bail!("no topic `{topic}` (waited {wait:?})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts as i32 {
         tpl.add_partition_offset(topic, p, Offset::Beginning).context("assignment")?;
