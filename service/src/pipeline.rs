@@ -83,6 +83,25 @@ pub struct StreamPlan {
     pub patterns: Vec<Arc<Nfa>>,
 }
 
+impl StreamPlan {
+    /// The plan of stream `name` (its config validated): the patterns of `nfas` that read it.
+    pub fn new(
+        name: &str,
+        config: &crate::config::StreamConfig,
+        schema: Arc<StreamSchema>,
+        nfas: &[Arc<Nfa>],
+    ) -> Arc<StreamPlan> {
+        let ooo = config.max_out_of_orderness.as_deref().and_then(|d| crate::config::parse_duration(d).ok());
+        Arc::new(StreamPlan {
+            name: name.to_owned(),
+            topic: config.topic.clone(),
+            schema,
+            out_of_orderness: ooo.unwrap_or(0),
+            patterns: nfas.iter().filter(|n| n.meta.stream == name).cloned().collect(),
+        })
+    }
+}
+
 /// What a partition reports, per record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {

@@ -122,20 +122,8 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
         OpConfig { max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
     let mut plans: BTreeMap<String, Arc<StreamPlan>> = BTreeMap::new();
     for (name, s) in &cfg.streams {
-        let ooo =
-            s.max_out_of_orderness.as_deref().map(config::parse_duration).transpose().unwrap_or(None).unwrap_or(0);
         let Some(schema) = catalog.streams.get(name).cloned() else { continue };
-        let patterns = nfas.iter().filter(|n| &n.meta.stream == name).cloned().collect();
-        plans.insert(
-            name.clone(),
-            Arc::new(StreamPlan {
-                name: name.clone(),
-                topic: s.topic.clone(),
-                schema,
-                out_of_orderness: ooo,
-                patterns,
-            }),
-        );
+        plans.insert(name.clone(), StreamPlan::new(name, s, schema, &nfas));
     }
     // One engine state per (stream, partition), as the service keeps it.
     let mut parts: BTreeMap<(String, i32), Partition> = BTreeMap::new();

@@ -136,20 +136,10 @@ pub fn setup(config: Option<&Path>) -> Result<Setup> {
         if plans.values().any(|p: &Arc<StreamPlan>| p.topic == s.topic) {
             return Err(usage(format!("{}: two streams read topic `{}`", path.display(), s.topic)));
         }
-        let ooo = s.max_out_of_orderness.as_deref().map(config::parse_duration).transpose()?.unwrap_or(0);
         let json = std::fs::read_to_string(base.join(&s.schema))
             .with_context(|| format!("cannot read the schema of stream `{name}`"))?;
         readers.push((name.clone(), json));
-        plans.insert(
-            s.topic.clone(),
-            Arc::new(StreamPlan {
-                name: name.clone(),
-                topic: s.topic.clone(),
-                schema,
-                out_of_orderness: ooo,
-                patterns,
-            }),
-        );
+        plans.insert(s.topic.clone(), StreamPlan::new(name, s, schema, &patterns));
     }
     if plans.is_empty() {
         return Err(usage("no pattern reads a configured stream: nothing to run"));

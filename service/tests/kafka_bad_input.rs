@@ -200,19 +200,8 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     assert_eq!(field("late"), 1);
 
     // The good events alert exactly as a replay of them.
-    env.run_ok(&["export", "--config", &cfg.display().to_string(), "--stream", "payments", "--output", "export.jsonl"]);
-    let mut args: Vec<String> =
-        vec!["replay".into(), "--config".into(), cfg.display().to_string(), "--open-end".into()];
-    for p in ["structuring", "rapid_movement", "mule_fan_in", "mule_fan_out"] {
-        args.push("--patterns".into());
-        args.push(root.join(format!("patterns/{p}.tl")).display().to_string());
-    }
-    args.extend(["--input", "export.jsonl", "--output", "replay.jsonl"].map(String::from));
-    let out = env.tripline().args(&args).output().expect("replay runs");
-    // The export keeps the records that decode; replay rejects the absurd timestamps again.
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    let replayed: Vec<String> =
-        std::fs::read_to_string(dir.join("replay.jsonl")).expect("output").lines().map(str::to_owned).collect();
+    // The export keeps the records that decode; replay rejects the absurd timestamps again (exit 1).
+    let replayed = common::export_and_replay(&env, &cfg, 1);
     let committed = by_id(&env.committed(&cfg, "bad.alerts"), "service");
     assert!(!committed.is_empty());
     assert_same(&committed, &by_id(&replayed, "replay"), "service vs replay");

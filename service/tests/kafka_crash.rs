@@ -89,26 +89,6 @@ fn sigkill_and_broker_restart_change_nothing() {
     assert_same(&steady, &crashed, "uninterrupted vs killed");
 
     // Replay over the same records.
-    env.run_ok(&[
-        "export",
-        "--config",
-        &crash_cfg.display().to_string(),
-        "--stream",
-        "payments",
-        "--output",
-        "export.jsonl",
-    ]);
-    let root = common::root();
-    let mut args =
-        vec!["replay".to_owned(), "--config".to_owned(), crash_cfg.display().to_string(), "--open-end".to_owned()];
-    for p in ["structuring", "rapid_movement", "mule_fan_in", "mule_fan_out"] {
-        args.push("--patterns".to_owned());
-        args.push(root.join(format!("patterns/{p}.tl")).display().to_string());
-    }
-    args.extend(["--input", "export.jsonl", "--output", "replay.jsonl"].map(str::to_owned));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    env.run_ok(&args);
-    let replayed: Vec<String> =
-        std::fs::read_to_string(dir.join("replay.jsonl")).expect("replay output").lines().map(str::to_owned).collect();
+    let replayed = common::export_and_replay(&env, &crash_cfg, 0);
     assert_same(&steady, &by_id(&replayed, "replay"), "service vs replay");
 }

@@ -47,17 +47,6 @@ fn instances_join_and_leave_without_changing_the_alerts() {
     let committed = by_id(&env.committed(&a, "scale.alerts"), "three instances");
     assert!(committed.len() > 500, "{} alerts", committed.len());
 
-    env.run_ok(&["export", "--config", &a.display().to_string(), "--stream", "payments", "--output", "export.jsonl"]);
-    let root = common::root();
-    let mut args: Vec<String> = vec!["replay".into(), "--config".into(), a.display().to_string(), "--open-end".into()];
-    for p in ["structuring", "rapid_movement", "mule_fan_in", "mule_fan_out"] {
-        args.push("--patterns".into());
-        args.push(root.join(format!("patterns/{p}.tl")).display().to_string());
-    }
-    args.extend(["--input", "export.jsonl", "--output", "replay.jsonl"].map(String::from));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    env.run_ok(&args);
-    let replayed: Vec<String> =
-        std::fs::read_to_string(dir.join("replay.jsonl")).expect("output").lines().map(str::to_owned).collect();
+    let replayed = common::export_and_replay(&env, &a, 0);
     assert_same(&committed, &by_id(&replayed, "replay"), "three instances vs replay");
 }

@@ -239,7 +239,7 @@ pub fn free_port() -> u16 {
 /// Writes a service config for the payments stream and the library's payment patterns.
 pub fn write_config(dir: &Path, group: &str, instance: &str, interval: &str, extra: &str) -> PathBuf {
     let root = root();
-    let patterns: Vec<String> = ["structuring", "rapid_movement", "mule_fan_in", "mule_fan_out"]
+    let patterns: Vec<String> = PAYMENT_PATTERNS
         .iter()
         .map(|p| format!("{:?}", root.join(format!("patterns/{p}.tl")).display().to_string()))
         .collect();
@@ -330,6 +330,29 @@ pub fn payments_from(n: usize, keys: u64, seed: u64, start: i64, prefix: &str) -
     }
     out
 }
+
+/// `tripline export` of the payments stream, then `tripline replay --open-end` over it with the
+/// payment patterns: the alert lines. `ok_exit`: the exit status replay must end with.
+pub fn export_and_replay(env: &DevEnv, config: &Path, ok_exit: i32) -> Vec<String> {
+    let config = config.display().to_string();
+    env.run_ok(&["export", "--config", &config, "--stream", "payments", "--output", "export.jsonl"]);
+    let mut args: Vec<String> = vec!["replay".into(), "--config".into(), config, "--open-end".into()];
+    for p in PAYMENT_PATTERNS {
+        args.push("--patterns".into());
+        args.push(root().join(format!("patterns/{p}.tl")).display().to_string());
+    }
+    args.extend(["--input", "export.jsonl", "--output", "replay.jsonl"].map(String::from));
+    let out = env.tripline().args(&args).output().expect("replay runs");
+    assert_eq!(out.status.code(), Some(ok_exit), "replay: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read_to_string(env.dir.path().join("replay.jsonl"))
+        .expect("replay output")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The library patterns over payments, which the tests run.
+pub const PAYMENT_PATTERNS: [&str; 4] = ["structuring", "rapid_movement", "mule_fan_in", "mule_fan_out"];
 
 /// Alert lines by id; panics on a duplicate id.
 pub fn by_id(lines: &[String], what: &str) -> BTreeMap<String, String> {
