@@ -134,6 +134,8 @@ pub struct Partition {
     max_ts: i64,
     /// The offset of the next record to read (the position a commit records).
     pub next_offset: i64,
+    /// Records were read since the last commit (the service's bookkeeping; not state).
+    pub advanced: bool,
     pub counts: Counts,
     outs: Vec<Output>,
 }
@@ -147,6 +149,7 @@ impl Partition {
             operators,
             max_ts: i64::MIN,
             next_offset: 0,
+            advanced: false,
             counts: Counts::default(),
             outs: Vec::new(),
         }

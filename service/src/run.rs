@@ -13,7 +13,7 @@
 //! which the rebalance callback takes from inside `poll`, on this same thread); a small tokio
 //! runtime serves `/healthz` and `/readyz` and turns SIGTERM/SIGINT into a shutdown request.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -218,7 +218,6 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         parts: HashMap::new(),
         in_txn: false,
         txn_started: Instant::now(),
-        touched: HashSet::new(),
         emit: Vec::new(),
         changelog,
         changelog_parts,
@@ -268,17 +267,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         if let Err(e) = core.commit(&consumer) {
             tracing::error!("the last commit failed: {e:#}");
         }
-        let t = core.totals;
-        tracing::info!(
-            consumed = t.consumed,
-            processed = t.processed,
-            late = t.late,
-            dead_lettered = t.dead_lettered,
-            alerts = t.alerts,
-            commits = t.commits,
-            aborts = t.aborts,
-            "stopped"
-        );
+        core.totals.log("stopped", core.parts.values().map(HashMap::len).sum());
     }
     consumer.unsubscribe();
     drop(consumer);
@@ -330,18 +319,7 @@ fn main_loop(
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
-            let t = core.totals;
-            tracing::info!(
-                consumed = t.consumed,
-                alerts = t.alerts,
-                late = t.late,
-                dead_lettered = t.dead_lettered,
-                commits = t.commits,
-                aborts = t.aborts,
-                commit_ms_avg = t.commit_us / t.commits.max(1) / 1000,
-                partitions = core.parts.values().map(HashMap::len).sum::<usize>(),
-                "progress"
-            );
+            core.totals.log("progress", core.parts.values().map(HashMap::len).sum());
         }
     }
     tracing::info!("shutdown requested: committing and leaving the group");
@@ -370,6 +348,24 @@ struct Shared {
     assigned: Mutex<Option<Vec<(String, i32)>>>,
 }
 
+impl Totals {
+    fn log(&self, what: &str, partitions: usize) {
+        let t = self;
+        tracing::info!(
+            consumed = t.consumed,
+            processed = t.processed,
+            late = t.late,
+            dead_lettered = t.dead_lettered,
+            alerts = t.alerts,
+            commits = t.commits,
+            aborts = t.aborts,
+            commit_ms_avg = t.commit_us / t.commits.max(1) / 1000,
+            partitions,
+            "{what}"
+        );
+    }
+}
+
 /// Counters over the process's life (logged).
 #[derive(Clone, Copy, Debug, Default)]
 struct Totals {
@@ -394,8 +390,6 @@ struct Core {
     parts: HashMap<String, HashMap<i32, Partition>>,
     in_txn: bool,
     txn_started: Instant,
-    /// Partitions that advanced in the open transaction.
-    touched: HashSet<(String, i32)>,
     emit: Vec<Emit>,
     changelog: String,
     changelog_parts: i32,
@@ -473,6 +467,7 @@ impl Core {
             Err(r) => Err(r),
         };
         part.next_offset = off + 1;
+        part.advanced = true;
         match outcome {
             Ok(None) => self.totals.processed += 1,
             Ok(Some((ts, wm))) => {
@@ -481,8 +476,7 @@ impl Core {
                     .insert(Header { key: "tripline.reason", value: Some("late") })
                     .insert(Header { key: "tripline.event_time", value: Some(&ts.to_string()) })
                     .insert(Header { key: "tripline.watermark", value: Some(&wm.to_string()) });
-                let late = self.late_topic.clone();
-                self.send(&late, msg.key(), msg.payload(), headers)?;
+                produce(&self.producer, &self.late_topic, None, msg.key(), msg.payload(), headers)?;
             }
             Err(r) => {
                 part.counts.dead_lettered += 1;
@@ -491,62 +485,26 @@ impl Core {
                 let headers = source_headers(msg)
                     .insert(Header { key: "tripline.reason", value: Some(r.code) })
                     .insert(Header { key: "tripline.error", value: Some(&r.message) });
-                let dlq = self.dead_letter_topic.clone();
-                self.send(&dlq, msg.key(), msg.payload(), headers)?;
+                produce(&self.producer, &self.dead_letter_topic, None, msg.key(), msg.payload(), headers)?;
             }
         }
-        self.touched.insert((topic.to_owned(), p));
         for e in emit.drain(..) {
             match e {
                 Emit::Alert { key, json } => {
                     self.totals.alerts += 1;
-                    let t = self.alerts_topic.clone();
-                    self.send(&t, Some(key.as_bytes()), Some(json.as_bytes()), OwnedHeaders::new())?;
+                    let (k, v) = (Some(key.as_bytes()), Some(json.as_bytes()));
+                    produce(&self.producer, &self.alerts_topic, None, k, v, OwnedHeaders::new())?;
                 }
                 Emit::Timeout { key, json } => {
-                    if let Some(t) = self.timeouts_topic.clone() {
-                        self.send(&t, Some(key.as_bytes()), Some(json.as_bytes()), OwnedHeaders::new())?;
+                    if let Some(t) = &self.timeouts_topic {
+                        let (k, v) = (Some(key.as_bytes()), Some(json.as_bytes()));
+                        produce(&self.producer, t, None, k, v, OwnedHeaders::new())?;
                     }
                 }
             }
         }
         self.emit = emit;
         Ok(())
-    }
-
-    /// Produces one record in the open transaction, waiting while the local queue is full.
-    fn send(&mut self, topic: &str, key: Option<&[u8]>, payload: Option<&[u8]>, headers: OwnedHeaders) -> Result<()> {
-        self.send_to(topic, None, key, payload, headers)
-    }
-
-    fn send_to(
-        &mut self,
-        topic: &str,
-        partition: Option<i32>,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        headers: OwnedHeaders,
-    ) -> Result<()> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(v) = payload {
-            record = record.payload(v);
-        }
-        if let Some(p) = partition {
-            record = record.partition(p);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => bail!("cannot produce to `{topic}`: {e}"),
-            }
-        }
     }
 
     /// Commits the open transaction: changelog records of the touched partitions, their
@@ -559,32 +517,32 @@ impl Core {
         let started = Instant::now();
         let mut changes = Vec::new();
         let mut offsets = TopicPartitionList::new();
-        let touched: Vec<(String, i32)> = self.touched.drain().collect();
         let mut records = Vec::new();
-        for (t, p) in &touched {
-            let Some(part) = self.parts.get_mut(t).and_then(|m| m.get_mut(p)) else { continue };
-            records.clear();
-            part.take_changes(&mut records);
-            offsets.add_partition_offset(t, *p, Offset::Offset(part.next_offset)).context("offsets to commit")?;
-            let cp = p % self.changelog_parts;
-            let changelog = self.changelog.clone();
-            for (k, v) in records.drain(..) {
-                if let Some(v) = v.as_ref().filter(|v| v.len() > MAX_STATE_RECORD) {
-                    // The key record: partition prefix, `K`, the pattern's 16-digit hash, the key.
-                    let at = state_prefix(t, *p).len() + 1 + 16;
-                    let key = k
-                        .get(at..)
-                        .and_then(|b| engine::runtime::Key::decode(b).ok())
-                        .map(|k| k.to_string())
-                        .unwrap_or_default();
-                    bail!(
-                        "the state of one key of {t}/{p} ({key}) is {} bytes, more than a changelog record may be \
-                         ({MAX_STATE_RECORD}); bound it with engine.max_partial_matches_per_key",
-                        v.len()
-                    );
+        for (t, m) in &mut self.parts {
+            for (p, part) in m.iter_mut().filter(|(_, part)| part.advanced) {
+                part.advanced = false;
+                records.clear();
+                part.take_changes(&mut records);
+                offsets.add_partition_offset(t, *p, Offset::Offset(part.next_offset)).context("offsets to commit")?;
+                let cp = p % self.changelog_parts;
+                for (k, v) in records.drain(..) {
+                    if let Some(v) = v.as_ref().filter(|v| v.len() > MAX_STATE_RECORD) {
+                        // The key record: partition prefix, `K`, the pattern's 16-digit hash, the key.
+                        let at = state_prefix(t, *p).len() + 1 + 16;
+                        let key = k
+                            .get(at..)
+                            .and_then(|b| engine::runtime::Key::decode(b).ok())
+                            .map(|k| k.to_string())
+                            .unwrap_or_default();
+                        bail!(
+                            "the state of one key of {t}/{p} ({key}) is {} bytes, more than a changelog record may \
+                             be ({MAX_STATE_RECORD}); bound it with engine.max_partial_matches_per_key",
+                            v.len()
+                        );
+                    }
+                    produce(&self.producer, &self.changelog, Some(cp), Some(&k), v.as_deref(), OwnedHeaders::new())?;
+                    changes.push((k, v));
                 }
-                self.send_to(&changelog, Some(cp), Some(&k), v.as_deref(), OwnedHeaders::new())?;
-                changes.push((k, v));
             }
         }
         let result = match consumer.group_metadata() {
@@ -791,6 +749,37 @@ impl Core {
     fn restore_client(&self) -> Result<BaseConsumer> {
         // The same client settings as the group consumer, but no group: it never commits.
         self.restore_config.create().map_err(|e| anyhow!("cannot create the changelog reader: {e}"))
+    }
+}
+
+/// Produces one record (in the open transaction), waiting while the local queue is full.
+fn produce(
+    producer: &BaseProducer<Logger>,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: OwnedHeaders,
+) -> Result<()> {
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(v) = payload {
+        record = record.payload(v);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => bail!("cannot produce to `{topic}`: {e}"),
+        }
     }
 }
 
