@@ -309,7 +309,7 @@ fn main_loop(
             }
             Some(Ok(msg)) => {
                 handle_assignment(consumer, shared)?;
-                lock(shared).handle(consumer, &msg, health)?;
+                lock(shared).handle(&msg, health)?;
             }
         }
         let mut core = lock(shared);
@@ -417,12 +417,7 @@ impl Core {
         Ok(())
     }
 
-    fn handle(
-        &mut self,
-        consumer: &BaseConsumer<GroupContext>,
-        msg: &BorrowedMessage<'_>,
-        health: &Health,
-    ) -> Result<()> {
+    fn handle(&mut self, msg: &BorrowedMessage<'_>, health: &Health) -> Result<()> {
         let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
         let Some(plan) = self.plans.get(topic).cloned() else { return Ok(()) };
         match self.parts.get(topic).and_then(|m| m.get(&p)) {
@@ -444,8 +439,6 @@ impl Core {
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    // Keep the group membership alive while waiting.
-                    let _ = consumer.position();
                 }
                 Ok(event) => break Ok(event),
                 Err(DecodeError::Reject(r)) => break Err(r),
