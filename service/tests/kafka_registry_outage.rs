@@ -1,0 +1,110 @@
+//! A schema registry that does not answer is not a reason to dead-letter: records whose writer
+//! schema the service has not seen yet wait (the service retries) until the registry is back,
+//! then are processed. Nothing lands in the dead-letter topic.
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::time::Duration;
+
+use apache_avro::types::Value as Avro;
+use apache_avro::Schema;
+use common::{log_tail, write_config, DevEnv, Service};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use schema_registry_converter::blocking::schema_registry::{post_schema, SrSettings};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+
+#[test]
+fn records_wait_for_the_registry_instead_of_being_dead_lettered() {
+    let env = DevEnv::start();
+    if !env.can_restart_broker() {
+        eprintln!("an external registry cannot be stopped by the test: skipped");
+        return;
+    }
+    let dir = env.dir.path().to_owned();
+    let cfg = write_config(&dir, "outage", "a", "50ms", "");
+    std::fs::write(dir.join("good.jsonl"), common::payments(2_000, 100, 21)).expect("written");
+    env.run_ok(&["produce", "--config", &cfg.display().to_string(), "--input", "good.jsonl", "--partitions", "2"]);
+    let mut svc = Service::start(&env, &cfg, "outage");
+    env.wait_caught_up("outage", "payments", Duration::from_secs(120));
+
+    // A second, compatible version of the payments schema (one more optional field), which the
+    // service has not fetched yet.
+    let json = std::fs::read_to_string(common::root().join("testdata/schemas/payments.avsc")).expect("schema");
+    let mut v2: serde_json::Value = serde_json::from_str(&json).expect("json");
+    v2["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(serde_json::json!({"name": "note", "type": ["null", "string"], "default": null}));
+    let v2_json = v2.to_string();
+    let sr = SrSettings::new(env.registry.clone());
+    let id =
+        post_schema(&sr, "payments-value".to_owned(), SuppliedSchema::new(None, SchemaType::Avro, v2_json.clone()))
+            .expect("registered")
+            .id;
+    let schema = Schema::parse_str(&v2_json).expect("parses");
+
+    // The registry goes away.
+    let pid = std::fs::read_to_string(dir.join("infra/registry.pid")).expect("registry pid");
+    assert!(std::process::Command::new("kill").arg(pid.trim()).status().expect("kill").success());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &env.bootstrap).create().expect("producer");
+    let n = 20;
+    for i in 0..n {
+        let ts = common::START + 200_000 + i * 10;
+        let fields: Vec<(String, Avro)> = vec![
+            ("payment_id", Avro::String(format!("V2-{i}"))),
+            ("account_id", Avro::String("ACC-1".into())),
+            ("customer_id", Avro::String("C-1".into())),
+            ("counterparty_account_id", Avro::String("CP-1".into())),
+            ("counterparty_name", Avro::Union(0, Box::new(Avro::Null))),
+            ("counterparty_country", Avro::Union(0, Box::new(Avro::Null))),
+            ("direction", Avro::Enum(0, "IN".into())),
+            ("amount", Avro::Double(10.0)),
+            ("currency", Avro::String("EUR".into())),
+            ("channel", Avro::Enum(0, "CARD".into())),
+            ("country", Avro::String("DE".into())),
+            ("branch_id", Avro::Union(0, Box::new(Avro::Null))),
+            ("reference", Avro::Union(0, Box::new(Avro::Null))),
+            ("event_time", Avro::TimestampMillis(ts)),
+            ("note", Avro::Union(1, Box::new(Avro::String("v2".into())))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes.extend(
+            apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+                .build()
+                .and_then(|w| w.write_value_to_vec(Avro::Record(fields)))
+                .expect("encodes"),
+        );
+        producer.send(BaseRecord::<str, [u8]>::to("payments").key("ACC-1").payload(&bytes)).expect("queued");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flushed");
+
+    // While the registry is down the service waits: not caught up, nothing dead-lettered.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(svc.exited().is_none(), "the service gave up:\n{}", log_tail(&env, "outage"));
+    assert!(!env.caught_up("outage", "payments"), "records of an unknown writer schema were committed");
+    let log = std::fs::read_to_string(dir.join("outage.log")).expect("log");
+    assert!(log.contains("the schema registry did not answer"), "{}", log_tail(&env, "outage"));
+
+    // The registry comes back (same port, same data): the records are processed.
+    let out = std::process::Command::new(common::root().join("scripts/dev-up"))
+        .arg("--data-dir")
+        .arg(dir.join("infra"))
+        .output()
+        .expect("dev-up");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.wait_caught_up("outage", "payments", Duration::from_secs(120));
+    assert!(svc.stop().success(), "{}", log_tail(&env, "outage"));
+    let log = std::fs::read_to_string(dir.join("outage.log")).expect("log");
+    let stopped = log.lines().rev().find(|l| l.contains("stopped")).expect("a final report");
+    assert!(stopped.contains(&format!("consumed={} processed={} ", 2_000 + n, 2_000 + n)), "{stopped}");
+    assert!(stopped.contains("dead_lettered=0"), "{stopped}");
+}
