@@ -469,7 +469,7 @@ impl Core {
                     .insert(Header { key: "tripline.reason", value: Some("late") })
                     .insert(Header { key: "tripline.event_time", value: Some(&ts.to_string()) })
                     .insert(Header { key: "tripline.watermark", value: Some(&wm.to_string()) });
-                produce(&self.producer, &self.late_topic, None, msg.key(), msg.payload(), headers)?;
+                produce(&self.producer, &self.late_topic, None, msg.key(), msg.payload(), Some(headers))?;
             }
             Err(r) => {
                 part.counts.dead_lettered += 1;
@@ -478,7 +478,7 @@ impl Core {
                 let headers = source_headers(msg)
                     .insert(Header { key: "tripline.reason", value: Some(r.code) })
                     .insert(Header { key: "tripline.error", value: Some(&r.message) });
-                produce(&self.producer, &self.dead_letter_topic, None, msg.key(), msg.payload(), headers)?;
+                produce(&self.producer, &self.dead_letter_topic, None, msg.key(), msg.payload(), Some(headers))?;
             }
         }
         for e in emit.drain(..) {
@@ -486,12 +486,12 @@ impl Core {
                 Emit::Alert { key, json } => {
                     self.totals.alerts += 1;
                     let (k, v) = (Some(key.as_bytes()), Some(json.as_bytes()));
-                    produce(&self.producer, &self.alerts_topic, None, k, v, OwnedHeaders::new())?;
+                    produce(&self.producer, &self.alerts_topic, None, k, v, None)?;
                 }
                 Emit::Timeout { key, json } => {
                     if let Some(t) = &self.timeouts_topic {
                         let (k, v) = (Some(key.as_bytes()), Some(json.as_bytes()));
-                        produce(&self.producer, t, None, k, v, OwnedHeaders::new())?;
+                        produce(&self.producer, t, None, k, v, None)?;
                     }
                 }
             }
@@ -533,7 +533,7 @@ impl Core {
                             v.len()
                         );
                     }
-                    produce(&self.producer, &self.changelog, Some(cp), Some(&k), v.as_deref(), OwnedHeaders::new())?;
+                    produce(&self.producer, &self.changelog, Some(cp), Some(&k), v.as_deref(), None)?;
                     changes.push((k, v));
                 }
             }
@@ -752,9 +752,12 @@ fn produce(
     partition: Option<i32>,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
-    headers: OwnedHeaders,
+    headers: Option<OwnedHeaders>,
 ) -> Result<()> {
-    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
     if let Some(k) = key {
         record = record.key(k);
     }
