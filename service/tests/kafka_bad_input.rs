@@ -28,18 +28,6 @@ fn register(env: &DevEnv, subject: &str, schema: &str) -> u32 {
         .id
 }
 
-fn framed(id: u32, schema: &Schema, value: Avro) -> Vec<u8> {
-    let mut v = vec![0u8];
-    v.extend_from_slice(&id.to_be_bytes());
-    v.extend(
-        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-            .build()
-            .and_then(|w| w.write_value_to_vec(value))
-            .expect("encodes"),
-    );
-    v
-}
-
 /// (topic, partition, offset) -> headers, for every record of `topic`.
 fn records(env: &DevEnv, topic: &str) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
     let c: BaseConsumer = ClientConfig::new()
@@ -100,29 +88,14 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let short_id = register(&env, "payments-short-value", &short_json);
 
     let payment = |ts: i64, drop_customer: bool| {
-        let mut fields = vec![
-            ("payment_id", Avro::String("BAD-1".into())),
-            ("account_id", Avro::String("ACC-1".into())),
-            ("customer_id", Avro::String("C-1".into())),
-            ("counterparty_account_id", Avro::String("CP-1".into())),
-            ("counterparty_name", Avro::Union(0, Box::new(Avro::Null))),
-            ("counterparty_country", Avro::Union(0, Box::new(Avro::Null))),
-            ("direction", Avro::Enum(0, "IN".into())),
-            ("amount", Avro::Double(10.0)),
-            ("currency", Avro::String("EUR".into())),
-            ("channel", Avro::Enum(0, "CARD".into())),
-            ("country", Avro::String("DE".into())),
-            ("branch_id", Avro::Union(0, Box::new(Avro::Null))),
-            ("reference", Avro::Union(0, Box::new(Avro::Null))),
-            ("event_time", Avro::TimestampMillis(ts)),
-        ];
+        let mut fields = common::payment_fields("BAD-1", ts);
         if drop_customer {
-            fields.retain(|(n, _)| *n != "customer_id");
+            fields.retain(|(n, _)| n != "customer_id");
         }
-        Avro::Record(fields.into_iter().map(|(n, v)| (n.to_owned(), v)).collect())
+        Avro::Record(fields)
     };
     let now_ish = common::START + 3_000 * 50;
-    let valid = framed(payments_id, &payments, payment(now_ish, false));
+    let valid = common::framed(payments_id, &payments, payment(now_ish, false));
     let mut truncated = valid.clone();
     truncated.truncate(valid.len() - 6);
     let bad: Vec<(&str, Vec<u8>)> = vec![
@@ -138,10 +111,10 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
             v.extend_from_slice(&[0; 40]);
             v
         }),
-        ("missing-field", framed(short_id, &short_schema, payment(now_ish, true))),
+        ("missing-field", common::framed(short_id, &short_schema, payment(now_ish, true))),
         ("undecodable", truncated),
-        ("bad-timestamp", framed(payments_id, &payments, payment(253_402_300_799_000, false))),
-        ("bad-timestamp", framed(payments_id, &payments, payment(-5, false))),
+        ("bad-timestamp", common::framed(payments_id, &payments, payment(253_402_300_799_000, false))),
+        ("bad-timestamp", common::framed(payments_id, &payments, payment(-5, false))),
     ];
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", &env.bootstrap).create().expect("producer");
@@ -149,7 +122,7 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
         producer.send(BaseRecord::<str, [u8]>::to("payments").key("ACC-1").payload(bytes)).expect("queued");
     }
     // A late one: an hour behind everything else on its partition.
-    let late = framed(payments_id, &payments, payment(now_ish - 3_600_000, false));
+    let late = common::framed(payments_id, &payments, payment(now_ish - 3_600_000, false));
     producer.send(BaseRecord::<str, [u8]>::to("payments").key("ACC-1").payload(&late)).expect("queued");
     producer.flush(Duration::from_secs(10)).expect("flushed");
     // More good events after the bad ones: the service must keep going.

@@ -55,34 +55,9 @@ fn records_wait_for_the_registry_instead_of_being_dead_lettered() {
     let n = 20;
     for i in 0..n {
         let ts = common::START + 200_000 + i * 10;
-        let fields: Vec<(String, Avro)> = vec![
-            ("payment_id", Avro::String(format!("V2-{i}"))),
-            ("account_id", Avro::String("ACC-1".into())),
-            ("customer_id", Avro::String("C-1".into())),
-            ("counterparty_account_id", Avro::String("CP-1".into())),
-            ("counterparty_name", Avro::Union(0, Box::new(Avro::Null))),
-            ("counterparty_country", Avro::Union(0, Box::new(Avro::Null))),
-            ("direction", Avro::Enum(0, "IN".into())),
-            ("amount", Avro::Double(10.0)),
-            ("currency", Avro::String("EUR".into())),
-            ("channel", Avro::Enum(0, "CARD".into())),
-            ("country", Avro::String("DE".into())),
-            ("branch_id", Avro::Union(0, Box::new(Avro::Null))),
-            ("reference", Avro::Union(0, Box::new(Avro::Null))),
-            ("event_time", Avro::TimestampMillis(ts)),
-            ("note", Avro::Union(1, Box::new(Avro::String("v2".into())))),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let mut bytes = vec![0u8];
-        bytes.extend_from_slice(&id.to_be_bytes());
-        bytes.extend(
-            apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
-                .build()
-                .and_then(|w| w.write_value_to_vec(Avro::Record(fields)))
-                .expect("encodes"),
-        );
+        let mut fields = common::payment_fields(&format!("V2-{i}"), ts);
+        fields.push(("note".to_owned(), Avro::Union(1, Box::new(Avro::String("v2".into())))));
+        let bytes = common::framed(id, &schema, Avro::Record(fields));
         producer.send(BaseRecord::<str, [u8]>::to("payments").key("ACC-1").payload(&bytes)).expect("queued");
     }
     producer.flush(Duration::from_secs(10)).expect("flushed");

@@ -354,6 +354,45 @@ pub fn export_and_replay(env: &DevEnv, config: &Path, ok_exit: i32) -> Vec<Strin
 /// The library patterns over payments, which the tests run.
 pub const PAYMENT_PATTERNS: [&str; 4] = ["structuring", "rapid_movement", "mule_fan_in", "mule_fan_out"];
 
+/// The fields of one payment (account ACC-1, 10 EUR by card) at `ts`, as an Avro record's fields
+/// in the payments schema's order.
+pub fn payment_fields(payment_id: &str, ts: i64) -> Vec<(String, apache_avro::types::Value)> {
+    use apache_avro::types::Value as Avro;
+    let null = || Avro::Union(0, Box::new(Avro::Null));
+    vec![
+        ("payment_id", Avro::String(payment_id.into())),
+        ("account_id", Avro::String("ACC-1".into())),
+        ("customer_id", Avro::String("C-1".into())),
+        ("counterparty_account_id", Avro::String("CP-1".into())),
+        ("counterparty_name", null()),
+        ("counterparty_country", null()),
+        ("direction", Avro::Enum(0, "IN".into())),
+        ("amount", Avro::Double(10.0)),
+        ("currency", Avro::String("EUR".into())),
+        ("channel", Avro::Enum(0, "CARD".into())),
+        ("country", Avro::String("DE".into())),
+        ("branch_id", null()),
+        ("reference", null()),
+        ("event_time", Avro::TimestampMillis(ts)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A value in the Confluent wire format: magic byte, schema id, Avro datum.
+pub fn framed(id: u32, schema: &apache_avro::Schema, value: apache_avro::types::Value) -> Vec<u8> {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend(
+        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value))
+            .expect("encodes"),
+    );
+    v
+}
+
 /// Alert lines by id; panics on a duplicate id.
 pub fn by_id(lines: &[String], what: &str) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
