@@ -85,6 +85,16 @@ impl std::fmt::Display for Usage {
 }
 impl std::error::Error for Usage {}
 
+/// A shutdown request cut a state restore short (not a failure).
+#[derive(Debug)]
+struct Interrupted;
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("shutdown requested during the state restore")
+    }
+}
+impl std::error::Error for Interrupted {}
+
 fn usage(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(Usage(e.to_string()))
 }
@@ -335,8 +345,12 @@ fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> 
     if let Some(list) = pending {
         let mut core = lock(shared);
         core.health.ready.store(false, Ordering::Relaxed);
-        core.assign(consumer, &list)?;
-        core.health.ready.store(true, Ordering::Relaxed);
+        match core.assign(consumer, &list) {
+            Ok(()) => core.health.ready.store(true, Ordering::Relaxed),
+            // Nothing was processed for these partitions: the loop stops cleanly next turn.
+            Err(e) if e.is::<Interrupted>() => tracing::info!("shutdown requested during the state restore"),
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -733,7 +747,7 @@ impl Core {
                 );
             }
             if self.health.shutdown.load(Ordering::Relaxed) {
-                bail!("shutdown requested during the changelog restore");
+                return Err(anyhow::Error::new(Interrupted));
             }
         }
         Ok(latest.into_iter().collect())
