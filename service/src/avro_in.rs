@@ -103,38 +103,14 @@ impl AvroIn {
             .readers
             .get(&plan.name)
             .ok_or_else(|| reject("wrong-schema", format!("stream `{}` has no schema", plan.name)))?;
-        let readable = writer.readable.entry(plan.name.clone()).or_insert_with(|| {
-            let writer_types: Vec<String> = match writer_schema.as_ref() {
-                Schema::Union(u) => u.variants().iter().map(record_name).collect(),
-                other => vec![record_name(other)],
-            };
-            let short = |n: &str| n.rsplit('.').next().unwrap_or(n).to_owned();
-            if let Some(t) = writer_types.iter().find(|t| !branches.iter().any(|b| short(b) == short(t))) {
-                return Err(Reject::new(
-                    "wrong-schema",
-                    format!(
-                        "schema id {id} writes record type `{}`, which is not a record type of stream `{}` ({})",
-                        if t.is_empty() { "(not a record)" } else { t },
-                        plan.name,
-                        branches.join(", ")
-                    ),
-                ));
-            }
-            SchemaCompatibility::can_read(&writer_schema, reader_schema).map(|_| ()).map_err(|e| match e {
-                apache_avro::error::CompatibilityError::MissingDefaultValue(field) => Reject::new(
-                    "missing-field",
-                    format!(
-                        "schema id {id} has no field `{field}`, which stream `{}` requires (and has no default for)",
-                        plan.name
-                    ),
-                ),
-                e => Reject::new(
-                    "wrong-schema",
-                    format!("schema id {id} cannot be read as stream `{}`'s schema: {e}", plan.name),
-                ),
-            })
-        });
-        readable.clone().map_err(DecodeError::Reject)?;
+        // Whether this writer schema reads as the stream's is decided once per (schema id, stream).
+        if !writer.readable.contains_key(&plan.name) {
+            let verdict = readable(id, &writer_schema, reader_schema, branches, &plan.name);
+            writer.readable.insert(plan.name.clone(), verdict);
+        }
+        if let Some(Err(r)) = writer.readable.get(&plan.name) {
+            return Err(DecodeError::Reject(r.clone()));
+        }
         let mut datum = &bytes[5..];
         let value = apache_avro::reader::datum::GenericDatumReader::builder(&writer_schema)
             .reader_schema(reader_schema)
@@ -178,6 +154,43 @@ impl AvroIn {
             ))),
         }
     }
+}
+
+/// Whether records written with `writer_schema` (schema `id`) can be read as stream `stream`'s
+/// schema: its record types must be the stream's, and Avro resolution must succeed.
+fn readable(
+    id: u32,
+    writer_schema: &Schema,
+    reader_schema: &Schema,
+    branches: &[String],
+    stream: &str,
+) -> Result<(), Reject> {
+    let writer_types: Vec<String> = match writer_schema {
+        Schema::Union(u) => u.variants().iter().map(record_name).collect(),
+        other => vec![record_name(other)],
+    };
+    let short = |n: &str| n.rsplit('.').next().unwrap_or(n).to_owned();
+    if let Some(t) = writer_types.iter().find(|t| !branches.iter().any(|b| short(b) == short(t))) {
+        return Err(Reject::new(
+            "wrong-schema",
+            format!(
+                "schema id {id} writes record type `{}`, which is not a record type of stream `{}` ({})",
+                if t.is_empty() { "(not a record)" } else { t },
+                stream,
+                branches.join(", ")
+            ),
+        ));
+    }
+    SchemaCompatibility::can_read(writer_schema, reader_schema).map(|_| ()).map_err(|e| match e {
+        apache_avro::error::CompatibilityError::MissingDefaultValue(field) => Reject::new(
+            "missing-field",
+            format!(
+                "schema id {id} has no field `{field}`, which stream `{}` requires (and has no default for)",
+                stream
+            ),
+        ),
+        e => Reject::new("wrong-schema", format!("schema id {id} cannot be read as stream `{}`'s schema: {e}", stream)),
+    })
 }
 
 fn reject(code: &'static str, message: impl Into<String>) -> DecodeError {

@@ -326,6 +326,16 @@ impl Partition {
     }
 }
 
+/// The position (offset of the next record) that a partition's state records hold, read from its
+/// meta record without restoring anything; `None` when there is none (a new partition).
+pub fn stored_position(topic: &str, partition: i32, records: &[(Vec<u8>, Vec<u8>)]) -> Option<i64> {
+    let mut meta_key = state_prefix(topic, partition);
+    meta_key.push(KIND_META);
+    let (_, v) = records.iter().find(|(k, _)| *k == meta_key)?;
+    let bytes: [u8; 8] = v.get(1..9)?.try_into().ok()?;
+    (v.first() == Some(&META_VERSION)).then(|| i64::from_be_bytes(bytes))
+}
+
 /// What a restore found.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RestoreSummary {
@@ -363,6 +373,21 @@ mod tests {
         }
         // Partition 0 keeps the plain offset, so line-numbered exports keep their ids.
         assert_eq!(seq_of(0, 17), 17);
+    }
+
+    #[test]
+    fn the_stored_position_is_read_from_the_meta_record() {
+        let mut meta_key = state_prefix("payments", 2);
+        meta_key.push(KIND_META);
+        let mut meta = vec![META_VERSION];
+        meta.extend_from_slice(&42i64.to_be_bytes());
+        meta.extend_from_slice(&[0; 56]);
+        let mut other_key = state_prefix("payments", 2);
+        other_key.extend_from_slice(b"K0123456789abcdefM");
+        let records = vec![(other_key, vec![1, 2, 3]), (meta_key, meta)];
+        assert_eq!(stored_position("payments", 2, &records), Some(42));
+        assert_eq!(stored_position("payments", 3, &records), None);
+        assert_eq!(stored_position("payments", 2, &records[..1]), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::avro_in::{AvroIn, DecodeError};
 use crate::config::{self, Config};
 use crate::kafka::{self, REQUEST_TIMEOUT};
-use crate::pipeline::{admit, seq_of, state_prefix, Emit, Partition, StreamPlan};
+use crate::pipeline::{admit, seq_of, state_prefix, stored_position, Emit, Partition, StreamPlan};
 use crate::store::Store;
 use crate::{replay, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 
@@ -660,10 +660,8 @@ impl Core {
             });
             let prefix = state_prefix(t, *p);
             let local = self.store.scan(&prefix)?;
-            let local_part = self.load(t, *p, &local)?;
-            let local_at = (local_part.next_offset > 0).then_some(local_part.next_offset);
-            let mut part = if local_at == committed_at {
-                local_part
+            let mut part = if stored_position(t, *p, &local) == committed_at {
+                self.load(t, *p, &local)?
             } else {
                 from_changelog += 1;
                 let records = self.read_changelog(t, *p)?;
