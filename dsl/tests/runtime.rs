@@ -115,3 +115,38 @@ fn the_watermark_never_goes_back() {
     op.advance_watermark(50, &mut out);
     assert_eq!(op.watermark(), 100);
 }
+
+/// The funnel counts partial matches entering each step; the gauges follow what is held.
+#[test]
+fn the_funnel_counts_partial_matches_per_step_and_the_gauges_follow_the_state() {
+    let text = "pattern p from cep_events key id \
+                match a followed by b+ followed by c \
+                where a: name == \"a\" b: name == \"b\" c: name == \"c\" within 10s";
+    let nfa = nfa(text);
+    let vars: Vec<&str> = nfa.vars.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(vars, ["a", "b", "c"]);
+    let mut op = Operator::new(nfa, Config::default());
+    let mut out = Vec::new();
+    // Key 1: a, b, b, c (one complete match); key 2: a, b (stops at b); key 3: a only.
+    let feed = [(1, "a", 10), (1, "b", 20), (1, "b", 30), (1, "c", 40), (2, "a", 10), (2, "b", 20), (3, "a", 10)];
+    for (i, (key, name, ts)) in feed.into_iter().enumerate() {
+        let (k, e) = ev(i as u64, key, name, ts);
+        op.process(k, e, &mut out);
+    }
+    op.advance_watermark(100, &mut out);
+    // Key 1 completes twice (b+ is relaxed: a b1 b2 c and a b1 c).
+    assert_eq!(matches(&out), [vec![0, 1, 2, 3], vec![0, 1, 3]]);
+    assert_eq!(op.stats().matches, 2);
+    // Three keys reach `a`; key 1 enters `b` once (b2 extends the loop, it is no new entry) and
+    // key 2 once; both of key 1's matches entered `c`.
+    assert_eq!(op.funnel(), [3, 2, 2]);
+    // Still in their window: key 1's a b1 b2 (more b may come), key 2's a b, key 3's a.
+    assert_eq!(op.active_partial_matches(), 3);
+    assert_eq!(op.active_keys(), 3);
+    op.advance_watermark(10_011, &mut out);
+    assert_eq!(op.active_partial_matches(), 0, "every window closed");
+    assert_eq!(op.active_keys(), 0);
+    assert!(op.stats().timeouts >= 2, "timeouts are counted without Config::timeouts: {:?}", op.stats());
+    let timeouts = out.iter().filter(|o| matches!(o, Output::Timeout { .. })).count();
+    assert_eq!(timeouts, 0, "but not returned");
+}

@@ -401,7 +401,7 @@ fn run_processing_free(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchem
     for i in order {
         let (event, _) = &feed.events[i];
         let st = states.entry(partition(case, event, schema)).or_insert_with(|| RunState::new(nfa));
-        let (pending, timeouts) = st.advance_time(nfa, event.ts, true);
+        let (pending, timeouts, _) = st.advance_time(nfa, event.ts, true);
         record_timeouts(nfa, feed, &timeouts, &mut outcome);
         let mut out = st.process(nfa, event.clone(), event.ts);
         out.extend(pending);

@@ -79,7 +79,8 @@ pub struct Stats {
     pub events: u64,
     pub late: u64,
     pub matches: u64,
-    /// Timed-out partial matches returned (only with [`Config::timeouts`]).
+    /// Partial matches whose window passed (returned as [`Output::Timeout`] only with
+    /// [`Config::timeouts`], counted either way).
     pub timeouts: u64,
     /// Partial matches dropped because a key hit the partial-match budget.
     pub dropped_partial_matches: u64,
@@ -188,6 +189,10 @@ pub struct Operator<S: StateStore = InMemory> {
     watermark: i64,
     config: Config,
     stats: Stats,
+    /// Per variable: partial matches that took their first event into it (the funnel).
+    reached: Vec<u64>,
+    /// Partial matches held over all keys (kept up to date per key visit).
+    partials: usize,
 }
 
 impl Operator<InMemory> {
@@ -198,6 +203,7 @@ impl Operator<InMemory> {
 
 impl<S: StateStore> Operator<S> {
     pub fn with_store(nfa: Arc<Nfa>, config: Config, store: S) -> Self {
+        let nfa_vars = nfa.vars.len();
         Operator {
             nfa,
             store,
@@ -208,6 +214,8 @@ impl<S: StateStore> Operator<S> {
             watermark: i64::MIN,
             config,
             stats: Stats::default(),
+            reached: vec![0; nfa_vars],
+            partials: 0,
         }
     }
 
@@ -226,6 +234,18 @@ impl<S: StateStore> Operator<S> {
     /// Keys holding partial matches or buffered events (idle keys hold nothing).
     pub fn active_keys(&self) -> usize {
         self.store.len()
+    }
+
+    /// Partial matches held over all keys (started ones; a key's fresh start state is not one).
+    pub fn active_partial_matches(&self) -> usize {
+        self.partials
+    }
+
+    /// The funnel, by [`crate::nfa::VarId`]: how many partial matches took their first event
+    /// into each variable since the operator was made (negated variables stay 0). A complete
+    /// match is counted in [`Stats::matches`].
+    pub fn funnel(&self) -> &[u64] {
+        &self.reached
     }
 
     /// Takes an event of `key` (its event time is `event.ts`).
@@ -287,16 +307,18 @@ impl<S: StateStore> Operator<S> {
             return;
         };
         remove_fired(&mut state.windows, t);
+        let partials_before = state.run.partial_count();
         if self.track_changes && !state.dirty {
             state.dirty = true;
             self.dirty.insert(key.clone());
         }
         let mut new_timers = Vec::new();
         let stats = &mut self.stats;
+        let reached = &mut self.reached;
         let emit_time = |state: &mut KeyState, ts: i64, out: &mut Vec<Output>, stats: &mut Stats| {
-            let (matches, timeouts) = state.run.advance_time(&nfa, ts, emit_timeouts);
+            let (matches, timeouts, timed_out) = state.run.advance_time(&nfa, ts, emit_timeouts);
             stats.matches += matches.len() as u64;
-            stats.timeouts += timeouts.len() as u64;
+            stats.timeouts += timed_out as u64;
             out.extend(matches.into_iter().map(|m| Output::Match { key: key.clone(), ts, events: m.events }));
             out.extend(timeouts.into_iter().map(|t| Output::Timeout { key: key.clone(), ts: t.ts, events: t.events }));
         };
@@ -310,7 +332,7 @@ impl<S: StateStore> Operator<S> {
                 batch.sort_by(|a, b| a.field(f).compare(b.field(f)).unwrap_or(std::cmp::Ordering::Equal));
             }
             for e in batch {
-                let matches = state.run.process(&nfa, e, ts);
+                let matches = state.run.process_counting(&nfa, e, ts, reached);
                 if window > 0 && state.run.new_start {
                     new_timers.push(ts.saturating_add(window));
                 }
@@ -323,6 +345,7 @@ impl<S: StateStore> Operator<S> {
             }
         }
         emit_time(state, wm, out, stats);
+        self.partials = (self.partials + state.run.partial_count()).saturating_sub(partials_before);
         let idle = state.queue.is_empty() && state.run.is_idle();
         for t in new_timers {
             // A timer at or below the watermark fires in this pass, as in Flink.
@@ -394,6 +417,7 @@ impl<S: StateStore> Operator<S> {
         match state {
             // An idle state holds nothing: the operator never keeps one.
             Some((run, queue)) if !(queue.is_empty() && run.is_idle()) => {
+                self.partials += run.partial_count();
                 for &t in queue.keys() {
                     self.timers.insert((t, key.clone()));
                 }
@@ -414,6 +438,7 @@ impl<S: StateStore> Operator<S> {
             for &t in state.queue.keys().chain(state.windows.iter()) {
                 self.timers.remove(&(t, key.clone()));
             }
+            self.partials = self.partials.saturating_sub(state.run.partial_count());
             self.store.remove(key);
         }
         for t in self.orphan_timers.remove(key).unwrap_or_default() {

@@ -116,9 +116,11 @@ impl RunState {
         doomed.len()
     }
 
-    /// Number of partial matches (the fresh start state not counted).
+    /// Number of partial matches (the fresh start state not counted). Constant time: the queue
+    /// always holds exactly one fresh start state (it is re-offered on every event, and nothing
+    /// else removes a state that has not started).
     pub fn partial_count(&self) -> usize {
-        self.partial.iter().filter(|p| p.start_id.is_some()).count()
+        self.partial.len().saturating_sub(1)
     }
 
     /// The partial matches and the completed matches held back, each in backing-array order
@@ -308,8 +310,16 @@ fn add_partial(out: &mut Vec<Partial>, buffer: &mut SharedBuffer, p: Partial, pa
     out.push(p);
 }
 
-/// The successors of `p` for the event, appended to `out` (which the caller reuses).
-fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incoming, out: &mut Vec<Partial>) {
+/// The successors of `p` for the event, appended to `out` (which the caller reuses). A take
+/// into a (non-negated) variable that `p` had not taken yet counts in `reached[var]`.
+fn next_states(
+    nfa: &Nfa,
+    buffer: &mut SharedBuffer,
+    p: &Partial,
+    ev: &mut Incoming,
+    out: &mut Vec<Partial>,
+    reached: &mut [u64],
+) {
     let og = {
         let ctx = Ctx::new(buffer, p);
         decision_graph(nfa, p, &ev.event, &ctx, &mut ev.cache)
@@ -342,6 +352,11 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
                 let next = current.add_stage();
                 take_to_visit = take_to_visit.saturating_sub(1);
                 let var = nfa.state(src).var.unwrap_or(VarId(0));
+                if p.prev.is_none_or(|n| n.var != var) {
+                    if let Some(r) = reached.get_mut(var.index()).filter(|_| !nfa.vars[var.index()].negated) {
+                        *r += 1;
+                    }
+                }
                 let eid = ev.id(buffer);
                 let node = buffer.put(var, eid, p.prev, &current);
                 let (start_ts, start_id) = if is_start { (ev.ts, Some(eid)) } else { (p.start_ts, p.start_id) };
@@ -376,6 +391,13 @@ fn next_states(nfa: &Nfa, buffer: &mut SharedBuffer, p: &Partial, ev: &mut Incom
 impl RunState {
     /// Feeds one event at time `ts`; returns the matches it completes (and releases).
     pub fn process(&mut self, nfa: &Nfa, event: Arc<Event>, ts: i64) -> Vec<Match> {
+        self.process_counting(nfa, event, ts, &mut [])
+    }
+
+    /// [`RunState::process`], counting in `reached` (indexed by [`VarId`]) the partial matches
+    /// that took their first event into each variable: the pattern's funnel. Negated variables
+    /// are not counted; a shorter slice counts only the variables it covers.
+    pub fn process_counting(&mut self, nfa: &Nfa, event: Arc<Event>, ts: i64, reached: &mut [u64]) -> Vec<Match> {
         let mut cache = self.cond_cache.take().unwrap_or_else(|| ConditionCache::new(&nfa.conditions));
         cache.reset();
         let mut ev = Incoming { event, ts, id: None, cache };
@@ -403,7 +425,7 @@ impl RunState {
                 }
             }
             next.clear();
-            next_states(nfa, &mut self.buffer, p, &mut ev, &mut next);
+            next_states(nfa, &mut self.buffer, p, &mut ev, &mut next, reached);
             retain.clear();
             let mut discard = false;
             for n in next.drain(..) {
@@ -451,10 +473,12 @@ impl RunState {
 
     /// Advances time to `ts`: partial matches whose window has passed time out (or, waiting on a
     /// `not followed by` at the end, complete); held-back matches may be released.
-    /// Timed-out partial matches are returned (with their events) only if `timeouts_wanted`.
-    pub fn advance_time(&mut self, nfa: &Nfa, ts: i64, timeouts_wanted: bool) -> (Vec<Match>, Vec<Timeout>) {
+    /// Timed-out partial matches are returned (with their events) only if `timeouts_wanted`;
+    /// the third value counts them either way.
+    pub fn advance_time(&mut self, nfa: &Nfa, ts: i64, timeouts_wanted: bool) -> (Vec<Match>, Vec<Timeout>, usize) {
         let mut result = Vec::new();
         let mut timeouts = Vec::new();
+        let mut expired = 0;
         let window = nfa.window_ms.unwrap_or(0);
         let expired_to_prev = |p: &Partial| {
             p.state != nfa.start
@@ -467,7 +491,7 @@ impl RunState {
         if self.completed.is_empty() && !any_expired {
             // Nothing to do but forget old id counters: rebuilding the queue would give the same layout.
             self.buffer.advance_time(ts);
-            return (result, timeouts);
+            return (result, timeouts, expired);
         }
         let mut new_partial = JavaPq::new();
         let mut potential = JavaPq::new();
@@ -484,6 +508,7 @@ impl RunState {
                     potential.offer(p, cmp);
                     continue;
                 }
+                expired += 1;
                 if timeouts_wanted {
                     let events = current_events(&self.buffer, &p);
                     let at = if to_prev {
@@ -503,7 +528,7 @@ impl RunState {
         self.release_completed(nfa, potential, &mut new_partial, &mut result);
         self.partial = new_partial;
         self.buffer.advance_time(ts);
-        (result, timeouts)
+        (result, timeouts, expired)
     }
 
     fn release_completed(
