@@ -101,6 +101,9 @@ pub struct OutputsConfig {
     /// Alerts, one JSON document per record, keyed by the pattern key.
     #[serde(default = "default_alerts")]
     pub alerts_topic: String,
+    /// Alerts of patterns in `mode shadow`, in the same form.
+    #[serde(default = "default_shadow_alerts")]
+    pub shadow_alerts_topic: String,
     /// Late events (their original bytes, with the reason in headers).
     #[serde(default = "default_late")]
     pub late_topic: String,
@@ -120,6 +123,7 @@ impl Default for OutputsConfig {
     fn default() -> Self {
         OutputsConfig {
             alerts_topic: default_alerts(),
+            shadow_alerts_topic: default_shadow_alerts(),
             late_topic: default_late(),
             dead_letter_topic: default_dead_letter(),
             timeouts_topic: None,
@@ -131,6 +135,9 @@ impl Default for OutputsConfig {
 
 fn default_alerts() -> String {
     "tripline.alerts".to_owned()
+}
+fn default_shadow_alerts() -> String {
+    "tripline.alerts.shadow".to_owned()
 }
 fn default_late() -> String {
     "tripline.late".to_owned()
@@ -239,7 +246,7 @@ pub struct EngineConfig {
     pub max_partial_matches_per_key: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     /// Kafka topic the stream is read from.

@@ -1,6 +1,7 @@
 //! The service's HTTP endpoints, on a small tokio runtime of their own: `/healthz` (the
-//! processing loop turned within the last 30 s) and `/readyz` (every assigned partition's state
-//! is restored). The same runtime turns SIGTERM and SIGINT into a shutdown request.
+//! processing loop turned within the last 30 s), `/readyz` (every assigned partition's state
+//! is restored) and `/metrics` (Prometheus's text format; see [`crate::metrics`]). The same
+//! runtime turns SIGTERM and SIGINT into a shutdown request.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -11,6 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
+use crate::metrics::Metrics;
 use crate::run::{now_ms, Health};
 
 /// The loop is alive when it turned within this many ms.
@@ -23,7 +25,7 @@ pub struct Server {
 }
 
 /// Binds `addr` and serves in the background.
-pub fn start(addr: &str, health: Arc<Health>) -> Result<Server, String> {
+pub fn start(addr: &str, health: Arc<Health>, metrics: Arc<Metrics>) -> Result<Server, String> {
     let addr: SocketAddr =
         addr.parse().map_err(|e| format!("service.http_addr `{addr}` is not an address (host:port): {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -36,14 +38,15 @@ pub fn start(addr: &str, health: Arc<Health>) -> Result<Server, String> {
         .block_on(tokio::net::TcpListener::bind(addr))
         .map_err(|e| format!("cannot listen on {addr} (service.http_addr): {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health.clone());
+    let probes = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health.clone());
+    let app = probes.merge(Router::new().route("/metrics", get(serve_metrics)).with_state(metrics));
     runtime.spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("HTTP server: {e}");
         }
     });
     runtime.spawn(signals(health));
-    tracing::info!(addr = %bound, "serving /healthz and /readyz");
+    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
     Ok(Server { _runtime: runtime })
 }
 
@@ -63,17 +66,30 @@ async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, &'static str) {
     }
 }
 
+async fn serve_metrics(State(m): State<Arc<Metrics>>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
+}
+
 async fn signals(health: Arc<Health>) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot handle SIGTERM: {e}");
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot handle SIGTERM/SIGHUP: {e}");
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the patterns");
+                health.reload.store(true, Ordering::Relaxed);
+                continue;
+            }
+        }
+        health.shutdown.store(true, Ordering::Relaxed);
+        return;
     }
-    health.shutdown.store(true, Ordering::Relaxed);
 }

@@ -14,6 +14,7 @@ mod conformance;
 mod decode;
 mod http;
 mod kafka;
+mod metrics;
 mod pipeline;
 mod replay;
 mod run;
@@ -156,6 +157,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         matches: Option<PathBuf>,
     },
+    /// List the metrics `tripline run` serves on /metrics (docs/metrics.md's table).
+    Metrics,
     /// Explain compiled patterns.
     Explain {
         /// Print the compiled automaton of every pattern in FILE.
@@ -242,6 +245,10 @@ fn main() -> ExitCode {
             || tools::export(config.as_deref(), &stream, &output),
             |(n, bad)| err(&format!("exported {n} records ({bad} left out: the service dead-letters them)\n")),
         ),
+        Command::Metrics => {
+            out(&metrics::markdown_table());
+            EXIT_OK
+        }
         Command::Explain { nfa, pattern, config } => check::run_explain(&nfa, pattern.as_deref(), config.as_deref()),
     };
     ExitCode::from(code)

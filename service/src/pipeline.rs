@@ -33,6 +33,10 @@ pub fn coords(seq: u64) -> (i32, i64) {
     ((seq >> OFFSET_BITS) as i32, (seq & OFFSET_MASK) as i64)
 }
 
+/// Every dead-letter reason code (the `tripline.reason` header and the metrics' `reason` label).
+pub const REASONS: &[&str] =
+    &["no-value", "not-avro", "unknown-schema", "wrong-schema", "missing-field", "undecodable", "bad-timestamp"];
+
 /// Why a record is not processed (it goes to the dead-letter topic): a stable code and a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reject {
@@ -118,8 +122,9 @@ pub struct Counts {
 /// An output of the engine, rendered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Emit {
-    /// An alert: its record key (the pattern key) and JSON document.
-    Alert { key: String, json: String },
+    /// An alert: its record key (the pattern key) and JSON document, its event time, and
+    /// whether its pattern runs in shadow mode.
+    Alert { key: String, json: String, ts: i64, shadow: bool },
     /// A timed-out partial match (JSON document).
     Timeout { key: String, json: String },
 }
@@ -138,6 +143,19 @@ pub struct Partition {
     pub advanced: bool,
     pub counts: Counts,
     outs: Vec<Output>,
+    /// The operators' counts at the last [`Partition::take_pattern_counts`].
+    reported: Vec<PatternCounts>,
+}
+
+/// What one pattern's operator counted (cumulative, or a difference).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PatternCounts {
+    pub matches: u64,
+    pub timeouts: u64,
+    /// Partial matches dropped by the budget.
+    pub dropped: u64,
+    /// Per variable of the pattern, partial matches that reached it.
+    pub funnel: Vec<u64>,
 }
 
 impl Partition {
@@ -152,7 +170,35 @@ impl Partition {
             advanced: false,
             counts: Counts::default(),
             outs: Vec::new(),
+            reported: Vec::new(),
         }
+    }
+
+    /// The partition under another pattern set of its stream (a reload): the operators of
+    /// patterns whose content hash is unchanged keep their state; new patterns start empty at
+    /// the partition's watermark (they see the events after it); the state of patterns that
+    /// are gone is dropped here (the caller deletes their stored records).
+    pub fn with_plan(mut self, plan: Arc<StreamPlan>, config: OpConfig) -> Partition {
+        let wm = self.watermark();
+        self.reported.resize_with(self.operators.len(), PatternCounts::default);
+        let mut old: Vec<(Operator, PatternCounts)> = self.operators.drain(..).zip(self.reported.drain(..)).collect();
+        let (mut operators, mut reported) = (Vec::new(), Vec::new());
+        for nfa in &plan.patterns {
+            match old.iter().position(|(o, _)| o.nfa().meta.hash == nfa.meta.hash) {
+                Some(i) => {
+                    let (op, seen) = old.swap_remove(i);
+                    operators.push(op);
+                    reported.push(seen);
+                }
+                None => {
+                    let mut op = Operator::new(nfa.clone(), config);
+                    op.set_watermark(wm);
+                    operators.push(op);
+                    reported.push(PatternCounts::default());
+                }
+            }
+        }
+        Partition { plan, operators, reported, ..self }
     }
 
     /// Stops recording changed keys (for runs that keep no durable copy: replay).
@@ -211,7 +257,8 @@ impl Partition {
             match o {
                 Output::Match { key, ts, events } => {
                     self.counts.alerts += 1;
-                    emit.push(Emit::Alert { key: key.to_string(), json: alert_line(nfa, &key, ts, &events) });
+                    let (key_text, shadow) = (key.to_string(), nfa.meta.mode == engine::Mode::Shadow);
+                    emit.push(Emit::Alert { key: key_text, json: alert_line(nfa, &key, ts, &events), ts, shadow });
                 }
                 Output::Timeout { key, ts, events } => {
                     self.counts.timeouts += 1;
@@ -221,6 +268,39 @@ impl Partition {
                 Output::Late { .. } => {}
             }
         }
+    }
+
+    /// The operators, one per pattern of the stream (in `plan.patterns` order).
+    pub fn operators(&self) -> &[Operator] {
+        &self.operators
+    }
+
+    /// Per pattern (in `plan.patterns` order), what its operator counted since the last call:
+    /// for the metrics, which the service folds in when a transaction commits.
+    pub fn take_pattern_counts(&mut self) -> Vec<PatternCounts> {
+        self.reported.resize_with(self.operators.len(), PatternCounts::default);
+        let mut out = Vec::with_capacity(self.operators.len());
+        for (op, seen) in self.operators.iter().zip(&mut self.reported) {
+            let stats = op.stats();
+            let now = PatternCounts {
+                matches: stats.matches,
+                timeouts: stats.timeouts,
+                dropped: stats.dropped_partial_matches,
+                funnel: op.funnel().to_vec(),
+            };
+            let mut delta = PatternCounts {
+                matches: now.matches - seen.matches,
+                timeouts: now.timeouts - seen.timeouts,
+                dropped: now.dropped - seen.dropped,
+                funnel: now.funnel.clone(),
+            };
+            for (d, s) in delta.funnel.iter_mut().zip(&seen.funnel) {
+                *d -= s;
+            }
+            *seen = now;
+            out.push(delta);
+        }
+        out
     }
 
     /// Partial matches dropped by the per-key budget, over all patterns.
@@ -351,6 +431,14 @@ const KIND_META: u8 = b'M';
 const KIND_KEY: u8 = b'K';
 /// Pattern content hashes are 16 hex digits.
 const HASH_LEN: usize = 16;
+
+/// The prefix of the state records of one pattern (by content hash) in a partition.
+pub fn pattern_prefix(topic: &str, partition: i32, hash: &str) -> Vec<u8> {
+    let mut k = state_prefix(topic, partition);
+    k.push(KIND_KEY);
+    k.extend_from_slice(hash.as_bytes());
+    k
+}
 
 /// The prefix of every state record of a partition: `T`, topic length (u16), topic, partition (u32).
 pub fn state_prefix(topic: &str, partition: i32) -> Vec<u8> {

@@ -70,6 +70,16 @@ pub fn run(opts: &Replay<'_>) -> u8 {
 
 /// Compiles the pattern files; diagnostics go to stdout.
 pub fn compile_patterns(paths: &[PathBuf], catalog: &dsl::Catalog) -> Result<Vec<Arc<Nfa>>, (u8, String)> {
+    compile_reporting(paths, catalog, &mut |d| out(&format!("{d}\n")))
+}
+
+/// Compiles pattern files (and directories of them) against `catalog`, sorted by name; each
+/// diagnostic goes to `report`. The error: an exit status and a one-line message.
+pub fn compile_reporting(
+    paths: &[PathBuf],
+    catalog: &dsl::Catalog,
+    report: &mut dyn FnMut(String),
+) -> Result<Vec<Arc<Nfa>>, (u8, String)> {
     let files = source::expand(paths).map_err(|e| (EXIT_USAGE, format!("error: {e}")))?;
     let mut nfas = Vec::new();
     let mut bad = 0;
@@ -77,14 +87,14 @@ pub fn compile_patterns(paths: &[PathBuf], catalog: &dsl::Catalog) -> Result<Vec
         let src = match source::read(f) {
             Ok(s) => s,
             Err(d) => {
-                out(&d.render());
+                report(d.render().trim_end().to_owned());
                 bad += 1;
                 continue;
             }
         };
         let compiled = dsl::compile_source(&src, catalog);
         for d in &compiled.diagnostics {
-            out(&format!("{}\n", d.render()));
+            report(d.render());
         }
         bad += compiled.diagnostics.len();
         nfas.extend(compiled.patterns.into_iter().map(|p| Arc::new(p.nfa)));

@@ -31,7 +31,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::avro_in::{AvroIn, DecodeError};
 use crate::config::{self, Config};
 use crate::kafka::{self, REQUEST_TIMEOUT};
-use crate::pipeline::{admit, seq_of, state_prefix, stored_position, Emit, Partition, StreamPlan};
+use crate::metrics::Metrics;
+use crate::pipeline::{admit, seq_of, state_prefix, stored_position, Emit, Partition, PatternCounts, StreamPlan};
 use crate::store::Store;
 use crate::{replay, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 
@@ -43,6 +44,9 @@ const MAX_STATE_RECORD: usize = 900 * 1024;
 /// How long a transaction operation may take before it counts as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Gauges are set after every commit, and at least this often when nothing is committed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Process-wide flags shared with the HTTP server and the signal handler.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -52,6 +56,8 @@ pub struct Health {
     pub shutdown: AtomicBool,
     /// Wall-clock ms of the loop's last turn (liveness).
     pub alive_ms: AtomicI64,
+    /// SIGHUP seen: compile the pattern files again and activate them.
+    pub reload: AtomicBool,
 }
 
 pub fn now_ms() -> i64 {
@@ -107,6 +113,19 @@ pub struct Setup {
     pub avro: AvroIn,
     pub op_config: OpConfig,
     pub base: std::path::PathBuf,
+    /// What a reload compiles again: the pattern paths, the streams' schemas, the config file.
+    pub sources: Sources,
+}
+
+/// The inputs of the pattern set, kept for reloads.
+pub struct Sources {
+    pub pattern_paths: Vec<std::path::PathBuf>,
+    pub catalog: dsl::Catalog,
+    pub config_path: std::path::PathBuf,
+    /// The streams as configured at start (a reload changes patterns, not streams).
+    pub streams: BTreeMap<String, config::StreamConfig>,
+    /// Whether timed-out partial matches are published.
+    pub timeouts: bool,
 }
 
 /// Loads and checks the configuration and the patterns.
@@ -117,20 +136,50 @@ pub fn setup(config: Option<&Path>) -> Result<Setup> {
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let pattern_paths: Vec<_> = cfg.service.patterns.iter().map(|p| base.join(p)).collect();
     let nfas = replay::compile_patterns(&pattern_paths, &catalog).map_err(|(_, m)| usage(m))?;
-    let mut plans = BTreeMap::new();
+    let plans = build_plans(&cfg.streams, &path, &catalog, &nfas).map_err(usage)?;
     let mut readers = Vec::new();
-    for (name, s) in &cfg.streams {
+    for plan in plans.values() {
+        let s = &cfg.streams[&plan.name];
+        let json = std::fs::read_to_string(base.join(&s.schema))
+            .with_context(|| format!("cannot read the schema of stream `{}`", plan.name))?;
+        readers.push((plan.name.clone(), json));
+    }
+    let avro = AvroIn::new(kafka::registry(&cfg).map_err(usage)?, &readers).map_err(usage)?;
+    let op_config = OpConfig {
+        max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key,
+        timeouts: cfg.outputs.timeouts_topic.is_some(),
+        ..OpConfig::default()
+    };
+    let sources = Sources {
+        pattern_paths,
+        catalog,
+        config_path: path,
+        streams: cfg.streams.clone(),
+        timeouts: cfg.outputs.timeouts_topic.is_some(),
+    };
+    Ok(Setup { cfg, plans, avro, op_config, base, sources })
+}
+
+/// The plan of every stream some pattern of `nfas` reads, by topic.
+fn build_plans(
+    streams: &BTreeMap<String, config::StreamConfig>,
+    path: &Path,
+    catalog: &dsl::Catalog,
+    nfas: &[Arc<engine::Nfa>],
+) -> Result<BTreeMap<String, Arc<StreamPlan>>, String> {
+    let mut plans = BTreeMap::new();
+    for (name, s) in streams {
         let patterns: Vec<_> = nfas.iter().filter(|n| &n.meta.stream == name).cloned().collect();
         if patterns.is_empty() {
             continue;
         }
         if s.timestamp_field.is_none() {
-            return Err(usage(format!(
+            return Err(format!(
                 "{}: stream `{name}` has no timestamp_field: the service needs each event's event time",
                 path.display()
-            )));
+            ));
         }
-        let schema = catalog.streams.get(name).cloned().context("every configured stream is in the catalog")?;
+        let schema = catalog.streams.get(name).cloned().ok_or("every configured stream is in the catalog")?;
         if let Some(k) = &s.key {
             for n in &patterns {
                 let field = &schema.fields[n.meta.key.index()].path;
@@ -144,31 +193,24 @@ pub fn setup(config: Option<&Path>) -> Result<Setup> {
             }
         }
         if plans.values().any(|p: &Arc<StreamPlan>| p.topic == s.topic) {
-            return Err(usage(format!("{}: two streams read topic `{}`", path.display(), s.topic)));
+            return Err(format!("{}: two streams read topic `{}`", path.display(), s.topic));
         }
-        let json = std::fs::read_to_string(base.join(&s.schema))
-            .with_context(|| format!("cannot read the schema of stream `{name}`"))?;
-        readers.push((name.clone(), json));
         plans.insert(s.topic.clone(), StreamPlan::new(name, s, schema, &patterns));
     }
     if plans.is_empty() {
-        return Err(usage("no pattern reads a configured stream: nothing to run"));
+        return Err("no pattern reads a configured stream: nothing to run".to_owned());
     }
-    let avro = AvroIn::new(kafka::registry(&cfg).map_err(usage)?, &readers).map_err(usage)?;
-    let op_config = OpConfig {
-        max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key,
-        timeouts: cfg.outputs.timeouts_topic.is_some(),
-        ..OpConfig::default()
-    };
-    Ok(Setup { cfg, plans, avro, op_config, base })
+    Ok(plans)
 }
 
 fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
-    let Setup { cfg, plans, avro, op_config, base } = setup(config)?;
+    let Setup { cfg, plans, avro, op_config, base, sources } = setup(config)?;
     let patterns: usize = plans.values().map(|p| p.patterns.len()).sum();
     tracing::info!(patterns, streams = plans.len(), group = %cfg.kafka.group_id, instance = %cfg.service.instance_id, "starting");
 
-    let http = crate::http::start(&cfg.service.http_addr, health.clone()).map_err(usage)?;
+    let metrics = Arc::new(Metrics::new());
+    init_metrics(&metrics, &plans, cfg.outputs.timeouts_topic.is_some());
+    let http = crate::http::start(&cfg.service.http_addr, health.clone(), metrics.clone()).map_err(usage)?;
 
     // Topics: inputs must exist to size the changelog; outputs are created when missing.
     let client = kafka::client_config(&cfg).map_err(usage)?;
@@ -187,6 +229,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
     let o = &cfg.outputs;
     let mut wanted = vec![
         (o.alerts_topic.clone(), o.partitions, false),
+        (o.shadow_alerts_topic.clone(), o.partitions, false),
         (o.late_topic.clone(), o.partitions, false),
         (o.dead_letter_topic.clone(), o.partitions, false),
         (changelog.clone(), max_parts, true),
@@ -232,6 +275,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         changelog,
         changelog_parts,
         alerts_topic: o.alerts_topic.clone(),
+        shadow_alerts_topic: o.shadow_alerts_topic.clone(),
         late_topic: o.late_topic.clone(),
         dead_letter_topic: o.dead_letter_topic.clone(),
         timeouts_topic: o.timeouts_topic.clone(),
@@ -241,6 +285,10 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         totals: Totals::default(),
         fatal: None,
         restore_config,
+        metrics,
+        sources,
+        batch: Batch::default(),
+        gauges_at: Instant::now(),
     };
     let shared = Arc::new(Shared { core: Mutex::new(core), assigned: Mutex::new(None) });
 
@@ -258,13 +306,15 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         // A fetch returns after at most this long when there is nothing new (alert latency).
         .set("fetch.wait.max.ms", "100")
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        // The partitions' ends, for the consumer lag gauges.
+        .set("statistics.interval.ms", "1000");
     // The configured properties win over these defaults.
     for (k, v) in &cfg.kafka.properties {
         cc.set(k, &v.0);
     }
     let consumer: BaseConsumer<GroupContext> =
-        kafka::create(&cfg, &cc, GroupContext { shared: shared.clone() }, "consumer")?;
+        kafka::create(&cfg, &cc, GroupContext { shared: shared.clone(), ends: Mutex::default() }, "consumer")?;
     consumer.subscribe(&inputs).context("cannot subscribe to the input topics")?;
     drop(client);
 
@@ -296,6 +346,9 @@ fn main_loop(
     while !health.shutdown.load(Ordering::Relaxed) {
         health.alive_ms.store(now_ms(), Ordering::Relaxed);
         handle_assignment(consumer, shared)?;
+        if health.reload.swap(false, Ordering::Relaxed) {
+            lock(shared).reload(consumer)?;
+        }
         let wait = {
             let core = lock(shared);
             if let Some(f) = &core.fatal {
@@ -327,6 +380,9 @@ fn main_loop(
         if core.in_txn && core.txn_started.elapsed() >= interval {
             core.commit(consumer)?;
         }
+        if core.gauges_at.elapsed() >= GAUGE_INTERVAL {
+            core.update_gauges(consumer);
+        }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
             core.totals.log("progress", core.parts.values().map(HashMap::len).sum());
@@ -345,8 +401,18 @@ fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> 
     if let Some(list) = pending {
         let mut core = lock(shared);
         core.health.ready.store(false, Ordering::Relaxed);
-        match core.assign(consumer, &list) {
-            Ok(()) => core.health.ready.store(true, Ordering::Relaxed),
+        core.metrics.ready.set(0);
+        core.metrics.rebalances.with_label_values(&["assign"]).inc();
+        core.metrics.restore_in_progress.set(1);
+        let started = Instant::now();
+        let result = core.assign(consumer, &list);
+        core.metrics.restore_in_progress.set(0);
+        core.metrics.restore_duration.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                core.health.ready.store(true, Ordering::Relaxed);
+                core.update_gauges(consumer);
+            }
             // Nothing was processed for these partitions: the loop stops cleanly next turn.
             Err(e) if e.is::<Interrupted>() => tracing::info!("shutdown requested during the state restore"),
             Err(e) => return Err(e),
@@ -408,6 +474,7 @@ struct Core {
     changelog: String,
     changelog_parts: i32,
     alerts_topic: String,
+    shadow_alerts_topic: String,
     late_topic: String,
     dead_letter_topic: String,
     timeouts_topic: Option<String>,
@@ -419,6 +486,12 @@ struct Core {
     fatal: Option<String>,
     /// Client settings of the changelog reader.
     restore_config: rdkafka::ClientConfig,
+    metrics: Arc<Metrics>,
+    sources: Sources,
+    /// What the open transaction did, for the metrics once it commits.
+    batch: Batch,
+    /// When the gauges were last set.
+    gauges_at: Instant,
 }
 
 impl Core {
@@ -462,6 +535,11 @@ impl Core {
         let part = self.parts.get_mut(topic).and_then(|m| m.get_mut(&p)).context("partition state")?;
         part.counts.consumed += 1;
         self.totals.consumed += 1;
+        let decode_failed = decoded.is_err();
+        let counts = self.batch.stream(&plan.name);
+        counts.consumed += 1;
+        counts.bytes += msg.payload_len() as u64;
+        counts.decoded += u64::from(!decode_failed);
         let outcome = match decoded.and_then(|ev| admit(&plan, &ev, self.min_ts, self.max_ts).map(|()| ev)) {
             Ok(ev) => {
                 let ts = ev.ts;
@@ -476,9 +554,14 @@ impl Core {
         part.next_offset = off + 1;
         part.advanced = true;
         match outcome {
-            Ok(None) => self.totals.processed += 1,
+            Ok(None) => {
+                self.totals.processed += 1;
+                self.batch.stream(&plan.name).processed += 1;
+            }
             Ok(Some((ts, wm))) => {
                 self.totals.late += 1;
+                self.batch.stream(&plan.name).late += 1;
+                self.batch.produced(Output::Late, msg.key(), msg.payload());
                 let headers = source_headers(msg)
                     .insert(Header { key: "tripline.reason", value: Some("late") })
                     .insert(Header { key: "tripline.event_time", value: Some(&ts.to_string()) })
@@ -488,6 +571,8 @@ impl Core {
             Err(r) => {
                 part.counts.dead_lettered += 1;
                 self.totals.dead_lettered += 1;
+                *self.batch.rejects.entry((plan.name.clone(), r.code, decode_failed)).or_default() += 1;
+                self.batch.produced(Output::DeadLetter, msg.key(), msg.payload());
                 tracing::debug!(topic, partition = p, offset = off, reason = r.code, "dead letter: {}", r.message);
                 let headers = source_headers(msg)
                     .insert(Header { key: "tripline.reason", value: Some(r.code) })
@@ -495,17 +580,26 @@ impl Core {
                 produce(&self.producer, &self.dead_letter_topic, None, msg.key(), msg.payload(), Some(headers))?;
             }
         }
+        let ingest = msg.timestamp().to_millis();
         for e in emit.drain(..) {
             match e {
-                Emit::Alert { key, json } => {
+                Emit::Alert { key, json, ts, shadow } => {
                     self.totals.alerts += 1;
                     let (k, v) = (Some(key.as_bytes()), Some(json.as_bytes()));
-                    produce(&self.producer, &self.alerts_topic, None, k, v, None)?;
+                    let (topic, out) = if shadow {
+                        (&self.shadow_alerts_topic, Output::ShadowAlerts)
+                    } else {
+                        (&self.alerts_topic, Output::Alerts)
+                    };
+                    produce(&self.producer, topic, None, k, v, None)?;
+                    self.batch.produced(out, k, v);
+                    self.batch.latencies.push((ts, ingest));
                 }
                 Emit::Timeout { key, json } => {
                     if let Some(t) = &self.timeouts_topic {
                         let (k, v) = (Some(key.as_bytes()), Some(json.as_bytes()));
                         produce(&self.producer, t, None, k, v, None)?;
+                        self.batch.produced(Output::Timeouts, k, v);
                     }
                 }
             }
@@ -530,6 +624,8 @@ impl Core {
                 part.advanced = false;
                 records.clear();
                 part.take_changes(&mut records);
+                let counts = part.take_pattern_counts();
+                self.batch.patterns.extend(part.plan.patterns.iter().cloned().zip(counts));
                 offsets.add_partition_offset(t, *p, Offset::Offset(part.next_offset)).context("offsets to commit")?;
                 let cp = p % self.changelog_parts;
                 for (k, v) in records.drain(..) {
@@ -548,6 +644,7 @@ impl Core {
                         );
                     }
                     produce(&self.producer, &self.changelog, Some(cp), Some(&k), v.as_deref(), None)?;
+                    self.batch.produced(Output::Changelog, Some(&k), v.as_deref());
                     changes.push((k, v));
                 }
             }
@@ -575,11 +672,18 @@ impl Core {
                 self.totals.commits += 1;
                 self.totals.commit_us += started.elapsed().as_micros() as u64;
                 self.store.apply(&changes)?;
+                self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+                self.metrics.transactions_committed.inc();
+                std::mem::take(&mut self.batch).fold_into(&self.metrics);
+                self.update_gauges(consumer);
                 Ok(())
             }
             Err(e) => {
                 self.in_txn = false;
                 self.totals.aborts += 1;
+                self.metrics.transactions_aborted.inc();
+                // Everything in it is done again from the last commit, and counted then.
+                self.batch = Batch::default();
                 tracing::warn!("commit failed: {e:#}; aborting and rewinding to the last commit");
                 if let Some(KafkaError::Transaction(te)) = e.downcast_ref::<KafkaError>() {
                     if te.is_fatal() {
@@ -661,9 +765,11 @@ impl Core {
             let prefix = state_prefix(t, *p);
             let local = self.store.scan(&prefix)?;
             let mut part = if stored_position(t, *p, &local) == committed_at {
+                self.metrics.restored_partitions.with_label_values(&["store"]).inc();
                 self.load(t, *p, &local)?
             } else {
                 from_changelog += 1;
+                self.metrics.restored_partitions.with_label_values(&["changelog"]).inc();
                 let records = self.read_changelog(t, *p)?;
                 self.store.replace(&prefix, &records)?;
                 self.load(t, *p, &records)?
@@ -712,6 +818,7 @@ impl Core {
             match cfg_client.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     read += 1;
+                    self.metrics.restore_records.inc();
                     last_progress = Instant::now();
                     if let Some(k) = m.key().filter(|k| k.starts_with(&prefix)) {
                         match m.payload() {
@@ -834,11 +941,26 @@ fn log_rdkafka(level: RDKafkaLogLevel, fac: &str, msg: &str) {
 /// assignments to the loop.
 struct GroupContext {
     shared: Arc<Shared>,
+    /// Per input partition, its end (the last stable offset, as read_committed sees it) from the
+    /// client's statistics, every second: the consumer lag gauges.
+    ends: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl ClientContext for GroupContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         log_rdkafka(level, fac, log_message);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in statistics.topics {
+            for (p, s) in t.partitions {
+                let end = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
+                if p >= 0 && end >= 0 {
+                    ends.insert((topic.clone(), p), end);
+                }
+            }
+        }
     }
 }
 
@@ -855,9 +977,15 @@ impl ConsumerContext for GroupContext {
                     core.fatal = Some(format!("{e:#}"));
                 }
             }
+            core.metrics.rebalances.with_label_values(&["revoke"]).inc();
+            core.metrics.ready.set(0);
             for e in tpl.elements() {
-                if let Some(m) = core.parts.get_mut(e.topic()) {
-                    m.remove(&e.partition());
+                if let Some(part) = core.parts.get_mut(e.topic()).and_then(|m| m.remove(&e.partition())) {
+                    let labels = [part.plan.name.as_str(), &e.partition().to_string()];
+                    for g in [&core.metrics.watermark, &core.metrics.watermark_lag] {
+                        let _ = g.remove_label_values(&labels);
+                    }
+                    let _ = core.metrics.consumer_lag.remove_label_values(&labels);
                 }
             }
             tracing::info!(partitions = tpl.count(), "partitions revoked");
@@ -873,5 +1001,365 @@ impl ConsumerContext for GroupContext {
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
         }
+    }
+}
+
+/// The output topics, as the metrics' `output` label names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Alerts,
+    ShadowAlerts,
+    Late,
+    DeadLetter,
+    Timeouts,
+    Changelog,
+}
+
+impl Output {
+    const ALL: [Output; 6] =
+        [Output::Alerts, Output::ShadowAlerts, Output::Late, Output::DeadLetter, Output::Timeouts, Output::Changelog];
+
+    fn label(self) -> &'static str {
+        match self {
+            Output::Alerts => "alerts",
+            Output::ShadowAlerts => "shadow_alerts",
+            Output::Late => "late",
+            Output::DeadLetter => "dead_letter",
+            Output::Timeouts => "timeouts",
+            Output::Changelog => "changelog",
+        }
+    }
+}
+
+/// Per stream, what one transaction read.
+#[derive(Clone, Copy, Debug, Default)]
+struct StreamCounts {
+    consumed: u64,
+    bytes: u64,
+    decoded: u64,
+    processed: u64,
+    late: u64,
+}
+
+/// What the open transaction did, counted in plain integers and folded into the metrics when
+/// it commits (dropped when it aborts: the work is done, and counted, again).
+#[derive(Debug, Default)]
+struct Batch {
+    streams: HashMap<String, StreamCounts>,
+    /// Dead letters by (stream, reason, whether decoding failed).
+    rejects: HashMap<(String, &'static str, bool), u64>,
+    /// Records and bytes per [`Output`].
+    produced: [(u64, u64); 6],
+    /// Per alert: its event time and the Kafka timestamp of the record that triggered it.
+    latencies: Vec<(i64, Option<i64>)>,
+    /// Per pattern and partition, what the engine counted.
+    patterns: Vec<(Arc<engine::Nfa>, PatternCounts)>,
+}
+
+impl Batch {
+    fn stream(&mut self, name: &str) -> &mut StreamCounts {
+        if !self.streams.contains_key(name) {
+            self.streams.insert(name.to_owned(), StreamCounts::default());
+        }
+        self.streams.get_mut(name).expect("inserted above")
+    }
+
+    fn produced(&mut self, out: Output, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let slot = &mut self.produced[out as usize];
+        slot.0 += 1;
+        slot.1 += (key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len)) as u64;
+    }
+
+    /// Adds everything to the metrics; the commit happened now.
+    fn fold_into(self, m: &Metrics) {
+        for (stream, c) in &self.streams {
+            let l = [stream.as_str()];
+            m.records_consumed.with_label_values(&l).inc_by(c.consumed);
+            m.consumed_bytes.with_label_values(&l).inc_by(c.bytes);
+            m.events_decoded.with_label_values(&l).inc_by(c.decoded);
+            m.events_processed.with_label_values(&l).inc_by(c.processed);
+            m.events_late.with_label_values(&l).inc_by(c.late);
+        }
+        for ((stream, reason, decode), n) in &self.rejects {
+            m.dead_lettered.with_label_values(&[stream.as_str(), reason]).inc_by(*n);
+            if *decode {
+                m.decode_failures.with_label_values(&[stream.as_str(), reason]).inc_by(*n);
+            }
+        }
+        for out in Output::ALL {
+            let (n, bytes) = self.produced[out as usize];
+            if n > 0 {
+                m.records_produced.with_label_values(&[out.label()]).inc_by(n);
+                m.produced_bytes.with_label_values(&[out.label()]).inc_by(bytes);
+            }
+        }
+        let now = now_ms();
+        let (from_event, from_ingest) =
+            (m.alert_latency.with_label_values(&["event_time"]), m.alert_latency.with_label_values(&["ingest"]));
+        for (ts, ingest) in &self.latencies {
+            from_event.observe(now.saturating_sub(*ts).max(0) as f64 / 1000.0);
+            if let Some(i) = ingest {
+                from_ingest.observe(now.saturating_sub(*i).max(0) as f64 / 1000.0);
+            }
+        }
+        for (nfa, c) in &self.patterns {
+            let name = nfa.meta.name.as_str();
+            m.matches.with_label_values(&[name]).inc_by(c.matches);
+            m.alerts.with_label_values(&[name, mode_label(nfa), nfa.meta.severity.as_str()]).inc_by(c.matches);
+            m.timeouts.with_label_values(&[name]).inc_by(c.timeouts);
+            m.partial_matches_dropped.with_label_values(&[name]).inc_by(c.dropped);
+            for (step, position, n) in funnel_steps(nfa).zip(&c.funnel).map(|((v, p), n)| (v, p, *n)) {
+                if n > 0 {
+                    if let Some((var, pos)) = step.zip(position) {
+                        m.funnel_reached.with_label_values(&[name, var, &pos.to_string()]).inc_by(n);
+                    }
+                }
+            }
+        }
+        m.last_commit.set(now as f64 / 1000.0);
+    }
+}
+
+fn mode_label(nfa: &engine::Nfa) -> &'static str {
+    match nfa.meta.mode {
+        engine::Mode::Live => "live",
+        engine::Mode::Shadow => "shadow",
+    }
+}
+
+/// Per variable of the pattern (by `VarId`): its name and position among the steps, or `None`
+/// for a negated element (no step of the funnel).
+fn funnel_steps(nfa: &engine::Nfa) -> impl Iterator<Item = (Option<&str>, Option<usize>)> + '_ {
+    let mut position = 0;
+    nfa.vars.iter().map(move |v| {
+        if v.negated {
+            (None, None)
+        } else {
+            position += 1;
+            (Some(v.name.as_str()), Some(position))
+        }
+    })
+}
+
+/// Sets the information metrics and creates every label set known up front at 0, so that a
+/// rate over it is 0 rather than absent before the first event of its kind.
+fn init_metrics(m: &Metrics, plans: &BTreeMap<String, Arc<StreamPlan>>, timeouts: bool) {
+    let nfas: Vec<&Arc<engine::Nfa>> = plans.values().flat_map(|p| p.patterns.iter()).collect();
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::metrics::GIT_HASH, &pattern_set_hash(&nfas)])
+        .set(1);
+    for plan in plans.values() {
+        let l = [plan.name.as_str()];
+        for c in [&m.records_consumed, &m.consumed_bytes, &m.events_decoded, &m.events_processed, &m.events_late] {
+            c.with_label_values(&l);
+        }
+        m.assigned_partitions.with_label_values(&l).set(0);
+        for reason in crate::pipeline::REASONS {
+            m.decode_failures.with_label_values(&[plan.name.as_str(), reason]);
+            m.dead_lettered.with_label_values(&[plan.name.as_str(), reason]);
+        }
+    }
+    for nfa in &nfas {
+        let meta = &nfa.meta;
+        let name = meta.name.as_str();
+        let version = meta.version.to_string();
+        m.pattern_info
+            .with_label_values(&[name, &version, &meta.hash, mode_label(nfa), meta.severity.as_str(), &meta.stream])
+            .set(1);
+        m.matches.with_label_values(&[name]);
+        m.alerts.with_label_values(&[name, mode_label(nfa), meta.severity.as_str()]);
+        m.timeouts.with_label_values(&[name]);
+        m.partial_matches_dropped.with_label_values(&[name]);
+        m.active_partial_matches.with_label_values(&[name]).set(0);
+        m.active_keys.with_label_values(&[name]).set(0);
+        for (var, pos) in funnel_steps(nfa).filter_map(|(v, p)| v.zip(p)) {
+            m.funnel_reached.with_label_values(&[name, var, &pos.to_string()]);
+        }
+    }
+    for out in Output::ALL {
+        if out != Output::Timeouts || timeouts {
+            m.records_produced.with_label_values(&[out.label()]);
+            m.produced_bytes.with_label_values(&[out.label()]);
+        }
+    }
+    for from in ["event_time", "ingest"] {
+        m.alert_latency.with_label_values(&[from]);
+    }
+    for kind in ["assign", "revoke"] {
+        m.rebalances.with_label_values(&[kind]);
+    }
+    for source in ["store", "changelog"] {
+        m.restored_partitions.with_label_values(&[source]);
+    }
+    for result in ["ok", "failed"] {
+        m.pattern_reloads.with_label_values(&[result]);
+    }
+}
+
+/// The hash of a pattern set: 16 hex digits over its patterns' names and content hashes.
+pub fn pattern_set_hash(nfas: &[&Arc<engine::Nfa>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut lines: Vec<String> = nfas.iter().map(|n| format!("{} {}\n", n.meta.name, n.meta.hash)).collect();
+    lines.sort();
+    let digest = Sha256::digest(lines.concat().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Core {
+    /// Sets the gauges from the current state: per pattern, per partition, the store, readiness.
+    fn update_gauges(&mut self, consumer: &BaseConsumer<GroupContext>) {
+        self.gauges_at = Instant::now();
+        let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let m = &self.metrics;
+        let now = now_ms();
+        let mut per_pattern: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut assigned: HashMap<&str, i64> = self.plans.values().map(|p| (p.name.as_str(), 0)).collect();
+        for (topic, parts) in &self.parts {
+            for (p, part) in parts {
+                let stream = part.plan.name.as_str();
+                *assigned.entry(stream).or_default() += 1;
+                for op in part.operators() {
+                    let e = per_pattern.entry(op.nfa().meta.name.as_str()).or_default();
+                    e.0 += op.active_partial_matches();
+                    e.1 += op.active_keys();
+                }
+                let labels = [stream, &p.to_string()];
+                let wm = part.watermark();
+                if wm != i64::MIN {
+                    m.watermark.with_label_values(&labels).set(wm as f64 / 1000.0);
+                    m.watermark_lag.with_label_values(&labels).set(now.saturating_sub(wm) as f64 / 1000.0);
+                }
+                // The end of the partition as the client's last statistics saw it (no request).
+                if let Some(&end) = ends.get(&(topic.clone(), *p)) {
+                    m.consumer_lag.with_label_values(&labels).set((end - part.next_offset).max(0));
+                }
+            }
+        }
+        for plan in self.plans.values() {
+            for nfa in &plan.patterns {
+                let (partials, keys) = per_pattern.get(nfa.meta.name.as_str()).copied().unwrap_or_default();
+                m.active_partial_matches.with_label_values(&[&nfa.meta.name]).set(partials as i64);
+                m.active_keys.with_label_values(&[&nfa.meta.name]).set(keys as i64);
+            }
+        }
+        for (stream, n) in assigned {
+            m.assigned_partitions.with_label_values(&[stream]).set(n);
+        }
+        m.state_bytes.set(self.store.size_bytes() as i64);
+        m.ready.set(i64::from(self.health.ready.load(Ordering::Relaxed)));
+    }
+}
+
+impl Core {
+    /// Compiles the pattern files again and, if they are good, activates them at a transaction
+    /// boundary: the open transaction commits first, the state of patterns that are gone is
+    /// deleted (tombstones in the changelog, in a transaction of their own), patterns whose
+    /// content hash did not change keep their state, and new ones start at each partition's
+    /// watermark. A set that does not compile, or that would change which topics are read, is
+    /// refused and the running set stays. Errors are only those that stop the service.
+    fn reload(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
+        let refuse = |m: &Metrics, why: String| {
+            m.pattern_reloads.with_label_values(&["failed"]).inc();
+            tracing::error!("pattern reload refused, the running patterns stay: {why}");
+        };
+        let src = &self.sources;
+        let mut diagnostics = Vec::new();
+        let compiled = replay::compile_reporting(&src.pattern_paths, &src.catalog, &mut |d| diagnostics.push(d));
+        for d in &diagnostics {
+            tracing::error!("pattern reload: {d}");
+        }
+        let nfas = match compiled {
+            Ok(n) => n,
+            Err((_, m)) => {
+                refuse(&self.metrics, format!("{} error(s) in the pattern files ({m})", diagnostics.len().max(1)));
+                return Ok(());
+            }
+        };
+        let plans = match build_plans(&src.streams, &src.config_path, &src.catalog, &nfas) {
+            Ok(p) => p,
+            Err(e) => {
+                refuse(&self.metrics, e);
+                return Ok(());
+            }
+        };
+        if !plans.keys().eq(self.plans.keys()) {
+            let (old, new): (Vec<_>, Vec<_>) = (self.plans.keys().collect(), plans.keys().collect());
+            refuse(
+                &self.metrics,
+                format!("the new set reads topics {new:?}, the running one {old:?}: restart the service to change the topics"),
+            );
+            return Ok(());
+        }
+        let running: Vec<Arc<engine::Nfa>> = self.plans.values().flat_map(|p| p.patterns.iter().cloned()).collect();
+        let (old_hash, new_hash) =
+            (pattern_set_hash(&running.iter().collect::<Vec<_>>()), pattern_set_hash(&nfas.iter().collect::<Vec<_>>()));
+        // Switch between transactions: everything read so far ran under the old set.
+        self.commit(consumer)?;
+        if self.in_txn {
+            bail!("the transaction before the reload did not commit");
+        }
+        // Delete the stored state of the patterns that are gone, in this instance's partitions.
+        let kept: std::collections::HashSet<&str> = nfas.iter().map(|n| n.meta.hash.as_str()).collect();
+        let mut deletes = Vec::new();
+        for (t, parts) in &self.parts {
+            let plan = &self.plans[t];
+            for p in parts.keys() {
+                for gone in plan.patterns.iter().filter(|n| !kept.contains(n.meta.hash.as_str())) {
+                    for (k, _) in self.store.scan(&crate::pipeline::pattern_prefix(t, *p, &gone.meta.hash))? {
+                        deletes.push((*p, k));
+                    }
+                }
+            }
+        }
+        if !deletes.is_empty() {
+            let result = self.producer.begin_transaction().map_err(anyhow::Error::from).and_then(|()| {
+                for (p, k) in &deletes {
+                    produce(&self.producer, &self.changelog, Some(p % self.changelog_parts), Some(k), None, None)?;
+                }
+                self.producer.commit_transaction(TXN_TIMEOUT).map_err(anyhow::Error::from)
+            });
+            if let Err(e) = result {
+                let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+                refuse(&self.metrics, format!("cannot delete the state of the removed patterns: {e:#}"));
+                return Ok(());
+            }
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = deletes.into_iter().map(|(_, k)| (k, None)).collect();
+            self.store.apply(&records)?;
+            self.metrics.records_produced.with_label_values(&["changelog"]).inc_by(records.len() as u64);
+        }
+        for (t, parts) in &mut self.parts {
+            let plan = plans[t].clone();
+            for part in parts.values_mut() {
+                let placeholder = Partition::new(plan.clone(), part.partition, self.op_config);
+                let old = std::mem::replace(part, placeholder);
+                *part = old.with_plan(plan.clone(), self.op_config);
+            }
+        }
+        // The metrics: pattern gauges of patterns that are gone, the information metrics.
+        let names: std::collections::HashSet<&str> = nfas.iter().map(|n| n.meta.name.as_str()).collect();
+        for n in running.iter().filter(|n| !names.contains(n.meta.name.as_str())) {
+            let _ = self.metrics.active_partial_matches.remove_label_values(&[&n.meta.name]);
+            let _ = self.metrics.active_keys.remove_label_values(&[&n.meta.name]);
+        }
+        self.metrics.pattern_info.reset();
+        self.metrics.build_info.reset();
+        init_metrics(&self.metrics, &plans, self.sources.timeouts);
+        self.plans = plans;
+        self.metrics.pattern_reloads.with_label_values(&["ok"]).inc();
+        let watermarks: Vec<String> = self
+            .parts
+            .iter()
+            .flat_map(|(t, m)| {
+                m.iter().map(move |(p, part)| format!("{t}/{p}@{}:{}", part.next_offset, part.watermark()))
+            })
+            .collect();
+        let versions: Vec<String> =
+            nfas.iter().map(|n| format!("{}@{}:{}", n.meta.name, n.meta.version, n.meta.hash)).collect();
+        tracing::info!(
+            from = %old_hash, to = %new_hash, patterns = %versions.join(" "), positions = %watermarks.join(" "),
+            "pattern set activated"
+        );
+        self.update_gauges(consumer);
+        Ok(())
     }
 }

@@ -31,6 +31,12 @@ impl Store {
         Ok(Store { db })
     }
 
+    /// The store's size in bytes: RocksDB's estimate of its live data plus its memtables.
+    pub fn size_bytes(&self) -> u64 {
+        let prop = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        prop("rocksdb.estimate-live-data-size") + prop("rocksdb.cur-size-all-mem-tables")
+    }
+
     /// Every record under `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
