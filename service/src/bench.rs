@@ -110,14 +110,17 @@ pub fn run(input: &Path, pattern: &str, matches_out: Option<&Path>) -> u8 {
     let mut op = Operator::new(nfa.clone(), Config::default());
     let mut outputs: Vec<Output> = Vec::new();
     let mut max_ts = i64::MIN;
+    let mut progress = crate::progress::Progress::new("bench", "events", Some(events.len() as u64));
     let start = Instant::now();
     for (key, event) in &events {
+        progress.inc(1);
         max_ts = max_ts.max(event.ts);
         op.process(key.clone(), event.clone(), &mut outputs);
         op.advance_watermark(max_ts - OUT_OF_ORDERNESS_MS - 1, &mut outputs);
     }
     op.advance_watermark(i64::MAX, &mut outputs);
     let secs = start.elapsed().as_secs_f64();
+    progress.finish();
 
     let mut lines: Vec<String> = outputs
         .iter()

@@ -16,6 +16,7 @@ mod http;
 mod kafka;
 mod metrics;
 mod pipeline;
+mod progress;
 mod replay;
 mod run;
 mod source;

@@ -478,6 +478,68 @@ mod tests {
         assert_eq!(stored_position("payments", 2, &records[..1]), None);
     }
 
+    /// The payments plan of the library's `names` patterns (`edit(name, source)` applied).
+    fn plan(names: &[&str], edit: &dyn Fn(&str, String) -> String) -> Arc<StreamPlan> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cfg = crate::config::Config::load(&root.join("tripline.toml")).expect("config");
+        let catalog = cfg.catalog(&root.join("tripline.toml")).expect("catalog");
+        let mut nfas = Vec::new();
+        for n in names {
+            let text = std::fs::read_to_string(root.join(format!("patterns/{n}.tl"))).expect("pattern");
+            let compiled = dsl::compile_source(&dsl::SourceFile::new(format!("{n}.tl"), edit(n, text)), &catalog);
+            assert!(compiled.diagnostics.is_empty(), "{:?}", compiled.diagnostics);
+            nfas.extend(compiled.patterns.into_iter().map(|p| Arc::new(p.nfa)));
+        }
+        StreamPlan::new("payments", &cfg.streams["payments"], catalog.streams["payments"].clone(), &nfas)
+    }
+
+    #[test]
+    fn a_new_pattern_set_keeps_the_state_of_unchanged_patterns_only() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let old = plan(&["rapid_movement", "structuring"], &|_, t| t);
+        let mut part = Partition::new(old.clone(), 0, OpConfig::default());
+        let events =
+            std::fs::read_to_string(root.join("patterns/examples/rapid_movement.events.jsonl")).expect("events");
+        let mut emit = Vec::new();
+        // The example's first event, a large credit: a partial match waiting for the debit once a
+        // later event (another account's, a minute on) moves the watermark past it.
+        let first: serde_json::Value = serde_json::from_str(events.lines().next().expect("an event")).expect("json");
+        let mut later = first["value"].clone();
+        later["account_id"] = "ACC-OTHER".into();
+        later["direction"] = "OUT".into();
+        later["event_time"] = (first["value"]["event_time"].as_i64().expect("ts") + 60_000).into();
+        for (i, value) in [&first["value"], &later].into_iter().enumerate() {
+            let ev = crate::decode::json_event(&old.schema, Some("Payment"), value, i as u64).expect("event");
+            part.process(ev, &mut emit);
+        }
+        let held = |p: &Partition, name: &str| {
+            let op = p.operators().iter().find(|o| o.nfa().meta.name == name).expect("operator");
+            (op.active_partial_matches(), op.watermark())
+        };
+        let (rapid, wm) = held(&part, "rapid_movement");
+        assert_eq!(rapid, 1, "the credit waits for its debit");
+        assert_eq!(wm, part.watermark());
+        // rapid_movement unchanged, structuring changed (another version: another hash).
+        let new = plan(&["rapid_movement", "structuring"], &|n, t| {
+            if n == "structuring" {
+                t.replacen("version ", "version 9", 1)
+            } else {
+                t
+            }
+        });
+        assert_ne!(new.patterns[1].meta.hash, old.patterns[1].meta.hash);
+        assert_eq!(new.patterns[0].meta.hash, old.patterns[0].meta.hash);
+        let before = part.watermark();
+        let part = part.with_plan(new.clone(), OpConfig::default());
+        assert_eq!(held(&part, "rapid_movement"), (rapid, before), "unchanged: the state stays");
+        assert_eq!(held(&part, "structuring"), (0, before), "changed: starts empty at the watermark");
+        assert!(Arc::ptr_eq(&part.plan, &new));
+        // Dropping a pattern drops its operator.
+        let part = part.with_plan(plan(&["rapid_movement"], &|_, t| t), OpConfig::default());
+        assert_eq!(part.operators().len(), 1);
+        assert_eq!(held(&part, "rapid_movement").0, rapid);
+    }
+
     #[test]
     fn state_prefixes_never_overlap() {
         // One topic's prefix is never a prefix of another partition's (or topic's) records.

@@ -145,8 +145,10 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
     let mut counts = Counts::default();
     let mut emit = Vec::new();
     let write_err = |e: std::io::Error| (EXIT_USAGE, format!("error: writing {}: {e}", opts.output.display()));
+    let mut progress = crate::progress::Progress::new("replay", "events", None);
     for (n, record) in records {
         counts.events += 1;
+        progress.inc(1);
         let (stream, partition, event) = match record {
             Ok(x) => x,
             Err(Fatal(reason)) => return Err((EXIT_USAGE, format!("error: {}: {reason}", opts.input.display()))),
@@ -178,6 +180,7 @@ fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
         }
         counts.dropped += part.dropped_partial_matches();
     }
+    progress.finish();
     writer.flush().map_err(write_err)?;
     let rejected = counts.rejected > 0;
     Ok((counts, rejected))

@@ -813,11 +813,13 @@ impl Core {
         cfg_client.assign(&tpl).context("cannot read the changelog")?;
         let mut read = 0u64;
         let mut last_progress = Instant::now();
-        let mut last_log = Instant::now();
+        let mut progress = crate::progress::Progress::new("restore", "changelog records", Some((hi - lo) as u64));
+        progress.set_message(format!("{topic}/{p} from {}/{cp}", self.changelog));
         loop {
             match cfg_client.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     read += 1;
+                    progress.inc(1);
                     self.metrics.restore_records.inc();
                     last_progress = Instant::now();
                     if let Some(k) = m.key().filter(|k| k.starts_with(&prefix)) {
@@ -838,10 +840,6 @@ impl Core {
                 Some(Err(e)) => tracing::warn!("reading the changelog: {e}"),
                 None => {}
             }
-            if last_log.elapsed() >= Duration::from_secs(5) {
-                last_log = Instant::now();
-                tracing::info!(topic, partition = p, read, of = hi - lo, "restoring from the changelog");
-            }
             if last_progress.elapsed() >= Duration::from_secs(120) {
                 bail!(
                     "restoring {topic}/{p} from changelog partition {}/{cp} stalled after {read} of {} records \
@@ -855,6 +853,7 @@ impl Core {
                 return Err(anyhow::Error::new(Interrupted));
             }
         }
+        progress.finish();
         Ok(latest.into_iter().collect())
     }
 
