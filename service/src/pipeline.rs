@@ -142,9 +142,22 @@ pub struct Partition {
     /// Records were read since the last commit (the service's bookkeeping; not state).
     pub advanced: bool,
     pub counts: Counts,
+    /// What was read since the service's last commit (for the metrics; not state).
+    pub reads: Reads,
     outs: Vec<Output>,
     /// The operators' counts at the last [`Partition::take_pattern_counts`].
     reported: Vec<PatternCounts>,
+}
+
+/// Records read from a partition, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reads {
+    pub consumed: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    pub decoded: u64,
+    pub processed: u64,
+    pub late: u64,
 }
 
 /// What one pattern's operator counted (cumulative, or a difference).
@@ -169,6 +182,7 @@ impl Partition {
             next_offset: 0,
             advanced: false,
             counts: Counts::default(),
+            reads: Reads::default(),
             outs: Vec::new(),
             reported: Vec::new(),
         }

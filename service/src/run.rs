@@ -32,7 +32,9 @@ use crate::avro_in::{AvroIn, DecodeError};
 use crate::config::{self, Config};
 use crate::kafka::{self, REQUEST_TIMEOUT};
 use crate::metrics::Metrics;
-use crate::pipeline::{admit, seq_of, state_prefix, stored_position, Emit, Partition, PatternCounts, StreamPlan};
+use crate::pipeline::{
+    admit, seq_of, state_prefix, stored_position, Emit, Partition, PatternCounts, Reads, StreamPlan,
+};
 use crate::store::Store;
 use crate::{replay, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 
@@ -536,10 +538,9 @@ impl Core {
         part.counts.consumed += 1;
         self.totals.consumed += 1;
         let decode_failed = decoded.is_err();
-        let counts = self.batch.stream(&plan.name);
-        counts.consumed += 1;
-        counts.bytes += msg.payload_len() as u64;
-        counts.decoded += u64::from(!decode_failed);
+        part.reads.consumed += 1;
+        part.reads.bytes += msg.payload_len() as u64;
+        part.reads.decoded += u64::from(!decode_failed);
         let outcome = match decoded.and_then(|ev| admit(&plan, &ev, self.min_ts, self.max_ts).map(|()| ev)) {
             Ok(ev) => {
                 let ts = ev.ts;
@@ -556,11 +557,11 @@ impl Core {
         match outcome {
             Ok(None) => {
                 self.totals.processed += 1;
-                self.batch.stream(&plan.name).processed += 1;
+                part.reads.processed += 1;
             }
             Ok(Some((ts, wm))) => {
                 self.totals.late += 1;
-                self.batch.stream(&plan.name).late += 1;
+                part.reads.late += 1;
                 self.batch.produced(Output::Late, msg.key(), msg.payload());
                 let headers = source_headers(msg)
                     .insert(Header { key: "tripline.reason", value: Some("late") })
@@ -626,6 +627,7 @@ impl Core {
                 part.take_changes(&mut records);
                 let counts = part.take_pattern_counts();
                 self.batch.patterns.extend(part.plan.patterns.iter().cloned().zip(counts));
+                self.batch.add_reads(&part.plan.name, std::mem::take(&mut part.reads));
                 offsets.add_partition_offset(t, *p, Offset::Offset(part.next_offset)).context("offsets to commit")?;
                 let cp = p % self.changelog_parts;
                 for (k, v) in records.drain(..) {
@@ -1030,21 +1032,12 @@ impl Output {
     }
 }
 
-/// Per stream, what one transaction read.
-#[derive(Clone, Copy, Debug, Default)]
-struct StreamCounts {
-    consumed: u64,
-    bytes: u64,
-    decoded: u64,
-    processed: u64,
-    late: u64,
-}
-
 /// What the open transaction did, counted in plain integers and folded into the metrics when
 /// it commits (dropped when it aborts: the work is done, and counted, again).
 #[derive(Debug, Default)]
 struct Batch {
-    streams: HashMap<String, StreamCounts>,
+    /// Per stream, what was read.
+    streams: HashMap<String, Reads>,
     /// Dead letters by (stream, reason, whether decoding failed).
     rejects: HashMap<(String, &'static str, bool), u64>,
     /// Records and bytes per [`Output`].
@@ -1056,11 +1049,14 @@ struct Batch {
 }
 
 impl Batch {
-    fn stream(&mut self, name: &str) -> &mut StreamCounts {
-        if !self.streams.contains_key(name) {
-            self.streams.insert(name.to_owned(), StreamCounts::default());
-        }
-        self.streams.get_mut(name).expect("inserted above")
+    /// Adds one partition's reads to its stream's (once per partition and commit).
+    fn add_reads(&mut self, stream: &str, r: Reads) {
+        let sum = self.streams.entry(stream.to_owned()).or_default();
+        sum.consumed += r.consumed;
+        sum.bytes += r.bytes;
+        sum.decoded += r.decoded;
+        sum.processed += r.processed;
+        sum.late += r.late;
     }
 
     fn produced(&mut self, out: Output, key: Option<&[u8]>, payload: Option<&[u8]>) {
