@@ -1266,7 +1266,11 @@ impl Core {
         let nfas = match compiled {
             Ok(n) => n,
             Err((_, m)) => {
-                refuse(&self.metrics, format!("{} error(s) in the pattern files ({m})", diagnostics.len().max(1)));
+                let why = match diagnostics.len() {
+                    0 => m.trim_start_matches("error: ").to_owned(),
+                    n => format!("{n} error(s) in the pattern files (logged above, with file:line:column)"),
+                };
+                refuse(&self.metrics, why);
                 return Ok(());
             }
         };
