@@ -296,6 +296,9 @@ fn prometheus_scrapes_the_service_and_every_dashboard_and_rule_expression_works(
     hup(&svc);
     wait_for("a failed reload is counted", &|| reloads("failed") == 1.0);
     assert_eq!(reloads("ok"), 0.0);
+    let log = std::fs::read_to_string(dir.join("obs.log")).expect("service log");
+    assert!(log.contains("pattern reload refused, the running patterns stay"), "{log}");
+    assert!(log.contains("structuring.tl:"), "the error names the file, line and column: {log}");
     let changed = original.replacen("version ", "version 1", 1);
     assert_ne!(changed, original, "the pattern declares a version");
     std::fs::write(&patterns[0], &changed).expect("changed");
