@@ -1327,12 +1327,11 @@ impl Core {
             self.metrics.records_produced.with_label_values(&["changelog"]).inc_by(records.len() as u64);
         }
         for (t, parts) in &mut self.parts {
-            let plan = plans[t].clone();
-            for part in parts.values_mut() {
-                let placeholder = Partition::new(plan.clone(), part.partition, self.op_config);
-                let old = std::mem::replace(part, placeholder);
-                *part = old.with_plan(plan.clone(), self.op_config);
-            }
+            let plan = &plans[t];
+            *parts = std::mem::take(parts)
+                .into_iter()
+                .map(|(p, part)| (p, part.with_plan(plan.clone(), self.op_config)))
+                .collect();
         }
         // The metrics: pattern gauges of patterns that are gone, the information metrics.
         let names: std::collections::HashSet<&str> = nfas.iter().map(|n| n.meta.name.as_str()).collect();
