@@ -33,6 +33,15 @@ pub fn coords(seq: u64) -> (i32, i64) {
     ((seq >> OFFSET_BITS) as i32, (seq & OFFSET_MASK) as i64)
 }
 
+/// A partition's watermark given its newest event time (`i64::MIN`: none yet) and the stream's
+/// bounded out-of-orderness: newest - out-of-orderness - 1 ms. An event at or behind it is late.
+pub fn watermark_of(max_ts: i64, out_of_orderness: i64) -> i64 {
+    if max_ts == i64::MIN {
+        return i64::MIN;
+    }
+    max_ts.saturating_sub(out_of_orderness).saturating_sub(1)
+}
+
 /// Every dead-letter reason code (the `tripline.reason` header and the metrics' `reason` label).
 pub const REASONS: &[&str] =
     &["no-value", "not-avro", "unknown-schema", "wrong-schema", "missing-field", "undecodable", "bad-timestamp"];
@@ -225,10 +234,7 @@ impl Partition {
 
     /// The partition's watermark: newest event time - out-of-orderness - 1 ms.
     pub fn watermark(&self) -> i64 {
-        if self.max_ts == i64::MIN {
-            return i64::MIN;
-        }
-        self.max_ts.saturating_sub(self.plan.out_of_orderness).saturating_sub(1)
+        watermark_of(self.max_ts, self.plan.out_of_orderness)
     }
 
     /// Whether an event at `ts` would be late.
