@@ -110,6 +110,10 @@ pub struct OutputsConfig {
     /// Records that cannot be processed (original bytes, reason and source in headers).
     #[serde(default = "default_dead_letter")]
     pub dead_letter_topic: String,
+    /// Every pattern set the service activated (hash, versions, sources, per-partition offset
+    /// and watermark), one JSON document per activation: what `tripline replay --pattern-set` reads.
+    #[serde(default = "default_pattern_sets")]
+    pub pattern_sets_topic: String,
     /// Timed-out partial matches; unset: not published.
     pub timeouts_topic: Option<String>,
     /// The compacted changelog of the engine state; default `<group_id>.changelog`.
@@ -126,6 +130,7 @@ impl Default for OutputsConfig {
             shadow_alerts_topic: default_shadow_alerts(),
             late_topic: default_late(),
             dead_letter_topic: default_dead_letter(),
+            pattern_sets_topic: default_pattern_sets(),
             timeouts_topic: None,
             changelog_topic: None,
             partitions: default_partitions(),
@@ -144,6 +149,9 @@ fn default_late() -> String {
 }
 fn default_dead_letter() -> String {
     "tripline.dead-letter".to_owned()
+}
+fn default_pattern_sets() -> String {
+    "tripline.pattern-sets".to_owned()
 }
 fn default_partitions() -> i32 {
     4

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod audit;
 mod avro_in;
 mod bench;
 mod check;
@@ -14,13 +15,16 @@ mod conformance;
 mod decode;
 mod http;
 mod kafka;
+mod kafka_range;
 mod metrics;
+mod pattern_sets;
 mod pipeline;
 mod progress;
 mod replay;
 mod run;
 mod source;
 mod store;
+mod times;
 mod tools;
 
 /// Exit status: everything valid.
@@ -73,26 +77,53 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
-    /// Replay an exported file of events through a pattern set and write the alerts.
+    /// Replay a range of the input topics (or an exported file) through a pattern set and write
+    /// the alerts: the same bytes the service committed for the same records and patterns.
     Replay {
-        /// Pattern files or directories.
-        #[arg(long, required = true, value_name = "PATH")]
+        /// Pattern files or directories (default: the config's `service.patterns`).
+        #[arg(long, value_name = "PATH", conflicts_with = "pattern_set")]
         patterns: Vec<PathBuf>,
-        /// Events: JSON lines ({"stream": ..., "type": ..., "value": {...}}) or an Avro object
-        /// container file of one stream's records.
+        /// A pattern set the service recorded (its hash, or a unique prefix), read from the
+        /// pattern sets topic: exactly the patterns that ran, from where they took effect.
+        #[arg(long, value_name = "HASH")]
+        pattern_set: Option<String>,
+        /// Events from a file instead of Kafka: JSON lines ({"stream", "type", "value"}, as
+        /// `tripline export` writes them) or an Avro object container file of one stream.
         #[arg(long, value_name = "FILE")]
-        input: PathBuf,
+        input: Option<PathBuf>,
         /// The stream of an Avro input, when its record types fit several streams.
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", requires = "input")]
         stream: Option<String>,
+        /// Only this input topic (default: every topic the patterns read).
+        #[arg(long, value_name = "TOPIC")]
+        topic: Option<String>,
+        /// Start: a record time (RFC 3339 or epoch ms; offsets found with offsets_for_times) or
+        /// offsets PARTITION:OFFSET,... (default: the beginning, or where a recorded set took effect).
+        #[arg(long, value_name = "TIME|OFFSETS", allow_hyphen_values = true)]
+        from: Option<String>,
+        /// End, exclusive, in the same forms (default: the end of the topics when the replay starts).
+        #[arg(long, value_name = "TIME|OFFSETS", allow_hyphen_values = true)]
+        to: Option<String>,
         /// Where to write the alerts (JSON lines).
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
+        /// Write an audit report: JSON if FILE ends in .json, else Markdown.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Also run these pattern files over the same records and compare (A: --patterns, B: these).
+        #[arg(long, value_name = "PATH", conflicts_with = "compare_set")]
+        compare: Vec<PathBuf>,
+        /// Compare with a recorded pattern set instead.
+        #[arg(long, value_name = "HASH")]
+        compare_set: Option<String>,
+        /// Write the comparison here, one JSON line per alert in either set.
+        #[arg(long, value_name = "FILE")]
+        diff: Option<PathBuf>,
         /// Configuration file with the streams (default: $TRIPLINE_CONFIG, then ./tripline.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// The input goes on after its end (a range of a live topic): do not close the windows
-        /// at the end; the alerts are those the running service had committed after it.
+        /// A file's input goes on after its end (a range of a live topic): do not close the
+        /// windows at the end. Kafka ranges are always replayed so.
         #[arg(long)]
         open_end: bool,
     },
@@ -223,14 +254,44 @@ fn main() -> ExitCode {
         Command::Check { paths, config, format } => check::run_check(&paths, config.as_deref(), format),
         Command::Conformance { files, verbose } => conformance::run(&files, verbose),
         Command::Bench { input, pattern, matches } => bench::run(&input, &pattern, matches.as_deref()),
-        Command::Replay { patterns, input, output, config, stream, open_end } => replay::run(&replay::Replay {
-            patterns: &patterns,
-            input: &input,
-            output: &output,
-            config: config.as_deref(),
-            stream: stream.as_deref(),
+        Command::Replay {
+            patterns,
+            pattern_set,
+            input,
+            stream,
+            topic,
+            from,
+            to,
+            output,
+            report,
+            compare,
+            compare_set,
+            diff,
+            config,
             open_end,
-        }),
+        } => {
+            fn choice<'a>(files: &'a [PathBuf], hash: &'a Option<String>) -> Option<replay::Choice<'a>> {
+                match (files, hash) {
+                    (_, Some(h)) => Some(replay::Choice::Recorded(h.as_str())),
+                    ([], None) => None,
+                    (f, None) => Some(replay::Choice::Files(f)),
+                }
+            }
+            replay::run(&replay::Replay {
+                patterns: choice(&patterns, &pattern_set).unwrap_or(replay::Choice::Configured),
+                compare: choice(&compare, &compare_set),
+                input: input.as_deref(),
+                stream: stream.as_deref(),
+                topic: topic.as_deref(),
+                from: from.as_deref(),
+                to: to.as_deref(),
+                output: &output,
+                diff: diff.as_deref(),
+                report: report.as_deref(),
+                config: config.as_deref(),
+                open_end,
+            })
+        }
         Command::Run { config } => run::run(config.as_deref()),
         Command::Produce { input, partitions, config } => {
             tool(|| tools::produce(config.as_deref(), &input, partitions), |n| err(&format!("produced {n} records\n")))

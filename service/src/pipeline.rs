@@ -237,6 +237,18 @@ impl Partition {
         watermark_of(self.max_ts, self.plan.out_of_orderness)
     }
 
+    /// Starts the partition at a recorded watermark (a replay from where a pattern set took
+    /// effect): events at or behind it are late, as they were for the service.
+    pub fn resume_at(&mut self, watermark: i64) {
+        if watermark == i64::MIN || self.max_ts != i64::MIN {
+            return;
+        }
+        self.max_ts = watermark.saturating_add(1).saturating_add(self.plan.out_of_orderness);
+        for op in &mut self.operators {
+            op.set_watermark(watermark);
+        }
+    }
+
     /// Whether an event at `ts` would be late.
     pub fn is_late(&self, ts: i64) -> bool {
         ts <= self.watermark()

@@ -1,66 +1,74 @@
-//! `tripline replay`: runs a pattern set over an exported file of events, with the same
-//! watermark rules as the service, and writes the alerts as JSON lines. Same input and patterns,
-//! same bytes out.
+//! `tripline replay`: runs a pattern set over a range of the input topics (read as the service
+//! reads them: committed records, decoded through the schema registry) or over an exported file,
+//! with the same watermark rules as the service, and writes the alerts as JSON lines: the same
+//! records and patterns give the same bytes the service committed. Optionally an audit report
+//! (what was read, what ran, what came out, and a digest) and a comparison with another pattern
+//! set over the same records.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engine::runtime::{Config as OpConfig, Key};
 use engine::{Nfa, Value};
+use rdkafka::message::Message;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
+use crate::audit::{self, Report};
 use crate::config::{self, Config};
-use crate::pipeline::{admit, coords, seq_of, Emit, Partition, StreamPlan};
+use crate::kafka_range::{self, Bound, PartReader, Read};
+use crate::pattern_sets::{self, PatternSet};
+use crate::pipeline::{admit, coords, seq_of, Emit, Partition, Reject, StreamPlan};
 use crate::{decode, err, out, source, EXIT_INVALID, EXIT_OK, EXIT_USAGE};
+
+/// Which patterns a replay runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Choice<'a> {
+    /// Pattern files and directories.
+    Files(&'a [PathBuf]),
+    /// A set the service recorded (hash or unique prefix), from the pattern sets topic.
+    Recorded(&'a str),
+    /// The config's `service.patterns`.
+    Configured,
+}
 
 /// Options of a replay.
 pub struct Replay<'a> {
-    pub patterns: &'a [PathBuf],
-    pub input: &'a Path,
-    pub output: &'a Path,
-    pub config: Option<&'a Path>,
+    pub patterns: Choice<'a>,
+    /// A second set run over the same records, compared with the first.
+    pub compare: Option<Choice<'a>>,
+    /// An exported file instead of Kafka.
+    pub input: Option<&'a Path>,
     /// For Avro input whose record types fit several streams.
     pub stream: Option<&'a str>,
+    /// Only this input topic (Kafka).
+    pub topic: Option<&'a str>,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub output: &'a Path,
+    /// The comparison, one JSON line per alert that is in either set.
+    pub diff: Option<&'a Path>,
+    /// The audit report: JSON if the name ends in `.json`, else Markdown.
+    pub report: Option<&'a Path>,
+    pub config: Option<&'a Path>,
     /// The input goes on after its end (a range of a live topic): windows are not closed at the
     /// end, so the alerts are those the running service had emitted after these records.
+    /// Always so for Kafka input.
     pub open_end: bool,
 }
 
-/// Counts for the summary.
-#[derive(Default)]
-struct Counts {
-    dropped: u64,
-    events: u64,
-    rejected: u64,
-    late: u64,
-    alerts: BTreeMap<String, u64>,
+type Failure = (u8, String);
+
+fn usage(msg: impl std::fmt::Display) -> Failure {
+    (EXIT_USAGE, format!("error: {msg}"))
 }
 
 pub fn run(opts: &Replay<'_>) -> u8 {
     match replay(opts) {
-        Ok((counts, rejected_lines)) => {
-            let mut summary = format!(
-                "replayed {} events: {} alert(s), {} late, {} rejected, {} partial match(es) dropped by the budget\n",
-                counts.events,
-                counts.alerts.values().sum::<u64>(),
-                counts.late,
-                counts.rejected,
-                counts.dropped
-            );
-            for (p, n) in &counts.alerts {
-                let _ = writeln!(summary, "  {p}: {n}");
-            }
-            err(&summary);
-            if rejected_lines {
-                EXIT_INVALID
-            } else {
-                EXIT_OK
-            }
-        }
+        Ok(code) => code,
         Err((code, msg)) => {
             err(&format!("{msg}\n"));
             code
@@ -69,138 +77,461 @@ pub fn run(opts: &Replay<'_>) -> u8 {
 }
 
 /// Compiles the pattern files; diagnostics go to stdout.
-pub fn compile_patterns(paths: &[PathBuf], catalog: &dsl::Catalog) -> Result<Vec<Arc<Nfa>>, (u8, String)> {
+pub fn compile_patterns(paths: &[PathBuf], catalog: &dsl::Catalog) -> Result<PatternSet, Failure> {
     compile_reporting(paths, catalog, &mut |d| out(&format!("{d}\n")))
 }
 
-/// Compiles pattern files (and directories of them) against `catalog`, sorted by name; each
-/// diagnostic goes to `report`. The error: an exit status and a one-line message.
+/// Compiles pattern files (and directories of them) against `catalog`; each diagnostic goes to
+/// `report`. The error: an exit status and a one-line message.
 pub fn compile_reporting(
     paths: &[PathBuf],
     catalog: &dsl::Catalog,
     report: &mut dyn FnMut(String),
-) -> Result<Vec<Arc<Nfa>>, (u8, String)> {
-    let files = source::expand(paths).map_err(|e| (EXIT_USAGE, format!("error: {e}")))?;
-    let mut nfas = Vec::new();
-    let mut bad = 0;
+) -> Result<PatternSet, Failure> {
+    let files = source::expand(paths).map_err(usage)?;
+    let mut sources = Vec::new();
+    let mut unreadable = 0;
     for f in &files {
-        let src = match source::read(f) {
-            Ok(s) => s,
+        match source::read(f) {
+            Ok(s) => sources.push(s),
             Err(d) => {
                 report(d.render().trim_end().to_owned());
-                bad += 1;
-                continue;
+                unreadable += 1;
             }
-        };
-        let compiled = dsl::compile_source(&src, catalog);
-        for d in &compiled.diagnostics {
+        }
+    }
+    let compiled = compile_sources(sources, catalog, report);
+    match compiled {
+        Err((code, _)) if unreadable > 0 && code == EXIT_USAGE => Err((EXIT_INVALID, errors(unreadable))),
+        Err((EXIT_INVALID, m)) if unreadable > 0 => {
+            let n: usize = m.split_whitespace().find_map(|w| w.parse().ok()).unwrap_or(0);
+            Err((EXIT_INVALID, errors(n + unreadable)))
+        }
+        Ok(_) if unreadable > 0 => Err((EXIT_INVALID, errors(unreadable))),
+        other => other,
+    }
+}
+
+fn errors(n: usize) -> String {
+    format!("error: the patterns have {n} error(s); nothing was replayed")
+}
+
+/// Compiles pattern sources against `catalog` into a set sorted by name.
+pub fn compile_sources(
+    sources: Vec<dsl::SourceFile>,
+    catalog: &dsl::Catalog,
+    report: &mut dyn FnMut(String),
+) -> Result<PatternSet, Failure> {
+    let mut set = PatternSet::default();
+    let mut bad = 0;
+    let mut compiled = Vec::new();
+    for src in sources {
+        let result = dsl::compile_source(&src, catalog);
+        for d in &result.diagnostics {
             report(d.render());
         }
-        bad += compiled.diagnostics.len();
-        nfas.extend(compiled.patterns.into_iter().map(|p| Arc::new(p.nfa)));
+        bad += result.diagnostics.len();
+        let file = set.sources.len();
+        compiled.extend(result.patterns.into_iter().map(|p| (Arc::new(p.nfa), file)));
+        set.sources.push((src.name.clone(), src.text.clone()));
     }
     if bad > 0 {
-        return Err((EXIT_INVALID, format!("error: the patterns have {bad} error(s); nothing was replayed")));
+        return Err((EXIT_INVALID, errors(bad)));
     }
-    if nfas.is_empty() {
+    if compiled.is_empty() {
         return Err((EXIT_USAGE, "error: no patterns found".to_owned()));
     }
-    nfas.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
-    Ok(nfas)
+    compiled.sort_by(|a, b| a.0.meta.name.cmp(&b.0.meta.name));
+    (set.nfas, set.file_of) = compiled.into_iter().unzip();
+    Ok(set)
 }
 
-fn replay(opts: &Replay<'_>) -> Result<(Counts, bool), (u8, String)> {
-    let cfg_path = config::locate(opts.config).map_err(|e| (EXIT_USAGE, format!("error: {e:#}")))?;
-    let cfg = Config::load(&cfg_path).map_err(|e| (EXIT_USAGE, format!("error: {e:#}")))?;
-    let catalog = cfg.catalog(&cfg_path).map_err(|e| (EXIT_USAGE, format!("error: {e:#}")))?;
-    let nfas = compile_patterns(opts.patterns, &catalog)?;
-    for n in &nfas {
-        if catalog.streams.get(&n.meta.stream).is_some_and(|s| s.timestamp_field.is_none()) {
-            return Err((
-                EXIT_USAGE,
-                format!(
-                    "error: {}: stream `{}` (read by pattern `{}`) has no timestamp_field: replay needs each event's event time",
-                    cfg_path.display(),
+/// The configuration a replay runs under.
+struct Env {
+    cfg: Config,
+    path: PathBuf,
+    catalog: dsl::Catalog,
+    /// The Kafka reader, made when first needed.
+    reader: Option<rdkafka::consumer::BaseConsumer>,
+}
+
+impl Env {
+    fn reader(&mut self) -> Result<&rdkafka::consumer::BaseConsumer, Failure> {
+        if self.reader.is_none() {
+            self.reader = Some(kafka_range::reader(&self.cfg).map_err(usage)?);
+        }
+        Ok(self.reader.as_ref().expect("made above"))
+    }
+}
+
+/// A pattern set to run, where it came from, and (for a recorded set) where it took effect.
+struct Chosen {
+    set: PatternSet,
+    origin: String,
+    starts: BTreeMap<(String, i32), pattern_sets::Position>,
+}
+
+fn choose(env: &mut Env, choice: Choice<'_>) -> Result<Chosen, Failure> {
+    let base = env.path.parent().unwrap_or(Path::new(".")).to_owned();
+    match choice {
+        Choice::Files(paths) => {
+            let set = compile_patterns(paths, &env.catalog)?;
+            let origin = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            Ok(Chosen { set, origin: format!("files {origin}"), starts: BTreeMap::new() })
+        }
+        Choice::Configured => {
+            let paths: Vec<PathBuf> = env.cfg.service.patterns.iter().map(|p| base.join(p)).collect();
+            let set = compile_patterns(&paths, &env.catalog)?;
+            Ok(Chosen { set, origin: format!("the patterns of {}", env.path.display()), starts: BTreeMap::new() })
+        }
+        Choice::Recorded(hash) => {
+            let topic = env.cfg.outputs.pattern_sets_topic.clone();
+            env.reader()?;
+            let reader = env.reader.as_ref().expect("made above");
+            let records = kafka_range::read_all(reader, &env.cfg, &topic).map_err(usage)?;
+            let mut activations = Vec::new();
+            for (p, o, bytes) in records {
+                match serde_json::from_slice::<pattern_sets::Activation>(&bytes) {
+                    Ok(a) => activations.push(a),
+                    Err(e) => tracing::warn!("{topic}/{p}@{o} is not an activation record: {e}"),
+                }
+            }
+            let found = pattern_sets::recorded(&activations, hash, &topic, &env.catalog).map_err(usage)?;
+            Ok(Chosen {
+                origin: format!("pattern set {} as recorded in topic `{topic}`", found.set.hash()),
+                set: found.set,
+                starts: found.starts,
+            })
+        }
+    }
+}
+
+/// One pattern set running over the records: the service's per-partition state and what it
+/// emitted.
+struct Runner {
+    /// By stream name.
+    plans: BTreeMap<String, Arc<StreamPlan>>,
+    op_config: OpConfig,
+    parts: BTreeMap<(String, i32), Partition>,
+    /// Recorded starts by (topic, partition): offset and watermark.
+    starts: BTreeMap<(String, i32), pattern_sets::Position>,
+    emit: Vec<Emit>,
+    /// The alert lines, in the order they were raised.
+    lines: Vec<String>,
+    counts: audit::Counts,
+}
+
+impl Runner {
+    fn new(chosen: Chosen, cfg: &Config, catalog: &dsl::Catalog) -> Runner {
+        let op_config =
+            OpConfig { max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
+        let mut plans = BTreeMap::new();
+        for (name, s) in &cfg.streams {
+            if let Some(schema) = catalog.streams.get(name).cloned() {
+                plans.insert(name.clone(), StreamPlan::new(name, s, schema, &chosen.set.nfas));
+            }
+        }
+        Runner {
+            plans,
+            op_config,
+            parts: BTreeMap::new(),
+            starts: chosen.starts,
+            emit: Vec::new(),
+            lines: Vec::new(),
+            counts: audit::Counts::default(),
+        }
+    }
+
+    /// Feeds one decoded record at `offset` of `partition` of `stream`; an admission problem is
+    /// returned (the service dead-letters the record).
+    fn feed(
+        &mut self,
+        stream: &str,
+        partition: i32,
+        offset: i64,
+        event: engine::Event,
+        cfg: &Config,
+    ) -> Option<Reject> {
+        let plan = self.plans.get(stream)?;
+        if let Err(r) = admit(plan, &event, cfg.service.min_event_time, cfg.service.max_event_time) {
+            return Some(r);
+        }
+        let part = self.parts.entry((stream.to_owned(), partition)).or_insert_with(|| {
+            let mut part = Partition::new(plan.clone(), partition, self.op_config).without_change_tracking();
+            // Started where the recorded set took effect: its watermark then.
+            if let Some(pos) = self.starts.get(&(plan.topic.clone(), partition)).filter(|p| p.offset == offset) {
+                part.resume_at(pos.watermark.unwrap_or(i64::MIN));
+            }
+            part
+        });
+        if part.process(event, &mut self.emit) {
+            self.counts.processed += 1;
+        } else {
+            self.counts.late += 1;
+        }
+        self.take_alerts();
+        None
+    }
+
+    fn take_alerts(&mut self) {
+        for e in self.emit.drain(..) {
+            if let Emit::Alert { json, .. } = e {
+                self.lines.push(json);
+            }
+        }
+    }
+
+    /// The end of the input: windows close unless it goes on.
+    fn finish(&mut self, open_end: bool) {
+        for part in self.parts.values_mut() {
+            if !open_end {
+                part.finish(&mut self.emit);
+            }
+            self.counts.dropped += part.dropped_partial_matches();
+        }
+        self.take_alerts();
+    }
+}
+
+/// A record of the input: where it is, and the event or why it is not one.
+struct Input {
+    stream: String,
+    partition: i32,
+    offset: i64,
+    /// The Kafka record timestamp.
+    timestamp: Option<i64>,
+    event: Result<engine::Event, Reject>,
+}
+
+fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
+    let path = config::locate(opts.config).map_err(|e| usage(format!("{e:#}")))?;
+    let cfg = Config::load_with_env(&path).map_err(|e| usage(format!("{e:#}")))?;
+    let catalog = cfg.catalog(&path).map_err(|e| usage(format!("{e:#}")))?;
+    let from = opts.from.map(|t| Bound::parse("--from", t)).transpose().map_err(usage)?;
+    let to = opts.to.map(|t| Bound::parse("--to", t)).transpose().map_err(usage)?;
+    if opts.input.is_some() && (from.is_some() || to.is_some() || opts.topic.is_some()) {
+        return Err(usage(
+            "--from, --to and --topic select a range of Kafka topics; with --input the whole file is replayed",
+        ));
+    }
+    kafka_range::check_order(from.as_ref(), to.as_ref()).map_err(usage)?;
+    let mut env = Env { cfg, path, catalog, reader: None };
+    let a = choose(&mut env, opts.patterns)?;
+    let b = opts.compare.map(|c| choose(&mut env, c)).transpose()?;
+    let env = env;
+    for set in std::iter::once(&a.set).chain(b.as_ref().map(|b| &b.set)) {
+        for n in &set.nfas {
+            if env.catalog.streams.get(&n.meta.stream).is_some_and(|s| s.timestamp_field.is_none()) {
+                return Err(usage(format!(
+                    "{}: stream `{}` (read by pattern `{}`) has no timestamp_field: replay needs each event's event time",
+                    env.path.display(),
                     n.meta.stream,
                     n.meta.name
-                ),
-            ));
-        }
-    }
-
-    let op_config =
-        OpConfig { max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
-    let mut plans: BTreeMap<String, Arc<StreamPlan>> = BTreeMap::new();
-    for (name, s) in &cfg.streams {
-        let Some(schema) = catalog.streams.get(name).cloned() else { continue };
-        plans.insert(name.clone(), StreamPlan::new(name, s, schema, &nfas));
-    }
-    // One engine state per (stream, partition), as the service keeps it.
-    let mut parts: BTreeMap<(String, i32), Partition> = BTreeMap::new();
-
-    let records = read_records(opts.input, &catalog, opts.stream)?;
-    let output = std::fs::File::create(opts.output)
-        .map_err(|e| (EXIT_USAGE, format!("error: cannot write {}: {e}", opts.output.display())))?;
-    let mut writer = BufWriter::new(output);
-    let mut counts = Counts::default();
-    let mut emit = Vec::new();
-    let write_err = |e: std::io::Error| (EXIT_USAGE, format!("error: writing {}: {e}", opts.output.display()));
-    let mut progress = crate::progress::Progress::new("replay", "events", None);
-    for (n, record) in records {
-        counts.events += 1;
-        progress.inc(1);
-        let (stream, partition, event) = match record {
-            Ok(x) => x,
-            Err(Fatal(reason)) => return Err((EXIT_USAGE, format!("error: {}: {reason}", opts.input.display()))),
-            Err(Rejected(reason)) => {
-                counts.rejected += 1;
-                err(&format!("{}:{n}: rejected: {reason}\n", opts.input.display()));
-                continue;
+                )));
             }
-        };
-        let plan = plans.get(&stream).expect("every catalog stream has a plan");
-        if let Err(r) = admit(plan, &event, cfg.service.min_event_time, cfg.service.max_event_time) {
-            counts.rejected += 1;
-            err(&format!("{}:{n}: rejected ({}): {}\n", opts.input.display(), r.code, r.message));
-            continue;
         }
-        let part = parts
-            .entry((stream, partition))
-            .or_insert_with(|| Partition::new(plan.clone(), partition, op_config).without_change_tracking());
-        if !part.process(event, &mut emit) {
-            counts.late += 1;
-        }
-        write_emits(&mut emit, &mut writer, &mut counts).map_err(write_err)?;
     }
-    for part in parts.values_mut() {
-        // End of input is the end of time (unless the input goes on, as the service's does).
-        if !opts.open_end {
-            part.finish(&mut emit);
-            write_emits(&mut emit, &mut writer, &mut counts).map_err(write_err)?;
+    let mut report = Report::new(&a.set, &a.origin);
+    let mut runners = vec![Runner::new(a, &env.cfg, &env.catalog)];
+    if let Some(b) = b {
+        report.compare_with(&b.set, &b.origin);
+        runners.push(Runner::new(b, &env.cfg, &env.catalog));
+    }
+    let mut rejected_lines = false;
+    match opts.input {
+        Some(file) => {
+            report.input_file(file);
+            let records = read_records(file, &env.catalog, opts.stream)?;
+            let mut progress = crate::progress::Progress::new("replay", "events", None);
+            for (n, record) in records {
+                progress.inc(1);
+                let input = match record {
+                    Ok((stream, partition, event)) => {
+                        let offset = coords(event.seq).1;
+                        Input { stream, partition, offset, timestamp: None, event: Ok(event) }
+                    }
+                    Err(Fatal(reason)) => return Err(usage(format!("{}: {reason}", file.display()))),
+                    Err(Rejected(reason)) => {
+                        rejected_lines = true;
+                        err(&format!("{}:{n}: rejected: {reason}\n", file.display()));
+                        let stream = opts.stream.unwrap_or("-").to_owned();
+                        let offset = n as i64;
+                        let event = Err(Reject::new("undecodable", reason));
+                        Input { stream, partition: 0, offset, timestamp: None, event }
+                    }
+                };
+                if let Some(r) = feed(&mut runners, &mut report, input, &env.cfg) {
+                    rejected_lines = true;
+                    err(&format!("{}:{n}: rejected ({}): {}\n", file.display(), r.code, r.message));
+                }
+            }
+            progress.finish();
         }
-        counts.dropped += part.dropped_partial_matches();
+        None => replay_kafka(&env, opts, from.as_ref(), to.as_ref(), &mut runners, &mut report)?,
+    }
+    let open_end = opts.open_end || opts.input.is_none();
+    for r in &mut runners {
+        r.finish(open_end);
+    }
+    report.open_end = open_end;
+    let write = |path: &Path, text: &str| {
+        std::fs::write(path, text).map_err(|e| usage(format!("cannot write {}: {e}", path.display())))
+    };
+    let a = &runners[0];
+    let mut text = String::with_capacity(a.lines.iter().map(|l| l.len() + 1).sum());
+    for l in &a.lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    write(opts.output, &text)?;
+    report.output(opts.output, &a.lines, &a.counts);
+    let mut summary = format!(
+        "replayed {} events: {} alert(s), {} late, {} rejected, {} partial match(es) dropped by the budget\n",
+        report.events_read(),
+        a.lines.len(),
+        a.counts.late,
+        report.rejected(),
+        a.counts.dropped
+    );
+    for (p, n) in report.alerts_by_pattern() {
+        let _ = writeln!(summary, "  {p}: {n}");
+    }
+    let _ = writeln!(summary, "digest {}", report.digest());
+    if let [a, b] = runners.as_slice() {
+        let diff = audit::diff(&a.lines, &b.lines);
+        if let Some(path) = opts.diff {
+            write(path, &diff.lines())?;
+        }
+        summary.push_str(&diff.table());
+        report.comparison(diff);
+    }
+    if let Some(path) = opts.report {
+        let is_json = path.extension().is_some_and(|x| x == "json");
+        write(path, &if is_json { report.json() } else { report.markdown() })?;
+    }
+    err(&summary);
+    Ok(if rejected_lines { EXIT_INVALID } else { EXIT_OK })
+}
+
+/// Feeds one input record to every runner; returns the first runner's admission problem.
+fn feed(runners: &mut [Runner], report: &mut Report, input: Input, cfg: &Config) -> Option<Reject> {
+    let Input { stream, partition, offset, timestamp, event } = input;
+    let ts = event.as_ref().ok().map(|e| e.ts);
+    report.read(&stream, partition, offset, timestamp, ts);
+    let problem = match event {
+        Err(r) => Some(r),
+        Ok(event) => {
+            let mut first = None;
+            for (i, r) in runners.iter_mut().enumerate() {
+                let problem = r.feed(&stream, partition, offset, event.clone(), cfg);
+                if i == 0 {
+                    first = problem;
+                }
+            }
+            first
+        }
+    };
+    if let Some(r) = &problem {
+        report.dead_letter(r.code);
+    }
+    problem
+}
+
+/// Replays the range of the input topics: partition by partition, in offset order.
+fn replay_kafka(
+    env: &Env,
+    opts: &Replay<'_>,
+    from: Option<&Bound>,
+    to: Option<&Bound>,
+    runners: &mut [Runner],
+    report: &mut Report,
+) -> Result<(), Failure> {
+    // The topics of the streams the patterns read.
+    let mut topics: BTreeMap<String, Arc<StreamPlan>> = BTreeMap::new();
+    for r in runners.iter() {
+        for plan in r.plans.values().filter(|p| !p.patterns.is_empty()) {
+            topics.entry(plan.topic.clone()).or_insert_with(|| plan.clone());
+        }
+    }
+    if let Some(t) = opts.topic {
+        if !topics.contains_key(t) {
+            let read: Vec<&String> = topics.keys().collect();
+            return Err(usage(format!(
+                "no pattern of the replay reads topic `{t}` (they read: {})",
+                read.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        topics.retain(|k, _| k == t);
+    }
+    let names: Vec<&str> = topics.keys().map(String::as_str).collect();
+    let defaults: BTreeMap<(String, i32), i64> =
+        runners[0].starts.iter().map(|(k, pos)| (k.clone(), pos.offset)).collect();
+    let reader = kafka_range::reader(&env.cfg).map_err(usage)?;
+    let ranges = kafka_range::resolve(&reader, &env.cfg, &names, from, to, &defaults).map_err(usage)?;
+    report.input_kafka(env.cfg.kafka.bootstrap_servers.as_deref().unwrap_or(""), opts.from, opts.to, &ranges);
+    let mut avro = crate::run::avro_for(&env.cfg, &env.path, topics.values()).map_err(|e| usage(format!("{e:#}")))?;
+    let total: i64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let mut progress = crate::progress::Progress::new("replay", "records", Some(total as u64));
+    let registry = env.cfg.registry.url.clone().unwrap_or_default();
+    for (i, range) in ranges.iter().enumerate() {
+        let plan = topics[&range.topic].clone();
+        let mut reader = PartReader::new(&reader, range).map_err(usage)?;
+        let mut n = 0u64;
+        let next = loop {
+            let m = match reader.next().map_err(usage)? {
+                Read::Done { next } => break next,
+                Read::Record(m) => m,
+            };
+            if n % 4096 == 0 {
+                progress.set_message(format!(
+                    "{}/{}@{} of {}..{} (partition {} of {})",
+                    range.topic,
+                    range.partition,
+                    m.offset(),
+                    range.start,
+                    range.end,
+                    i + 1,
+                    ranges.len()
+                ));
+            }
+            n += 1;
+            progress.inc(1);
+            let seq = seq_of(range.partition, m.offset());
+            let mut wait = std::time::Duration::from_millis(100);
+            let started = std::time::Instant::now();
+            let event = loop {
+                match avro.decode(&plan, m.payload(), seq) {
+                    Ok(e) => break Ok(e),
+                    Err(crate::avro_in::DecodeError::Reject(r)) => break Err(r),
+                    Err(crate::avro_in::DecodeError::Unavailable(why)) => {
+                        if started.elapsed() >= std::time::Duration::from_secs(30) {
+                            return Err(usage(format!("the schema registry at {registry} does not answer: {why}")));
+                        }
+                        tracing::warn!("{why}; retrying in {wait:?}");
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            };
+            let input = Input {
+                stream: plan.name.clone(),
+                partition: range.partition,
+                offset: m.offset(),
+                timestamp: m.timestamp().to_millis(),
+                event,
+            };
+            feed(runners, report, input, &env.cfg);
+        };
+        if next < range.end {
+            tracing::warn!(
+                topic = %range.topic, partition = range.partition, read_to = next, end = range.end,
+                "the committed records end before the range does (an open transaction, or records still to come)"
+            );
+        }
+        report.partition_done(&range.topic, range.partition, next);
     }
     progress.finish();
-    writer.flush().map_err(write_err)?;
-    let rejected = counts.rejected > 0;
-    Ok((counts, rejected))
-}
-
-fn write_emits(emit: &mut Vec<Emit>, w: &mut impl Write, counts: &mut Counts) -> std::io::Result<()> {
-    for e in emit.drain(..) {
-        if let Emit::Alert { json, .. } = e {
-            let pattern = json_pattern(&json);
-            *counts.alerts.entry(pattern).or_default() += 1;
-            w.write_all(json.as_bytes())?;
-            w.write_all(b"\n")?;
-        }
-    }
     Ok(())
-}
-
-/// The pattern name of an alert line (for the summary).
-fn json_pattern(line: &str) -> String {
-    serde_json::from_str::<Json>(line).ok().and_then(|j| j["pattern"].as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// Why a record was not replayed: the input cannot be read on, or this record is bad.

@@ -32,6 +32,7 @@ use crate::avro_in::{AvroIn, DecodeError};
 use crate::config::{self, Config};
 use crate::kafka::{self, REQUEST_TIMEOUT};
 use crate::metrics::Metrics;
+use crate::pattern_sets::{self, PatternSet, Position};
 use crate::pipeline::{
     admit, seq_of, state_prefix, stored_position, Emit, Partition, PatternCounts, Reads, StreamPlan,
 };
@@ -117,6 +118,8 @@ pub struct Setup {
     pub base: std::path::PathBuf,
     /// What a reload compiles again: the pattern paths, the streams' schemas, the config file.
     pub sources: Sources,
+    /// The pattern set, with its sources (recorded when it takes effect).
+    pub set: PatternSet,
 }
 
 /// The inputs of the pattern set, kept for reloads.
@@ -137,16 +140,9 @@ pub fn setup(config: Option<&Path>) -> Result<Setup> {
     let catalog = cfg.catalog(&path).map_err(|e| usage(format!("{e:#}")))?;
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let pattern_paths: Vec<_> = cfg.service.patterns.iter().map(|p| base.join(p)).collect();
-    let nfas = replay::compile_patterns(&pattern_paths, &catalog).map_err(|(_, m)| usage(m))?;
-    let plans = build_plans(&cfg.streams, &path, &catalog, &nfas).map_err(usage)?;
-    let mut readers = Vec::new();
-    for plan in plans.values() {
-        let s = &cfg.streams[&plan.name];
-        let json = std::fs::read_to_string(base.join(&s.schema))
-            .with_context(|| format!("cannot read the schema of stream `{}`", plan.name))?;
-        readers.push((plan.name.clone(), json));
-    }
-    let avro = AvroIn::new(kafka::registry(&cfg).map_err(usage)?, &readers).map_err(usage)?;
+    let set = replay::compile_patterns(&pattern_paths, &catalog).map_err(|(_, m)| usage(m))?;
+    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas).map_err(usage)?;
+    let avro = avro_for(&cfg, &path, plans.values())?;
     let op_config = OpConfig {
         max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key,
         timeouts: cfg.outputs.timeouts_topic.is_some(),
@@ -159,7 +155,25 @@ pub fn setup(config: Option<&Path>) -> Result<Setup> {
         streams: cfg.streams.clone(),
         timeouts: cfg.outputs.timeouts_topic.is_some(),
     };
-    Ok(Setup { cfg, plans, avro, op_config, base, sources })
+    Ok(Setup { cfg, plans, avro, op_config, base, sources, set })
+}
+
+/// The Avro decoder of the streams of `plans` (their schemas read relative to the config file
+/// at `config_path`), with the configured schema registry.
+pub fn avro_for<'a>(
+    cfg: &Config,
+    config_path: &Path,
+    plans: impl IntoIterator<Item = &'a Arc<StreamPlan>>,
+) -> Result<AvroIn> {
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let mut readers = Vec::new();
+    for plan in plans {
+        let s = &cfg.streams[&plan.name];
+        let json = std::fs::read_to_string(base.join(&s.schema))
+            .with_context(|| format!("cannot read the schema of stream `{}`", plan.name))?;
+        readers.push((plan.name.clone(), json));
+    }
+    AvroIn::new(kafka::registry(cfg).map_err(usage)?, &readers).map_err(usage)
 }
 
 /// The plan of every stream some pattern of `nfas` reads, by topic.
@@ -206,7 +220,7 @@ fn build_plans(
 }
 
 fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
-    let Setup { cfg, plans, avro, op_config, base, sources } = setup(config)?;
+    let Setup { cfg, plans, avro, op_config, base, sources, set } = setup(config)?;
     let patterns: usize = plans.values().map(|p| p.patterns.len()).sum();
     tracing::info!(patterns, streams = plans.len(), group = %cfg.kafka.group_id, instance = %cfg.service.instance_id, "starting");
 
@@ -234,6 +248,8 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         (o.shadow_alerts_topic.clone(), o.partitions, false),
         (o.late_topic.clone(), o.partitions, false),
         (o.dead_letter_topic.clone(), o.partitions, false),
+        // One partition: the activations in the order they happened.
+        (o.pattern_sets_topic.clone(), 1, false),
         (changelog.clone(), max_parts, true),
     ];
     if let Some(t) = &o.timeouts_topic {
@@ -280,6 +296,9 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         shadow_alerts_topic: o.shadow_alerts_topic.clone(),
         late_topic: o.late_topic.clone(),
         dead_letter_topic: o.dead_letter_topic.clone(),
+        pattern_sets_topic: o.pattern_sets_topic.clone(),
+        instance: cfg.service.instance_id.clone(),
+        set,
         timeouts_topic: o.timeouts_topic.clone(),
         min_ts: cfg.service.min_event_time,
         max_ts: cfg.service.max_event_time,
@@ -412,6 +431,7 @@ fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> 
         core.metrics.restore_duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
+                core.record_assignment(consumer, &list)?;
                 core.health.ready.store(true, Ordering::Relaxed);
                 core.update_gauges(consumer);
             }
@@ -479,6 +499,10 @@ struct Core {
     shadow_alerts_topic: String,
     late_topic: String,
     dead_letter_topic: String,
+    pattern_sets_topic: String,
+    instance: String,
+    /// The running pattern set.
+    set: PatternSet,
     timeouts_topic: Option<String>,
     min_ts: i64,
     max_ts: i64,
@@ -1014,11 +1038,19 @@ enum Output {
     DeadLetter,
     Timeouts,
     Changelog,
+    PatternSets,
 }
 
 impl Output {
-    const ALL: [Output; 6] =
-        [Output::Alerts, Output::ShadowAlerts, Output::Late, Output::DeadLetter, Output::Timeouts, Output::Changelog];
+    const ALL: [Output; 7] = [
+        Output::Alerts,
+        Output::ShadowAlerts,
+        Output::Late,
+        Output::DeadLetter,
+        Output::Timeouts,
+        Output::Changelog,
+        Output::PatternSets,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -1028,6 +1060,7 @@ impl Output {
             Output::DeadLetter => "dead_letter",
             Output::Timeouts => "timeouts",
             Output::Changelog => "changelog",
+            Output::PatternSets => "pattern_sets",
         }
     }
 }
@@ -1139,9 +1172,9 @@ fn funnel_steps(nfa: &engine::Nfa) -> impl Iterator<Item = (Option<&str>, Option
 /// Sets the information metrics and creates every label set known up front at 0, so that a
 /// rate over it is 0 rather than absent before the first event of its kind.
 fn init_metrics(m: &Metrics, plans: &BTreeMap<String, Arc<StreamPlan>>, timeouts: bool) {
-    let nfas: Vec<&Arc<engine::Nfa>> = plans.values().flat_map(|p| p.patterns.iter()).collect();
+    let nfas: Vec<Arc<engine::Nfa>> = plans.values().flat_map(|p| p.patterns.iter().cloned()).collect();
     m.build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::metrics::GIT_HASH, &pattern_set_hash(&nfas)])
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::metrics::GIT_HASH, &pattern_sets::set_hash(&nfas)])
         .set(1);
     for plan in plans.values() {
         let l = [plan.name.as_str()];
@@ -1189,15 +1222,6 @@ fn init_metrics(m: &Metrics, plans: &BTreeMap<String, Arc<StreamPlan>>, timeouts
     for result in ["ok", "failed"] {
         m.pattern_reloads.with_label_values(&[result]);
     }
-}
-
-/// The hash of a pattern set: 16 hex digits over its patterns' names and content hashes.
-pub fn pattern_set_hash(nfas: &[&Arc<engine::Nfa>]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut lines: Vec<String> = nfas.iter().map(|n| format!("{} {}\n", n.meta.name, n.meta.hash)).collect();
-    lines.sort();
-    let digest = Sha256::digest(lines.concat().as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 impl Core {
@@ -1263,7 +1287,7 @@ impl Core {
         for d in &diagnostics {
             tracing::error!("pattern reload: {d}");
         }
-        let nfas = match compiled {
+        let set = match compiled {
             Ok(n) => n,
             Err((_, m)) => {
                 let why = match diagnostics.len() {
@@ -1274,6 +1298,7 @@ impl Core {
                 return Ok(());
             }
         };
+        let nfas = set.nfas.clone();
         let plans = match build_plans(&src.streams, &src.config_path, &src.catalog, &nfas) {
             Ok(p) => p,
             Err(e) => {
@@ -1290,8 +1315,7 @@ impl Core {
             return Ok(());
         }
         let running: Vec<Arc<engine::Nfa>> = self.plans.values().flat_map(|p| p.patterns.iter().cloned()).collect();
-        let (old_hash, new_hash) =
-            (pattern_set_hash(&running.iter().collect::<Vec<_>>()), pattern_set_hash(&nfas.iter().collect::<Vec<_>>()));
+        let (old_hash, new_hash) = (pattern_sets::set_hash(&running), set.hash());
         // Switch between transactions: everything read so far ran under the old set.
         self.commit(consumer)?;
         if self.in_txn {
@@ -1310,18 +1334,29 @@ impl Core {
                 }
             }
         }
-        if !deletes.is_empty() {
+        // The deletes and the record of the new set's activation, in one transaction: the set
+        // takes effect at each partition's current position and watermark.
+        {
+            let record = self.activation_record(&set, "reload", None);
             let result = self.producer.begin_transaction().map_err(anyhow::Error::from).and_then(|()| {
                 for (p, k) in &deletes {
                     produce(&self.producer, &self.changelog, Some(p % self.changelog_parts), Some(k), None, None)?;
                 }
+                let key = set.hash();
+                produce(&self.producer, &self.pattern_sets_topic, Some(0), Some(key.as_bytes()), Some(&record), None)?;
                 self.producer.commit_transaction(TXN_TIMEOUT).map_err(anyhow::Error::from)
             });
             if let Err(e) = result {
                 let _ = self.producer.abort_transaction(TXN_TIMEOUT);
-                refuse(&self.metrics, format!("cannot delete the state of the removed patterns: {e:#}"));
+                refuse(
+                    &self.metrics,
+                    format!("cannot record the new set and delete the removed patterns' state: {e:#}"),
+                );
                 return Ok(());
             }
+            self.metrics.records_produced.with_label_values(&[Output::PatternSets.label()]).inc();
+        }
+        if !deletes.is_empty() {
             let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = deletes.into_iter().map(|(_, k)| (k, None)).collect();
             self.store.apply(&records)?;
             self.metrics.records_produced.with_label_values(&["changelog"]).inc_by(records.len() as u64);
@@ -1343,6 +1378,7 @@ impl Core {
         self.metrics.build_info.reset();
         init_metrics(&self.metrics, &plans, self.sources.timeouts);
         self.plans = plans;
+        self.set = set;
         self.metrics.pattern_reloads.with_label_values(&["ok"]).inc();
         let watermarks: Vec<String> = self
             .parts
@@ -1358,6 +1394,52 @@ impl Core {
             "pattern set activated"
         );
         self.update_gauges(consumer);
+        Ok(())
+    }
+}
+
+impl Core {
+    /// The activation record of `set` on the assigned partitions (`only`: these of them).
+    fn activation_record(&self, set: &PatternSet, reason: &str, only: Option<&[(String, i32)]>) -> Vec<u8> {
+        let mut positions = Vec::new();
+        for (t, parts) in &self.parts {
+            for (p, part) in parts {
+                if only.is_some_and(|l| !l.iter().any(|(lt, lp)| lt == t && lp == p)) {
+                    continue;
+                }
+                let wm = part.watermark();
+                positions.push(Position {
+                    topic: t.clone(),
+                    partition: *p,
+                    offset: part.next_offset,
+                    watermark: (wm != i64::MIN).then_some(wm),
+                });
+            }
+        }
+        positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let record = set.activation(reason, &self.instance, now_ms(), positions);
+        serde_json::to_vec(&record).unwrap_or_default()
+    }
+
+    /// Records that the running set takes effect on newly assigned partitions (from their
+    /// restored positions), in a transaction of its own, before any of their records is read.
+    fn record_assignment(&mut self, consumer: &BaseConsumer<GroupContext>, list: &[(String, i32)]) -> Result<()> {
+        if list.is_empty() {
+            return Ok(());
+        }
+        self.commit(consumer)?;
+        let record = self.activation_record(&self.set, "assign", Some(list));
+        let key = self.set.hash();
+        let result = self.producer.begin_transaction().map_err(anyhow::Error::from).and_then(|()| {
+            produce(&self.producer, &self.pattern_sets_topic, Some(0), Some(key.as_bytes()), Some(&record), None)?;
+            self.producer.commit_transaction(TXN_TIMEOUT).map_err(anyhow::Error::from)
+        });
+        if let Err(e) = result {
+            let _ = self.producer.abort_transaction(TXN_TIMEOUT);
+            bail!("cannot record the pattern set's activation in `{}`: {e:#}", self.pattern_sets_topic);
+        }
+        self.metrics.records_produced.with_label_values(&[Output::PatternSets.label()]).inc();
+        tracing::info!(set = %key, partitions = list.len(), topic = %self.pattern_sets_topic, "pattern set activation recorded");
         Ok(())
     }
 }
