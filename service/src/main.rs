@@ -12,6 +12,7 @@ mod check;
 mod config;
 mod conformance;
 mod decode;
+mod explain;
 mod http;
 mod kafka;
 mod metrics;
