@@ -6,6 +6,13 @@
 //! automaton along the matched events and evaluates each step's guard on exactly the events the
 //! engine had then; [`KeyTrace`] runs the pattern over the range as a partition of the service
 //! does (same watermark, same lateness, same order), watching one key.
+//!
+//! What a trace can see: the key's matches and timed-out partial matches (engine outputs), its
+//! partial matches after every step of the watermark ([`Operator::partial_matches`]), and so the
+//! partial matches that ended in between without a match or a timeout. Why one ended is
+//! re-derived from the automaton (a `not` element's guard held, an event could be neither taken
+//! nor skipped, the skip strategy after a match, the budget); a partial match that started and
+//! ended within one step of the watermark is not seen, and the report says so.
 
 // The CLI wiring (flags, file and Kafka input) comes next; until then only the tests call this.
 #![allow(dead_code)]
@@ -1205,13 +1212,13 @@ impl Report<'_> {
             Reason::Budget => {
                 o.push_str("    dropped by the per-key budget (engine.max_partial_matches_per_key)\n");
             }
+            Reason::Unknown(events) if events.is_empty() => {
+                o.push_str("    ended as time passed; the trace cannot tell why\n");
+            }
             Reason::Unknown(events) => {
                 let list: Vec<String> = events.iter().map(|e| at(e)).collect();
-                let _ = writeln!(
-                    o,
-                    "    ended while the pattern processed {}; the trace cannot tell why",
-                    if list.is_empty() { "the passage of time".to_owned() } else { list.join(", ") }
-                );
+                let _ =
+                    writeln!(o, "    ended while the pattern processed {}; the trace cannot tell why", list.join(", "));
             }
         }
     }
@@ -1279,7 +1286,7 @@ impl Report<'_> {
             }
         }
         for (var, cond) in &w.forbidden {
-            let _ = writeln!(o, "    it is discarded by a {}: {}", nfa.var_name(*var), cond_text(nfa, cond));
+            let _ = writeln!(o, "    the `not` element {} would end it: {}", nfa.var_name(*var), cond_text(nfa, cond));
         }
         // The key's events it saw after its last one (and before its window closed): none took it on.
         let Some((_, last)) = taken.last() else { return };
@@ -1604,7 +1611,7 @@ mod tests {
         for e in events {
             t.feed(0, e);
         }
-        golden.assert_eq(&t.finish("payments", open_end));
+        golden.assert_eq(&t.finish(&plan.topic, open_end));
     }
 
     #[test]
@@ -1761,6 +1768,118 @@ mod tests {
                     the key had no further event before its window closed
 
                 Partial matches discarded on the way: none
+
+                Partial matches still open at the end: none
+
+                Late events of the key: none
+
+                Not listed: partial matches that started and ended while the watermark passed several events of the key at once (the trace compares the key's partial matches after each step of the watermark).
+            "#]],
+        );
+    }
+
+    #[test]
+    fn traces_partial_matches_ended_by_an_until_and_by_the_skip_strategy() {
+        // ACC-1003: a 12,000 cash deposit (line 8) ends the runs before it (`until`); the alert's
+        // `skip past last event` clears the run that started inside it.
+        trace(
+            "structuring",
+            "ACC-1003",
+            false,
+            expect![[r#"
+            Key ACC-1003 (account_id) under pattern structuring version 1 (hash 42ae3f02a00c2912)
+              "Three cash deposits just under the 10,000 reporting threshold within 72 hours"
+            Result: ALERTED: 1 alert(s) for this key in the range.
+
+            Range: 17 events read from topic payments (partition 0); 6 of them are the key's: 6 on time, 0 late.
+            The range ends at the end of time: every window closed.
+
+            Alerts (1):
+              #1 alert 01d43f49e3966060ca8872bd3d3baa34 at 2025-03-05T17:05:00.000Z
+                 step 1/1 deposit: payments/0@12 at 2025-03-04T16:00:00.000Z
+                 step 1/1 deposit: payments/0@14 at 2025-03-05T11:20:00.000Z
+                 step 1/1 deposit: payments/0@16 at 2025-03-05T17:05:00.000Z
+                 message: Account ACC-1003: 3 cash deposits just under 10,000 totalling 27200.0 USD at 3 branch(es)
+
+            Funnel (partial matches of this key that reached each step):
+              step 1/1 deposit: 5
+              matches:          1
+
+            Timed-out partial matches: none
+
+            Partial matches discarded on the way: 3
+              #1 started 2025-03-03T10:30:00.000Z
+                events taken:
+                  step 1/1 deposit: payments/0@3 at 2025-03-03T10:30:00.000Z
+                  step 1/1 deposit: payments/0@6 at 2025-03-03T14:45:00.000Z
+                ended by payments/0@8 at 2025-03-04T09:10:00.000Z: the pattern could neither take it nor skip it here
+                  not step 1/1 deposit:
+                    false  amount < 10000
+                           amount = 12000.0
+                    false  not (channel == "CASH_DEPOSIT" and amount >= 10000)
+                           channel = "CASH_DEPOSIT", amount = 12000.0
+              #2 started 2025-03-03T14:45:00.000Z
+                events taken:
+                  step 1/1 deposit: payments/0@6 at 2025-03-03T14:45:00.000Z
+                ended by payments/0@8 at 2025-03-04T09:10:00.000Z: the pattern could neither take it nor skip it here
+                  not step 1/1 deposit:
+                    false  amount < 10000
+                           amount = 12000.0
+                    false  not (channel == "CASH_DEPOSIT" and amount >= 10000)
+                           channel = "CASH_DEPOSIT", amount = 12000.0
+              #3 started 2025-03-05T11:20:00.000Z
+                events taken:
+                  step 1/1 deposit: payments/0@14 at 2025-03-05T11:20:00.000Z
+                  step 1/1 deposit: payments/0@16 at 2025-03-05T17:05:00.000Z
+                cleared by the skip strategy (skip past last event) when alert 01d43f49e3966060ca8872bd3d3baa34 fired
+
+            Partial matches still open at the end: none
+
+            Late events of the key: none
+
+            Not listed: partial matches that started and ended while the watermark passed several events of the key at once (the trace compares the key's partial matches after each step of the watermark).
+        "#]],
+        );
+    }
+
+    #[test]
+    fn traces_a_partial_match_ended_by_a_not_element() {
+        // ACC-3002: a password reset followed by a successful MFA (the `not` element).
+        trace(
+            "ato_after_password_reset",
+            "ACC-3002",
+            false,
+            expect![[r#"
+                Key ACC-3002 (account_id) under pattern ato_after_password_reset version 1 (hash d30f82098089327c)
+                  "Password reset followed by a profile change or a withdrawal without a successful MFA in between"
+                Result: no alert for this key in the range.
+
+                Range: 16 events read from topic account_events (partition 0); 6 of them are the key's: 6 on time, 0 late.
+                The range ends at the end of time: every window closed.
+
+                Funnel (partial matches of this key that reached each step):
+                  step 1/2 reset:  2
+                  step 2/2 action: 0
+                  matches:         0
+
+                Timed-out partial matches: 1
+                  #1 started 2025-03-05T08:00:00.000Z; its window closed at 2025-03-06T08:00:00.000Z
+                    events taken:
+                      step 1/2 reset: account_events/0@15 at 2025-03-05T08:00:00.000Z
+                    it waited for step 2/2 action (1 more event completes a match), which needs:
+                      event_type in ("profile_change", "withdrawal")
+                    the `not` element mfa would end it: type MfaVerification and success == true
+                    the key had no further event before its window closed
+                    the key's next event, account_events/0@16 at 2025-03-06T09:00:00.000Z, came 1h after the window closed: it would have satisfied step 2/2 action
+
+                Partial matches discarded on the way: 1
+                  #1 started 2025-03-03T10:00:00.000Z
+                    events taken:
+                      step 1/2 reset: account_events/0@3 at 2025-03-03T10:00:00.000Z
+                    ended by account_events/0@4 at 2025-03-03T10:01:00.000Z: the `not` element mfa holds on it:
+                      true   type MfaVerification
+                      true   success == true
+                             type = MfaVerification, success = true
 
                 Partial matches still open at the end: none
 
