@@ -13,6 +13,7 @@ mod check;
 mod config;
 mod conformance;
 mod decode;
+mod explain;
 mod http;
 mod kafka;
 mod kafka_range;

@@ -8,5 +8,5 @@ pub mod run;
 pub mod snapshot;
 
 pub use operator::{Config, InMemory, Key, KeyState, Operator, Output, StateStore, Stats};
-pub use run::{Match, MatchEvents, RunState, Timeout};
+pub use run::{Match, MatchEvents, PartialView, RunState, Timeout};
 pub use snapshot::SnapshotError;

@@ -16,7 +16,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use super::run::{MatchEvents, RunState};
+use super::run::{MatchEvents, PartialView, RunState};
 use super::snapshot::{self, SnapshotError};
 use crate::nfa::{FieldId, Nfa};
 use crate::value::{Event, Value};
@@ -248,6 +248,18 @@ impl<S: StateStore> Operator<S> {
         &self.reached
     }
 
+    /// The started partial matches of `key` with their state and events so far (empty when the
+    /// key holds no state), ordered by first event: [`RunState::partial_views`]. Read-only.
+    pub fn partial_matches(&self, key: &Key) -> Vec<PartialView> {
+        self.store.get(key).map(|s| s.run.partial_views()).unwrap_or_default()
+    }
+
+    /// Events of `key` waiting in its time-order queue for the watermark to pass them (not yet
+    /// seen by its partial matches). Read-only.
+    pub fn buffered_events(&self, key: &Key) -> usize {
+        self.store.get(key).map_or(0, |s| s.queue.values().map(Vec::len).sum())
+    }
+
     /// Takes an event of `key` (its event time is `event.ts`).
     pub fn process(&mut self, key: Key, event: Arc<Event>, out: &mut Vec<Output>) {
         self.stats.events += 1;
@@ -452,5 +464,104 @@ impl<S: StateStore> Operator<S> {
     /// between calls never holds, would fire on the next [`Operator::advance_watermark`].)
     pub fn set_watermark(&mut self, wm: i64) {
         self.watermark = wm;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::{BinOp, Cond, Expr};
+    use crate::nfa::{
+        Action, CondId, Edge, Mode, PatternMeta, Severity, SkipStrategy, State, StateId, StateKind, Template, TypeId,
+        VarId, VarInfo,
+    };
+
+    /// `a followed by b within 10ms of previous`, keyed by field 0, `a: x == 1`, `b: x == 2`.
+    fn nfa() -> Arc<Nfa> {
+        let eq = |v| Expr::Binary(BinOp::Eq, Box::new(Expr::Field(FieldId(1))), Box::new(Expr::Lit(Value::Int(v))));
+        let state =
+            |name: &str, var, kind, edges, window_ms| State { name: name.to_owned(), var, kind, edges, window_ms };
+        let edge = |action, target, cond| Edge { action, target: StateId(target), cond };
+        Arc::new(Nfa {
+            meta: PatternMeta {
+                name: "ab".to_owned(),
+                description: String::new(),
+                version: 1,
+                severity: Severity::Low,
+                mode: Mode::Live,
+                stream: "s".to_owned(),
+                key: FieldId(0),
+                hash: "0".to_owned(),
+            },
+            vars: ["a", "b"].map(|n| VarInfo { name: n.to_owned(), looping: false, negated: false }).to_vec(),
+            fields: vec!["k".to_owned(), "x".to_owned()],
+            types: vec!["T".to_owned()],
+            conditions: vec![eq(1), eq(2)],
+            states: vec![
+                state("$end", None, StateKind::Final, vec![], None),
+                state(
+                    "b",
+                    Some(VarId(1)),
+                    StateKind::Normal,
+                    vec![
+                        edge(Action::Take, 0, Cond::Holds(CondId(1))),
+                        edge(Action::Ignore, 1, Cond::negate(Cond::Holds(CondId(1)))),
+                    ],
+                    Some(10),
+                ),
+                state(
+                    "a",
+                    Some(VarId(0)),
+                    StateKind::Normal,
+                    vec![edge(Action::Take, 1, Cond::Holds(CondId(0)))],
+                    None,
+                ),
+            ],
+            start: StateId(2),
+            window_ms: None,
+            skip: SkipStrategy::NoSkip,
+            outputs: vec![],
+            message: Template::default(),
+        })
+    }
+
+    fn ev(seq: u64, ts: i64, key: &str, x: i64) -> Arc<Event> {
+        Arc::new(Event { seq, ts, kind: TypeId(0), fields: vec![Value::str(key), Value::Int(x)].into() })
+    }
+
+    #[test]
+    fn partial_matches_and_buffered_events_are_visible_per_key() {
+        let mut op = Operator::new(nfa(), Config::default());
+        let (k1, k2) = (Key::Str(Arc::from("k1")), Key::Str(Arc::from("k2")));
+        let mut out = Vec::new();
+        assert!(op.partial_matches(&k1).is_empty(), "no state yet");
+        assert_eq!(op.buffered_events(&k1), 0);
+        op.process(k1.clone(), ev(1, 100, "k1", 1), &mut out);
+        op.process(k1.clone(), ev(2, 101, "k1", 1), &mut out);
+        op.process(k2.clone(), ev(3, 102, "k2", 5), &mut out);
+        assert_eq!((op.buffered_events(&k1), op.buffered_events(&k2)), (2, 1), "before the watermark");
+        assert!(op.partial_matches(&k1).is_empty(), "buffered events are not taken yet");
+        op.advance_watermark(102, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!((op.buffered_events(&k1), op.buffered_events(&k2)), (0, 0));
+        // Two partial matches of k1, each in `b` with its own `a`, by first event; k2's event started none.
+        let views = op.partial_matches(&k1);
+        type Seqs = Vec<(VarId, Vec<u64>)>;
+        let seqs = |events: &MatchEvents| -> Seqs {
+            events.iter().map(|(var, l)| (*var, l.iter().map(|e| e.seq).collect())).collect()
+        };
+        let summary: Vec<(StateId, i64, Seqs)> = views.iter().map(|v| (v.state, v.start_ts, seqs(&v.events))).collect();
+        assert_eq!(
+            summary,
+            vec![(StateId(1), 100, vec![(VarId(0), vec![1])]), (StateId(1), 101, vec![(VarId(0), vec![2])])]
+        );
+        assert!(op.partial_matches(&k2).is_empty(), "k2 is idle: its state was dropped");
+        assert_eq!(op.partial_matches(&k1).len(), op.active_partial_matches(), "the same partial matches as counted");
+        // A `b` completes both; nothing is left.
+        op.process(k1.clone(), ev(4, 105, "k1", 2), &mut out);
+        assert_eq!(op.buffered_events(&k1), 1);
+        op.advance_watermark(105, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(op.partial_matches(&k1).is_empty());
     }
 }

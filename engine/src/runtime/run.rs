@@ -55,6 +55,16 @@ pub struct Timeout {
     pub ts: i64,
 }
 
+/// A started partial match as an explanation shows it (read-only, [`RunState::partial_views`]):
+/// the NFA state it waits in, the time of its first event and the events it took so far.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartialView {
+    pub state: StateId,
+    pub start_ts: i64,
+    /// Per variable (in order of its first event), the events it took, in order.
+    pub events: MatchEvents,
+}
+
 /// The run state of one pattern for one key.
 #[derive(Clone, Debug)]
 pub struct RunState {
@@ -121,6 +131,18 @@ impl RunState {
     /// else removes a state that has not started).
     pub fn partial_count(&self) -> usize {
         self.partial.len().saturating_sub(1)
+    }
+
+    /// The started partial matches (the fresh start state excluded), ordered by their first event
+    /// (time, then arrival) as the queue compares them; partial matches that share a first event
+    /// keep the queue's (deterministic) order. For explanations: nothing changes.
+    pub fn partial_views(&self) -> Vec<PartialView> {
+        let mut started: Vec<&Partial> = self.partial.iter().filter(|p| p.start_id.is_some()).collect();
+        started.sort_by(|a, b| cmp(a, b));
+        started
+            .into_iter()
+            .map(|p| PartialView { state: p.state, start_ts: p.start_ts, events: current_events(&self.buffer, p) })
+            .collect()
     }
 
     /// The partial matches and the completed matches held back, each in backing-array order
