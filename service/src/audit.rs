@@ -278,8 +278,8 @@ impl Report {
             total: lines.len() as u64,
             file: file.display().to_string(),
             digest: digest(lines),
-            digest_rule: "SHA-256 of the alert lines sorted bytewise, each ending in a newline \
-                          (LC_ALL=C sort FILE | sha256sum)"
+            digest_rule: "SHA-256 of the alert lines sorted bytewise, each ending in a newline: \
+                          LC_ALL=C sort FILE | sha256sum"
                 .to_owned(),
             by_pattern: self
                 .patterns
@@ -385,7 +385,7 @@ impl Report {
         let a = &self.alerts;
         let _ = writeln!(s, "\n## Alerts\n");
         let _ = writeln!(s, "{} alert(s) in `{}`.\n", a.total, a.file);
-        let _ = writeln!(s, "Digest: `{}` ({}).\n", a.digest, a.digest_rule);
+        let _ = writeln!(s, "Digest: `{}`, the {}.\n", a.digest, a.digest_rule);
         let _ = writeln!(s, "| pattern | version | severity | mode | alerts |");
         let _ = writeln!(s, "|---|---:|---|---|---:|");
         for r in &a.by_pattern {

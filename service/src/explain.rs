@@ -14,9 +14,6 @@
 //! nor skipped, the skip strategy after a match, the budget); a partial match that started and
 //! ended within one step of the watermark is not seen, and the report says so.
 
-// The CLI wiring (flags, file and Kafka input) comes next; until then only the tests call this.
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -28,37 +25,13 @@ use serde_json::Value as Json;
 
 use crate::pipeline::{coords, seq_of, watermark_of};
 use crate::replay::alert_id;
+use crate::times::format as fmt_time;
 
 /// At most this many events are listed per list (the rest are counted).
 const LIST_LIMIT: usize = 10;
 
 // ---------------------------------------------------------------------------------------------
 // Time
-
-/// RFC 3339, UTC, milliseconds: `2025-03-03T09:00:00.000Z`.
-pub fn fmt_time(ms: i64) -> String {
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (y, m, d) = civil_from_days(days);
-    if !(0..=9999).contains(&y) {
-        return format!("{ms} ms since 1970-01-01");
-    }
-    let (h, min, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{milli:03}Z")
-}
-
-/// (year, month, day) of a day number counted from 1970-01-01 (proleptic Gregorian calendar;
-/// Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
 
 /// A duration in its largest units: `2h 15m`, `1d 30m`, `3d`, `1s 500ms`, `0s`.
 pub fn fmt_duration(ms: i64) -> String {
@@ -2178,10 +2151,6 @@ mod tests {
 
     #[test]
     fn times_and_durations() {
-        assert_eq!(fmt_time(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(fmt_time(1_740_992_400_000), "2025-03-03T09:00:00.000Z");
-        assert_eq!(fmt_time(951_825_600_123), "2000-02-29T12:00:00.123Z");
-        assert_eq!(fmt_time(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(fmt_duration(8_100_000), "2h 15m");
         assert_eq!(fmt_duration(88_200_000), "1d 30m");
         assert_eq!(fmt_duration(259_200_000), "3d");

@@ -14,6 +14,7 @@ mod config;
 mod conformance;
 mod decode;
 mod explain;
+mod explain_cmd;
 mod http;
 mod kafka;
 mod kafka_range;
@@ -192,14 +193,46 @@ enum Command {
     },
     /// List the metrics `tripline run` serves on /metrics (docs/metrics.md's table).
     Metrics,
-    /// Explain compiled patterns.
+    /// Explain an alert (which events matched which step, with the values), why a key did or
+    /// did not alert over a range, or the compiled automaton of patterns.
     Explain {
         /// Print the compiled automaton of every pattern in FILE.
-        #[arg(long, value_name = "FILE")]
-        nfa: PathBuf,
-        /// Only this pattern of the file.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["alert", "key"], required_unless_present_any = ["alert", "key"])]
+        nfa: Option<PathBuf>,
+        /// The alert to explain (its "alert_id").
+        #[arg(long, value_name = "ID", conflicts_with = "key")]
+        alert: Option<String>,
+        /// Find the alert in this file (a replay's output) instead of the alerts topics.
+        #[arg(long, value_name = "FILE", requires = "alert")]
+        alerts: Option<PathBuf>,
+        /// Trace this key of --pattern over a range: what it matched, how far each partial
+        /// match got, and the step it failed or timed out at.
+        #[arg(long, value_name = "KEY", requires = "pattern")]
+        key: Option<String>,
+        /// With --key: the pattern to trace. With --nfa: only this pattern of the file.
         #[arg(long, value_name = "NAME")]
         pattern: Option<String>,
+        /// Pattern files (default: the recorded set that raised the alert, or the config's patterns).
+        #[arg(long, value_name = "PATH", conflicts_with = "pattern_set")]
+        patterns: Vec<PathBuf>,
+        /// A pattern set the service recorded (hash or unique prefix).
+        #[arg(long, value_name = "HASH")]
+        pattern_set: Option<String>,
+        /// Events from a file (JSON lines or Avro) instead of Kafka.
+        #[arg(long, value_name = "FILE", conflicts_with = "nfa")]
+        input: Option<PathBuf>,
+        /// With --key: only this input topic.
+        #[arg(long, value_name = "TOPIC", requires = "key")]
+        topic: Option<String>,
+        /// With --key: start of the range (RFC 3339, epoch ms, or PARTITION:OFFSET,...).
+        #[arg(long, value_name = "TIME|OFFSETS", requires = "key", allow_hyphen_values = true)]
+        from: Option<String>,
+        /// With --key: end of the range, exclusive.
+        #[arg(long, value_name = "TIME|OFFSETS", requires = "key", allow_hyphen_values = true)]
+        to: Option<String>,
+        /// With --key and --input: the file goes on after its end (windows stay open).
+        #[arg(long, requires = "key")]
+        open_end: bool,
         /// Configuration file with the streams (default: $TRIPLINE_CONFIG, then ./tripline.toml).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -271,13 +304,7 @@ fn main() -> ExitCode {
             config,
             open_end,
         } => {
-            fn choice<'a>(files: &'a [PathBuf], hash: &'a Option<String>) -> Option<replay::Choice<'a>> {
-                match (files, hash) {
-                    (_, Some(h)) => Some(replay::Choice::Recorded(h.as_str())),
-                    ([], None) => None,
-                    (f, None) => Some(replay::Choice::Files(f)),
-                }
-            }
+            use explain_cmd::choice;
             replay::run(&replay::Replay {
                 patterns: choice(&patterns, &pattern_set).unwrap_or(replay::Choice::Configured),
                 compare: choice(&compare, &compare_set),
@@ -312,7 +339,44 @@ fn main() -> ExitCode {
             out(&metrics::markdown_table());
             EXIT_OK
         }
-        Command::Explain { nfa, pattern, config } => check::run_explain(&nfa, pattern.as_deref(), config.as_deref()),
+        Command::Explain {
+            nfa,
+            alert,
+            alerts,
+            key,
+            pattern,
+            patterns,
+            pattern_set,
+            input,
+            topic,
+            from,
+            to,
+            open_end,
+            config,
+        } => {
+            init_logging();
+            let src = explain_cmd::Sources {
+                patterns: explain_cmd::choice(&patterns, &pattern_set),
+                input: input.as_deref(),
+                config: config.as_deref(),
+            };
+            match (nfa, alert, key) {
+                (Some(nfa), _, _) => check::run_explain(&nfa, pattern.as_deref(), config.as_deref()),
+                (_, Some(id), _) => explain_cmd::alert(&id, alerts.as_deref(), &src),
+                (_, _, Some(key)) => explain_cmd::key(
+                    &explain_cmd::KeyOptions {
+                        key: &key,
+                        pattern: pattern.as_deref().unwrap_or_default(),
+                        topic: topic.as_deref(),
+                        from: from.as_deref(),
+                        to: to.as_deref(),
+                        open_end,
+                    },
+                    &src,
+                ),
+                (None, None, None) => EXIT_USAGE,
+            }
+        }
     };
     ExitCode::from(code)
 }

@@ -60,9 +60,9 @@ pub struct Replay<'a> {
     pub open_end: bool,
 }
 
-type Failure = (u8, String);
+pub(crate) type Failure = (u8, String);
 
-fn usage(msg: impl std::fmt::Display) -> Failure {
+pub(crate) fn usage(msg: impl std::fmt::Display) -> Failure {
     (EXIT_USAGE, format!("error: {msg}"))
 }
 
@@ -147,16 +147,24 @@ pub fn compile_sources(
 }
 
 /// The configuration a replay runs under.
-struct Env {
-    cfg: Config,
-    path: PathBuf,
-    catalog: dsl::Catalog,
+pub(crate) struct Env {
+    pub cfg: Config,
+    pub path: PathBuf,
+    pub catalog: dsl::Catalog,
     /// The Kafka reader, made when first needed.
-    reader: Option<rdkafka::consumer::BaseConsumer>,
+    pub reader: Option<rdkafka::consumer::BaseConsumer>,
 }
 
 impl Env {
-    fn reader(&mut self) -> Result<&rdkafka::consumer::BaseConsumer, Failure> {
+    /// Loads the configuration (the `--config` path, `$TRIPLINE_CONFIG` or ./tripline.toml).
+    pub fn load(config: Option<&Path>) -> Result<Env, Failure> {
+        let path = config::locate(config).map_err(|e| usage(format!("{e:#}")))?;
+        let cfg = Config::load_with_env(&path).map_err(|e| usage(format!("{e:#}")))?;
+        let catalog = cfg.catalog(&path).map_err(|e| usage(format!("{e:#}")))?;
+        Ok(Env { cfg, path, catalog, reader: None })
+    }
+
+    pub fn reader(&mut self) -> Result<&rdkafka::consumer::BaseConsumer, Failure> {
         if self.reader.is_none() {
             self.reader = Some(kafka_range::reader(&self.cfg).map_err(usage)?);
         }
@@ -165,13 +173,13 @@ impl Env {
 }
 
 /// A pattern set to run, where it came from, and (for a recorded set) where it took effect.
-struct Chosen {
-    set: PatternSet,
-    origin: String,
-    starts: BTreeMap<(String, i32), pattern_sets::Position>,
+pub(crate) struct Chosen {
+    pub set: PatternSet,
+    pub origin: String,
+    pub starts: BTreeMap<(String, i32), pattern_sets::Position>,
 }
 
-fn choose(env: &mut Env, choice: Choice<'_>) -> Result<Chosen, Failure> {
+pub(crate) fn choose(env: &mut Env, choice: Choice<'_>) -> Result<Chosen, Failure> {
     let base = env.path.parent().unwrap_or(Path::new(".")).to_owned();
     match choice {
         Choice::Files(paths) => {
@@ -294,19 +302,19 @@ impl Runner {
 }
 
 /// A record of the input: where it is, and the event or why it is not one.
-struct Input {
-    stream: String,
-    partition: i32,
-    offset: i64,
+pub(crate) struct Input {
+    pub stream: String,
+    /// The topic (Kafka) or the stream (a file).
+    pub source: String,
+    pub partition: i32,
+    pub offset: i64,
     /// The Kafka record timestamp.
-    timestamp: Option<i64>,
-    event: Result<engine::Event, Reject>,
+    pub timestamp: Option<i64>,
+    pub event: Result<engine::Event, Reject>,
 }
 
 fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
-    let path = config::locate(opts.config).map_err(|e| usage(format!("{e:#}")))?;
-    let cfg = Config::load_with_env(&path).map_err(|e| usage(format!("{e:#}")))?;
-    let catalog = cfg.catalog(&path).map_err(|e| usage(format!("{e:#}")))?;
+    let mut env = Env::load(opts.config)?;
     let from = opts.from.map(|t| Bound::parse("--from", t)).transpose().map_err(usage)?;
     let to = opts.to.map(|t| Bound::parse("--to", t)).transpose().map_err(usage)?;
     if opts.input.is_some() && (from.is_some() || to.is_some() || opts.topic.is_some()) {
@@ -315,7 +323,6 @@ fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
         ));
     }
     kafka_range::check_order(from.as_ref(), to.as_ref()).map_err(usage)?;
-    let mut env = Env { cfg, path, catalog, reader: None };
     let a = choose(&mut env, opts.patterns)?;
     let b = opts.compare.map(|c| choose(&mut env, c)).transpose()?;
     let env = env;
@@ -348,7 +355,7 @@ fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
                 let input = match record {
                     Ok((stream, partition, event)) => {
                         let offset = coords(event.seq).1;
-                        Input { stream, partition, offset, timestamp: None, event: Ok(event) }
+                        Input { source: stream.clone(), stream, partition, offset, timestamp: None, event: Ok(event) }
                     }
                     Err(Fatal(reason)) => return Err(usage(format!("{}: {reason}", file.display()))),
                     Err(Rejected(reason)) => {
@@ -357,7 +364,7 @@ fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
                         let stream = opts.stream.unwrap_or("-").to_owned();
                         let offset = n as i64;
                         let event = Err(Reject::new("undecodable", reason));
-                        Input { stream, partition: 0, offset, timestamp: None, event }
+                        Input { source: stream.clone(), stream, partition: 0, offset, timestamp: None, event }
                     }
                 };
                 if let Some(r) = feed(&mut runners, &mut report, input, &env.cfg) {
@@ -415,9 +422,9 @@ fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
 
 /// Feeds one input record to every runner; returns the first runner's admission problem.
 fn feed(runners: &mut [Runner], report: &mut Report, input: Input, cfg: &Config) -> Option<Reject> {
-    let Input { stream, partition, offset, timestamp, event } = input;
+    let Input { stream, source, partition, offset, timestamp, event } = input;
     let ts = event.as_ref().ok().map(|e| e.ts);
-    report.read(&stream, partition, offset, timestamp, ts);
+    report.read(&source, partition, offset, timestamp, ts);
     let problem = match event {
         Err(r) => Some(r),
         Ok(event) => {
@@ -453,29 +460,57 @@ fn replay_kafka(
             topics.entry(plan.topic.clone()).or_insert_with(|| plan.clone());
         }
     }
-    if let Some(t) = opts.topic {
+    let defaults: BTreeMap<(String, i32), i64> =
+        runners[0].starts.iter().map(|(k, pos)| (k.clone(), pos.offset)).collect();
+    let reader = kafka_range::reader(&env.cfg).map_err(usage)?;
+    let ranges = kafka_ranges(env, &reader, &mut topics, opts.topic, from, to, &defaults)?;
+    report.input_kafka(env.cfg.kafka.bootstrap_servers.as_deref().unwrap_or(""), opts.from, opts.to, &ranges);
+    read_kafka(env, &reader, &topics, &ranges, &mut |input| match input {
+        Ok(input) => {
+            feed(runners, report, input, &env.cfg);
+        }
+        Err((topic, partition, next)) => report.partition_done(&topic, partition, next),
+    })
+}
+
+/// The ranges to read of `topics` (narrowed to `only`), checked against the cluster.
+pub(crate) fn kafka_ranges(
+    env: &Env,
+    reader: &rdkafka::consumer::BaseConsumer,
+    topics: &mut BTreeMap<String, Arc<StreamPlan>>,
+    only: Option<&str>,
+    from: Option<&Bound>,
+    to: Option<&Bound>,
+    defaults: &BTreeMap<(String, i32), i64>,
+) -> Result<Vec<kafka_range::PartRange>, Failure> {
+    if let Some(t) = only {
         if !topics.contains_key(t) {
-            let read: Vec<&String> = topics.keys().collect();
-            return Err(usage(format!(
-                "no pattern of the replay reads topic `{t}` (they read: {})",
-                read.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-            )));
+            let read: Vec<&str> = topics.keys().map(String::as_str).collect();
+            return Err(usage(format!("no pattern here reads topic `{t}` (they read: {})", read.join(", "))));
         }
         topics.retain(|k, _| k == t);
     }
     let names: Vec<&str> = topics.keys().map(String::as_str).collect();
-    let defaults: BTreeMap<(String, i32), i64> =
-        runners[0].starts.iter().map(|(k, pos)| (k.clone(), pos.offset)).collect();
-    let reader = kafka_range::reader(&env.cfg).map_err(usage)?;
-    let ranges = kafka_range::resolve(&reader, &env.cfg, &names, from, to, &defaults).map_err(usage)?;
-    report.input_kafka(env.cfg.kafka.bootstrap_servers.as_deref().unwrap_or(""), opts.from, opts.to, &ranges);
+    kafka_range::resolve(reader, &env.cfg, &names, from, to, defaults).map_err(usage)
+}
+
+/// Reads `ranges` (partition by partition, in offset order), decoding each record through the
+/// schema registry as the service does, with progress; `on` gets each record, and
+/// `Err((topic, partition, next offset))` when a partition's range is done.
+pub(crate) fn read_kafka(
+    env: &Env,
+    reader: &rdkafka::consumer::BaseConsumer,
+    topics: &BTreeMap<String, Arc<StreamPlan>>,
+    ranges: &[kafka_range::PartRange],
+    on: &mut dyn FnMut(Result<Input, (String, i32, i64)>),
+) -> Result<(), Failure> {
     let mut avro = crate::run::avro_for(&env.cfg, &env.path, topics.values()).map_err(|e| usage(format!("{e:#}")))?;
     let total: i64 = ranges.iter().map(|r| r.end - r.start).sum();
     let mut progress = crate::progress::Progress::new("replay", "records", Some(total as u64));
     let registry = env.cfg.registry.url.clone().unwrap_or_default();
     for (i, range) in ranges.iter().enumerate() {
         let plan = topics[&range.topic].clone();
-        let mut reader = PartReader::new(&reader, range).map_err(usage)?;
+        let mut reader = PartReader::new(reader, range).map_err(usage)?;
         let mut n = 0u64;
         let next = loop {
             let m = match reader.next().map_err(usage)? {
@@ -513,14 +548,14 @@ fn replay_kafka(
                     }
                 }
             };
-            let input = Input {
+            on(Ok(Input {
                 stream: plan.name.clone(),
+                source: range.topic.clone(),
                 partition: range.partition,
                 offset: m.offset(),
                 timestamp: m.timestamp().to_millis(),
                 event,
-            };
-            feed(runners, report, input, &env.cfg);
+            }));
         };
         if next < range.end {
             tracing::warn!(
@@ -528,20 +563,20 @@ fn replay_kafka(
                 "the committed records end before the range does (an open transaction, or records still to come)"
             );
         }
-        report.partition_done(&range.topic, range.partition, next);
+        on(Err((range.topic.clone(), range.partition, next)));
     }
     progress.finish();
     Ok(())
 }
 
 /// Why a record was not replayed: the input cannot be read on, or this record is bad.
-enum Problem {
+pub(crate) enum Problem {
     Fatal(String),
     Rejected(String),
 }
 use Problem::{Fatal, Rejected};
 
-type Records = Box<dyn Iterator<Item = (u64, Result<(String, i32, engine::Event), Problem>)>>;
+pub(crate) type Records = Box<dyn Iterator<Item = (u64, Result<(String, i32, engine::Event), Problem>)>>;
 
 const AVRO_MAGIC: &[u8; 4] = b"Obj\x01";
 
@@ -549,7 +584,7 @@ const AVRO_MAGIC: &[u8; 4] = b"Obj\x01";
 /// magic bytes). Each record's `seq` is its coordinate: a JSON line with `"partition"` and
 /// `"offset"` (as `tripline export` writes) is that record of that partition; otherwise the
 /// line or record number, from 1, in partition 0.
-fn read_records(path: &Path, catalog: &dsl::Catalog, stream: Option<&str>) -> Result<Records, (u8, String)> {
+pub(crate) fn read_records(path: &Path, catalog: &dsl::Catalog, stream: Option<&str>) -> Result<Records, (u8, String)> {
     let open =
         || std::fs::File::open(path).map_err(|e| (EXIT_USAGE, format!("error: cannot read {}: {e}", path.display())));
     let mut magic = [0u8; 4];

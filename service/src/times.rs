@@ -1,7 +1,7 @@
-//! Times on the command line and in reports: RFC 3339 (UTC or with an offset) or epoch
-//! milliseconds in, RFC 3339 UTC with milliseconds out.
+//! Times on the command line, in reports and explanations: RFC 3339 (UTC or with an offset) or
+//! epoch milliseconds in, RFC 3339 UTC with milliseconds out.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// Parses `2026-03-01T00:00:00Z`, `2026-03-01T01:00:00+01:00`, `2026-03-01 00:00:00` (UTC),
 /// `2026-03-01` (midnight UTC) or epoch milliseconds (`1772323200000`).
@@ -38,12 +38,29 @@ pub fn parse(text: &str) -> Result<i64, String> {
     Ok(ms - offset_ms)
 }
 
-/// `2026-03-01T00:00:00.000Z`; times humantime cannot show (before 1970, after 9999) as epoch ms.
+/// RFC 3339, UTC, milliseconds: `2025-03-03T09:00:00.000Z`.
 pub fn format(ms: i64) -> String {
-    if !(0..253_402_300_800_000).contains(&ms) {
-        return format!("{ms} ms");
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (y, m, d) = civil_from_days(days);
+    if !(0..=9999).contains(&y) {
+        return format!("{ms} ms since 1970-01-01");
     }
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+    let (h, min, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{milli:03}Z")
+}
+
+/// (year, month, day) of a day number counted from 1970-01-01 (proleptic Gregorian calendar;
+/// Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -60,6 +77,12 @@ mod tests {
         assert_eq!(parse("2026-03-01T00:00:00.250Z"), Ok(march + 250));
         assert_eq!(parse("1772323200000"), Ok(march));
         assert_eq!(format(march + 250), "2026-03-01T00:00:00.250Z");
+        assert_eq!(format(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format(951_825_600_123), "2000-02-29T12:00:00.123Z");
+        assert_eq!(format(-1), "1969-12-31T23:59:59.999Z");
+        for t in [0, march, 951_825_600_123, 253_402_300_799_999] {
+            assert_eq!(parse(&format(t)), Ok(t), "round trip {t}");
+        }
         for bad in ["", "yesterday", "2026-13-01", "2026-03-01T00:00:00+25:00", "99999999999999999999"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
