@@ -103,8 +103,26 @@ pub struct PartRange {
     pub end: i64,
 }
 
+/// The client of a replay: librdkafka's own messages (a refused connection, retried) go to the
+/// debug log, so that a failure is reported once, as the error the command ends with.
+pub struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", ?level, fac, "{message}");
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", "{error}: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+/// The Kafka client of replays and explanations.
+pub type Reader = BaseConsumer<Quiet>;
+
 /// A client that reads committed records, outside any consumer group.
-pub fn reader(cfg: &Config) -> Result<BaseConsumer, String> {
+pub fn reader(cfg: &Config) -> Result<Reader, String> {
     let mut c = kafka::client_config(cfg).map_err(|e| format!("{e:#}"))?;
     // A group id of its own (librdkafka wants one), never joined: partitions are assigned by hand.
     c.set("group.id", format!("{}.replay", cfg.kafka.group_id))
@@ -113,12 +131,12 @@ pub fn reader(cfg: &Config) -> Result<BaseConsumer, String> {
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("socket.connection.setup.timeout.ms", "5000");
-    kafka::create(cfg, &c, rdkafka::consumer::DefaultConsumerContext, "Kafka reader").map_err(|e| format!("{e:#}"))
+    kafka::create(cfg, &c, Quiet, "Kafka reader").map_err(|e| format!("{e:#}"))
 }
 
 /// The partition counts of `topics`, or an error naming the unreachable broker or the first
 /// missing topic.
-pub fn partitions(consumer: &BaseConsumer, cfg: &Config, topics: &[&str]) -> Result<Vec<i32>, String> {
+pub fn partitions(consumer: &Reader, cfg: &Config, topics: &[&str]) -> Result<Vec<i32>, String> {
     let bootstrap = cfg.kafka.bootstrap_servers.clone().unwrap_or_default();
     let md = consumer.fetch_metadata(None, LOOKUP_TIMEOUT).map_err(|e| {
         format!(
@@ -145,7 +163,7 @@ pub fn partitions(consumer: &BaseConsumer, cfg: &Config, topics: &[&str]) -> Res
 /// beginning) up to `to` (default: the end when the replay starts), within what the topic
 /// still holds.
 pub fn resolve(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     cfg: &Config,
     topics: &[&str],
     from: Option<&Bound>,
@@ -243,14 +261,14 @@ pub enum Read<'a> {
 
 /// Reads `range` record by record: call [`PartReader::next`] until it gives `Done`.
 pub struct PartReader<'a> {
-    consumer: &'a BaseConsumer,
+    consumer: &'a Reader,
     range: PartRange,
     last: Instant,
     next: i64,
 }
 
 impl<'a> PartReader<'a> {
-    pub fn new(consumer: &'a BaseConsumer, range: &PartRange) -> Result<Self, String> {
+    pub fn new(consumer: &'a Reader, range: &PartRange) -> Result<Self, String> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&range.topic, range.partition, Offset::Offset(range.start))
             .map_err(|e| e.to_string())?;
@@ -312,7 +330,7 @@ impl<'a> PartReader<'a> {
 
 /// Every committed record of `topic` (all partitions, from the beginning to the end it has
 /// now) as (partition, offset, value).
-pub fn read_all(consumer: &BaseConsumer, cfg: &Config, topic: &str) -> Result<Vec<(i32, i64, Vec<u8>)>, String> {
+pub fn read_all(consumer: &Reader, cfg: &Config, topic: &str) -> Result<Vec<(i32, i64, Vec<u8>)>, String> {
     let n = partitions(consumer, cfg, &[topic])?[0];
     let mut out = Vec::new();
     for p in 0..n {

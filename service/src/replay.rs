@@ -152,7 +152,7 @@ pub(crate) struct Env {
     pub path: PathBuf,
     pub catalog: dsl::Catalog,
     /// The Kafka reader, made when first needed.
-    pub reader: Option<rdkafka::consumer::BaseConsumer>,
+    pub reader: Option<kafka_range::Reader>,
 }
 
 impl Env {
@@ -164,7 +164,7 @@ impl Env {
         Ok(Env { cfg, path, catalog, reader: None })
     }
 
-    pub fn reader(&mut self) -> Result<&rdkafka::consumer::BaseConsumer, Failure> {
+    pub fn reader(&mut self) -> Result<&kafka_range::Reader, Failure> {
         if self.reader.is_none() {
             self.reader = Some(kafka_range::reader(&self.cfg).map_err(usage)?);
         }
@@ -476,7 +476,7 @@ fn replay_kafka(
 /// The ranges to read of `topics` (narrowed to `only`), checked against the cluster.
 pub(crate) fn kafka_ranges(
     env: &Env,
-    reader: &rdkafka::consumer::BaseConsumer,
+    reader: &kafka_range::Reader,
     topics: &mut BTreeMap<String, Arc<StreamPlan>>,
     only: Option<&str>,
     from: Option<&Bound>,
@@ -499,7 +499,7 @@ pub(crate) fn kafka_ranges(
 /// `Err((topic, partition, next offset))` when a partition's range is done.
 pub(crate) fn read_kafka(
     env: &Env,
-    reader: &rdkafka::consumer::BaseConsumer,
+    reader: &kafka_range::Reader,
     topics: &BTreeMap<String, Arc<StreamPlan>>,
     ranges: &[kafka_range::PartRange],
     on: &mut dyn FnMut(Result<Input, (String, i32, i64)>),

@@ -1074,7 +1074,7 @@ struct Batch {
     /// Dead letters by (stream, reason, whether decoding failed).
     rejects: HashMap<(String, &'static str, bool), u64>,
     /// Records and bytes per [`Output`].
-    produced: [(u64, u64); 6],
+    produced: [(u64, u64); Output::ALL.len()],
     /// Per alert: its event time and the Kafka timestamp of the record that triggered it.
     latencies: Vec<(i64, Option<i64>)>,
     /// Per pattern and partition, what the engine counted.
