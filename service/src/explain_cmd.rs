@@ -11,7 +11,7 @@ use engine::{Nfa, Value};
 use rdkafka::message::Message;
 use serde_json::Value as Json;
 
-use crate::kafka_range::{self, Bound, PartRange, PartReader, Read};
+use crate::kafka_range::{self, PartRange, PartReader, Read};
 use crate::pipeline::{admit, seq_of, StreamPlan};
 use crate::replay::{self, choose, usage, Choice, Env, Failure, Input};
 use crate::{err, out, EXIT_OK};
@@ -214,14 +214,7 @@ pub fn key(opts: &KeyOptions<'_>, src: &Sources<'_>) -> u8 {
 }
 
 fn explain_key(opts: &KeyOptions<'_>, src: &Sources<'_>) -> Result<String, Failure> {
-    let from = opts.from.map(|t| Bound::parse("--from", t)).transpose().map_err(usage)?;
-    let to = opts.to.map(|t| Bound::parse("--to", t)).transpose().map_err(usage)?;
-    if src.input.is_some() && (from.is_some() || to.is_some() || opts.topic.is_some()) {
-        return Err(usage(
-            "--from, --to and --topic select a range of Kafka topics; with --input the whole file is read",
-        ));
-    }
-    kafka_range::check_order(from.as_ref(), to.as_ref()).map_err(usage)?;
+    let (from, to) = kafka_range::bounds(opts.from, opts.to, opts.topic, src.input.is_some()).map_err(usage)?;
     let mut env = Env::load(src.config)?;
     let chosen = choose(&mut env, src.patterns.unwrap_or(Choice::Configured))?;
     let Some(nfa) = chosen.set.nfas.iter().find(|n| n.meta.name == opts.pattern).cloned() else {

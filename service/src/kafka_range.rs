@@ -66,6 +66,25 @@ fn bad_offsets(flag: &str, text: &str) -> String {
     format!("{flag} {text}: offsets are PARTITION:OFFSET pairs separated by commas")
 }
 
+/// Parses `--from` and `--to` and checks them against each other, before connecting; `file`:
+/// the input is a file, where a range of topics makes no sense.
+pub fn bounds(
+    from: Option<&str>,
+    to: Option<&str>,
+    topic: Option<&str>,
+    file: bool,
+) -> Result<(Option<Bound>, Option<Bound>), String> {
+    let from = from.map(|t| Bound::parse("--from", t)).transpose()?;
+    let to = to.map(|t| Bound::parse("--to", t)).transpose()?;
+    if file && (from.is_some() || to.is_some() || topic.is_some()) {
+        return Err(
+            "--from, --to and --topic select a range of Kafka topics; with --input the whole file is read".into()
+        );
+    }
+    check_order(from.as_ref(), to.as_ref())?;
+    Ok((from, to))
+}
+
 /// Checks what can be checked before connecting: an end before the start.
 pub fn check_order(from: Option<&Bound>, to: Option<&Bound>) -> Result<(), String> {
     match (from, to) {

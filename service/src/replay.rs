@@ -315,14 +315,7 @@ pub(crate) struct Input {
 
 fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
     let mut env = Env::load(opts.config)?;
-    let from = opts.from.map(|t| Bound::parse("--from", t)).transpose().map_err(usage)?;
-    let to = opts.to.map(|t| Bound::parse("--to", t)).transpose().map_err(usage)?;
-    if opts.input.is_some() && (from.is_some() || to.is_some() || opts.topic.is_some()) {
-        return Err(usage(
-            "--from, --to and --topic select a range of Kafka topics; with --input the whole file is replayed",
-        ));
-    }
-    kafka_range::check_order(from.as_ref(), to.as_ref()).map_err(usage)?;
+    let (from, to) = kafka_range::bounds(opts.from, opts.to, opts.topic, opts.input.is_some()).map_err(usage)?;
     let a = choose(&mut env, opts.patterns)?;
     let b = opts.compare.map(|c| choose(&mut env, c)).transpose()?;
     let env = env;
