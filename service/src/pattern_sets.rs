@@ -132,14 +132,20 @@ pub struct Recorded {
     pub starts: BTreeMap<(String, i32), Position>,
 }
 
+/// A set hash as given (lowercased), or why it cannot be one.
+pub fn check_hash(wanted: &str) -> Result<String, String> {
+    let wanted = wanted.trim().to_ascii_lowercase();
+    if wanted.len() < 6 || wanted.len() > 16 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{wanted}` is not a pattern set hash (16 hex digits, or a unique prefix of 6 or more)"));
+    }
+    Ok(wanted)
+}
+
 /// Finds set `wanted` (its hash, or a unique prefix of at least 6 digits) among the activation
 /// records `records` (in topic order), compiles its sources against `catalog` and checks that
 /// every pattern compiles to the content hash that ran.
 pub fn recorded(records: &[Activation], wanted: &str, topic: &str, catalog: &dsl::Catalog) -> Result<Recorded, String> {
-    let wanted = wanted.trim().to_ascii_lowercase();
-    if wanted.len() < 6 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("`{wanted}` is not a pattern set hash (16 hex digits, or a unique prefix of 6 or more)"));
-    }
+    let wanted = check_hash(wanted)?;
     let mut hashes: Vec<&str> = records.iter().map(|a| a.set.as_str()).filter(|h| h.starts_with(&wanted)).collect();
     hashes.sort_unstable();
     hashes.dedup();

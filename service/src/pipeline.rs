@@ -573,6 +573,35 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_resumed_at_a_recorded_watermark_decides_lateness_as_the_service_did() {
+        let plan = plan(&["rapid_movement"], &|_, t| t);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let events =
+            std::fs::read_to_string(root.join("patterns/examples/rapid_movement.events.jsonl")).expect("events");
+        let first: serde_json::Value = serde_json::from_str(events.lines().next().expect("an event")).expect("json");
+        let event = |ts: i64, seq: u64| {
+            let mut v = first["value"].clone();
+            v["event_time"] = ts.into();
+            crate::decode::json_event(&plan.schema, Some("Payment"), &v, seq).expect("event")
+        };
+        let mut part = Partition::new(plan.clone(), 0, OpConfig::default());
+        part.resume_at(10_000);
+        assert_eq!(part.watermark(), 10_000);
+        assert_eq!(part.operators()[0].watermark(), 10_000);
+        let mut emit = Vec::new();
+        assert!(!part.process(event(10_000, 1), &mut emit), "at the watermark: late");
+        assert!(part.process(event(10_001, 2), &mut emit), "after it: on time");
+        // The same as a partition that saw the events the watermark came from.
+        let mut seen = Partition::new(plan.clone(), 0, OpConfig::default());
+        seen.process(event(10_000 + plan.out_of_orderness + 1, 1), &mut emit);
+        assert_eq!(seen.watermark(), 10_000);
+        // No watermark recorded (no event before the set took effect): nothing changes.
+        let mut fresh = Partition::new(plan, 0, OpConfig::default());
+        fresh.resume_at(i64::MIN);
+        assert_eq!(fresh.watermark(), i64::MIN);
+    }
+
+    #[test]
     fn state_prefixes_never_overlap() {
         // One topic's prefix is never a prefix of another partition's (or topic's) records.
         let a = state_prefix("pay", 1);

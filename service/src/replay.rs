@@ -193,6 +193,7 @@ pub(crate) fn choose(env: &mut Env, choice: Choice<'_>) -> Result<Chosen, Failur
             Ok(Chosen { set, origin: format!("the patterns of {}", env.path.display()), starts: BTreeMap::new() })
         }
         Choice::Recorded(hash) => {
+            pattern_sets::check_hash(hash).map_err(usage)?;
             let topic = env.cfg.outputs.pattern_sets_topic.clone();
             env.reader()?;
             let reader = env.reader.as_ref().expect("made above");

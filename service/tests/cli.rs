@@ -299,3 +299,51 @@ fn secrets_never_appear_in_errors_or_logs() {
         assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} leaked:\n{stderr}");
     }
 }
+
+#[test]
+fn audit_commands_refuse_bad_arguments_before_doing_anything() {
+    let events = "patterns/examples/rapid_movement.events.jsonl";
+    let cases: &[(&[&str], &str)] = &[
+        (&["explain", "--config", "tripline.toml"], "--nfa"),
+        (&["explain", "--key", "ACC-1", "--config", "tripline.toml"], "--pattern"),
+        (&["explain", "--alert", "abc", "--key", "K", "--pattern", "p"], "cannot be used with"),
+        (
+            &[
+                "replay",
+                "--config",
+                "tripline.toml",
+                "--input",
+                events,
+                "--from",
+                "2026-01-01",
+                "--output",
+                "/dev/null",
+            ],
+            "with --input the whole file is read",
+        ),
+        (
+            &["replay", "--config", "tripline.toml", "--from", "noon", "--output", "/dev/null"],
+            "--from: `noon` is not a time",
+        ),
+        (
+            &["replay", "--config", "tripline.toml", "--from", "0:10", "--to", "0:5", "--output", "/dev/null"],
+            "--to 0:5 is not after --from 0:10",
+        ),
+        (
+            &["replay", "--config", "tripline.toml", "--pattern-set", "xyz", "--output", "/dev/null"],
+            "not a pattern set hash",
+        ),
+        (&["explain", "--config", "tripline.toml", "--alert", "not-an-id", "--alerts", events], "is not an alert id"),
+        (
+            &["explain", "--config", "tripline.toml", "--key", "ACC-1", "--pattern", "nope", "--input", events],
+            "no pattern `nope`",
+        ),
+    ];
+    for (args, says) in cases {
+        let o = tripline(args);
+        assert_no_panic(&o);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?} should say {says:?}: {err}");
+    }
+}

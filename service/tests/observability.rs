@@ -305,6 +305,26 @@ fn prometheus_scrapes_the_service_and_every_dashboard_and_rule_expression_works(
     hup(&svc);
     wait_for("a good reload is counted", &|| reloads("ok") == 1.0);
     assert_eq!(reloads("failed"), 1.0, "counters are never reset by a reload");
+    // The activation is recorded for replays: the new set, its versions, where it took effect.
+    let sets: Vec<serde_json::Value> = env
+        .committed(&cfg, "tripline.pattern-sets")
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("an activation record"))
+        .collect();
+    let (first, last) = (&sets[0], &sets[sets.len() - 1]);
+    assert_eq!((first["reason"].as_str(), last["reason"].as_str()), (Some("assign"), Some("reload")), "{sets:?}");
+    assert_ne!(first["set"], last["set"]);
+    let version = |a: &serde_json::Value| {
+        a["patterns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "structuring")
+            .map(|p| p["version"].clone())
+    };
+    assert_eq!(version(last), Some(serde_json::json!(11)), "{last}");
+    let positions = last["positions"].as_array().expect("positions");
+    assert!(!positions.is_empty() && positions.iter().any(|p| p["offset"].as_i64() > Some(0)), "{last}");
 
     // Every dashboard expression parses and returns data.
     let start = Instant::now();
