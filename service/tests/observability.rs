@@ -306,7 +306,7 @@ fn prometheus_scrapes_the_service_and_every_dashboard_and_rule_expression_works(
     wait_for("a good reload is counted", &|| reloads("ok") == 1.0);
     assert_eq!(reloads("failed"), 1.0, "counters are never reset by a reload");
     // The activation is recorded for replays: the new set, its versions, where it took effect.
-    let sets: Vec<serde_json::Value> = env
+    let sets: Vec<Value> = env
         .committed(&cfg, "tripline.pattern-sets")
         .iter()
         .map(|l| serde_json::from_str(l).expect("an activation record"))
@@ -314,7 +314,7 @@ fn prometheus_scrapes_the_service_and_every_dashboard_and_rule_expression_works(
     let (first, last) = (&sets[0], &sets[sets.len() - 1]);
     assert_eq!((first["reason"].as_str(), last["reason"].as_str()), (Some("assign"), Some("reload")), "{sets:?}");
     assert_ne!(first["set"], last["set"]);
-    let version = |a: &serde_json::Value| {
+    let version = |a: &Value| {
         a["patterns"]
             .as_array()
             .into_iter()
