@@ -41,6 +41,9 @@ pub struct Report {
     alerts: Alerts,
     #[serde(skip_serializing_if = "Option::is_none")]
     comparison: Option<Vec<DiffRow>>,
+    /// The partition the last record came from (an index into the input's partitions).
+    #[serde(skip)]
+    last: Option<usize>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -81,6 +84,7 @@ pub struct InputPartition {
     /// The earliest and latest event time among its events.
     pub min_event_time: Option<String>,
     pub max_event_time: Option<String>,
+    /// (first, last) record timestamps.
     #[serde(skip)]
     times: Option<(i64, i64)>,
     #[serde(skip)]
@@ -174,6 +178,7 @@ impl Report {
             open_end: false,
             alerts: Alerts::default(),
             comparison: None,
+            last: None,
         }
     }
 
@@ -205,14 +210,17 @@ impl Report {
 
     fn partition(&mut self, source: &str, partition: i32) -> &mut InputPartition {
         let ps = &mut self.input.partitions;
-        let i = match ps.iter().position(|p| p.source == source && p.partition == partition) {
+        // Records come partition by partition (Kafka) or mostly so (files): try the last one first.
+        let hit = |p: &InputPartition| p.partition == partition && p.source == source;
+        let i = match self.last.filter(|&i| ps.get(i).is_some_and(hit)).or_else(|| ps.iter().position(hit)) {
             Some(i) => i,
             None => {
                 ps.push(InputPartition { source: source.to_owned(), partition, ..InputPartition::default() });
                 ps.sort_by(|a, b| (&a.source, a.partition).cmp(&(&b.source, b.partition)));
-                ps.iter().position(|p| p.source == source && p.partition == partition).unwrap_or(0)
+                ps.iter().position(hit).unwrap_or(0)
             }
         };
+        self.last = Some(i);
         &mut ps[i]
     }
 
@@ -224,19 +232,23 @@ impl Report {
         p.first_offset.get_or_insert(offset);
         p.last_offset = Some(offset);
         if let Some(t) = timestamp {
-            let (lo, hi) = p.times.get_or_insert((t, t));
-            (*lo, *hi) = ((*lo).min(t), (*hi).max(t));
-            if p.first_timestamp.is_none() {
-                p.first_timestamp = Some(times::format(t));
-            }
-            p.last_timestamp = Some(times::format(t));
+            p.times.get_or_insert((t, t)).1 = t;
         }
         if let Some(t) = event_time {
             let (lo, hi) = p.event_times.get_or_insert((t, t));
             (*lo, *hi) = ((*lo).min(t), (*hi).max(t));
-            let (lo, hi) = (*lo, *hi);
-            p.min_event_time = Some(times::format(lo));
-            p.max_event_time = Some(times::format(hi));
+        }
+    }
+
+    /// Writes the times as text (once, before the report is written).
+    fn finish_times(&mut self) {
+        for p in &mut self.input.partitions {
+            if let Some((first, last)) = p.times {
+                (p.first_timestamp, p.last_timestamp) = (Some(times::format(first)), Some(times::format(last)));
+            }
+            if let Some((lo, hi)) = p.event_times {
+                (p.min_event_time, p.max_event_time) = (Some(times::format(lo)), Some(times::format(hi)));
+            }
         }
     }
 
@@ -263,6 +275,7 @@ impl Report {
 
     /// The alerts written to `file`, and the counts of the run that raised them.
     pub fn output(&mut self, file: &Path, lines: &[String], counts: &Counts) {
+        self.finish_times();
         self.events.processed = counts.processed;
         self.events.late = counts.late;
         self.events.partial_matches_dropped_by_budget = counts.dropped;
