@@ -317,9 +317,11 @@ pub(crate) struct Input {
 fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
     let mut env = Env::load(opts.config)?;
     let (from, to) = kafka_range::bounds(opts.from, opts.to, opts.topic, opts.input.is_some()).map_err(usage)?;
+    if opts.diff.is_some() && opts.compare.is_none() {
+        return Err(usage("--diff writes a comparison: give the other set with --compare or --compare-set"));
+    }
     let a = choose(&mut env, opts.patterns)?;
     let b = opts.compare.map(|c| choose(&mut env, c)).transpose()?;
-    let env = env;
     for set in std::iter::once(&a.set).chain(b.as_ref().map(|b| &b.set)) {
         for n in &set.nfas {
             if env.catalog.streams.get(&n.meta.stream).is_some_and(|s| s.timestamp_field.is_none()) {
