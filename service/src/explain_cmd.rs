@@ -75,6 +75,10 @@ fn find_alert(env: &mut Env, id: &str, alerts: Option<&Path>) -> Result<Json, Fa
         return Err(usage(format!("`{id}` is not an alert id (32 hex digits, the alert's \"alert_id\")")));
     }
     let matches = |bytes: &[u8]| -> Option<Json> {
+        // Most records are other alerts: look for the id's bytes before parsing.
+        if !bytes.windows(id.len()).any(|w| w == id.as_bytes()) {
+            return None;
+        }
         let j: Json = serde_json::from_slice(bytes).ok()?;
         (j["alert_id"].as_str() == Some(id)).then_some(j)
     };
@@ -94,8 +98,13 @@ fn find_alert(env: &mut Env, id: &str, alerts: Option<&Path>) -> Result<Json, Fa
                 if kafka_range::partitions(reader, &env.cfg, &[t.as_str()]).is_err() {
                     continue;
                 }
-                let records = kafka_range::read_all(reader, &env.cfg, t).map_err(usage)?;
-                if let Some(j) = records.iter().find_map(|(_, _, v)| matches(v)) {
+                let mut found = None;
+                kafka_range::scan(reader, &env.cfg, t, &mut |_, _, v| {
+                    found = matches(v);
+                    found.is_none()
+                })
+                .map_err(usage)?;
+                if let Some(j) = found {
                     return Ok(j);
                 }
             }
@@ -236,7 +245,7 @@ fn explain_key(opts: &KeyOptions<'_>, src: &Sources<'_>) -> Result<String, Failu
         OpConfig { max_partial_matches_per_key: env.cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
     let mut trace = crate::explain::KeyTrace::new(nfa.clone(), key, plan.out_of_orderness, op_config);
     let (min_ts, max_ts) = (env.cfg.service.min_event_time, env.cfg.service.max_event_time);
-    let mut feed = |input: Input| {
+    let mut feed = |input: Input<'_>| {
         if let Ok(event) = input.event {
             if input.stream == plan.name && admit(&plan, &event, min_ts, max_ts).is_ok() {
                 trace.feed(input.partition, Arc::new(event));
@@ -248,8 +257,8 @@ fn explain_key(opts: &KeyOptions<'_>, src: &Sources<'_>) -> Result<String, Failu
             for (_, record) in replay::read_records(file, &env.catalog, Some(&plan.name))? {
                 if let Ok((stream, partition, event)) = record {
                     let offset = crate::pipeline::coords(event.seq).1;
-                    let source = stream.clone();
-                    feed(Input { stream, source, partition, offset, timestamp: None, event: Ok(event) });
+                    let (source, timestamp, event) = (stream.as_str(), None, Ok(event));
+                    feed(Input { stream: source, source, partition, offset, timestamp, event });
                 }
             }
             plan.name.clone()
@@ -261,8 +270,8 @@ fn explain_key(opts: &KeyOptions<'_>, src: &Sources<'_>) -> Result<String, Failu
             let reader = kafka_range::reader(&env.cfg).map_err(usage)?;
             let ranges =
                 replay::kafka_ranges(&env, &reader, &mut topics, opts.topic, from.as_ref(), to.as_ref(), &defaults)?;
-            replay::read_kafka(&env, &reader, &topics, &ranges, &mut |r| {
-                if let Ok(input) = r {
+            replay::read_kafka(&env, &reader, &topics, &ranges, &mut |item| {
+                if let replay::Item::Record(input) = item {
                     feed(input);
                 }
             })?;

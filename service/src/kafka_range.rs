@@ -350,8 +350,23 @@ impl<'a> PartReader<'a> {
 /// Every committed record of `topic` (all partitions, from the beginning to the end it has
 /// now) as (partition, offset, value).
 pub fn read_all(consumer: &Reader, cfg: &Config, topic: &str) -> Result<Vec<(i32, i64, Vec<u8>)>, String> {
-    let n = partitions(consumer, cfg, &[topic])?[0];
     let mut out = Vec::new();
+    scan(consumer, cfg, topic, &mut |p, o, v| {
+        out.push((p, o, v.to_vec()));
+        true
+    })?;
+    Ok(out)
+}
+
+/// Calls `on(partition, offset, value)` on the committed records of `topic` (partition by
+/// partition, to the end each has now) until it returns false.
+pub fn scan(
+    consumer: &Reader,
+    cfg: &Config,
+    topic: &str,
+    on: &mut dyn FnMut(i32, i64, &[u8]) -> bool,
+) -> Result<(), String> {
+    let n = partitions(consumer, cfg, &[topic])?[0];
     for p in 0..n {
         let (lo, hi) = consumer.fetch_watermarks(topic, p, LOOKUP_TIMEOUT).map_err(|e| format!("{topic}/{p}: {e}"))?;
         if hi <= lo {
@@ -360,10 +375,12 @@ pub fn read_all(consumer: &Reader, cfg: &Config, topic: &str) -> Result<Vec<(i32
         let mut reader =
             PartReader::new(consumer, &PartRange { topic: topic.to_owned(), partition: p, start: lo, end: hi })?;
         while let Read::Record(m) = reader.next()? {
-            out.push((p, m.offset(), m.payload().unwrap_or_default().to_vec()));
+            if !on(p, m.offset(), m.payload().unwrap_or_default()) {
+                return Ok(());
+            }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

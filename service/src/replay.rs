@@ -302,11 +302,22 @@ impl Runner {
     }
 }
 
+/// What reading a Kafka range gives.
+pub(crate) enum Item<'a> {
+    Record(Input<'a>),
+    /// A partition's range is done; `next` is the first offset not read.
+    Done {
+        topic: &'a str,
+        partition: i32,
+        next: i64,
+    },
+}
+
 /// A record of the input: where it is, and the event or why it is not one.
-pub(crate) struct Input {
-    pub stream: String,
+pub(crate) struct Input<'a> {
+    pub stream: &'a str,
     /// The topic (Kafka) or the stream (a file).
-    pub source: String,
+    pub source: &'a str,
     pub partition: i32,
     pub offset: i64,
     /// The Kafka record timestamp.
@@ -348,24 +359,26 @@ fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
             let mut progress = crate::progress::Progress::new("replay", "events", None);
             for (n, record) in records {
                 progress.inc(1);
-                let input = match record {
+                match record {
                     Ok((stream, partition, event)) => {
                         let offset = coords(event.seq).1;
-                        Input { source: stream.clone(), stream, partition, offset, timestamp: None, event: Ok(event) }
+                        let (source, timestamp, event) = (stream.as_str(), None, Ok(event));
+                        let input = Input { stream: source, source, partition, offset, timestamp, event };
+                        if let Some(r) = feed(&mut runners, &mut report, input, &env.cfg) {
+                            rejected_lines = true;
+                            err(&format!("{}:{n}: rejected ({}): {}\n", file.display(), r.code, r.message));
+                        }
                     }
                     Err(Fatal(reason)) => return Err(usage(format!("{}: {reason}", file.display()))),
                     Err(Rejected(reason)) => {
                         rejected_lines = true;
                         err(&format!("{}:{n}: rejected: {reason}\n", file.display()));
-                        let stream = opts.stream.unwrap_or("-").to_owned();
-                        let offset = n as i64;
+                        let source = opts.stream.unwrap_or("-");
                         let event = Err(Reject::new("undecodable", reason));
-                        Input { source: stream.clone(), stream, partition: 0, offset, timestamp: None, event }
+                        let input =
+                            Input { stream: source, source, partition: 0, offset: n as i64, timestamp: None, event };
+                        feed(&mut runners, &mut report, input, &env.cfg);
                     }
-                };
-                if let Some(r) = feed(&mut runners, &mut report, input, &env.cfg) {
-                    rejected_lines = true;
-                    err(&format!("{}:{n}: rejected ({}): {}\n", file.display(), r.code, r.message));
                 }
             }
             progress.finish();
@@ -417,22 +430,23 @@ fn replay(opts: &Replay<'_>) -> Result<u8, Failure> {
 }
 
 /// Feeds one input record to every runner; returns the first runner's admission problem.
-fn feed(runners: &mut [Runner], report: &mut Report, input: Input, cfg: &Config) -> Option<Reject> {
+fn feed(runners: &mut [Runner], report: &mut Report, input: Input<'_>, cfg: &Config) -> Option<Reject> {
     let Input { stream, source, partition, offset, timestamp, event } = input;
     let ts = event.as_ref().ok().map(|e| e.ts);
-    report.read(&source, partition, offset, timestamp, ts);
+    report.read(source, partition, offset, timestamp, ts);
     let problem = match event {
         Err(r) => Some(r),
-        Ok(event) => {
-            let mut first = None;
-            for (i, r) in runners.iter_mut().enumerate() {
-                let problem = r.feed(&stream, partition, offset, event.clone(), cfg);
-                if i == 0 {
-                    first = problem;
+        Ok(event) => match runners {
+            [a] => a.feed(stream, partition, offset, event, cfg),
+            [a, rest @ ..] => {
+                let problem = a.feed(stream, partition, offset, event.clone(), cfg);
+                for r in rest {
+                    r.feed(stream, partition, offset, event.clone(), cfg);
                 }
+                problem
             }
-            first
-        }
+            [] => None,
+        },
     };
     if let Some(r) = &problem {
         report.dead_letter(r.code);
@@ -461,11 +475,11 @@ fn replay_kafka(
     let reader = kafka_range::reader(&env.cfg).map_err(usage)?;
     let ranges = kafka_ranges(env, &reader, &mut topics, opts.topic, from, to, &defaults)?;
     report.input_kafka(env.cfg.kafka.bootstrap_servers.as_deref().unwrap_or(""), opts.from, opts.to, &ranges);
-    read_kafka(env, &reader, &topics, &ranges, &mut |input| match input {
-        Ok(input) => {
+    read_kafka(env, &reader, &topics, &ranges, &mut |item| match item {
+        Item::Record(input) => {
             feed(runners, report, input, &env.cfg);
         }
-        Err((topic, partition, next)) => report.partition_done(&topic, partition, next),
+        Item::Done { topic, partition, next } => report.partition_done(topic, partition, next),
     })
 }
 
@@ -491,14 +505,14 @@ pub(crate) fn kafka_ranges(
 }
 
 /// Reads `ranges` (partition by partition, in offset order), decoding each record through the
-/// schema registry as the service does, with progress; `on` gets each record, and
-/// `Err((topic, partition, next offset))` when a partition's range is done.
+/// schema registry as the service does, with progress; `on` gets each record, and the end of
+/// each partition's range.
 pub(crate) fn read_kafka(
     env: &Env,
     reader: &kafka_range::Reader,
     topics: &BTreeMap<String, Arc<StreamPlan>>,
     ranges: &[kafka_range::PartRange],
-    on: &mut dyn FnMut(Result<Input, (String, i32, i64)>),
+    on: &mut dyn FnMut(Item<'_>),
 ) -> Result<(), Failure> {
     let mut avro = crate::run::avro_for(&env.cfg, &env.path, topics.values()).map_err(|e| usage(format!("{e:#}")))?;
     let total: i64 = ranges.iter().map(|r| r.end - r.start).sum();
@@ -544,9 +558,9 @@ pub(crate) fn read_kafka(
                     }
                 }
             };
-            on(Ok(Input {
-                stream: plan.name.clone(),
-                source: range.topic.clone(),
+            on(Item::Record(Input {
+                stream: &plan.name,
+                source: &range.topic,
                 partition: range.partition,
                 offset: m.offset(),
                 timestamp: m.timestamp().to_millis(),
@@ -559,7 +573,7 @@ pub(crate) fn read_kafka(
                 "the committed records end before the range does (an open transaction, or records still to come)"
             );
         }
-        on(Err((range.topic.clone(), range.partition, next)));
+        on(Item::Done { topic: &range.topic, partition: range.partition, next });
     }
     progress.finish();
     Ok(())
