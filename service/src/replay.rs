@@ -221,7 +221,8 @@ struct Runner {
     /// By stream name.
     plans: BTreeMap<String, Arc<StreamPlan>>,
     op_config: OpConfig,
-    parts: BTreeMap<(String, i32), Partition>,
+    /// By stream, then partition.
+    parts: BTreeMap<String, BTreeMap<i32, Partition>>,
     /// Recorded starts by (topic, partition): offset and watermark.
     starts: BTreeMap<(String, i32), pattern_sets::Position>,
     emit: Vec<Emit>,
@@ -265,7 +266,11 @@ impl Runner {
         if let Err(r) = admit(plan, &event, cfg.service.min_event_time, cfg.service.max_event_time) {
             return Some(r);
         }
-        let part = self.parts.entry((stream.to_owned(), partition)).or_insert_with(|| {
+        if !self.parts.contains_key(stream) {
+            self.parts.insert(stream.to_owned(), BTreeMap::new());
+        }
+        let parts = self.parts.get_mut(stream).expect("inserted above");
+        let part = parts.entry(partition).or_insert_with(|| {
             let mut part = Partition::new(plan.clone(), partition, self.op_config).without_change_tracking();
             // Started where the recorded set took effect: its watermark then.
             if let Some(pos) = self.starts.get(&(plan.topic.clone(), partition)).filter(|p| p.offset == offset) {
@@ -292,7 +297,7 @@ impl Runner {
 
     /// The end of the input: windows close unless it goes on.
     fn finish(&mut self, open_end: bool) {
-        for part in self.parts.values_mut() {
+        for part in self.parts.values_mut().flat_map(BTreeMap::values_mut) {
             if !open_end {
                 part.finish(&mut self.emit);
             }
