@@ -201,7 +201,16 @@ fn events_from_kafka(
         };
         match avro.decode(plan, m.payload(), seq_of(partition, offset)) {
             Ok(e) => events.push(Arc::new(e)),
-            Err(e) => return Err(usage(format!("{}/{partition}@{offset} does not decode: {e:?}", plan.topic))),
+            Err(crate::avro_in::DecodeError::Reject(r)) => {
+                return Err(usage(format!(
+                    "{}/{partition}@{offset} does not decode ({}): {}: the service dead-lettered it, so no alert can \
+                     name it; is the alert from another cluster?",
+                    plan.topic, r.code, r.message
+                )))
+            }
+            Err(crate::avro_in::DecodeError::Unavailable(why)) => {
+                return Err(usage(format!("{}/{partition}@{offset} cannot be decoded now: {why}", plan.topic)))
+            }
         }
     }
     Ok(events)
