@@ -126,13 +126,9 @@ fn pattern_of(env: &mut Env, src: &Sources<'_>, name: &str, hash: &str, version:
         None if src.input.is_none() => {
             // The recorded activations name the set that ran this version.
             let topic = env.cfg.outputs.pattern_sets_topic.clone();
-            env.reader()?;
-            let reader = env.reader.as_ref().expect("made above");
-            let records = kafka_range::read_all(reader, &env.cfg, &topic).map_err(usage)?;
-            let set = records.iter().find_map(|(_, _, v)| {
-                let a: crate::pattern_sets::Activation = serde_json::from_slice(v).ok()?;
-                a.patterns.iter().any(|p| p.hash == hash).then_some(a.set)
-            });
+            env.activations()?;
+            let recorded = env.activations.as_deref().unwrap_or_default();
+            let set = recorded.iter().find(|a| a.patterns.iter().any(|p| p.hash == hash)).map(|a| a.set.clone());
             match set {
                 Some(set) => return pattern_in(env, Choice::Recorded(&set), name, hash, version),
                 None => {

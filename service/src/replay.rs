@@ -153,6 +153,8 @@ pub(crate) struct Env {
     pub catalog: dsl::Catalog,
     /// The Kafka reader, made when first needed.
     pub reader: Option<kafka_range::Reader>,
+    /// The pattern sets the service recorded, read when first needed.
+    pub activations: Option<Vec<pattern_sets::Activation>>,
 }
 
 impl Env {
@@ -161,7 +163,26 @@ impl Env {
         let path = config::locate(config).map_err(|e| usage(format!("{e:#}")))?;
         let cfg = Config::load_with_env(&path).map_err(|e| usage(format!("{e:#}")))?;
         let catalog = cfg.catalog(&path).map_err(|e| usage(format!("{e:#}")))?;
-        Ok(Env { cfg, path, catalog, reader: None })
+        Ok(Env { cfg, path, catalog, reader: None, activations: None })
+    }
+
+    /// Reads the activation records of the pattern sets topic (once; in `self.activations`).
+    pub fn activations(&mut self) -> Result<(), Failure> {
+        if self.activations.is_some() {
+            return Ok(());
+        }
+        let topic = self.cfg.outputs.pattern_sets_topic.clone();
+        self.reader()?;
+        let reader = self.reader.as_ref().expect("made above");
+        let mut activations = Vec::new();
+        for (p, o, bytes) in kafka_range::read_all(reader, &self.cfg, &topic).map_err(usage)? {
+            match serde_json::from_slice::<pattern_sets::Activation>(&bytes) {
+                Ok(a) => activations.push(a),
+                Err(e) => tracing::warn!("{topic}/{p}@{o} is not an activation record: {e}"),
+            }
+        }
+        self.activations = Some(activations);
+        Ok(())
     }
 
     pub fn reader(&mut self) -> Result<&kafka_range::Reader, Failure> {
@@ -195,17 +216,9 @@ pub(crate) fn choose(env: &mut Env, choice: Choice<'_>) -> Result<Chosen, Failur
         Choice::Recorded(hash) => {
             pattern_sets::check_hash(hash).map_err(usage)?;
             let topic = env.cfg.outputs.pattern_sets_topic.clone();
-            env.reader()?;
-            let reader = env.reader.as_ref().expect("made above");
-            let records = kafka_range::read_all(reader, &env.cfg, &topic).map_err(usage)?;
-            let mut activations = Vec::new();
-            for (p, o, bytes) in records {
-                match serde_json::from_slice::<pattern_sets::Activation>(&bytes) {
-                    Ok(a) => activations.push(a),
-                    Err(e) => tracing::warn!("{topic}/{p}@{o} is not an activation record: {e}"),
-                }
-            }
-            let found = pattern_sets::recorded(&activations, hash, &topic, &env.catalog).map_err(usage)?;
+            env.activations()?;
+            let activations = env.activations.as_deref().unwrap_or_default();
+            let found = pattern_sets::recorded(activations, hash, &topic, &env.catalog).map_err(usage)?;
             Ok(Chosen {
                 origin: format!("pattern set {} as recorded in topic `{topic}`", found.set.hash()),
                 set: found.set,
