@@ -1,5 +1,5 @@
-//! Tripline's engine: the compiled program a pattern becomes, and (from the engine issue on) the
-//! runtime that runs it per key over event time.
+//! Tripline's engine: the compiled program a pattern becomes ([`Nfa`], made with [`NfaBuilder`]),
+//! and the runtime that runs it per key over event time.
 //!
 //! Invariants (see `ARCHITECTURE.md`):
 //! - no I/O and no wall clock: time is an input;
@@ -7,12 +7,14 @@
 //! - at run time fields, variables, states and record types are newtype indices, never strings.
 
 pub mod alert;
+pub mod builder;
 pub mod dump;
 pub mod expr;
 pub mod nfa;
 pub mod runtime;
 pub mod value;
 
+pub use builder::{BuildError, BuildErrorKind, NfaBuilder};
 pub use expr::{AggFunc, BinOp, Cond, Expr, Func, MatchView, UnOp};
 pub use nfa::{
     Action, CondId, Edge, FieldId, Mode, Nfa, OutputField, PatternMeta, Severity, SkipStrategy, State, StateId,

@@ -470,59 +470,38 @@ impl<S: StateStore> Operator<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builder::NfaBuilder;
     use crate::expr::{BinOp, Cond, Expr};
-    use crate::nfa::{
-        Action, CondId, Edge, Mode, PatternMeta, Severity, SkipStrategy, State, StateId, StateKind, Template, TypeId,
-        VarId, VarInfo,
-    };
+    use crate::nfa::{Action, Mode, PatternMeta, Severity, StateId, StateKind, TypeId, VarId, VarInfo};
 
     /// `a followed by b within 10ms of previous`, keyed by field 0, `a: x == 1`, `b: x == 2`.
     fn nfa() -> Arc<Nfa> {
-        let eq = |v| Expr::Binary(BinOp::Eq, Box::new(Expr::Field(FieldId(1))), Box::new(Expr::Lit(Value::Int(v))));
-        let state =
-            |name: &str, var, kind, edges, window_ms| State { name: name.to_owned(), var, kind, edges, window_ms };
-        let edge = |action, target, cond| Edge { action, target: StateId(target), cond };
-        Arc::new(Nfa {
-            meta: PatternMeta {
-                name: "ab".to_owned(),
-                description: String::new(),
-                version: 1,
-                severity: Severity::Low,
-                mode: Mode::Live,
-                stream: "s".to_owned(),
-                key: FieldId(0),
-                hash: "0".to_owned(),
-            },
-            vars: ["a", "b"].map(|n| VarInfo { name: n.to_owned(), looping: false, negated: false }).to_vec(),
-            fields: vec!["k".to_owned(), "x".to_owned()],
-            types: vec!["T".to_owned()],
-            conditions: vec![eq(1), eq(2)],
-            states: vec![
-                state("$end", None, StateKind::Final, vec![], None),
-                state(
-                    "b",
-                    Some(VarId(1)),
-                    StateKind::Normal,
-                    vec![
-                        edge(Action::Take, 0, Cond::Holds(CondId(1))),
-                        edge(Action::Ignore, 1, Cond::negate(Cond::Holds(CondId(1)))),
-                    ],
-                    Some(10),
-                ),
-                state(
-                    "a",
-                    Some(VarId(0)),
-                    StateKind::Normal,
-                    vec![edge(Action::Take, 1, Cond::Holds(CondId(0)))],
-                    None,
-                ),
-            ],
-            start: StateId(2),
-            window_ms: None,
-            skip: SkipStrategy::NoSkip,
-            outputs: vec![],
-            message: Template::default(),
-        })
+        let meta = PatternMeta {
+            name: "ab".to_owned(),
+            description: String::new(),
+            version: 1,
+            severity: Severity::Low,
+            mode: Mode::Live,
+            stream: "s".to_owned(),
+            key: FieldId(0),
+            hash: "0".to_owned(),
+        };
+        let mut b = NfaBuilder::new(meta);
+        b.add_field("k");
+        let x = b.add_field("x");
+        b.add_type("T");
+        let [va, vb] = ["a", "b"].map(|n| b.add_var(VarInfo { name: n.to_owned(), looping: false, negated: false }));
+        let eq = |v| Expr::Binary(BinOp::Eq, Box::new(Expr::Field(x)), Box::new(Expr::Lit(Value::Int(v))));
+        let (ca, cb) = (b.add_condition(eq(1)), b.add_condition(eq(2)));
+        let end = b.add_state("$end", None, StateKind::Final);
+        let sb = b.add_state("b", Some(vb), StateKind::Normal);
+        let sa = b.add_state("a", Some(va), StateKind::Normal);
+        b.add_edge(sb, Action::Take, end, Cond::Holds(cb))
+            .add_edge(sb, Action::Ignore, sb, Cond::negate(Cond::Holds(cb)))
+            .state_window(sb, 10)
+            .add_edge(sa, Action::Take, sb, Cond::Holds(ca))
+            .start(sa);
+        Arc::new(b.build().expect("a valid automaton"))
     }
 
     fn ev(seq: u64, ts: i64, key: &str, x: i64) -> Arc<Event> {
