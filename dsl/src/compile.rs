@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use engine::{Action, Cond, Edge, Nfa, PatternMeta, State, StateId, StateKind, Template, VarId, VarInfo};
+use engine::{Action, Cond, Edge, Nfa, NfaBuilder, PatternMeta, State, StateId, StateKind, Template, VarId, VarInfo};
 use sha2::{Digest, Sha256};
 
 use crate::ast::Contiguity;
@@ -127,28 +127,49 @@ pub fn compile(p: &CheckedPattern) -> Nfa {
     let sink = c.create_middle_states(sink);
     c.create_start_state(sink);
     let start = c.start.expect("compile: start state");
-    let mut nfa = Nfa {
-        meta: PatternMeta {
-            name: p.name.clone(),
-            description: p.description.clone(),
-            version: p.version,
-            severity: p.severity,
-            mode: p.mode,
-            stream: p.stream.name.clone(),
-            key: p.key,
-            hash: String::new(),
-        },
-        vars: p.vars.iter().map(|v| VarInfo { name: v.name.clone(), looping: v.looping, negated: v.negated }).collect(),
-        fields: p.stream.fields.iter().map(|f| f.path.clone()).collect(),
-        types: p.stream.types.iter().map(|t| t.name.clone()).collect(),
-        conditions: p.conditions.clone(),
-        states: c.states,
-        start,
-        window_ms: c.window_time,
-        skip: p.skip,
-        outputs: p.outputs.clone(),
-        message: Template { parts: p.message.clone() },
-    };
+    let mut b = NfaBuilder::new(PatternMeta {
+        name: p.name.clone(),
+        description: p.description.clone(),
+        version: p.version,
+        severity: p.severity,
+        mode: p.mode,
+        stream: p.stream.name.clone(),
+        key: p.key,
+        hash: String::new(),
+    });
+    for f in &p.stream.fields {
+        b.add_field(f.path.clone());
+    }
+    for t in &p.stream.types {
+        b.add_type(t.name.clone());
+    }
+    for v in &p.vars {
+        b.add_var(VarInfo { name: v.name.clone(), looping: v.looping, negated: v.negated });
+    }
+    for cond in &p.conditions {
+        b.add_condition(cond.clone());
+    }
+    // The builder numbers states in insertion order: the same ids as the scratch table's.
+    for s in &c.states {
+        let id = b.add_state(s.name.clone(), s.var, s.kind);
+        if let Some(ms) = s.window_ms {
+            b.state_window(id, ms);
+        }
+    }
+    for (i, s) in c.states.into_iter().enumerate() {
+        for e in s.edges {
+            b.add_edge(StateId(i as u32), e.action, e.target, e.cond);
+        }
+    }
+    b.start(start).skip(p.skip).message(Template { parts: p.message.clone() });
+    if let Some(ms) = c.window_time {
+        b.window(ms);
+    }
+    for o in &p.outputs {
+        b.add_output(o.name.clone(), o.expr.clone());
+    }
+    let mut nfa =
+        b.build().unwrap_or_else(|e| panic!("compile: pattern `{}` compiled to an invalid automaton: {e}", p.name));
     nfa.meta.hash = content_hash(&nfa);
     nfa
 }

@@ -1,7 +1,9 @@
 //! The compiled program: an immutable NFA in FlinkCEP's shape (states with TAKE / IGNORE / PROCEED
 //! edges guarded by conditions), plus what an alert needs (metadata, output fields, message).
 //!
-//! One `Nfa` is built per pattern by `dsl::compile` and shared (`Arc<Nfa>`) by every key's run.
+//! One `Nfa` is built per pattern by `dsl::compile`, through [`crate::NfaBuilder`] (the only way
+//! to make one outside this crate: it refuses automata the runtime cannot run), and shared
+//! (`Arc<Nfa>`) by every key's run.
 //! Everything the runtime touches is indexed by the newtype ids below; the string tables
 //! (`fields`, `types`, `vars[..].name`, `State::name`) exist for output and explanations only.
 
@@ -158,8 +160,9 @@ pub struct Template {
     pub parts: Vec<TemplatePart>,
 }
 
-/// A compiled pattern.
+/// A compiled pattern. Made by [`crate::NfaBuilder`]; its fields are there to read.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Nfa {
     pub meta: PatternMeta,
     pub vars: Vec<VarInfo>,
