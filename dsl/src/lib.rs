@@ -5,15 +5,20 @@
 //! ```
 //! Every stage reports problems as [`Diagnostic`]s (file, line, column, message, hint) and goes
 //! on, so one run reports every error of a file. pest types stay inside [`parser`].
+//!
+//! [`json_event`] decodes a record of a stream (the JSON-lines export format) into an
+//! [`engine::Event`] against its [`StreamSchema`]: the one decoder of the project.
 
 pub mod ast;
 pub mod check;
 pub mod compile;
 pub mod diag;
+pub mod event;
 pub mod parser;
 pub mod schema;
 
 pub use diag::{Diagnostic, SourceFile};
+pub use event::{json_event, EventError, EventErrorKind};
 pub use schema::{Catalog, FieldType, SchemaError, StreamSchema};
 
 /// Deepest nesting of brackets and prefix operators accepted, so that hostile input cannot
