@@ -1,4 +1,5 @@
 //! Shared test support: the repository layout, the test catalog, golden-file comparison.
+//! (The engine's tests that need the language, in `engine/testkit`, share `testkit`'s fixtures.)
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

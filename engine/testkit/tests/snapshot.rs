@@ -6,22 +6,20 @@
 //!   negations, skip strategies, budgets, timeouts, tie-breaks);
 //! - corruption: every truncation and many byte flips of real snapshots give an error or a state
 //!   the operator runs, never a panic; foreign bytes give an error;
-//! - the size of snapshots (printed: `cargo test --test snapshot -- --nocapture`).
+//! - the size of snapshots (printed: `cargo test -p tripline-testkit --test snapshot -- --nocapture`).
 
 #![allow(clippy::print_stderr)] // the sizes and counts are worth seeing in the test log
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use common::*;
-use dsl::{FieldType, SourceFile, StreamSchema};
+use dsl::{SourceFile, StreamSchema};
 use engine::runtime::{Config, Key, Operator, Output, SnapshotError, Stats};
 use engine::{Event, FieldId, Nfa, TypeId, Value};
 use proptest::prelude::*;
 use serde_json::Value as Json;
+use testkit::{catalog_from, compile_one, files, root, source, test_catalog};
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -52,33 +50,6 @@ impl Rng {
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
-}
-
-/// A record of the JSON-lines export format decoded against its stream's schema (what
-/// `tripline replay` does, in short: the examples are valid, `examples.rs` checks them).
-fn json_event(schema: &StreamSchema, line: &Json, seq: u64) -> Event {
-    let kind = schema.record_type(line["type"].as_str().expect("type")).expect("known record type");
-    let mut fields = vec![Value::Null; schema.fields.len()];
-    for (i, f) in schema.fields.iter().enumerate() {
-        if !f.in_types[kind.index()] {
-            continue;
-        }
-        let v = f.path.split('.').try_fold(&line["value"], |v, seg| v.get(seg)).unwrap_or(&Json::Null);
-        fields[i] = match (f.ty, v) {
-            (_, Json::Null) => Value::Null,
-            (FieldType::Bool, Json::Bool(b)) => Value::Bool(*b),
-            (FieldType::Int, Json::Number(n)) => Value::Int(n.as_i64().expect("int")),
-            (FieldType::Timestamp, Json::Number(n)) => Value::Int(n.as_i64().expect("int") / f.time_divisor.max(1)),
-            (FieldType::Float, Json::Number(n)) => Value::Float(n.as_f64().expect("float")),
-            (FieldType::Str, Json::String(s)) => Value::str(s),
-            _ => Value::Null,
-        };
-    }
-    let ts = match &fields[schema.timestamp_field.expect("event time").index()] {
-        Value::Int(ms) => *ms,
-        v => panic!("event time is {v:?}"),
-    };
-    Event { seq, ts, kind, fields: fields.into() }
 }
 
 /// A library pattern with its schema, example events and the stream's out-of-orderness.
@@ -117,10 +88,15 @@ fn library() -> &'static [Library] {
                 let schema = catalog.streams[&nfa.meta.stream].clone();
                 let file = root().join(format!("patterns/examples/{}.events.jsonl", nfa.meta.name));
                 let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                // Decoded as `tripline replay` decodes them (the examples are valid: `examples.rs`).
                 let examples = text
                     .lines()
                     .enumerate()
-                    .map(|(i, l)| Arc::new(json_event(&schema, &serde_json::from_str(l).expect("JSON"), i as u64 + 1)))
+                    .map(|(i, l)| {
+                        let line: Json = serde_json::from_str(l).expect("JSON");
+                        let event = dsl::json_event(&schema, line["type"].as_str(), &line["value"], i as u64 + 1);
+                        Arc::new(event.unwrap_or_else(|e| panic!("{}:{}: {e}", file.display(), i + 1)))
+                    })
                     .collect();
                 let out_of_orderness = config["streams"][&nfa.meta.stream]
                     .get("max_out_of_orderness")
@@ -603,12 +579,6 @@ fn random_streams_exercise_the_runtime() {
 fn cep(seq: u64, id: i64, name: &str, ts: i64) -> (Key, Arc<Event>) {
     let fields = vec![Value::Int(id), Value::str(name), Value::Float(1.0), Value::Int(ts), Value::Null];
     (Key::Int(id), Arc::new(Event { seq, ts, kind: TypeId(0), fields: fields.into() }))
-}
-
-fn compile_one(text: &str) -> Arc<Nfa> {
-    let compiled = dsl::compile_source(&SourceFile::new("t.tl", text), &test_catalog());
-    assert!(compiled.is_ok(), "{:?}", compiled.diagnostics);
-    Arc::new(compiled.patterns.into_iter().next().expect("one pattern").nfa)
 }
 
 const A_NEXT_B: &str =

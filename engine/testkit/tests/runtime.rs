@@ -1,19 +1,10 @@
 //! The keyed event-time operator: late events, the partial-match budget, idle keys, determinism.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
-use dsl::SourceFile;
 use engine::runtime::{Config, Key, Operator, Output};
-use engine::{Event, Nfa, TypeId, Value};
-
-fn nfa(text: &str) -> Arc<Nfa> {
-    let compiled = dsl::compile_source(&SourceFile::new("t.tl", text), &test_catalog());
-    assert!(compiled.is_ok(), "{:?}", compiled.diagnostics);
-    Arc::new(compiled.patterns.into_iter().next().expect("one pattern").nfa)
-}
+use engine::{Event, TypeId, Value};
+use testkit::compile_one as nfa;
 
 /// A cep_events event: id (the key), name, price, ts.
 fn ev(seq: u64, id: i64, name: &str, ts: i64) -> (Key, Arc<Event>) {

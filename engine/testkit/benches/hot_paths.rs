@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the hot paths: compiling a pattern, evaluating a condition, and the
 //! runtime (one key's run, and the keyed event-time operator) on the FlinkCEP benchmark's P1/P2.
 //!
-//!     cargo bench -p tripline-dsl --bench hot_paths
+//!     cargo bench -p tripline-testkit --bench hot_paths
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use dsl::{Catalog, SourceFile, StreamSchema};
 use engine::runtime::{Config, Key, Operator, RunState};
 use engine::{Event, Nfa, TypeId, Value};
 
-const SCHEMA: &str = include_str!("../../testdata/bench/bench_events.avsc");
+const SCHEMA: &str = include_str!("../../../testdata/bench/bench_events.avsc");
 
 fn catalog() -> Catalog {
     let mut c = Catalog::default();
@@ -20,8 +20,7 @@ fn catalog() -> Catalog {
 }
 
 fn compile(file: &str) -> Arc<Nfa> {
-    let text =
-        std::fs::read_to_string(format!("{}/../testdata/bench/{file}", env!("CARGO_MANIFEST_DIR"))).expect("pattern");
+    let text = std::fs::read_to_string(testkit::root().join("testdata/bench").join(file)).expect("pattern");
     let compiled = dsl::compile_source(&SourceFile::new(file, text), &catalog());
     Arc::new(compiled.patterns.into_iter().next().expect("compiles").nfa)
 }
@@ -54,8 +53,7 @@ fn events(n: usize, keys: i64) -> Vec<(Key, Arc<Event>)> {
 }
 
 fn front_end(c: &mut Criterion) {
-    let text =
-        std::fs::read_to_string(format!("{}/../testdata/bench/P2.tl", env!("CARGO_MANIFEST_DIR"))).expect("pattern");
+    let text = std::fs::read_to_string(testkit::root().join("testdata/bench/P2.tl")).expect("pattern");
     let catalog = catalog();
     c.bench_function("compile P2 (parse, check, compile)", |b| {
         b.iter(|| dsl::compile_source(&SourceFile::new("P2.tl", black_box(text.clone())), &catalog))
