@@ -1,10 +1,12 @@
 //! Test support for the engine where it needs the pattern language: patterns are written in the
 //! language and compiled with `dsl`, then run by `engine` (which cannot depend on `dsl`, not even
-//! for its tests). This crate holds those tests (`tests/`), the micro-benchmarks (`benches/`)
-//! and the fixtures they share, below.
+//! for its tests). This crate holds those tests (`tests/`), the micro-benchmarks (`benches/`),
+//! the FlinkCEP conformance runner ([`conformance`]) and the fixtures they share, below.
 //!
 //! The fixtures read the repository's files and panic, naming the file, when one is missing or
 //! invalid: they are for tests.
+
+pub mod conformance;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
