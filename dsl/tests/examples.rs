@@ -1,7 +1,8 @@
 //! The examples beside each library pattern are consistent with the pattern and the schemas:
 //! events are records of the pattern's stream with the right fields and value kinds, and each
 //! expected alert names the pattern's variables, output fields and real events of its key.
-//! (The engine issue replays them; this keeps them honest until then and after.)
+//! (This test does not run them: `service/tests/replay.rs` replays each pattern's events through
+//! the engine with `tripline replay` and checks that exactly the expected alerts come out.)
 
 mod common;
 
