@@ -1,0 +1,290 @@
+//! The `match` sequence: its elements, their quantifiers, modifiers and windows, groups, and the
+//! declaration of its variables.
+
+use engine::{TypeId, VarId};
+
+use super::{Checker, Inner, RElement, RKind, VarDef, MAX_TIMES};
+use crate::ast::{self, Contiguity, ElementKind, Ident, Modifier, Quantifier};
+use crate::diag::did_you_mean;
+
+impl Checker<'_> {
+    pub(super) fn var_is_open_loop(&self, seq: &[RElement], v: VarId) -> bool {
+        seq.iter().any(|e| match &e.kind {
+            RKind::Var(id) => *id == v && matches!(e.times, Some((_, None))),
+            RKind::Group(inner) => self.var_is_open_loop(inner, v),
+        })
+    }
+
+    /// Resolves a sequence; `in_loop`: inside a quantified group (its variables take several events).
+    pub(super) fn sequence(&mut self, s: &ast::Sequence, in_group: bool, in_loop: bool) -> Vec<RElement> {
+        let mut out = Vec::new();
+        let mut prev: Option<(bool, bool)> = None; // the previous element: (optional, greedy)
+        let items = std::iter::once((None, &s.first)).chain(s.rest.iter().map(|(c, sp, e)| (Some((*c, *sp)), e)));
+        for (contiguity, el) in items {
+            let negated = contiguity.is_some_and(|(c, _)| c.is_negation());
+            if let (Some((c, cspan)), Some((prev_optional, _))) = (contiguity, prev) {
+                if c.is_negation() && prev_optional {
+                    self.err_hint(cspan, "negation-after-optional", format!("`{}` cannot follow an optional element", c.text()),
+                        "FlinkCEP does not support an optional path into a negation; write two patterns, one with and one without the optional element");
+                }
+            }
+            let r = self.element(el, contiguity.map(|c| c.0), negated, in_group, in_loop);
+            if let (Some(r), Some((_, prev_greedy))) = (&r, prev) {
+                if r.optional && prev_greedy {
+                    self.err_hint(
+                        el.span,
+                        "optional-after-greedy",
+                        "an optional element cannot follow a greedy one",
+                        "drop `greedy` from the element before, or make this one required",
+                    );
+                }
+            }
+            if let Some(r) = r {
+                prev = Some((r.optional, r.greedy));
+                out.push(r);
+            } else {
+                prev = Some((false, false));
+            }
+        }
+        out
+    }
+
+    fn element(
+        &mut self,
+        el: &ast::Element,
+        contiguity: Option<Contiguity>,
+        negated: bool,
+        in_group: bool,
+        in_loop: bool,
+    ) -> Option<RElement> {
+        let mut optional = false;
+        let mut times: Option<(u32, Option<u32>)> = None;
+        if let Some((q, span)) = el.quantifier {
+            if negated {
+                self.err_hint(
+                    span,
+                    "negated-quantifier",
+                    "a negated element cannot have a quantifier",
+                    "`not next` / `not followed by` take a single variable",
+                );
+            }
+            match q {
+                Quantifier::Plus => times = Some((1, None)),
+                Quantifier::Star => {
+                    times = Some((1, None));
+                    optional = true;
+                }
+                Quantifier::Optional => optional = true,
+                Quantifier::Range { min, max } => {
+                    let bad = |n: u64| n > MAX_TIMES;
+                    if bad(min) || max.is_some_and(bad) {
+                        self.err_hint(span, "bad-quantifier", format!("a repetition count must be at most {MAX_TIMES}"),
+                            "for more, use an open range `{n,}` and an aggregate such as `count(x) >= n` on the next element");
+                    } else if max == Some(0) {
+                        self.err_hint(
+                            span,
+                            "bad-quantifier",
+                            "an element cannot occur zero times",
+                            "use `?` or `*` for an optional element",
+                        );
+                    } else if max.is_some_and(|m| m < min) {
+                        self.err_hint(
+                            span,
+                            "bad-quantifier",
+                            format!(
+                                "the range `{{{min},{}}}` is empty: the maximum is below the minimum",
+                                max.unwrap_or(0)
+                            ),
+                            format!("write `{{{},{min}}}`", max.unwrap_or(0)),
+                        );
+                    } else {
+                        let (mut lo, hi) = (min as u32, max.map(|m| m as u32));
+                        if lo == 0 {
+                            optional = true;
+                            lo = 1;
+                        }
+                        times = match hi {
+                            Some(1) => None,
+                            h => Some((lo, h)),
+                        };
+                    }
+                }
+            }
+        }
+        let mut greedy = false;
+        let mut inner = Inner::Relaxed;
+        let mut seen: Vec<Modifier> = Vec::new();
+        for (m, span) in &el.modifiers {
+            if seen.contains(m) {
+                self.err(*span, "duplicate-modifier", format!("`{}` is given twice", m.text()));
+                continue;
+            }
+            seen.push(*m);
+            if negated {
+                self.err_hint(
+                    *span,
+                    "negated-modifier",
+                    format!("a negated element cannot be `{}`", m.text()),
+                    "`not next` / `not followed by` take a single variable",
+                );
+                continue;
+            }
+            match m {
+                Modifier::Optional => optional = true,
+                Modifier::Greedy => {
+                    if times.is_none() {
+                        self.err_hint(
+                            *span,
+                            "needs-loop",
+                            "`greedy` applies to loops and repetitions",
+                            "add a quantifier such as `+` or `{2,4}`",
+                        );
+                    } else if matches!(el.kind, ElementKind::Group(_)) {
+                        self.err(*span, "greedy-group", "a group cannot be `greedy` (FlinkCEP does not support it)");
+                    }
+                    greedy = true;
+                }
+                Modifier::Consecutive | Modifier::AllowCombinations => {
+                    if times.is_none() {
+                        self.err_hint(
+                            *span,
+                            "needs-loop",
+                            format!("`{}` applies to loops and repetitions", m.text()),
+                            "add a quantifier such as `+` or `{3}`",
+                        );
+                    }
+                    let want = if *m == Modifier::Consecutive { Inner::Strict } else { Inner::Any };
+                    if inner != Inner::Relaxed && inner != want {
+                        self.err(
+                            *span,
+                            "conflicting-modifiers",
+                            "`consecutive` and `allow combinations` exclude each other",
+                        );
+                    }
+                    inner = want;
+                }
+            }
+        }
+        if greedy && inner == Inner::Any {
+            let span = el.modifiers.iter().find(|(m, _)| *m == Modifier::Greedy).map_or(el.span, |(_, s)| *s);
+            self.err(span, "conflicting-modifiers", "`greedy` and `allow combinations` exclude each other");
+        }
+        let window_ms = match el.window {
+            Some((ms, span)) => {
+                if contiguity.is_none() && !in_group {
+                    self.err_hint(
+                        span,
+                        "bad-window",
+                        "the first element has no previous event to be `within` of",
+                        "put `within` on a later element, or a pattern-wide `within` clause",
+                    );
+                    None
+                } else if self.pattern_window.is_some_and(|w| ms > w) {
+                    self.err_hint(
+                        span,
+                        "bad-window",
+                        "this element's `within` is longer than the pattern's `within`",
+                        "the whole match must fit in the pattern window anyway: shorten this one or drop it",
+                    );
+                    None
+                } else {
+                    self.duration(ms, span)
+                }
+            }
+            None => None,
+        };
+        let looping = in_loop || times.is_some();
+        let kind = match &el.kind {
+            ElementKind::Var { name, ty } => {
+                let ty_id = ty.as_ref().and_then(|t| self.record_type(t));
+                let id = self.declare(name, ty_id, looping, negated)?;
+                self.vars[id.index()].bad_type = ty.is_some() && ty_id.is_none();
+                RKind::Var(id)
+            }
+            ElementKind::Group(s) => {
+                if negated {
+                    self.err_hint(
+                        el.span,
+                        "negated-group",
+                        "a group cannot be negated",
+                        "negate a single variable: `not followed by x`",
+                    );
+                }
+                let inner_seq = self.sequence(s, true, looping);
+                if let Some((c, span, _)) = s.rest.last() {
+                    if c.is_negation() {
+                        self.err_hint(
+                            *span,
+                            "negation-at-group-end",
+                            format!("a group cannot end with `{}`", c.text()),
+                            "move the negation after the group: `(a next b) not followed by c followed by d`",
+                        );
+                    }
+                }
+                RKind::Group(inner_seq)
+            }
+        };
+        Some(RElement { kind, contiguity, times, optional, greedy, inner, window_ms })
+    }
+
+    fn record_type(&mut self, t: &Ident) -> Option<TypeId> {
+        let st = self.stream.clone()?;
+        match st.record_type(&t.name) {
+            Some(id) => Some(id),
+            None => {
+                let names: Vec<&str> = st.types.iter().map(|t| t.name.as_str()).collect();
+                let hint = did_you_mean(&t.name, names.iter().copied())
+                    .unwrap_or_else(|| format!("stream `{}` has: {}", st.name, names.join(", ")));
+                self.err_hint(
+                    t.span,
+                    "unknown-type",
+                    format!("stream `{}` has no record type `{}`", st.name, t.name),
+                    hint,
+                );
+                None
+            }
+        }
+    }
+
+    fn declare(&mut self, name: &Ident, ty: Option<TypeId>, looping: bool, negated: bool) -> Option<VarId> {
+        if let Some(prev) = self.by_name.get(&name.name) {
+            let (line, col) = self.src.line_col(self.vars[prev.index()].span.start);
+            self.err_hint(
+                name.span,
+                "duplicate-variable",
+                format!("variable `{}` appears twice in the sequence", name.name),
+                format!("it is first used at line {line}, column {col}; give each element its own name"),
+            );
+            return None;
+        }
+        if let Some(st) = &self.stream {
+            if st.field(&name.name).is_some() {
+                let hint = format!("rename the variable, e.g. `{}_event`", name.name);
+                let msg = format!("variable `{}` has the same name as a field of stream `{}`", name.name, st.name);
+                self.err_hint(name.span, "variable-shadows-field", msg, hint);
+            }
+        }
+        let id = VarId(self.vars.len() as u16);
+        self.vars.push(VarDef {
+            name: name.name.clone(),
+            span: name.span,
+            ty,
+            bad_type: false,
+            looping,
+            negated,
+            cond: None,
+            until: None,
+        });
+        self.by_name.insert(name.name.clone(), id);
+        Some(id)
+    }
+
+    pub(super) fn check_sequence_ends(&mut self, seq: &[RElement], s: &ast::Sequence, has_within: bool) {
+        if let (Some(last), Some((c, span, el))) = (seq.last(), s.rest.last()) {
+            if *c == Contiguity::NotFollowedBy && !has_within && last.window_ms.is_none() && el.window.is_none() {
+                self.err_hint(*span, "not-followed-by-at-end", "`not followed by` at the end of a pattern needs a `within` window",
+                    "add `within 10m` (or another duration): the match is released when the window has passed without the event");
+            }
+        }
+    }
+}
