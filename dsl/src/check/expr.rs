@@ -123,22 +123,7 @@ impl Checker<'_> {
             }
             ExprKind::Path(segs) => self.path(e, segs, scope),
             ExprKind::Call { name, distinct, args } => self.call(e, name, *distinct, args, scope),
-            ExprKind::Unary(op, x) => {
-                let t = self.expr(x, scope)?;
-                match op {
-                    UnOp::Not => {
-                        let inner = self.expect_bool(t, x.span, "the operand of `not`")?;
-                        Some(Typed::new(Ty::Bool, Expr::Unary(UnOp::Not, Box::new(inner))))
-                    }
-                    UnOp::Neg => {
-                        if !(t.ty.numeric() || t.ty == Ty::Duration) {
-                            self.err(x.span, "type-mismatch", format!("cannot negate {}", t.ty.describe()));
-                            return None;
-                        }
-                        Some(Typed::new(t.ty, Expr::Unary(UnOp::Neg, Box::new(t.expr))))
-                    }
-                }
-            }
+            ExprKind::Unary(op, x) => self.unary(*op, x, scope),
             ExprKind::Binary(op, a, b) => {
                 let ta = self.expr(a, scope);
                 let tb = self.expr(b, scope);
@@ -149,102 +134,120 @@ impl Checker<'_> {
                 let t = self.expr(expr, scope)?;
                 Some(Typed::new(Ty::Bool, Expr::IsNull { expr: Box::new(t.expr), negated: *negated }))
             }
-            ExprKind::In { expr, list, negated } => {
-                let t = self.expr(expr, scope)?;
-                let mut values = Vec::new();
-                for item in list {
-                    let it = self.expr(item, scope)?;
-                    if it.ty == Ty::Null {
-                        self.err_hint(
-                            item.span,
-                            "null-in-list",
-                            "`null` in a list never matches",
-                            "test for null with `is null`",
-                        );
-                        return None;
-                    }
-                    if !Ty::comparable(t.ty, it.ty) {
-                        self.err(
-                            item.span,
-                            "type-mismatch",
-                            format!(
-                                "this list item is {}, but the value tested is {}",
-                                it.ty.describe(),
-                                t.ty.describe()
-                            ),
-                        );
-                        return None;
-                    }
-                    self.check_symbol(&t, item);
-                    if let Expr::Lit(v) = it.expr {
-                        values.push(v);
-                    }
-                }
-                Some(Typed::new(Ty::Bool, Expr::In { expr: Box::new(t.expr), list: values.into(), negated: *negated }))
-            }
+            ExprKind::In { expr, list, negated } => self.in_list(expr, list, *negated, scope),
             ExprKind::Like { expr, pattern, pattern_span, regex, negated } => {
-                let t = self.expr(expr, scope)?;
-                let op = if *regex { "matches" } else { "like" };
-                if t.ty != Ty::Str {
-                    self.err(expr.span, "type-mismatch", format!("`{op}` needs text, but this is {}", t.ty.describe()));
-                    return None;
-                }
-                let compiled = if *regex {
-                    engine::expr::TextPattern::regex(pattern)
-                } else {
-                    engine::expr::TextPattern::like(pattern)
-                };
-                match compiled {
-                    Ok(p) => {
-                        Some(Typed::new(Ty::Bool, Expr::Like { expr: Box::new(t.expr), pattern: p, negated: *negated }))
-                    }
-                    Err(err) => {
-                        let first = err
-                            .to_string()
-                            .lines()
-                            .last()
-                            .unwrap_or("invalid")
-                            .trim()
-                            .trim_start_matches("error: ")
-                            .to_owned();
-                        self.err_hint(
-                            *pattern_span,
-                            "bad-regex",
-                            format!("invalid regular expression: {first}"),
-                            "see the `regex` crate syntax; escape special characters with `\\\\`",
-                        );
-                        None
-                    }
-                }
+                self.like(expr, pattern, *pattern_span, *regex, *negated, scope)
             }
-            ExprKind::If(c, t, f) => {
-                let tc = self.expr(c, scope);
-                let tt = self.expr(t, scope);
-                let tf = self.expr(f, scope);
-                let (tc, tt, tf) = (tc?, tt?, tf?);
-                let cond = self.expect_bool(tc, c.span, "the condition of `if`")?;
-                let ty = if tt.ty == Ty::Null {
-                    tf.ty
-                } else if tf.ty == Ty::Null || tt.ty == tf.ty {
-                    tt.ty
-                } else if tt.ty.numeric() && tf.ty.numeric() {
-                    Ty::Float
-                } else {
-                    self.err_hint(
-                        f.span,
-                        "type-mismatch",
-                        format!(
-                            "the `then` branch is {} but the `else` branch is {}",
-                            tt.ty.describe(),
-                            tf.ty.describe()
-                        ),
-                        "both branches must give the same kind of value (use `null` for \"nothing\")",
-                    );
+            ExprKind::If(c, t, f) => self.if_else(c, t, f, scope),
+        }
+    }
+
+    /// `not x` (a boolean) and `-x` (a number or a duration).
+    fn unary(&mut self, op: UnOp, x: &ast::Expr, scope: Scope) -> Option<Typed> {
+        let t = self.expr(x, scope)?;
+        match op {
+            UnOp::Not => {
+                let inner = self.expect_bool(t, x.span, "the operand of `not`")?;
+                Some(Typed::new(Ty::Bool, Expr::Unary(UnOp::Not, Box::new(inner))))
+            }
+            UnOp::Neg => {
+                if !(t.ty.numeric() || t.ty == Ty::Duration) {
+                    self.err(x.span, "type-mismatch", format!("cannot negate {}", t.ty.describe()));
                     return None;
-                };
-                Some(Typed::new(ty, Expr::If(Box::new(cond), Box::new(tt.expr), Box::new(tf.expr))))
+                }
+                Some(Typed::new(t.ty, Expr::Unary(UnOp::Neg, Box::new(t.expr))))
             }
         }
+    }
+
+    /// `expr [not] in (item, ...)`: items of the tested value's type, never `null`.
+    fn in_list(&mut self, expr: &ast::Expr, list: &[ast::Expr], negated: bool, scope: Scope) -> Option<Typed> {
+        let t = self.expr(expr, scope)?;
+        let mut values = Vec::new();
+        for item in list {
+            let it = self.expr(item, scope)?;
+            if it.ty == Ty::Null {
+                self.err_hint(
+                    item.span,
+                    "null-in-list",
+                    "`null` in a list never matches",
+                    "test for null with `is null`",
+                );
+                return None;
+            }
+            if !Ty::comparable(t.ty, it.ty) {
+                self.err(
+                    item.span,
+                    "type-mismatch",
+                    format!("this list item is {}, but the value tested is {}", it.ty.describe(), t.ty.describe()),
+                );
+                return None;
+            }
+            self.check_symbol(&t, item);
+            if let Expr::Lit(v) = it.expr {
+                values.push(v);
+            }
+        }
+        Some(Typed::new(Ty::Bool, Expr::In { expr: Box::new(t.expr), list: values.into(), negated }))
+    }
+
+    /// `expr [not] like "pattern"` and `expr [not] matches "regex"` (`regex`), on text.
+    fn like(
+        &mut self,
+        expr: &ast::Expr,
+        pattern: &str,
+        pattern_span: Span,
+        regex: bool,
+        negated: bool,
+        scope: Scope,
+    ) -> Option<Typed> {
+        let t = self.expr(expr, scope)?;
+        let op = if regex { "matches" } else { "like" };
+        if t.ty != Ty::Str {
+            self.err(expr.span, "type-mismatch", format!("`{op}` needs text, but this is {}", t.ty.describe()));
+            return None;
+        }
+        let compiled =
+            if regex { engine::expr::TextPattern::regex(pattern) } else { engine::expr::TextPattern::like(pattern) };
+        match compiled {
+            Ok(p) => Some(Typed::new(Ty::Bool, Expr::Like { expr: Box::new(t.expr), pattern: p, negated })),
+            Err(err) => {
+                let first =
+                    err.to_string().lines().last().unwrap_or("invalid").trim().trim_start_matches("error: ").to_owned();
+                self.err_hint(
+                    pattern_span,
+                    "bad-regex",
+                    format!("invalid regular expression: {first}"),
+                    "see the `regex` crate syntax; escape special characters with `\\\\`",
+                );
+                None
+            }
+        }
+    }
+
+    /// `if c then t else f`: both branches of one type (or `null`).
+    fn if_else(&mut self, c: &ast::Expr, t: &ast::Expr, f: &ast::Expr, scope: Scope) -> Option<Typed> {
+        let tc = self.expr(c, scope);
+        let tt = self.expr(t, scope);
+        let tf = self.expr(f, scope);
+        let (tc, tt, tf) = (tc?, tt?, tf?);
+        let cond = self.expect_bool(tc, c.span, "the condition of `if`")?;
+        let ty = if tt.ty == Ty::Null {
+            tf.ty
+        } else if tf.ty == Ty::Null || tt.ty == tf.ty {
+            tt.ty
+        } else if tt.ty.numeric() && tf.ty.numeric() {
+            Ty::Float
+        } else {
+            self.err_hint(
+                f.span,
+                "type-mismatch",
+                format!("the `then` branch is {} but the `else` branch is {}", tt.ty.describe(), tf.ty.describe()),
+                "both branches must give the same kind of value (use `null` for \"nothing\")",
+            );
+            return None;
+        };
+        Some(Typed::new(ty, Expr::If(Box::new(cond), Box::new(tt.expr), Box::new(tf.expr))))
     }
 
     fn binary(
@@ -315,29 +318,32 @@ impl Checker<'_> {
                 }
                 mk(Bool, ta, tb)
             }
-            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => {
-                let ty = match (op, ta.ty, tb.ty) {
-                    (BinOp::Div, x, y) if x.numeric() && y.numeric() => Some(Float),
-                    (_, Int, Int) => Some(Int),
-                    (_, x, y) if x.numeric() && y.numeric() => Some(Float),
-                    (BinOp::Add, Timestamp, Duration) | (BinOp::Add, Duration, Timestamp) => Some(Timestamp),
-                    (BinOp::Sub, Timestamp, Duration) => Some(Timestamp),
-                    (BinOp::Sub, Timestamp, Timestamp) => Some(Duration),
-                    (BinOp::Add | BinOp::Sub, Duration, Duration) => Some(Duration),
-                    (BinOp::Mul, Duration, x) | (BinOp::Mul, x, Duration) if x.numeric() => Some(Duration),
-                    (BinOp::Div, Duration, Duration) => Some(Float),
-                    (BinOp::Div, Duration, x) if x.numeric() => Some(Duration),
-                    _ => None,
-                };
-                match ty {
-                    Some(t) => mk(t, ta, tb),
-                    None => mismatch(
-                        self,
-                        format!("cannot apply `{}` to {} and {}", op.symbol(), ta.ty.describe(), tb.ty.describe()),
-                    ),
-                }
-            }
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => match arithmetic_type(op, ta.ty, tb.ty) {
+                Some(t) => mk(t, ta, tb),
+                None => mismatch(
+                    self,
+                    format!("cannot apply `{}` to {} and {}", op.symbol(), ta.ty.describe(), tb.ty.describe()),
+                ),
+            },
         }
+    }
+}
+
+/// The type of `a op b` for an arithmetic operator, if the operator applies to those types.
+fn arithmetic_type(op: BinOp, a: Ty, b: Ty) -> Option<Ty> {
+    use Ty::*;
+    match (op, a, b) {
+        (BinOp::Div, x, y) if x.numeric() && y.numeric() => Some(Float),
+        (_, Int, Int) => Some(Int),
+        (_, x, y) if x.numeric() && y.numeric() => Some(Float),
+        (BinOp::Add, Timestamp, Duration) | (BinOp::Add, Duration, Timestamp) => Some(Timestamp),
+        (BinOp::Sub, Timestamp, Duration) => Some(Timestamp),
+        (BinOp::Sub, Timestamp, Timestamp) => Some(Duration),
+        (BinOp::Add | BinOp::Sub, Duration, Duration) => Some(Duration),
+        (BinOp::Mul, Duration, x) | (BinOp::Mul, x, Duration) if x.numeric() => Some(Duration),
+        (BinOp::Div, Duration, Duration) => Some(Float),
+        (BinOp::Div, Duration, x) if x.numeric() => Some(Duration),
+        _ => None,
     }
 }
 

@@ -4,7 +4,7 @@
 use engine::{AggFunc, Expr, FieldId, Func, TypeId, VarId};
 
 use super::expr::{Scope, Ty, Typed};
-use super::Checker;
+use super::{Checker, VarDef};
 use crate::ast::{self, Ident, Span};
 use crate::diag::{did_you_mean, Diagnostic};
 use crate::schema::{FieldType, StreamSchema};
@@ -109,65 +109,14 @@ impl Checker<'_> {
         true
     }
 
+    /// A name in an expression: `v.field` (a variable's event), `field` (the candidate event in a
+    /// condition, the key in `emit` and `message`).
     pub(super) fn path(&mut self, e: &ast::Expr, segs: &[Ident], scope: Scope) -> Option<Typed> {
         let first = &segs[0];
         // A variable named like a field (reported where it is declared) reads as the field.
         let shadowed = segs.len() == 1 && self.stream.as_ref().is_some_and(|st| st.field(&first.name).is_some());
         if let (Some(&v), false) = (self.by_name.get(&first.name), shadowed) {
-            let var = self.vars[v.index()].clone();
-            if segs.len() == 1 {
-                let example = self.example_field(var.ty);
-                let hint = if var.looping {
-                    format!(
-                        "read its events through an aggregate, e.g. `last({0}.{example})`, or count them: `count({0})`",
-                        first.name
-                    )
-                } else {
-                    format!("read one of its fields, e.g. `{}.{example}`", first.name)
-                };
-                self.err_hint(
-                    e.span,
-                    "variable-as-value",
-                    format!("`{}` is a variable, not a value", first.name),
-                    hint,
-                );
-                return None;
-            }
-            let field_path = segs[1..].iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
-            let fspan = segs[1].span.to(segs[segs.len() - 1].span);
-            let own = matches!(scope, Scope::Condition { owner } if owner == v);
-            if !own {
-                if var.negated {
-                    self.err_hint(
-                        first.span,
-                        "read-negated",
-                        format!("`{}` is a negated element: it never has an event to read", first.name),
-                        "a negated element only says what must not happen; read the elements that matched",
-                    );
-                    return None;
-                }
-                if self.reads_later(scope, v, first) {
-                    return None;
-                }
-                if var.looping {
-                    let numeric = self
-                        .stream
-                        .as_ref()
-                        .and_then(|st| st.field(&field_path).map(|f| st.fields[f.index()].ty))
-                        .is_some_and(|t| matches!(t, FieldType::Int | FieldType::Float));
-                    let more = if numeric { format!(", `sum({}.{field_path})`", first.name) } else { String::new() };
-                    self.err_hint(
-                        first.span,
-                        "field-of-loop",
-                        format!("`{}` takes several events; say which with an aggregate", first.name),
-                        format!("e.g. `last({0}.{field_path})`, `first({0}.{field_path})`{more}", first.name),
-                    );
-                    return None;
-                }
-            }
-            let (fid, ty, symbols) = self.field(fspan, &field_path, var.ty, &var.name)?;
-            let expr = if own { Expr::Field(fid) } else { Expr::VarField(v, fid) };
-            return Some(Typed { ty, expr, symbols });
+            return self.var_path(e, v, segs, scope);
         }
         let path = segs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
         match scope {
@@ -178,52 +127,111 @@ impl Checker<'_> {
 
                 Some(Typed { ty: t, expr: Expr::Field(fid), symbols })
             }
-            Scope::Output => {
-                let st = self.stream.clone()?;
-                let key = self.key?;
-                if st.field(&path) == Some(key) {
-                    // Every event of a match has the same key: read it from the first variable
-                    // that took an event (an optional one may have taken none).
-                    let t = Ty::from_field(st.fields[key.index()].ty)?;
-                    let reads: Vec<Expr> = self
-                        .vars
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, v)| !v.negated)
-                        .map(|(i, v)| {
-                            let var = VarId(i as u16);
-                            if v.looping {
-                                Expr::Agg(AggFunc::First, var, Some(key))
-                            } else {
-                                Expr::VarField(var, key)
-                            }
-                        })
-                        .collect();
-                    let expr = if reads.len() == 1 {
-                        reads.into_iter().next()?
-                    } else {
-                        Expr::Call(Func::Coalesce, reads.into())
-                    };
-                    return Some(Typed::new(t, expr));
-                }
-                if st.field(&path).is_some() {
-                    let example =
-                        self.vars.iter().find(|v| !v.negated && !v.looping).map_or("x", |v| v.name.as_str()).to_owned();
-                    self.err_hint(
-                        e.span,
-                        "ambiguous-field",
-                        format!("`{path}` is ambiguous here: say which event it comes from"),
-                        format!(
-                            "e.g. `{example}.{path}`; only the key field can be named alone in `emit` and `message`"
-                        ),
-                    );
-                    return None;
-                }
-                let d = self.unknown_field(e.span, &path, &st, None);
-                self.push(d);
-                None
-            }
+            Scope::Output => self.output_path(e, &path),
         }
+    }
+
+    /// `v.field`, where `segs[0]` names variable `v`.
+    fn var_path(&mut self, e: &ast::Expr, v: VarId, segs: &[Ident], scope: Scope) -> Option<Typed> {
+        let first = &segs[0];
+        let var = self.vars[v.index()].clone();
+        if segs.len() == 1 {
+            let example = self.example_field(var.ty);
+            let hint = if var.looping {
+                format!(
+                    "read its events through an aggregate, e.g. `last({0}.{example})`, or count them: `count({0})`",
+                    first.name
+                )
+            } else {
+                format!("read one of its fields, e.g. `{}.{example}`", first.name)
+            };
+            self.err_hint(e.span, "variable-as-value", format!("`{}` is a variable, not a value", first.name), hint);
+            return None;
+        }
+        let field_path = segs[1..].iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
+        let fspan = segs[1].span.to(segs[segs.len() - 1].span);
+        let own = matches!(scope, Scope::Condition { owner } if owner == v);
+        if !own && !self.can_read_other(&var, v, first, &field_path, scope) {
+            return None;
+        }
+        let (fid, ty, symbols) = self.field(fspan, &field_path, var.ty, &var.name)?;
+        let expr = if own { Expr::Field(fid) } else { Expr::VarField(v, fid) };
+        Some(Typed { ty, expr, symbols })
+    }
+
+    /// Whether `name.field_path` can read the event of variable `v` outside `v`'s own condition;
+    /// reports why not: `v` is negated, comes after the condition's owner, or loops.
+    fn can_read_other(&mut self, var: &VarDef, v: VarId, name: &Ident, field_path: &str, scope: Scope) -> bool {
+        if var.negated {
+            self.err_hint(
+                name.span,
+                "read-negated",
+                format!("`{}` is a negated element: it never has an event to read", name.name),
+                "a negated element only says what must not happen; read the elements that matched",
+            );
+            return false;
+        }
+        if self.reads_later(scope, v, name) {
+            return false;
+        }
+        if var.looping {
+            let numeric = self
+                .stream
+                .as_ref()
+                .and_then(|st| st.field(field_path).map(|f| st.fields[f.index()].ty))
+                .is_some_and(|t| matches!(t, FieldType::Int | FieldType::Float));
+            let more = if numeric { format!(", `sum({}.{field_path})`", name.name) } else { String::new() };
+            self.err_hint(
+                name.span,
+                "field-of-loop",
+                format!("`{}` takes several events; say which with an aggregate", name.name),
+                format!("e.g. `last({0}.{field_path})`, `first({0}.{field_path})`{more}", name.name),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// A bare field in `emit` or `message`: only the key, which every event of a match shares.
+    fn output_path(&mut self, e: &ast::Expr, path: &str) -> Option<Typed> {
+        let st = self.stream.clone()?;
+        let key = self.key?;
+        if st.field(path) == Some(key) {
+            // Every event of a match has the same key: read it from the first variable
+            // that took an event (an optional one may have taken none).
+            let t = Ty::from_field(st.fields[key.index()].ty)?;
+            let reads: Vec<Expr> = self
+                .vars
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !v.negated)
+                .map(|(i, v)| {
+                    let var = VarId(i as u16);
+                    if v.looping {
+                        Expr::Agg(AggFunc::First, var, Some(key))
+                    } else {
+                        Expr::VarField(var, key)
+                    }
+                })
+                .collect();
+            let expr =
+                if reads.len() == 1 { reads.into_iter().next()? } else { Expr::Call(Func::Coalesce, reads.into()) };
+            return Some(Typed::new(t, expr));
+        }
+        if st.field(path).is_some() {
+            let example =
+                self.vars.iter().find(|v| !v.negated && !v.looping).map_or("x", |v| v.name.as_str()).to_owned();
+            self.err_hint(
+                e.span,
+                "ambiguous-field",
+                format!("`{path}` is ambiguous here: say which event it comes from"),
+                format!("e.g. `{example}.{path}`; only the key field can be named alone in `emit` and `message`"),
+            );
+            return None;
+        }
+        let d = self.unknown_field(e.span, path, &st, None);
+        self.push(d);
+        None
     }
 }
 

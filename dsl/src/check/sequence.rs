@@ -3,16 +3,28 @@
 
 use engine::{TypeId, VarId};
 
+use super::clauses::Clauses;
 use super::{Checker, Inner, RElement, RKind, VarDef, MAX_TIMES};
-use crate::ast::{self, Contiguity, ElementKind, Ident, Modifier, Quantifier};
+use crate::ast::{self, ClauseKind, Contiguity, ElementKind, Ident, Modifier, Quantifier, Span};
 use crate::diag::did_you_mean;
 
+/// How often an element occurs, as in [`RElement`]: `(times, optional)`.
+type Repetition = (Option<(u32, Option<u32>)>, bool);
+
+/// What an element's modifiers ask for.
+struct Modifiers {
+    optional: bool,
+    greedy: bool,
+    inner: Inner,
+}
+
 impl Checker<'_> {
-    pub(super) fn var_is_open_loop(&self, seq: &[RElement], v: VarId) -> bool {
-        seq.iter().any(|e| match &e.kind {
-            RKind::Var(id) => *id == v && matches!(e.times, Some((_, None))),
-            RKind::Group(inner) => self.var_is_open_loop(inner, v),
-        })
+    /// `match`: the sequence, its variables declared in order.
+    pub(super) fn match_clause(&mut self, clauses: &Clauses<'_>) -> Vec<RElement> {
+        let Some(ast::Clause { kind: ClauseKind::Match(s), .. }) = clauses.get("match") else { return Vec::new() };
+        let seq = self.sequence(s, false, false);
+        self.check_sequence_ends(&seq, s, clauses.contains_key("within"));
+        seq
     }
 
     /// Resolves a sequence; `in_loop`: inside a quantified group (its variables take several events).
@@ -49,6 +61,7 @@ impl Checker<'_> {
         out
     }
 
+    /// Resolves one element: its quantifier, modifiers and window, then its variable or group.
     fn element(
         &mut self,
         el: &ast::Element,
@@ -57,60 +70,73 @@ impl Checker<'_> {
         in_group: bool,
         in_loop: bool,
     ) -> Option<RElement> {
-        let mut optional = false;
-        let mut times: Option<(u32, Option<u32>)> = None;
-        if let Some((q, span)) = el.quantifier {
-            if negated {
-                self.err_hint(
-                    span,
-                    "negated-quantifier",
-                    "a negated element cannot have a quantifier",
-                    "`not next` / `not followed by` take a single variable",
-                );
-            }
-            match q {
-                Quantifier::Plus => times = Some((1, None)),
-                Quantifier::Star => {
-                    times = Some((1, None));
-                    optional = true;
-                }
-                Quantifier::Optional => optional = true,
-                Quantifier::Range { min, max } => {
-                    let bad = |n: u64| n > MAX_TIMES;
-                    if bad(min) || max.is_some_and(bad) {
-                        self.err_hint(span, "bad-quantifier", format!("a repetition count must be at most {MAX_TIMES}"),
-                            "for more, use an open range `{n,}` and an aggregate such as `count(x) >= n` on the next element");
-                    } else if max == Some(0) {
-                        self.err_hint(
-                            span,
-                            "bad-quantifier",
-                            "an element cannot occur zero times",
-                            "use `?` or `*` for an optional element",
-                        );
-                    } else if max.is_some_and(|m| m < min) {
-                        self.err_hint(
-                            span,
-                            "bad-quantifier",
-                            format!(
-                                "the range `{{{min},{}}}` is empty: the maximum is below the minimum",
-                                max.unwrap_or(0)
-                            ),
-                            format!("write `{{{},{min}}}`", max.unwrap_or(0)),
-                        );
-                    } else {
-                        let (mut lo, hi) = (min as u32, max.map(|m| m as u32));
-                        if lo == 0 {
-                            optional = true;
-                            lo = 1;
-                        }
-                        times = match hi {
-                            Some(1) => None,
-                            h => Some((lo, h)),
-                        };
-                    }
-                }
-            }
+        let (times, quantified_optional) = self.quantifier(el, negated);
+        let Modifiers { optional, greedy, inner } = self.modifiers(el, negated, times.is_some());
+        let window_ms = self.element_window(el, contiguity, in_group);
+        let kind = self.element_kind(el, negated, in_loop || times.is_some())?;
+        let optional = optional || quantified_optional;
+        Some(RElement { kind, contiguity, times, optional, greedy, inner, window_ms })
+    }
+
+    /// The repetition an element's quantifier asks for (none: exactly once).
+    fn quantifier(&mut self, el: &ast::Element, negated: bool) -> Repetition {
+        let Some((q, span)) = el.quantifier else { return (None, false) };
+        if negated {
+            self.err_hint(
+                span,
+                "negated-quantifier",
+                "a negated element cannot have a quantifier",
+                "`not next` / `not followed by` take a single variable",
+            );
         }
+        match q {
+            Quantifier::Plus => (Some((1, None)), false),
+            Quantifier::Star => (Some((1, None)), true),
+            Quantifier::Optional => (None, true),
+            Quantifier::Range { min, max } => self.range(min, max, span),
+        }
+    }
+
+    /// `{n}`, `{n,m}` or `{n,}`; a minimum of zero makes the element optional.
+    fn range(&mut self, min: u64, max: Option<u64>, span: Span) -> Repetition {
+        let bad = |n: u64| n > MAX_TIMES;
+        if bad(min) || max.is_some_and(bad) {
+            self.err_hint(
+                span,
+                "bad-quantifier",
+                format!("a repetition count must be at most {MAX_TIMES}"),
+                "for more, use an open range `{n,}` and an aggregate such as `count(x) >= n` on the next element",
+            );
+        } else if max == Some(0) {
+            self.err_hint(
+                span,
+                "bad-quantifier",
+                "an element cannot occur zero times",
+                "use `?` or `*` for an optional element",
+            );
+        } else if max.is_some_and(|m| m < min) {
+            self.err_hint(
+                span,
+                "bad-quantifier",
+                format!("the range `{{{min},{}}}` is empty: the maximum is below the minimum", max.unwrap_or(0)),
+                format!("write `{{{},{min}}}`", max.unwrap_or(0)),
+            );
+        } else {
+            // `{0,m}` is an optional `{1,m}`.
+            let (lo, hi) = (min as u32, max.map(|m| m as u32));
+            let times = match hi {
+                Some(1) => None,
+                h => Some((lo.max(1), h)),
+            };
+            return (times, lo == 0);
+        }
+        (None, false)
+    }
+
+    /// `optional`, `greedy`, `consecutive` and `allow combinations`; `repeats`: the element has
+    /// a quantifier that repeats it.
+    fn modifiers(&mut self, el: &ast::Element, negated: bool, repeats: bool) -> Modifiers {
+        let mut optional = false;
         let mut greedy = false;
         let mut inner = Inner::Relaxed;
         let mut seen: Vec<Modifier> = Vec::new();
@@ -132,7 +158,7 @@ impl Checker<'_> {
             match m {
                 Modifier::Optional => optional = true,
                 Modifier::Greedy => {
-                    if times.is_none() {
+                    if !repeats {
                         self.err_hint(
                             *span,
                             "needs-loop",
@@ -145,7 +171,7 @@ impl Checker<'_> {
                     greedy = true;
                 }
                 Modifier::Consecutive | Modifier::AllowCombinations => {
-                    if times.is_none() {
+                    if !repeats {
                         self.err_hint(
                             *span,
                             "needs-loop",
@@ -169,32 +195,36 @@ impl Checker<'_> {
             let span = el.modifiers.iter().find(|(m, _)| *m == Modifier::Greedy).map_or(el.span, |(_, s)| *s);
             self.err(span, "conflicting-modifiers", "`greedy` and `allow combinations` exclude each other");
         }
-        let window_ms = match el.window {
-            Some((ms, span)) => {
-                if contiguity.is_none() && !in_group {
-                    self.err_hint(
-                        span,
-                        "bad-window",
-                        "the first element has no previous event to be `within` of",
-                        "put `within` on a later element, or a pattern-wide `within` clause",
-                    );
-                    None
-                } else if self.pattern_window.is_some_and(|w| ms > w) {
-                    self.err_hint(
-                        span,
-                        "bad-window",
-                        "this element's `within` is longer than the pattern's `within`",
-                        "the whole match must fit in the pattern window anyway: shorten this one or drop it",
-                    );
-                    None
-                } else {
-                    self.duration(ms, span)
-                }
-            }
-            None => None,
-        };
-        let looping = in_loop || times.is_some();
-        let kind = match &el.kind {
+        Modifiers { optional, greedy, inner }
+    }
+
+    /// The element's own `within`: a window to the previous event, inside the pattern's.
+    fn element_window(&mut self, el: &ast::Element, contiguity: Option<Contiguity>, in_group: bool) -> Option<i64> {
+        let (ms, span) = el.window?;
+        if contiguity.is_none() && !in_group {
+            self.err_hint(
+                span,
+                "bad-window",
+                "the first element has no previous event to be `within` of",
+                "put `within` on a later element, or a pattern-wide `within` clause",
+            );
+            None
+        } else if self.pattern_window.is_some_and(|w| ms > w) {
+            self.err_hint(
+                span,
+                "bad-window",
+                "this element's `within` is longer than the pattern's `within`",
+                "the whole match must fit in the pattern window anyway: shorten this one or drop it",
+            );
+            None
+        } else {
+            self.duration(ms, span)
+        }
+    }
+
+    /// A variable (declared here) or a group (resolved as a sequence); `looping`: its events repeat.
+    fn element_kind(&mut self, el: &ast::Element, negated: bool, looping: bool) -> Option<RKind> {
+        Some(match &el.kind {
             ElementKind::Var { name, ty } => {
                 let ty_id = ty.as_ref().and_then(|t| self.record_type(t));
                 let id = self.declare(name, ty_id, looping, negated)?;
@@ -223,8 +253,7 @@ impl Checker<'_> {
                 }
                 RKind::Group(inner_seq)
             }
-        };
-        Some(RElement { kind, contiguity, times, optional, greedy, inner, window_ms })
+        })
     }
 
     fn record_type(&mut self, t: &Ident) -> Option<TypeId> {
