@@ -1,0 +1,103 @@
+//! Alerts and timeouts as JSON lines (the bytes the service commits and a replay writes), and
+//! the stable alert id: SHA-256 of the pattern's content hash, the key and the matched events'
+//! coordinates.
+
+use std::fmt::Write as _;
+
+use engine::runtime::Key;
+use engine::{Nfa, Value};
+use sha2::{Digest, Sha256};
+
+use super::coords::coords;
+
+fn json_value(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(x) => serde_json::Number::from_f64(*x).map_or_else(|| "null".to_owned(), |n| n.to_string()),
+        Value::Str(s) => serde_json::to_string(s.as_ref()).unwrap_or_default(),
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// A stable alert id: the pattern's content hash, the key and the matched events' coordinates.
+pub fn alert_id(nfa: &Nfa, key: &Key, matched: &[(String, Vec<u64>)]) -> String {
+    let mut h = Sha256::new();
+    h.update(nfa.meta.hash.as_bytes());
+    h.update([0]);
+    h.update(key.to_string().as_bytes());
+    for (var, seqs) in matched {
+        h.update([0]);
+        h.update(var.as_bytes());
+        for s in seqs {
+            h.update(s.to_be_bytes());
+        }
+    }
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One alert as a JSON line, fields in a fixed order. `match` lists, per variable, the offsets
+/// of the events it took in `partition` (an export without coordinates: partition 0, line or
+/// record numbers).
+pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents) -> String {
+    let body = engine::alert::body(nfa, events);
+    let m = &nfa.meta;
+    let mut s = String::with_capacity(256);
+    let _ = write!(
+        s,
+        "{{\"alert_id\":{},\"pattern\":{},\"version\":{},\"hash\":{},\"severity\":{},\"mode\":{},\"key\":{},\"ts\":{ts},",
+        json_str(&alert_id(nfa, key, &body.matched)),
+        json_str(&m.name),
+        m.version,
+        json_str(&m.hash),
+        json_str(m.severity.as_str()),
+        json_str(if m.mode == engine::Mode::Shadow { "shadow" } else { "live" }),
+        json_str(&key.to_string()),
+    );
+    write_match(&mut s, &body.matched);
+    s.push_str(",\"fields\":{");
+    for (i, (name, v)) in body.fields.iter().enumerate() {
+        let _ = write!(s, "{}{}:{}", if i > 0 { "," } else { "" }, json_str(name), json_value(v));
+    }
+    let _ = write!(s, "}},\"message\":{}}}", json_str(&body.message));
+    s
+}
+
+/// A timed-out partial match as a JSON line: the pattern, the key, when the window closed and
+/// the events taken so far.
+pub fn timeout_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents) -> String {
+    let m = &nfa.meta;
+    let mut matched = Vec::new();
+    for (i, v) in nfa.vars.iter().enumerate() {
+        if let Some((_, list)) = events.iter().find(|(var, _)| var.index() == i) {
+            matched.push((v.name.clone(), list.iter().map(|e| e.seq).collect::<Vec<u64>>()));
+        }
+    }
+    let mut s = String::with_capacity(160);
+    let _ = write!(
+        s,
+        "{{\"pattern\":{},\"version\":{},\"hash\":{},\"key\":{},\"timed_out_at\":{ts},",
+        json_str(&m.name),
+        m.version,
+        json_str(&m.hash),
+        json_str(&key.to_string()),
+    );
+    write_match(&mut s, &matched);
+    s.push('}');
+    s
+}
+
+/// `"partition":P,"match":{"var":[offset,...],...}`.
+fn write_match(s: &mut String, matched: &[(String, Vec<u64>)]) {
+    let partition = matched.iter().flat_map(|(_, seqs)| seqs.first()).map(|&q| coords(q).0).next().unwrap_or(0);
+    let _ = write!(s, "\"partition\":{partition},\"match\":{{");
+    for (i, (var, seqs)) in matched.iter().enumerate() {
+        let list: Vec<String> = seqs.iter().map(|&q| coords(q).1.to_string()).collect();
+        let _ = write!(s, "{}{}:[{}]", if i > 0 { "," } else { "" }, json_str(var), list.join(","));
+    }
+    s.push('}');
+}

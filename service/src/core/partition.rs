@@ -1,0 +1,340 @@
+//! The Kafka-independent core shared by `tripline run` and `tripline replay`: the engine state of
+//! one input partition (one operator per pattern over the partition's stream, the partition's
+//! watermark) and what it emits ([`Emit`]: alerts and timeouts rendered as JSON lines). Its
+//! changelog encoding is in [`super::changelog`].
+//!
+//! State is per partition, as the watermark is: an event is late when its time is at or behind
+//! the newest event time of its partition minus the stream's allowed out-of-orderness (minus
+//! 1 ms, as Flink's bounded out-of-orderness generator). The result depends only on the
+//! partition's records in offset order, never on how partitions interleave, on batching or on
+//! the wall clock, so a replay of the same records gives the same alerts as the service.
+
+use std::sync::Arc;
+
+use engine::runtime::{Config as OpConfig, Key, Operator, Output};
+use engine::Event;
+
+use super::alert::{alert_line, timeout_line};
+use super::coords::watermark_of;
+use super::plan::StreamPlan;
+
+/// What a partition reports, per record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records read from the partition.
+    pub consumed: u64,
+    /// Events fed to the patterns.
+    pub processed: u64,
+    pub late: u64,
+    pub dead_lettered: u64,
+    pub alerts: u64,
+    pub timeouts: u64,
+}
+
+/// An output of the engine, rendered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Emit {
+    /// An alert: its record key (the pattern key) and JSON document, its event time, and
+    /// whether its pattern runs in shadow mode.
+    Alert { key: String, json: String, ts: i64, shadow: bool },
+    /// A timed-out partial match (JSON document).
+    Timeout { key: String, json: String },
+}
+
+/// The engine state of one input partition.
+#[derive(Debug)]
+pub struct Partition {
+    pub plan: Arc<StreamPlan>,
+    pub partition: i32,
+    pub(super) operators: Vec<Operator>,
+    /// Newest event time seen (i64::MIN before the first event).
+    pub(super) max_ts: i64,
+    /// The offset of the next record to read (the position a commit records).
+    pub next_offset: i64,
+    /// Records were read since the last commit (the service's bookkeeping; not state).
+    pub advanced: bool,
+    pub counts: Counts,
+    /// What was read since the service's last commit (for the metrics; not state).
+    pub reads: Reads,
+    outs: Vec<Output>,
+    /// The operators' counts at the last [`Partition::take_pattern_counts`].
+    reported: Vec<PatternCounts>,
+}
+
+/// Records read from a partition, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reads {
+    pub consumed: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    pub decoded: u64,
+    pub processed: u64,
+    pub late: u64,
+}
+
+/// What one pattern's operator counted (cumulative, or a difference).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PatternCounts {
+    pub matches: u64,
+    pub timeouts: u64,
+    /// Partial matches dropped by the budget.
+    pub dropped: u64,
+    /// Per variable of the pattern, partial matches that reached it.
+    pub funnel: Vec<u64>,
+}
+
+impl Partition {
+    pub fn new(plan: Arc<StreamPlan>, partition: i32, config: OpConfig) -> Self {
+        let operators = plan.patterns.iter().map(|n| Operator::new(n.clone(), config)).collect();
+        Partition {
+            plan,
+            partition,
+            operators,
+            max_ts: i64::MIN,
+            next_offset: 0,
+            advanced: false,
+            counts: Counts::default(),
+            reads: Reads::default(),
+            outs: Vec::new(),
+            reported: Vec::new(),
+        }
+    }
+
+    /// The partition under another pattern set of its stream (a reload): the operators of
+    /// patterns whose content hash is unchanged keep their state; new patterns start empty at
+    /// the partition's watermark (they see the events after it); the state of patterns that
+    /// are gone is dropped here (the caller deletes their stored records).
+    pub fn with_plan(mut self, plan: Arc<StreamPlan>, config: OpConfig) -> Partition {
+        let wm = self.watermark();
+        self.reported.resize_with(self.operators.len(), PatternCounts::default);
+        let mut old: Vec<(Operator, PatternCounts)> = self.operators.drain(..).zip(self.reported.drain(..)).collect();
+        let (mut operators, mut reported) = (Vec::new(), Vec::new());
+        for nfa in &plan.patterns {
+            match old.iter().position(|(o, _)| o.nfa().meta.hash == nfa.meta.hash) {
+                Some(i) => {
+                    let (op, seen) = old.swap_remove(i);
+                    operators.push(op);
+                    reported.push(seen);
+                }
+                None => {
+                    let mut op = Operator::new(nfa.clone(), config);
+                    op.set_watermark(wm);
+                    operators.push(op);
+                    reported.push(PatternCounts::default());
+                }
+            }
+        }
+        Partition { plan, operators, reported, ..self }
+    }
+
+    /// Stops recording changed keys (for runs that keep no durable copy: replay).
+    pub fn without_change_tracking(mut self) -> Self {
+        for op in &mut self.operators {
+            op.track_changes(false);
+        }
+        self
+    }
+
+    /// The partition's watermark: newest event time - out-of-orderness - 1 ms.
+    pub fn watermark(&self) -> i64 {
+        watermark_of(self.max_ts, self.plan.out_of_orderness)
+    }
+
+    /// Starts the partition at a recorded watermark (a replay from where a pattern set took
+    /// effect): events at or behind it are late, as they were for the service.
+    pub fn resume_at(&mut self, watermark: i64) {
+        if watermark == i64::MIN || self.max_ts != i64::MIN {
+            return;
+        }
+        self.max_ts = watermark.saturating_add(1).saturating_add(self.plan.out_of_orderness);
+        for op in &mut self.operators {
+            op.set_watermark(watermark);
+        }
+    }
+
+    /// Whether an event at `ts` would be late.
+    pub fn is_late(&self, ts: i64) -> bool {
+        ts <= self.watermark()
+    }
+
+    /// Feeds an on-time event to every pattern of the stream and moves the watermark; returns
+    /// false (and feeds nothing) when the event is late.
+    pub fn process(&mut self, event: Event, emit: &mut Vec<Emit>) -> bool {
+        if self.is_late(event.ts) {
+            self.counts.late += 1;
+            return false;
+        }
+        self.counts.processed += 1;
+        self.max_ts = self.max_ts.max(event.ts);
+        let wm = self.watermark();
+        let event = Arc::new(event);
+        for i in 0..self.operators.len() {
+            let op = &mut self.operators[i];
+            let key = Key::of(event.field(op.nfa().meta.key));
+            op.process(key, event.clone(), &mut self.outs);
+            op.advance_watermark(wm, &mut self.outs);
+            self.render(i, emit);
+        }
+        true
+    }
+
+    /// End of input (replay only): time runs to its end, every window closes.
+    pub fn finish(&mut self, emit: &mut Vec<Emit>) {
+        for i in 0..self.operators.len() {
+            self.operators[i].advance_watermark(i64::MAX, &mut self.outs);
+            self.render(i, emit);
+        }
+    }
+
+    fn render(&mut self, op: usize, emit: &mut Vec<Emit>) {
+        let nfa = self.operators[op].nfa();
+        for o in self.outs.drain(..) {
+            match o {
+                Output::Match { key, ts, events } => {
+                    self.counts.alerts += 1;
+                    let (key_text, shadow) = (key.to_string(), nfa.meta.mode == engine::Mode::Shadow);
+                    emit.push(Emit::Alert { key: key_text, json: alert_line(nfa, &key, ts, &events), ts, shadow });
+                }
+                Output::Timeout { key, ts, events } => {
+                    self.counts.timeouts += 1;
+                    emit.push(Emit::Timeout { key: key.to_string(), json: timeout_line(nfa, &key, ts, &events) });
+                }
+                // Lateness is decided once per event, above, against the shared watermark.
+                Output::Late { .. } => {}
+            }
+        }
+    }
+
+    /// The operators, one per pattern of the stream (in `plan.patterns` order).
+    pub fn operators(&self) -> &[Operator] {
+        &self.operators
+    }
+
+    /// Per pattern (in `plan.patterns` order), what its operator counted since the last call:
+    /// for the metrics, which the service folds in when a transaction commits.
+    pub fn take_pattern_counts(&mut self) -> Vec<PatternCounts> {
+        self.reported.resize_with(self.operators.len(), PatternCounts::default);
+        let mut out = Vec::with_capacity(self.operators.len());
+        for (op, seen) in self.operators.iter().zip(&mut self.reported) {
+            let stats = op.stats();
+            let now = PatternCounts {
+                matches: stats.matches,
+                timeouts: stats.timeouts,
+                dropped: stats.dropped_partial_matches,
+                funnel: op.funnel().to_vec(),
+            };
+            let mut delta = PatternCounts {
+                matches: now.matches - seen.matches,
+                timeouts: now.timeouts - seen.timeouts,
+                dropped: now.dropped - seen.dropped,
+                funnel: now.funnel.clone(),
+            };
+            for (d, s) in delta.funnel.iter_mut().zip(&seen.funnel) {
+                *d -= s;
+            }
+            *seen = now;
+            out.push(delta);
+        }
+        out
+    }
+
+    /// Partial matches dropped by the per-key budget, over all patterns.
+    pub fn dropped_partial_matches(&self) -> u64 {
+        self.operators.iter().map(|o| o.stats().dropped_partial_matches).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    /// The payments plan of the library's `names` patterns (`edit(name, source)` applied).
+    fn plan(names: &[&str], edit: &dyn Fn(&str, String) -> String) -> Arc<StreamPlan> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cfg = crate::core::config::Config::load(&root.join("tripline.toml")).expect("config");
+        let catalog = cfg.catalog(&root.join("tripline.toml")).expect("catalog");
+        let mut nfas = Vec::new();
+        for n in names {
+            let text = std::fs::read_to_string(root.join(format!("patterns/{n}.tl"))).expect("pattern");
+            let compiled = dsl::compile_source(&dsl::SourceFile::new(format!("{n}.tl"), edit(n, text)), &catalog);
+            assert!(compiled.diagnostics.is_empty(), "{:?}", compiled.diagnostics);
+            nfas.extend(compiled.patterns.into_iter().map(|p| Arc::new(p.nfa)));
+        }
+        StreamPlan::new("payments", &cfg.streams["payments"], catalog.streams["payments"].clone(), &nfas)
+    }
+
+    #[test]
+    fn a_new_pattern_set_keeps_the_state_of_unchanged_patterns_only() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let old = plan(&["rapid_movement", "structuring"], &|_, t| t);
+        let mut part = Partition::new(old.clone(), 0, OpConfig::default());
+        let events =
+            std::fs::read_to_string(root.join("patterns/examples/rapid_movement.events.jsonl")).expect("events");
+        let mut emit = Vec::new();
+        // The example's first event, a large credit: a partial match waiting for the debit once a
+        // later event (another account's, a minute on) moves the watermark past it.
+        let first: serde_json::Value = serde_json::from_str(events.lines().next().expect("an event")).expect("json");
+        let mut later = first["value"].clone();
+        later["account_id"] = "ACC-OTHER".into();
+        later["direction"] = "OUT".into();
+        later["event_time"] = (first["value"]["event_time"].as_i64().expect("ts") + 60_000).into();
+        for (i, value) in [&first["value"], &later].into_iter().enumerate() {
+            let ev = dsl::json_event(&old.schema, Some("Payment"), value, i as u64).expect("event");
+            part.process(ev, &mut emit);
+        }
+        let held = |p: &Partition, name: &str| {
+            let op = p.operators().iter().find(|o| o.nfa().meta.name == name).expect("operator");
+            (op.active_partial_matches(), op.watermark())
+        };
+        let (rapid, wm) = held(&part, "rapid_movement");
+        assert_eq!(rapid, 1, "the credit waits for its debit");
+        assert_eq!(wm, part.watermark());
+        // rapid_movement unchanged, structuring changed (another version: another hash).
+        let new = plan(&["rapid_movement", "structuring"], &|n, t| {
+            if n == "structuring" {
+                t.replacen("version ", "version 9", 1)
+            } else {
+                t
+            }
+        });
+        assert_ne!(new.patterns[1].meta.hash, old.patterns[1].meta.hash);
+        assert_eq!(new.patterns[0].meta.hash, old.patterns[0].meta.hash);
+        let before = part.watermark();
+        let part = part.with_plan(new.clone(), OpConfig::default());
+        assert_eq!(held(&part, "rapid_movement"), (rapid, before), "unchanged: the state stays");
+        assert_eq!(held(&part, "structuring"), (0, before), "changed: starts empty at the watermark");
+        assert!(Arc::ptr_eq(&part.plan, &new));
+        // Dropping a pattern drops its operator.
+        let part = part.with_plan(plan(&["rapid_movement"], &|_, t| t), OpConfig::default());
+        assert_eq!(part.operators().len(), 1);
+        assert_eq!(held(&part, "rapid_movement").0, rapid);
+    }
+
+    #[test]
+    fn a_partition_resumed_at_a_recorded_watermark_decides_lateness_as_the_service_did() {
+        let plan = plan(&["rapid_movement"], &|_, t| t);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let events =
+            std::fs::read_to_string(root.join("patterns/examples/rapid_movement.events.jsonl")).expect("events");
+        let first: serde_json::Value = serde_json::from_str(events.lines().next().expect("an event")).expect("json");
+        let event = |ts: i64, seq: u64| {
+            let mut v = first["value"].clone();
+            v["event_time"] = ts.into();
+            dsl::json_event(&plan.schema, Some("Payment"), &v, seq).expect("event")
+        };
+        let mut part = Partition::new(plan.clone(), 0, OpConfig::default());
+        part.resume_at(10_000);
+        assert_eq!(part.watermark(), 10_000);
+        assert_eq!(part.operators()[0].watermark(), 10_000);
+        let mut emit = Vec::new();
+        assert!(!part.process(event(10_000, 1), &mut emit), "at the watermark: late");
+        assert!(part.process(event(10_001, 2), &mut emit), "after it: on time");
+        // The same as a partition that saw the events the watermark came from.
+        let mut seen = Partition::new(plan.clone(), 0, OpConfig::default());
+        seen.process(event(10_000 + plan.out_of_orderness + 1, 1), &mut emit);
+        assert_eq!(seen.watermark(), 10_000);
+        // No watermark recorded (no event before the set took effect): nothing changes.
+        let mut fresh = Partition::new(plan, 0, OpConfig::default());
+        fresh.resume_at(i64::MIN);
+        assert_eq!(fresh.watermark(), i64::MIN);
+    }
+}

@@ -1,0 +1,359 @@
+//! Pattern sets: what the service compiled (patterns and the source files they came from), the
+//! record it publishes every time a set becomes active on some partitions, and reading those
+//! records back so `tripline replay --pattern-set HASH` runs exactly the patterns that ran.
+//!
+//! A record says: set `set` (its hash) with these patterns (name, version, content hash) from
+//! these sources became active on these partitions, each at an offset (the first record it saw)
+//! and a watermark. The service writes one when partitions are assigned to it (the set runs on
+//! them from their committed offset on) and one when a reload activates a new set. Each is
+//! committed in a transaction of its own before any record is read under the set.
+//!
+//! Compiling pattern files into a set ([`compile_files`]) is here too: the service, replays and
+//! explanations all compile the same way.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use engine::Nfa;
+use serde::{Deserialize, Serialize};
+
+use super::source;
+use crate::error::{Error, Kind};
+
+/// A compiled pattern set and the sources it was compiled from.
+#[derive(Clone, Debug, Default)]
+pub struct PatternSet {
+    /// Sorted by name.
+    pub nfas: Vec<Arc<Nfa>>,
+    /// The source files: (name as given, text).
+    pub sources: Vec<(String, String)>,
+    /// Per pattern (parallel to `nfas`), the index of its source in `sources`.
+    pub file_of: Vec<usize>,
+}
+
+impl PatternSet {
+    /// The set's hash: 16 hex digits over its patterns' names and content hashes.
+    pub fn hash(&self) -> String {
+        set_hash(&self.nfas)
+    }
+
+    /// The activation record of this set on `positions`.
+    pub fn activation(&self, reason: &str, instance: &str, at_ms: i64, positions: Vec<Position>) -> Activation {
+        Activation {
+            set: self.hash(),
+            reason: reason.to_owned(),
+            instance: instance.to_owned(),
+            activated_at_ms: at_ms,
+            patterns: self
+                .nfas
+                .iter()
+                .zip(&self.file_of)
+                .map(|(n, &file)| PatternEntry {
+                    name: n.meta.name.clone(),
+                    version: n.meta.version,
+                    hash: n.meta.hash.clone(),
+                    stream: n.meta.stream.clone(),
+                    severity: n.meta.severity.as_str().to_owned(),
+                    mode: mode(n).to_owned(),
+                    file,
+                })
+                .collect(),
+            files: self
+                .sources
+                .iter()
+                .map(|(name, text)| FileEntry { name: name.clone(), text: text.clone() })
+                .collect(),
+            positions,
+        }
+    }
+}
+
+/// Why pattern files did not become a pattern set.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// Diagnostics were reported (an unreadable file counts as one).
+    #[error("the patterns have {0} error(s)")]
+    Diagnostics(usize),
+    /// The files hold no pattern.
+    #[error("no patterns found")]
+    Empty,
+    /// The paths cannot be read as pattern files.
+    #[error("{0}")]
+    Paths(Error),
+}
+
+impl CompileError {
+    pub fn kind(&self) -> Kind {
+        match self {
+            CompileError::Diagnostics(_) => Kind::Invalid,
+            CompileError::Empty => Kind::Usage,
+            CompileError::Paths(e) => e.kind(),
+        }
+    }
+}
+
+impl From<CompileError> for Error {
+    fn from(e: CompileError) -> Self {
+        Error::new(e.kind(), e)
+    }
+}
+
+/// Compiles pattern files (and directories of them) against `catalog` into a set sorted by
+/// name; each diagnostic goes to `report`, rendered.
+pub fn compile_files(
+    paths: &[std::path::PathBuf],
+    catalog: &dsl::Catalog,
+    report: &mut dyn FnMut(String),
+) -> Result<PatternSet, CompileError> {
+    let files = source::expand(paths).map_err(CompileError::Paths)?;
+    let mut sources = Vec::new();
+    let mut unreadable = 0;
+    for f in &files {
+        match source::read(f) {
+            Ok(s) => sources.push(s),
+            Err(d) => {
+                report(d.render().trim_end().to_owned());
+                unreadable += 1;
+            }
+        }
+    }
+    compile_sources(sources, unreadable, catalog, report)
+}
+
+/// Compiles pattern sources against `catalog` into a set sorted by name; `unreadable` files
+/// were already reported and count as errors.
+pub fn compile_sources(
+    sources: Vec<dsl::SourceFile>,
+    unreadable: usize,
+    catalog: &dsl::Catalog,
+    report: &mut dyn FnMut(String),
+) -> Result<PatternSet, CompileError> {
+    let mut set = PatternSet::default();
+    let mut bad = unreadable;
+    let mut compiled = Vec::new();
+    for src in sources {
+        let result = dsl::compile_source(&src, catalog);
+        for d in &result.diagnostics {
+            report(d.render());
+        }
+        bad += result.diagnostics.len();
+        let file = set.sources.len();
+        compiled.extend(result.patterns.into_iter().map(|p| (Arc::new(p.nfa), file)));
+        set.sources.push((src.name.clone(), src.text.clone()));
+    }
+    if bad > 0 {
+        return Err(CompileError::Diagnostics(bad));
+    }
+    if compiled.is_empty() {
+        return Err(CompileError::Empty);
+    }
+    compiled.sort_by(|a, b| a.0.meta.name.cmp(&b.0.meta.name));
+    (set.nfas, set.file_of) = compiled.into_iter().unzip();
+    Ok(set)
+}
+
+/// `live` or `shadow`.
+pub fn mode(nfa: &Nfa) -> &'static str {
+    if nfa.meta.mode == engine::Mode::Shadow {
+        "shadow"
+    } else {
+        "live"
+    }
+}
+
+/// The hash of a pattern set: 16 hex digits of SHA-256 over its sorted "name hash" lines.
+pub fn set_hash(nfas: &[Arc<Nfa>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut lines: Vec<String> = nfas.iter().map(|n| format!("{} {}\n", n.meta.name, n.meta.hash)).collect();
+    lines.sort();
+    let digest = Sha256::digest(lines.concat().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One activation of a pattern set (a record of the pattern sets topic, as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    pub set: String,
+    /// `assign` (partitions taken over) or `reload`.
+    pub reason: String,
+    pub instance: String,
+    /// The service's clock when it activated the set (for people; replays never read it).
+    pub activated_at_ms: i64,
+    pub patterns: Vec<PatternEntry>,
+    pub files: Vec<FileEntry>,
+    /// Where the set took effect, per input partition.
+    pub positions: Vec<Position>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatternEntry {
+    pub name: String,
+    pub version: u32,
+    pub hash: String,
+    pub stream: String,
+    pub severity: String,
+    pub mode: String,
+    /// Index into [`Activation::files`].
+    pub file: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub text: String,
+}
+
+/// An input partition's position when a set took effect on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    /// The first offset read under the set.
+    pub offset: i64,
+    /// The partition's watermark then; `None` before its first event.
+    pub watermark: Option<i64>,
+}
+
+/// What a replay of a recorded set needs: the compiled set, and per (topic, partition) the
+/// earliest position it was recorded at.
+#[derive(Debug)]
+pub struct Recorded {
+    pub set: PatternSet,
+    pub starts: BTreeMap<(String, i32), Position>,
+}
+
+/// A set hash as given (lowercased), or why it cannot be one.
+pub fn check_hash(wanted: &str) -> Result<String, Error> {
+    let wanted = wanted.trim().to_ascii_lowercase();
+    if wanted.len() < 6 || wanted.len() > 16 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::usage(format!(
+            "`{wanted}` is not a pattern set hash (16 hex digits, or a unique prefix of 6 or more)"
+        )));
+    }
+    Ok(wanted)
+}
+
+/// Finds set `wanted` (its hash, or a unique prefix of at least 6 digits) among the activation
+/// records `records` (in topic order), compiles its sources against `catalog` and checks that
+/// every pattern compiles to the content hash that ran.
+pub fn recorded(records: &[Activation], wanted: &str, topic: &str, catalog: &dsl::Catalog) -> Result<Recorded, Error> {
+    let wanted = check_hash(wanted)?;
+    let mut hashes: Vec<&str> = records.iter().map(|a| a.set.as_str()).filter(|h| h.starts_with(&wanted)).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    let hash = match hashes.as_slice() {
+        [one] => one.to_string(),
+        [] => {
+            let mut known: Vec<String> = Vec::new();
+            for a in records {
+                let line = format!(
+                    "{} ({})",
+                    a.set,
+                    a.patterns.iter().map(|p| format!("{}@{}", p.name, p.version)).collect::<Vec<_>>().join(", ")
+                );
+                if !known.contains(&line) {
+                    known.push(line);
+                }
+            }
+            return Err(Error::usage(if known.is_empty() {
+                format!("no pattern set `{wanted}`: topic `{topic}` has no activation records (has the service run?)")
+            } else {
+                format!("no pattern set `{wanted}` in topic `{topic}`; recorded sets: {}", known.join("; "))
+            }));
+        }
+        many => {
+            return Err(Error::usage(format!("`{wanted}` is the prefix of several pattern sets: {}", many.join(", "))))
+        }
+    };
+    let first = records.iter().find(|a| a.set == hash).ok_or_else(|| Error::usage("the set vanished"))?;
+    let sources: Vec<dsl::SourceFile> =
+        first.files.iter().map(|f| dsl::SourceFile::new(f.name.clone(), f.text.clone())).collect();
+    let mut problems = Vec::new();
+    let set = compile_sources(sources, 0, catalog, &mut |d| problems.push(d)).map_err(|e| {
+        Error::usage(format!("pattern set {hash} as recorded no longer compiles: {e}\n{}", problems.join("\n")))
+    })?;
+    for p in &first.patterns {
+        match set.nfas.iter().find(|n| n.meta.name == p.name) {
+            Some(n) if n.meta.hash == p.hash => {}
+            Some(n) => {
+                return Err(Error::usage(format!(
+                    "pattern `{}` of set {hash} ran with content hash {}, but its recorded source compiles to {} \
+                     now: the stream's schema or this build's compiler changed, so this is not what ran",
+                    p.name, p.hash, n.meta.hash
+                )))
+            }
+            None => {
+                return Err(Error::usage(format!(
+                    "pattern `{}` of set {hash} is missing from its recorded sources",
+                    p.name
+                )))
+            }
+        }
+    }
+    if set.hash() != hash {
+        return Err(Error::usage(format!("the recorded sources of set {hash} compile to set {}", set.hash())));
+    }
+    let mut starts: BTreeMap<(String, i32), Position> = BTreeMap::new();
+    for a in records.iter().filter(|a| a.set == hash) {
+        for pos in &a.positions {
+            let k = (pos.topic.clone(), pos.partition);
+            if starts.get(&k).is_none_or(|s| pos.offset < s.offset) {
+                starts.insert(k, pos.clone());
+            }
+        }
+    }
+    Ok(Recorded { set, starts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn library(names: &[&str]) -> (PatternSet, dsl::Catalog) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cfg = crate::core::config::Config::load(&root.join("tripline.toml")).expect("config");
+        let catalog = cfg.catalog(&root.join("tripline.toml")).expect("catalog");
+        let paths: Vec<_> = names.iter().map(|n| root.join(format!("patterns/{n}.tl"))).collect();
+        let set = compile_files(&paths, &catalog, &mut |d| panic!("{d}")).expect("compiles");
+        (set, catalog)
+    }
+
+    #[test]
+    fn a_recorded_set_compiles_back_to_the_same_hashes() {
+        let (set, catalog) = library(&["structuring", "rapid_movement"]);
+        let pos = |p, offset| Position { topic: "payments".into(), partition: p, offset, watermark: Some(offset * 10) };
+        let a = set.activation("assign", "i1", 5, vec![pos(0, 40), pos(1, 7)]);
+        let b = set.activation("assign", "i2", 9, vec![pos(0, 12)]);
+        let json = serde_json::to_string(&a).expect("json");
+        let back: Activation = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, a);
+        let found = recorded(&[a, b], &set.hash()[..8], "sets", &catalog).expect("found");
+        assert_eq!(found.set.hash(), set.hash());
+        assert_eq!(found.set.nfas.len(), 2);
+        // The earliest position per partition.
+        assert_eq!(found.starts[&("payments".to_owned(), 0)].offset, 12);
+        assert_eq!(found.starts[&("payments".to_owned(), 1)].offset, 7);
+    }
+
+    #[test]
+    fn unknown_ambiguous_and_altered_sets_are_refused_with_the_reason() {
+        let (set, catalog) = library(&["structuring"]);
+        let a = set.activation("reload", "i1", 5, Vec::new());
+        let err =
+            recorded(std::slice::from_ref(&a), "0123456789abcdef", "sets", &catalog).expect_err("unknown").to_string();
+        assert!(err.contains("recorded sets: ") && err.contains("structuring@1"), "{err}");
+        assert!(recorded(&[], "abcdef", "sets", &catalog)
+            .expect_err("none")
+            .to_string()
+            .contains("no activation records"));
+        assert!(recorded(&[], "xyz", "sets", &catalog)
+            .expect_err("bad")
+            .to_string()
+            .contains("not a pattern set hash"));
+        // A source edited after the fact (another threshold) no longer compiles to what ran.
+        let mut forged = a.clone();
+        forged.files[0].text = forged.files[0].text.replace("amount >= 8000", "amount >= 7000");
+        let err = recorded(&[forged], &a.set, "sets", &catalog).expect_err("altered").to_string();
+        assert!(err.contains("compiles to") && err.contains("structuring"), "{err}");
+    }
+}

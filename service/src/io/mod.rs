@@ -1,0 +1,11 @@
+//! The adapters to the outside world: Kafka clients and settings ([`kafka`]), the one reader of
+//! committed records ([`reader`]), Avro records through the schema registry ([`avro`]), exported
+//! record files ([`files`]), the RocksDB state store ([`store`]) and the HTTP endpoints
+//! ([`http`]). Each turns the outside's types into `core`'s and never decides what a record means.
+
+pub mod avro;
+pub mod files;
+pub mod http;
+pub mod kafka;
+pub mod reader;
+pub mod store;

@@ -1,0 +1,450 @@
+//! `tripline run`: the service. A consumer group over the streams' topics; each record decoded
+//! through the schema registry and fed to its partition's engine state ([`Partition`]); alerts,
+//! late events, timeouts and dead letters produced in a Kafka transaction together with the
+//! changed state (the changelog) and the consumed offsets, one transaction per commit interval.
+//!
+//! Exactly once: outputs, state and offsets commit or abort together. After an abort (a failed
+//! commit, a fenced generation) every partition is rebuilt from the local store, which holds
+//! exactly the last committed state, and the consumer seeks back to the matching offsets. After
+//! a crash or on assignment, a partition's state comes from the local store when its stored
+//! position is the group's committed offset, else from the changelog (read_committed).
+//!
+//! Threads: this loop owns the consumer, the producer and all engine state (behind one mutex,
+//! which the rebalance callback takes from inside `poll`, on this same thread); a small tokio
+//! runtime serves `/healthz` and `/readyz` and turns SIGTERM/SIGINT into a shutdown request.
+//!
+//! The rooms: this file starts the service and runs the loop; [`records`] handles one consumed
+//! record, [`commit`] the transaction (and the rewind after an abort), [`rebalance`] assignment,
+//! restore and revocation, [`reload`] a SIGHUP, and [`batch`] the metrics of a transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use engine::runtime::Config as OpConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer};
+
+use crate::core::config::{self, Config};
+use crate::core::partition::{Emit, Partition};
+use crate::core::pattern_sets::{compile_files, PatternSet};
+use crate::core::plan::{build_plans, StreamPlan};
+use crate::error::{Error, Kind, Result, ResultExt};
+use crate::io::avro::AvroIn;
+use crate::io::http::{self, Health};
+use crate::io::kafka::{self, Logger};
+use crate::io::store::Store;
+use crate::obs::metrics::Metrics;
+use crate::obs::{init_logging, now_ms, out};
+
+mod batch;
+mod commit;
+mod rebalance;
+mod records;
+mod reload;
+
+use batch::{init_metrics, Batch};
+use commit::TXN_TIMEOUT;
+use rebalance::{GroupContext, Restored};
+
+/// Gauges are set after every commit, and at least this often when nothing is committed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the service until SIGTERM/SIGINT. The error is logged here; its kind is the exit status.
+pub fn run(config: Option<&Path>) -> Result<()> {
+    init_logging();
+    let health = Arc::new(Health::default());
+    serve(config, health).inspect_err(|e| tracing::error!("{e}"))
+}
+
+/// Everything `run` derives from the configuration before touching Kafka.
+struct Setup {
+    cfg: Config,
+    /// Per input topic.
+    plans: BTreeMap<String, Arc<StreamPlan>>,
+    avro: AvroIn,
+    op_config: OpConfig,
+    base: std::path::PathBuf,
+    /// What a reload compiles again: the pattern paths, the streams' schemas, the config file.
+    sources: Sources,
+    /// The pattern set, with its sources (recorded when it takes effect).
+    set: PatternSet,
+}
+
+/// The inputs of the pattern set, kept for reloads.
+struct Sources {
+    pattern_paths: Vec<std::path::PathBuf>,
+    catalog: dsl::Catalog,
+    config_path: std::path::PathBuf,
+    /// The streams as configured at start (a reload changes patterns, not streams).
+    streams: BTreeMap<String, config::StreamConfig>,
+    /// Whether timed-out partial matches are published.
+    timeouts: bool,
+}
+
+/// Loads and checks the configuration and the patterns.
+fn setup(config: Option<&Path>) -> Result<Setup> {
+    let path = config::locate(config)?;
+    let cfg = Config::load_with_env(&path)?;
+    let catalog = cfg.catalog(&path)?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let pattern_paths: Vec<_> = cfg.service.patterns.iter().map(|p| base.join(p)).collect();
+    // The patterns must compile for the service to start: any problem is a usage error.
+    let set = compile_files(&pattern_paths, &catalog, &mut |d| out(&format!("{d}\n"))).map_err(Error::usage)?;
+    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas)?;
+    let avro = AvroIn::for_plans(&cfg, &path, plans.values())?;
+    let op_config = OpConfig {
+        max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key,
+        timeouts: cfg.outputs.timeouts_topic.is_some(),
+        ..OpConfig::default()
+    };
+    let sources = Sources {
+        pattern_paths,
+        catalog,
+        config_path: path,
+        streams: cfg.streams.clone(),
+        timeouts: cfg.outputs.timeouts_topic.is_some(),
+    };
+    Ok(Setup { cfg, plans, avro, op_config, base, sources, set })
+}
+
+fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
+    let Setup { cfg, plans, avro, op_config, base, sources, set } = setup(config)?;
+    let patterns: usize = plans.values().map(|p| p.patterns.len()).sum();
+    tracing::info!(patterns, streams = plans.len(), group = %cfg.kafka.group_id, instance = %cfg.service.instance_id, "starting");
+
+    let metrics = Arc::new(Metrics::new());
+    init_metrics(&metrics, &plans, cfg.outputs.timeouts_topic.is_some());
+    let http = http::start(&cfg.service.http_addr, health.clone(), metrics.clone())?;
+
+    // Topics: inputs must exist to size the changelog; outputs are created when missing.
+    let client = kafka::client_config(&cfg)?;
+    let probe: BaseConsumer =
+        kafka::create(&cfg, &client, rdkafka::consumer::DefaultConsumerContext, "metadata client")?;
+    let topics: Vec<String> = plans.keys().cloned().collect();
+    let inputs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let counts = kafka::partition_counts(&probe, &inputs)?;
+    for (t, c) in inputs.iter().zip(&counts) {
+        if c.is_none() {
+            tracing::warn!(topic = %t, "input topic does not exist yet; it is read once it does");
+        }
+    }
+    let max_parts = counts.iter().flatten().copied().max().unwrap_or(1).max(1) as i32;
+    let changelog = cfg.changelog_topic();
+    let o = &cfg.outputs;
+    let mut wanted = vec![
+        (o.alerts_topic.clone(), o.partitions, false),
+        (o.shadow_alerts_topic.clone(), o.partitions, false),
+        (o.late_topic.clone(), o.partitions, false),
+        (o.dead_letter_topic.clone(), o.partitions, false),
+        // One partition: the activations in the order they happened.
+        (o.pattern_sets_topic.clone(), 1, false),
+        (changelog.clone(), max_parts, true),
+    ];
+    if let Some(t) = &o.timeouts_topic {
+        wanted.push((t.clone(), o.partitions, false));
+    }
+    kafka::ensure_topics(&cfg, &wanted)?;
+    let changelog_parts = kafka::partition_counts(&probe, &[changelog.as_str()])?[0]
+        .ok_or_else(|| Error::failed(format!("the changelog topic `{changelog}` is not there after creating it")))?
+        as i32;
+    drop(probe);
+
+    let store = Store::open(&base.join(&cfg.service.state_dir))?;
+
+    let txn_id = format!("{}-{}", cfg.kafka.group_id, cfg.service.instance_id);
+    let mut pc = client.clone();
+    pc.set("transactional.id", &txn_id).set("enable.idempotence", "true").set("linger.ms", "5");
+    let producer: BaseProducer<Logger> = kafka::create(&cfg, &pc, Logger, "producer")?;
+    producer.init_transactions(TXN_TIMEOUT).map_err(|e| {
+        Error::failed(format!("cannot initialise transactions as `{txn_id}`: {}", kafka::redact(&cfg, &e.to_string())))
+    })?;
+
+    let interval = Duration::from_millis(cfg.commit_interval_ms() as u64);
+    let mut restore_config = client.clone();
+    restore_config
+        .set("group.id", format!("{}.restore", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    let core = Worker {
+        producer,
+        store,
+        plans,
+        avro,
+        op_config,
+        parts: HashMap::new(),
+        in_txn: false,
+        txn_started: Instant::now(),
+        emit: Vec::new(),
+        changelog,
+        changelog_parts,
+        alerts_topic: o.alerts_topic.clone(),
+        shadow_alerts_topic: o.shadow_alerts_topic.clone(),
+        late_topic: o.late_topic.clone(),
+        dead_letter_topic: o.dead_letter_topic.clone(),
+        pattern_sets_topic: o.pattern_sets_topic.clone(),
+        instance: cfg.service.instance_id.clone(),
+        set,
+        timeouts_topic: o.timeouts_topic.clone(),
+        min_ts: cfg.service.min_event_time,
+        max_ts: cfg.service.max_event_time,
+        health: health.clone(),
+        totals: Totals::default(),
+        fatal: None,
+        restore_config,
+        metrics,
+        sources,
+        batch: Batch::default(),
+        gauges_at: Instant::now(),
+    };
+    let shared = Arc::new(Shared { core: Mutex::new(core), assigned: Mutex::new(None) });
+
+    let mut cc = client.clone();
+    if cfg.kafka.static_membership {
+        // Static membership: a restarted instance (same instance_id) takes its partitions back at
+        // once instead of waiting for its dead predecessor's session to expire.
+        cc.set("group.instance.id", &txn_id);
+    }
+    cc.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        // A fetch returns after at most this long when there is nothing new (alert latency).
+        .set("fetch.wait.max.ms", "100")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        // The partitions' ends, for the consumer lag gauges.
+        .set("statistics.interval.ms", "1000");
+    // The configured properties win over these defaults.
+    for (k, v) in &cfg.kafka.properties {
+        cc.set(k, &v.0);
+    }
+    let consumer: BaseConsumer<GroupContext> =
+        kafka::create(&cfg, &cc, GroupContext { shared: shared.clone(), ends: Mutex::default() }, "consumer")?;
+    consumer.subscribe(&inputs).or_fail(Kind::Failed, "cannot subscribe to the input topics")?;
+    drop(client);
+
+    let cfg = Arc::new(cfg);
+    let result = main_loop(&consumer, &shared, &health, interval, &cfg);
+    // Leave cleanly whatever happened: commit what is done (unless the loop failed), then leave
+    // the group so the partitions move at once.
+    if result.is_ok() {
+        let mut core = lock(&shared);
+        if let Err(e) = core.commit(&consumer) {
+            tracing::error!("the last commit failed: {e}");
+        }
+        core.totals.log("stopped", core.parts.values().map(HashMap::len).sum());
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    drop(http);
+    result
+}
+
+fn main_loop(
+    consumer: &BaseConsumer<GroupContext>,
+    shared: &Arc<Shared>,
+    health: &Health,
+    interval: Duration,
+    cfg: &Config,
+) -> Result<()> {
+    let mut last_report = Instant::now();
+    while !health.shutdown.load(Ordering::Relaxed) {
+        health.alive_ms.store(now_ms(), Ordering::Relaxed);
+        handle_assignment(consumer, shared)?;
+        if health.reload.swap(false, Ordering::Relaxed) {
+            lock(shared).reload(consumer)?;
+        }
+        let wait = {
+            let core = lock(shared);
+            if let Some(f) = &core.fatal {
+                return Err(f.clone());
+            }
+            if core.in_txn {
+                interval.saturating_sub(core.txn_started.elapsed()).min(Duration::from_millis(100))
+            } else {
+                Duration::from_millis(100)
+            }
+        };
+        match consumer.poll(wait) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                let msg = kafka::redact(cfg, &e.to_string());
+                if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+                    return Err(Error::failed(format!("the consumer failed: {msg}")));
+                }
+                tracing::warn!("consumer: {msg}");
+            }
+            Some(Ok(msg)) => {
+                handle_assignment(consumer, shared)?;
+                lock(shared).handle(&msg, health)?;
+            }
+        }
+        let mut core = lock(shared);
+        core.producer.poll(Duration::ZERO);
+        if core.in_txn && core.txn_started.elapsed() >= interval {
+            core.commit(consumer)?;
+        }
+        if core.gauges_at.elapsed() >= GAUGE_INTERVAL {
+            core.update_gauges(consumer);
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            core.totals.log("progress", core.parts.values().map(HashMap::len).sum());
+        }
+    }
+    tracing::info!("shutdown requested: committing and leaving the group");
+    Ok(())
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Worker> {
+    shared.core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> Result<()> {
+    let pending = shared.assigned.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(list) = pending {
+        let mut core = lock(shared);
+        core.health.ready.store(false, Ordering::Relaxed);
+        core.metrics.ready.set(0);
+        core.metrics.rebalances.with_label_values(&["assign"]).inc();
+        core.metrics.restore_in_progress.set(1);
+        let started = Instant::now();
+        let result = core.assign(consumer, &list);
+        core.metrics.restore_in_progress.set(0);
+        core.metrics.restore_duration.observe(started.elapsed().as_secs_f64());
+        match result? {
+            Restored::Done => {
+                core.record_assignment(consumer, &list)?;
+                core.health.ready.store(true, Ordering::Relaxed);
+                core.update_gauges(consumer);
+            }
+            // Nothing was processed for these partitions: the loop stops cleanly next turn.
+            Restored::Interrupted => tracing::info!("shutdown requested during the state restore"),
+        }
+    }
+    Ok(())
+}
+
+/// The output topics, as the metrics' `output` label names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Output {
+    Alerts,
+    ShadowAlerts,
+    Late,
+    DeadLetter,
+    Timeouts,
+    Changelog,
+    PatternSets,
+}
+
+impl Output {
+    pub(super) const ALL: [Output; 7] = [
+        Output::Alerts,
+        Output::ShadowAlerts,
+        Output::Late,
+        Output::DeadLetter,
+        Output::Timeouts,
+        Output::Changelog,
+        Output::PatternSets,
+    ];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Output::Alerts => "alerts",
+            Output::ShadowAlerts => "shadow_alerts",
+            Output::Late => "late",
+            Output::DeadLetter => "dead_letter",
+            Output::Timeouts => "timeouts",
+            Output::Changelog => "changelog",
+            Output::PatternSets => "pattern_sets",
+        }
+    }
+}
+
+/// State shared between the loop and the rebalance callbacks.
+struct Shared {
+    core: Mutex<Worker>,
+    /// Partitions assigned by the last rebalance, waiting for their state.
+    assigned: Mutex<Option<Vec<(String, i32)>>>,
+}
+
+impl Totals {
+    fn log(&self, what: &str, partitions: usize) {
+        let t = self;
+        tracing::info!(
+            consumed = t.consumed,
+            processed = t.processed,
+            late = t.late,
+            dead_lettered = t.dead_lettered,
+            alerts = t.alerts,
+            commits = t.commits,
+            aborts = t.aborts,
+            commit_ms_avg = t.commit_us / t.commits.max(1) / 1000,
+            partitions,
+            "{what}"
+        );
+    }
+}
+
+/// Counters over the process's life (logged).
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    consumed: u64,
+    processed: u64,
+    alerts: u64,
+    late: u64,
+    dead_lettered: u64,
+    commits: u64,
+    aborts: u64,
+    /// Time spent committing (changelog, offsets, commit), in µs.
+    commit_us: u64,
+}
+
+/// The loop's state: the clients, the store, every assigned partition's engine state and the
+/// open transaction's bookkeeping.
+struct Worker {
+    producer: BaseProducer<Logger>,
+    store: Store,
+    plans: BTreeMap<String, Arc<StreamPlan>>,
+    avro: AvroIn,
+    op_config: OpConfig,
+    /// Assigned partitions' state, by topic and partition.
+    parts: HashMap<String, HashMap<i32, Partition>>,
+    in_txn: bool,
+    txn_started: Instant,
+    emit: Vec<Emit>,
+    changelog: String,
+    changelog_parts: i32,
+    alerts_topic: String,
+    shadow_alerts_topic: String,
+    late_topic: String,
+    dead_letter_topic: String,
+    pattern_sets_topic: String,
+    instance: String,
+    /// The running pattern set.
+    set: PatternSet,
+    timeouts_topic: Option<String>,
+    min_ts: i64,
+    max_ts: i64,
+    health: Arc<Health>,
+    totals: Totals,
+    /// An error raised inside a rebalance callback, reported by the loop.
+    fatal: Option<Error>,
+    /// Client settings of the changelog reader.
+    restore_config: rdkafka::ClientConfig,
+    metrics: Arc<Metrics>,
+    sources: Sources,
+    /// What the open transaction did, for the metrics once it commits.
+    batch: Batch,
+    /// When the gauges were last set.
+    gauges_at: Instant,
+}

@@ -1,0 +1,289 @@
+//! Partitions coming and going: on assignment each partition's state is restored (from the
+//! local store when it is current, else from the changelog) and the running pattern set's
+//! activation on it is recorded; before a revocation the open transaction commits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::Output;
+use super::{lock, Shared, Worker};
+use crate::core::changelog::{state_prefix, stored_position, StateRecords};
+use crate::core::partition::Partition;
+use crate::core::pattern_sets::{PatternSet, Position};
+use crate::error::{Error, Kind, Result, ResultExt};
+use crate::io::kafka::{log_rdkafka, produce, REQUEST_TIMEOUT};
+use crate::obs::now_ms;
+use crate::obs::progress::Progress;
+
+/// How an assignment's restore ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Restored {
+    /// Every assigned partition's state is in memory.
+    Done,
+    /// A shutdown request cut the restore short: nothing was processed for these partitions.
+    Interrupted,
+}
+
+impl Worker {
+    /// A partition's engine state from its state records.
+    pub(super) fn load(&self, topic: &str, p: i32, records: &[(Vec<u8>, Vec<u8>)]) -> Result<Partition> {
+        let plan =
+            self.plans.get(topic).ok_or_else(|| Error::failed(format!("no stream reads topic `{topic}`")))?.clone();
+        let mut part = Partition::new(plan, p, self.op_config);
+        let summary = part
+            .restore(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .or_fail_with(Kind::Failed, || format!("the state of {topic}/{p} cannot be restored"))?;
+        if summary.stale > 0 {
+            tracing::info!(
+                topic,
+                partition = p,
+                stale = summary.stale,
+                "dropped the state of patterns that no longer run"
+            );
+        }
+        Ok(part)
+    }
+
+    /// Takes over newly assigned partitions: their state from the store when it is current,
+    /// else from the changelog.
+    pub(super) fn assign(&mut self, consumer: &BaseConsumer<GroupContext>, list: &[(String, i32)]) -> Result<Restored> {
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in list {
+            tpl.add_partition(t, *p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, REQUEST_TIMEOUT)
+            .or_fail(Kind::Failed, "cannot read the group's committed offsets")?;
+        let mut from_changelog = 0;
+        for (t, p) in list {
+            let committed_at = committed.find_partition(t, *p).and_then(|e| match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            });
+            let prefix = state_prefix(t, *p);
+            let local = self.store.scan(&prefix)?;
+            let mut part = if stored_position(t, *p, &local) == committed_at {
+                self.metrics.restored_partitions.with_label_values(&["store"]).inc();
+                self.load(t, *p, &local)?
+            } else {
+                from_changelog += 1;
+                self.metrics.restored_partitions.with_label_values(&["changelog"]).inc();
+                let Some(records) = self.read_changelog(t, *p)? else { return Ok(Restored::Interrupted) };
+                self.store.replace(&prefix, &records)?;
+                self.load(t, *p, &records)?
+            };
+            if let Some(c) = committed_at {
+                if part.next_offset != c {
+                    tracing::warn!(
+                        topic = %t, partition = p, state_at = part.next_offset, committed = c,
+                        "the state and the committed offset disagree (offsets reset by hand?): following the committed offset"
+                    );
+                    if part.next_offset == 0 {
+                        part.next_offset = c;
+                    }
+                }
+            }
+            self.parts.entry(t.clone()).or_default().insert(*p, part);
+        }
+        tracing::info!(
+            partitions = list.len(),
+            from_changelog,
+            ms = started.elapsed().as_millis() as u64,
+            "partitions assigned and restored"
+        );
+        Ok(Restored::Done)
+    }
+
+    /// The committed changelog records of one input partition (latest per key); `None` when a
+    /// shutdown request cut the reading short.
+    fn read_changelog(&self, topic: &str, p: i32) -> Result<Option<StateRecords>> {
+        let cfg_client = self.restore_client()?;
+        let cp = p % self.changelog_parts;
+        let (lo, hi) =
+            cfg_client.fetch_watermarks(&self.changelog, cp, REQUEST_TIMEOUT).or_fail_with(Kind::Failed, || {
+                format!("cannot read the end of changelog partition {}/{cp}", self.changelog)
+            })?;
+        let prefix = state_prefix(topic, p);
+        let mut latest: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        if hi <= lo {
+            return Ok(Some(Vec::new()));
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.changelog, cp, Offset::Beginning)
+            .or_fail(Kind::Failed, "changelog assignment")?;
+        cfg_client.assign(&tpl).or_fail(Kind::Failed, "cannot read the changelog")?;
+        let mut read = 0u64;
+        let mut last_progress = Instant::now();
+        let mut progress = Progress::new("restore", "changelog records", Some((hi - lo) as u64));
+        progress.set_message(format!("{topic}/{p} from {}/{cp}", self.changelog));
+        loop {
+            match cfg_client.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    read += 1;
+                    progress.inc(1);
+                    self.metrics.restore_records.inc();
+                    last_progress = Instant::now();
+                    if let Some(k) = m.key().filter(|k| k.starts_with(&prefix)) {
+                        match m.payload() {
+                            Some(v) => {
+                                latest.insert(k.to_vec(), v.to_vec());
+                            }
+                            None => {
+                                latest.remove(k);
+                            }
+                        }
+                    }
+                    if m.offset() + 1 >= hi {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => tracing::warn!("reading the changelog: {e}"),
+                None => {}
+            }
+            if last_progress.elapsed() >= Duration::from_secs(120) {
+                return Err(Error::failed(format!(
+                    "restoring {topic}/{p} from changelog partition {}/{cp} stalled after {read} of {} records \
+                     (an open transaction of a crashed instance blocks read_committed readers until that \
+                     instance restarts or the transaction times out)",
+                    self.changelog,
+                    hi - lo
+                )));
+            }
+            if self.health.shutdown.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+        }
+        progress.finish();
+        Ok(Some(latest.into_iter().collect()))
+    }
+
+    fn restore_client(&self) -> Result<BaseConsumer> {
+        // The same client settings as the group consumer, but no group: it never commits.
+        self.restore_config.create().or_fail(Kind::Failed, "cannot create the changelog reader")
+    }
+}
+
+/// The group consumer's context: commits before partitions are revoked, and hands new
+/// assignments to the loop.
+pub(super) struct GroupContext {
+    pub(super) shared: Arc<Shared>,
+    /// Per input partition, its end (the last stable offset, as read_committed sees it) from the
+    /// client's statistics, every second: the consumer lag gauges.
+    pub(super) ends: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_rdkafka(level, fac, log_message);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in statistics.topics {
+            for (p, s) in t.partitions {
+                let end = if s.ls_offset >= 0 { s.ls_offset } else { s.hi_offset };
+                if p >= 0 && end >= 0 {
+                    ends.insert((topic.clone(), p), end);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut core = lock(&self.shared);
+            core.health.ready.store(false, Ordering::Relaxed);
+            // What was processed is committed before the partitions go (the generation is
+            // still valid here); if that fails, the transaction is aborted and the next owner
+            // reprocesses from the last commit.
+            if core.in_txn {
+                if let Err(e) = core.commit(consumer) {
+                    core.fatal = Some(e);
+                }
+            }
+            core.metrics.rebalances.with_label_values(&["revoke"]).inc();
+            core.metrics.ready.set(0);
+            for e in tpl.elements() {
+                if let Some(part) = core.parts.get_mut(e.topic()).and_then(|m| m.remove(&e.partition())) {
+                    let labels = [part.plan.name.as_str(), &e.partition().to_string()];
+                    for g in [&core.metrics.watermark, &core.metrics.watermark_lag] {
+                        let _ = g.remove_label_values(&labels);
+                    }
+                    let _ = core.metrics.consumer_lag.remove_label_values(&labels);
+                }
+            }
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let list = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                *self.shared.assigned.lock().unwrap_or_else(|p| p.into_inner()) = Some(list);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
+        }
+    }
+}
+
+impl Worker {
+    /// The activation record of `set` on the assigned partitions (`only`: these of them).
+    pub(super) fn activation_record(&self, set: &PatternSet, reason: &str, only: Option<&[(String, i32)]>) -> Vec<u8> {
+        let mut positions = Vec::new();
+        for (t, parts) in &self.parts {
+            for (p, part) in parts {
+                if only.is_some_and(|l| !l.iter().any(|(lt, lp)| lt == t && lp == p)) {
+                    continue;
+                }
+                let wm = part.watermark();
+                positions.push(Position {
+                    topic: t.clone(),
+                    partition: *p,
+                    offset: part.next_offset,
+                    watermark: (wm != i64::MIN).then_some(wm),
+                });
+            }
+        }
+        positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let record = set.activation(reason, &self.instance, now_ms(), positions);
+        serde_json::to_vec(&record).unwrap_or_default()
+    }
+
+    /// Records that the running set takes effect on newly assigned partitions (from their
+    /// restored positions), in a transaction of its own, before any of their records is read.
+    pub(super) fn record_assignment(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        list: &[(String, i32)],
+    ) -> Result<()> {
+        if list.is_empty() {
+            return Ok(());
+        }
+        self.commit(consumer)?;
+        let record = self.activation_record(&self.set, "assign", Some(list));
+        let key = self.set.hash();
+        self.transaction_of_its_own(|w| {
+            produce(&w.producer, &w.pattern_sets_topic, Some(0), Some(key.as_bytes()), Some(&record), None)
+        })
+        .map_err(|e| {
+            e.context(format!("cannot record the pattern set's activation in `{}`", self.pattern_sets_topic))
+        })?;
+        self.metrics.records_produced.with_label_values(&[Output::PatternSets.label()]).inc();
+        tracing::info!(set = %key, partitions = list.len(), topic = %self.pattern_sets_topic, "pattern set activation recorded");
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! A pattern reload (SIGHUP): the files compiled again and, if good, activated between two
+//! transactions, with the state of patterns that are gone deleted and the activation recorded.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rdkafka::consumer::BaseConsumer;
+
+use super::batch::init_metrics;
+use super::rebalance::GroupContext;
+use super::Output;
+use super::Worker;
+use crate::core::changelog::pattern_prefix;
+use crate::core::pattern_sets::{compile_files, set_hash};
+use crate::core::plan::build_plans;
+use crate::error::{Error, Result};
+use crate::io::kafka::produce;
+use crate::obs::metrics::Metrics;
+
+impl Worker {
+    /// Compiles the pattern files again and, if they are good, activates them at a transaction
+    /// boundary: the open transaction commits first, the state of patterns that are gone is
+    /// deleted (tombstones in the changelog, in a transaction of their own), patterns whose
+    /// content hash did not change keep their state, and new ones start at each partition's
+    /// watermark. A set that does not compile, or that would change which topics are read, is
+    /// refused and the running set stays. Errors are only those that stop the service.
+    pub(super) fn reload(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
+        let refuse = |m: &Metrics, why: String| {
+            m.pattern_reloads.with_label_values(&["failed"]).inc();
+            tracing::error!("pattern reload refused, the running patterns stay: {why}");
+        };
+        let src = &self.sources;
+        let mut diagnostics = Vec::new();
+        let compiled = compile_files(&src.pattern_paths, &src.catalog, &mut |d| diagnostics.push(d));
+        for d in &diagnostics {
+            tracing::error!("pattern reload: {d}");
+        }
+        let set = match compiled {
+            Ok(n) => n,
+            Err(e) => {
+                let why = match diagnostics.len() {
+                    0 => e.to_string(),
+                    n => format!("{n} error(s) in the pattern files (logged above, with file:line:column)"),
+                };
+                refuse(&self.metrics, why);
+                return Ok(());
+            }
+        };
+        let nfas = set.nfas.clone();
+        let plans = match build_plans(&src.streams, &src.config_path, &src.catalog, &nfas) {
+            Ok(p) => p,
+            Err(e) => {
+                refuse(&self.metrics, e.to_string());
+                return Ok(());
+            }
+        };
+        if !plans.keys().eq(self.plans.keys()) {
+            let (old, new): (Vec<_>, Vec<_>) = (self.plans.keys().collect(), plans.keys().collect());
+            refuse(
+                &self.metrics,
+                format!("the new set reads topics {new:?}, the running one {old:?}: restart the service to change the topics"),
+            );
+            return Ok(());
+        }
+        let running: Vec<Arc<engine::Nfa>> = self.plans.values().flat_map(|p| p.patterns.iter().cloned()).collect();
+        let (old_hash, new_hash) = (set_hash(&running), set.hash());
+        // Switch between transactions: everything read so far ran under the old set.
+        self.commit(consumer)?;
+        if self.in_txn {
+            return Err(Error::failed("the transaction before the reload did not commit"));
+        }
+        // Delete the stored state of the patterns that are gone, in this instance's partitions.
+        let kept: HashSet<&str> = nfas.iter().map(|n| n.meta.hash.as_str()).collect();
+        let mut deletes = Vec::new();
+        for (t, parts) in &self.parts {
+            let plan = &self.plans[t];
+            for p in parts.keys() {
+                for gone in plan.patterns.iter().filter(|n| !kept.contains(n.meta.hash.as_str())) {
+                    for (k, _) in self.store.scan(&pattern_prefix(t, *p, &gone.meta.hash))? {
+                        deletes.push((*p, k));
+                    }
+                }
+            }
+        }
+        // The deletes and the record of the new set's activation, in one transaction: the set
+        // takes effect at each partition's current position and watermark.
+        {
+            let record = self.activation_record(&set, "reload", None);
+            let key = set.hash();
+            let result = self.transaction_of_its_own(|w| {
+                for (p, k) in &deletes {
+                    produce(&w.producer, &w.changelog, Some(p % w.changelog_parts), Some(k), None, None)?;
+                }
+                produce(&w.producer, &w.pattern_sets_topic, Some(0), Some(key.as_bytes()), Some(&record), None)
+            });
+            if let Err(e) = result {
+                refuse(&self.metrics, format!("cannot record the new set and delete the removed patterns' state: {e}"));
+                return Ok(());
+            }
+            self.metrics.records_produced.with_label_values(&[Output::PatternSets.label()]).inc();
+        }
+        if !deletes.is_empty() {
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = deletes.into_iter().map(|(_, k)| (k, None)).collect();
+            self.store.apply(&records)?;
+            self.metrics.records_produced.with_label_values(&["changelog"]).inc_by(records.len() as u64);
+        }
+        for (t, parts) in &mut self.parts {
+            let plan = &plans[t];
+            *parts = std::mem::take(parts)
+                .into_iter()
+                .map(|(p, part)| (p, part.with_plan(plan.clone(), self.op_config)))
+                .collect();
+        }
+        // The metrics: pattern gauges of patterns that are gone, the information metrics.
+        let names: HashSet<&str> = nfas.iter().map(|n| n.meta.name.as_str()).collect();
+        for n in running.iter().filter(|n| !names.contains(n.meta.name.as_str())) {
+            let _ = self.metrics.active_partial_matches.remove_label_values(&[&n.meta.name]);
+            let _ = self.metrics.active_keys.remove_label_values(&[&n.meta.name]);
+        }
+        self.metrics.pattern_info.reset();
+        self.metrics.build_info.reset();
+        init_metrics(&self.metrics, &plans, self.sources.timeouts);
+        self.plans = plans;
+        self.set = set;
+        self.metrics.pattern_reloads.with_label_values(&["ok"]).inc();
+        let watermarks: Vec<String> = self
+            .parts
+            .iter()
+            .flat_map(|(t, m)| {
+                m.iter().map(move |(p, part)| format!("{t}/{p}@{}:{}", part.next_offset, part.watermark()))
+            })
+            .collect();
+        let versions: Vec<String> =
+            nfas.iter().map(|n| format!("{}@{}:{}", n.meta.name, n.meta.version, n.meta.hash)).collect();
+        tracing::info!(
+            from = %old_hash, to = %new_hash, patterns = %versions.join(" "), positions = %watermarks.join(" "),
+            "pattern set activated"
+        );
+        self.update_gauges(consumer);
+        Ok(())
+    }
+}

@@ -1,0 +1,21 @@
+//! Tools around the service: `tripline produce` (JSON-lines events to Avro records, schemas
+//! registered), `tail` (a topic's committed records), `export` (a stream's committed records,
+//! decoded, as JSON lines with their coordinates: the input of a replay) and `bench` (the
+//! engine's throughput on the FlinkCEP benchmark's input).
+
+pub mod bench;
+pub mod export;
+pub mod produce;
+pub mod tail;
+
+use std::path::{Path, PathBuf};
+
+use crate::core::config::{self, Config};
+use crate::error::Result;
+
+/// The configuration (the `--config` path, `$TRIPLINE_CONFIG` or ./tripline.toml) and its path.
+fn load(config: Option<&Path>) -> Result<(Config, PathBuf)> {
+    let path = config::locate(config)?;
+    let cfg = Config::load_with_env(&path)?;
+    Ok((cfg, path))
+}
