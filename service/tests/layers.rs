@@ -1,8 +1,9 @@
 //! The service's layers, checked: every `crate::` (and `super::`) path in `service/src` is an
 //! edge from the room of its file to the room it names, and each room may use only the rooms
-//! ARCHITECTURE.md's table "Layers of `service/src`" lists for it. No import cycles between
-//! rooms, nor between the files of one room (a room's `mod.rs` aside: its children use its
-//! types by nature).
+//! ARCHITECTURE.md's table "Layers of `service/src`" lists for it, and none of the paths its
+//! "never uses" column names (crates such as `rdkafka`, or `SystemTime::now`). No import cycles
+//! between rooms, nor between the files of one room (a room's `mod.rs` aside: its children use
+//! its types by nature).
 //!
 //! The table is the rule: change the architecture by changing the document, and this test
 //! follows.
@@ -31,8 +32,17 @@ struct Edge {
     line: usize,
 }
 
-/// Rooms and what each may use, read from the table under `heading`.
-fn rules(doc: &str, heading: &str) -> BTreeMap<String, BTreeSet<String>> {
+/// What a room may use (rooms) and must never use (paths).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Rule {
+    uses: BTreeSet<String>,
+    never: Vec<String>,
+}
+
+/// Rooms and their rules, read from the table under `heading` (the first cell names the room,
+/// the last the rooms it may use, the one before it, in a table of four columns, what it never
+/// uses).
+fn rules(doc: &str, heading: &str) -> BTreeMap<String, Rule> {
     let start = doc.find(heading).unwrap_or_else(|| panic!("ARCHITECTURE.md has no section {heading:?}"));
     let mut rules = BTreeMap::new();
     for line in doc[start..].lines().skip(1) {
@@ -46,7 +56,8 @@ fn rules(doc: &str, heading: &str) -> BTreeMap<String, BTreeSet<String>> {
         let Some(room) = ticked(cells[0]).into_iter().next() else { continue };
         let room = room.trim_end_matches('/').trim_end_matches(".rs").to_owned();
         let uses: BTreeSet<String> = ticked(cells[cells.len() - 1]).into_iter().collect();
-        rules.insert(room, uses);
+        let never = if cells.len() >= 4 { ticked(cells[cells.len() - 2]) } else { Vec::new() };
+        rules.insert(room, Rule { uses, never });
     }
     assert!(!rules.is_empty(), "the table under {heading:?} lists no rooms");
     rules
@@ -288,6 +299,26 @@ fn edges(m: &Module) -> Vec<Edge> {
     out
 }
 
+/// The lines where the code of `text` (not its comments or strings) names the path `path`, as
+/// a whole word (`rdkafka::x`, `std::time::SystemTime::now()`, but not `my_rdkafka`).
+fn mentions(text: &str, path: &str) -> Vec<usize> {
+    let code = code_only(text);
+    let mut lines = Vec::new();
+    for (n, line) in code.lines().enumerate() {
+        let mut from = 0;
+        while let Some(at) = line[from..].find(path).map(|i| i + from) {
+            let before = line[..at].chars().next_back();
+            let after = line[at + path.len()..].chars().next();
+            if !before.is_some_and(is_ident) && !after.is_some_and(is_ident) {
+                lines.push(n + 1);
+                break;
+            }
+            from = at + path.len();
+        }
+    }
+    lines
+}
+
 /// A cycle in `graph`, if any, as the nodes along it.
 fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     fn visit(
@@ -331,7 +362,7 @@ fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 
 /// Problems with `modules` under `rules` (rooms not in the table, forbidden edges, cycles), and
 /// the room-to-room edges found.
-fn check(modules: &[Module], rules: &BTreeMap<String, BTreeSet<String>>) -> (Vec<String>, BTreeSet<(String, String)>) {
+fn check(modules: &[Module], rules: &BTreeMap<String, Rule>) -> (Vec<String>, BTreeSet<(String, String)>) {
     const ROOTS: [&str; 2] = ["lib", "main"];
     let mut problems = Vec::new();
     let rooms: BTreeSet<String> =
@@ -351,13 +382,21 @@ fn check(modules: &[Module], rules: &BTreeMap<String, BTreeSet<String>>) -> (Vec
     let mut seen = BTreeSet::new();
     for m in modules {
         let Some(from_room) = m.path.first().filter(|r| !ROOTS.contains(&r.as_str())) else { continue };
+        for never in rules.get(from_room).map(|r| r.never.as_slice()).unwrap_or_default() {
+            for line in mentions(&m.text, never) {
+                problems.push(format!(
+                    "{}:{line}: `{from_room}` uses `{never}`, which ARCHITECTURE.md's layer table says it never uses",
+                    m.file
+                ));
+            }
+        }
         for e in edges(m) {
             let Some(to_room) = e.to.first() else { continue };
             if !rooms.contains(to_room) {
                 continue; // a path into an item of the root (none today) or an external crate
             }
             if to_room != from_room {
-                let allowed = rules.get(from_room).is_some_and(|uses| uses.contains(to_room)) || to_room == "error";
+                let allowed = rules.get(from_room).is_some_and(|r| r.uses.contains(to_room)) || to_room == "error";
                 if !allowed {
                     problems.push(format!(
                         "{}:{}: `{from_room}` uses `{to_room}` (crate::{}), which ARCHITECTURE.md's layer table \
@@ -408,11 +447,12 @@ fn the_service_follows_the_layers_of_architecture_md() {
 
 #[test]
 fn the_check_finds_forbidden_edges_and_cycles() {
-    let doc = "### Layers of `service/src`\n\n| room | what | may use |\n| --- | --- | --- |\n\
-               | `a/` | top | `b` |\n| `b/` | middle | `c` |\n| `c/` | bottom | — |\n";
+    let doc = "### Layers of `service/src`\n\n| room | what | never uses | may use |\n| --- | --- | --- | --- |\n\
+               | `a/` | top | — | `b` |\n| `b/` | middle | — | `c` |\n| `c/` | bottom | `rdkafka`, `SystemTime::now` | — |\n";
     let rules = rules(doc, HEADING);
-    assert_eq!(rules["a"], BTreeSet::from(["b".to_owned()]));
-    assert!(rules["c"].is_empty());
+    assert_eq!(rules["a"].uses, BTreeSet::from(["b".to_owned()]));
+    assert!(rules["c"].uses.is_empty());
+    assert_eq!(rules["c"].never, ["rdkafka", "SystemTime::now"]);
     let module = |path: &[&str], text: &str| Module {
         path: path.iter().map(|s| s.to_string()).collect(),
         file: format!("{}.rs", path.join("/")),
@@ -423,11 +463,14 @@ fn the_check_finds_forbidden_edges_and_cycles() {
         module(&["a", "one"], "use super::two::Y; // crate::c::forbidden in a comment\nlet s = \"crate::c::z\";\n"),
         module(&["a", "two"], "use crate::{b::{self, x}, error::Error};\n"),
         module(&["b"], "pub fn f() { crate::c::g() }\n"),
-        module(&["c"], "use super::error::Error;\n"),
+        module(
+            &["c"],
+            "use super::error::Error;\n// rdkafka::x in a comment, SystemTime::now too\nlet my_rdkafka = 1;\n",
+        ),
         module(&["error"], ""),
     ];
     let mut rules_with_error = rules.clone();
-    rules_with_error.insert("error".to_owned(), BTreeSet::new());
+    rules_with_error.insert("error".to_owned(), Rule::default());
     let (problems, edges) = check(&clean, &rules_with_error);
     assert!(problems.is_empty(), "{problems:?}");
     assert!(edges.contains(&("a".to_owned(), "b".to_owned())) && edges.contains(&("b".to_owned(), "c".to_owned())));
@@ -437,7 +480,7 @@ fn the_check_finds_forbidden_edges_and_cycles() {
         module(&["a", "one"], "use super::two::Y;\n"),
         module(&["a", "two"], "use crate::a::one::X;\n"),
         module(&["b"], "fn f() { crate::a::g(); }\n"),
-        module(&["c"], "use crate::{a::x, b::y};\n"),
+        module(&["c"], "use crate::{a::x, b::y};\nlet t = std::time::SystemTime::now();\nuse rdkafka::Offset;\n"),
         module(&["d"], ""),
         module(&["error"], ""),
     ];
@@ -450,6 +493,8 @@ fn the_check_finds_forbidden_edges_and_cycles() {
         "an import cycle between rooms: a -> b -> a",
         "an import cycle between the files of `a/`: one -> two -> one",
         "room `d` is not in ARCHITECTURE.md's layer table",
+        "c.rs:2: `c` uses `SystemTime::now`",
+        "c.rs:3: `c` uses `rdkafka`",
     ] {
         assert!(text.contains(want), "expected {want:?} in:\n{text}");
     }

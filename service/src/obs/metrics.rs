@@ -194,7 +194,7 @@ pub fn markdown_table() -> String {
 mod tests {
     use super::*;
 
-    const BEGIN: &str = "<!-- catalog: begin (generated from service/src/metrics.rs) -->\n";
+    const BEGIN: &str = "<!-- catalog: begin (generated from service/src/obs/metrics.rs) -->\n";
     const END: &str = "<!-- catalog: end -->";
 
     /// `docs/metrics.md` lists exactly the catalog. `UPDATE_DOCS=1` rewrites its table.
@@ -212,7 +212,9 @@ mod tests {
                 let new = format!("{}{BEGIN}{want}{}", &doc[..b], &doc[e..]);
                 std::fs::write(path, new).expect("write docs/metrics.md");
             } else {
-                panic!("docs/metrics.md is out of date with service/src/metrics.rs; rerun with UPDATE_DOCS=1\n{want}");
+                panic!(
+                    "docs/metrics.md is out of date with service/src/obs/metrics.rs; rerun with UPDATE_DOCS=1\n{want}"
+                );
             }
         }
     }
