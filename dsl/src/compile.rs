@@ -108,8 +108,10 @@ struct Compiler<'a> {
 }
 
 /// Compiles a checked pattern. Its content hash covers the compiled meaning (the dump), so
-/// comments and layout do not change it.
-pub fn compile(p: &CheckedPattern) -> Nfa {
+/// comments and layout do not change it. An error when the automaton is one the engine refuses
+/// to run (the checker refuses every such pattern it knows of; `compile_source` reports any
+/// other as a diagnostic rather than panic).
+pub fn compile(p: &CheckedPattern) -> Result<Nfa, engine::BuildError> {
     let mut c = Compiler {
         p,
         states: Vec::new(),
@@ -168,10 +170,9 @@ pub fn compile(p: &CheckedPattern) -> Nfa {
     for o in &p.outputs {
         b.add_output(o.name.clone(), o.expr.clone());
     }
-    let mut nfa =
-        b.build().unwrap_or_else(|e| panic!("compile: pattern `{}` compiled to an invalid automaton: {e}", p.name));
+    let mut nfa = b.build()?;
     nfa.meta.hash = content_hash(&nfa);
-    nfa
+    Ok(nfa)
 }
 
 /// The first 16 hex digits of the SHA-256 of the NFA dump (which does not include the hash).

@@ -66,11 +66,21 @@ pub fn compile_source(src: &SourceFile, catalog: &Catalog) -> Compiled {
     let checked = check::check_file(src, &parsed, catalog, &mut diagnostics);
     diagnostics.sort_by_key(|d| (d.line, d.column));
     diagnostics.dedup();
-    let patterns = if diagnostics.is_empty() {
-        checked.iter().map(|c| CompiledPattern { nfa: compile::compile(c), name_span: c.name_span }).collect()
-    } else {
-        Vec::new()
-    };
+    let mut patterns = Vec::new();
+    if diagnostics.is_empty() {
+        for c in &checked {
+            match compile::compile(c) {
+                Ok(nfa) => patterns.push(CompiledPattern { nfa, name_span: c.name_span }),
+                Err(e) => diagnostics.push(
+                    src.diag(c.name_span, "unsupported-pattern", format!("pattern `{}` cannot run: {e}", c.name))
+                        .with_hint("please report this pattern: the checker should have refused it with a reason"),
+                ),
+            }
+        }
+        if !diagnostics.is_empty() {
+            patterns.clear();
+        }
+    }
     Compiled { patterns, diagnostics }
 }
 

@@ -19,10 +19,8 @@
 //! - there is a final state, and every final state is empty: no edge, no variable, no window;
 //! - a stop state has exactly one edge, a TAKE to itself;
 //! - a TAKE edge leaves a state with a variable (the variable the event is taken into);
-//! - no PROCEED edge leads back to its own state (the runtime would follow it forever).
-//!
-//! Longer PROCEED cycles are not refused: the compiler makes one for a looping group whose
-//! elements are all optional.
+//! - PROCEED edges form no cycle (the runtime follows them without taking an event, so it
+//!   would loop for ever on one event).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -236,12 +234,13 @@ impl NfaBuilder {
                 return Err(BuildError::new(site, Kind::NoSuchState(edge.target)));
             }
             tables.cond(&edge.cond).map_err(|k| BuildError::new(site, k))?;
-            match edge.action {
-                Action::Proceed if edge.target == from => return Err(BuildError::new(site, Kind::ProceedToItself)),
-                Action::Take if source.var.is_none() => return Err(BuildError::new(site, Kind::TakeWithoutVariable)),
-                _ => {}
+            if edge.action == Action::Take && source.var.is_none() {
+                return Err(BuildError::new(site, Kind::TakeWithoutVariable));
             }
             states[from.index()].edges.push(edge);
+        }
+        if let Some(cycle) = proceed_cycle(&states) {
+            return Err(BuildError::new(Site::State(cycle[0]), Kind::ProceedCycle(cycle)));
         }
 
         let start = start.ok_or_else(|| BuildError::new(Site::Pattern, Kind::NoStart))?;
@@ -283,9 +282,53 @@ impl NfaBuilder {
     }
 }
 
+/// A cycle of PROCEED edges, if any, as the states along it (the first one repeated at the
+/// end). The runtime follows PROCEED edges without taking an event, so such a cycle would loop
+/// for ever on one event.
+fn proceed_cycle(states: &[State]) -> Option<Vec<StateId>> {
+    // Iterative depth-first search; 0: unseen, 1: on the path, 2: done.
+    let mut mark = vec![0u8; states.len()];
+    for root in 0..states.len() {
+        if mark[root] != 0 {
+            continue;
+        }
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        mark[root] = 1;
+        while let Some(&mut (s, ref mut next)) = path.last_mut() {
+            let proceeds: Vec<usize> =
+                states[s].edges.iter().filter(|e| e.action == Action::Proceed).map(|e| e.target.index()).collect();
+            if let Some(&t) = proceeds.get(*next) {
+                *next += 1;
+                match mark[t] {
+                    0 => {
+                        mark[t] = 1;
+                        path.push((t, 0));
+                    }
+                    1 => {
+                        let at = path.iter().position(|&(p, _)| p == t).unwrap_or(0);
+                        let mut cycle: Vec<StateId> = path[at..].iter().map(|&(p, _)| StateId(index(p))).collect();
+                        cycle.push(StateId(index(t)));
+                        return Some(cycle);
+                    }
+                    _ => {}
+                }
+            } else {
+                mark[s] = 2;
+                path.pop();
+            }
+        }
+    }
+    None
+}
+
 /// An index of a table whose length [`NfaBuilder::build`] checked against its id type.
 fn index<T: TryFrom<usize> + Default>(i: usize) -> T {
     T::try_from(i).unwrap_or_default()
+}
+
+/// `s1 -> s3 -> s1`.
+fn cycle_text(states: &[StateId]) -> String {
+    states.iter().map(|s| format!("s{}", s.0)).collect::<Vec<_>>().join(" -> ")
 }
 
 fn positive(ms: i64) -> Result<(), Kind> {
@@ -431,8 +474,8 @@ pub enum BuildErrorKind {
     StopNotSelfTake,
     #[error("a TAKE edge leaves a state without a variable to take the event into")]
     TakeWithoutVariable,
-    #[error("a PROCEED edge leads back to its own state")]
-    ProceedToItself,
+    #[error("PROCEED edges form a cycle ({}): the runtime would loop for ever without taking an event", cycle_text(.0))]
+    ProceedCycle(Vec<StateId>),
 }
 
 /// Where in the automaton a problem is.
@@ -750,7 +793,16 @@ mod tests {
 
         let mut p = valid();
         p.b.add_edge(p.sb, Action::Proceed, p.sb, Cond::True);
-        assert_refused(p.b, Kind::ProceedToItself, Site::Edge { from: StateId(1), index: 2 });
+        assert_refused(p.b, Kind::ProceedCycle(vec![StateId(1), StateId(1)]), Site::State(StateId(1)));
+
+        // A longer cycle: s1 -> (group) -> s1, each by PROCEED.
+        let mut p = valid();
+        let group = p.b.add_state("(group)", None, StateKind::Normal);
+        p.b.add_edge(p.sb, Action::Proceed, group, Cond::True);
+        p.b.add_edge(group, Action::Proceed, p.sb, Cond::True);
+        let err = p.b.build().expect_err("a cycle");
+        assert_eq!(err.kind(), &Kind::ProceedCycle(vec![StateId(1), StateId(3), StateId(1)]));
+        assert!(err.to_string().contains("PROCEED edges form a cycle (s1 -> s3 -> s1)"), "{err}");
     }
 
     #[test]

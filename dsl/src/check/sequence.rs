@@ -75,7 +75,29 @@ impl Checker<'_> {
         let window_ms = self.element_window(el, contiguity, in_group);
         let kind = self.element_kind(el, negated, in_loop || times.is_some())?;
         let optional = optional || quantified_optional;
+        if let (RKind::Group(inner_seq), Some((_, None))) = (&kind, times) {
+            if inner_seq.iter().all(|e| self.takes_nothing_possibly(e)) {
+                self.err_hint(
+                    el.span,
+                    "empty-loop",
+                    "this group repeats, but every element in it may take no event: it could repeat for ever \
+                     without taking one",
+                    "make one element of the group required (drop its `?`, `*` or `optional`), or move the \
+                     optional elements out of the group",
+                );
+            }
+        }
         Some(RElement { kind, contiguity, times, optional, greedy, inner, window_ms })
+    }
+
+    /// Whether a resolved element can be passed without taking an event: it is optional, a
+    /// negation, or a group of such elements.
+    fn takes_nothing_possibly(&self, e: &RElement) -> bool {
+        e.optional
+            || match &e.kind {
+                RKind::Var(v) => self.vars.get(v.index()).is_some_and(|d| d.negated),
+                RKind::Group(seq) => seq.iter().all(|e| self.takes_nothing_possibly(e)),
+            }
     }
 
     /// The repetition an element's quantifier asks for (none: exactly once).
