@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use engine::runtime::{Key, MatchEvents};
-use engine::{Cond, Event, Nfa, VarId};
+use engine::{Cond, Event, Nfa, StateId, VarId};
 use serde_json::Value as Json;
 
 use crate::core::alert::alert_id;
@@ -38,6 +38,46 @@ fn int_field(alert: &Json, name: &str) -> Result<i64, Error> {
 /// alert does not name are ignored. An error when an event is missing, when the alert is not
 /// this pattern's (name, content hash), or when the events are not the alert's (key, id).
 pub fn alert(nfa: &Nfa, topic: &str, alert: &Json, events: &[Arc<Event>]) -> Result<String, Error> {
+    check_pattern(nfa, alert)?;
+    let id = str_field(alert, "alert_id")?;
+    let key = str_field(alert, "key")?;
+    let ts = int_field(alert, "ts")?;
+    let partition = int_field(alert, "partition")?;
+    let partition =
+        i32::try_from(partition).map_err(|_| Error::usage(format!("the alert's partition {partition} is not one")))?;
+    let matched =
+        field(alert, "match")?.as_object().ok_or_else(|| Error::usage("the alert's `match` is not an object"))?;
+    let taken = taken_events(nfa, topic, matched, partition, key, events)?;
+    let all = view_of(&taken);
+    let body = engine::alert::body(nfa, &all);
+    let key_value = Key::of(taken[0].1.field(nfa.meta.key));
+    let expected_id = alert_id(nfa, &key_value, &body.matched);
+    if expected_id != id {
+        return Err(Error::usage(format!(
+            "the alert id {id} does not belong to these events under this pattern (they give {expected_id})"
+        )));
+    }
+
+    let mut o = String::new();
+    write_head(&mut o, nfa, id, key, ts, &taken, &body.matched);
+    let mut state = nfa.start;
+    for i in 0..taken.len() {
+        state = write_event(&mut o, nfa, topic, &taken, i, state);
+    }
+    let message = str_field(alert, "message")?;
+    let _ = writeln!(o, "\nMessage: {message}");
+    if body.message != message {
+        let _ = writeln!(
+            o,
+            "PROBLEM: these events give the message \"{}\": they are not the events the service matched.",
+            body.message
+        );
+    }
+    Ok(o)
+}
+
+/// The alert is of this pattern, and of this version of it (its content hash).
+fn check_pattern(nfa: &Nfa, alert: &Json) -> Result<(), Error> {
     let m = &nfa.meta;
     let pattern = str_field(alert, "pattern")?;
     if pattern != m.name {
@@ -53,16 +93,20 @@ pub fn alert(nfa: &Nfa, topic: &str, alert: &Json, events: &[Arc<Event>]) -> Res
             m.version
         )));
     }
-    let id = str_field(alert, "alert_id")?;
-    let key = str_field(alert, "key")?;
-    let ts = int_field(alert, "ts")?;
-    let partition = int_field(alert, "partition")?;
-    let partition =
-        i32::try_from(partition).map_err(|_| Error::usage(format!("the alert's partition {partition} is not one")))?;
-    let matched =
-        field(alert, "match")?.as_object().ok_or_else(|| Error::usage("the alert's `match` is not an object"))?;
+    Ok(())
+}
 
-    // The named events, checked.
+/// The events the alert's `match` names (offsets per step), found among `events` and checked
+/// to be of the alert's key, in the order the engine took them.
+fn taken_events(
+    nfa: &Nfa,
+    topic: &str,
+    matched: &serde_json::Map<String, Json>,
+    partition: i32,
+    key: &str,
+    events: &[Arc<Event>],
+) -> Result<Vec<(VarId, Arc<Event>)>, Error> {
+    let m = &nfa.meta;
     let mut taken: Vec<(VarId, Arc<Event>)> = Vec::new();
     for (name, offsets) in matched {
         let var =
@@ -98,17 +142,21 @@ pub fn alert(nfa: &Nfa, topic: &str, alert: &Json, events: &[Arc<Event>]) -> Res
         return Err(Error::usage("the alert's `match` names no event"));
     }
     taken.sort_by_key(|(_, e)| (e.ts, e.seq));
-    let all = view_of(&taken);
-    let body = engine::alert::body(nfa, &all);
-    let key_value = Key::of(taken[0].1.field(m.key));
-    let expected_id = alert_id(nfa, &key_value, &body.matched);
-    if expected_id != id {
-        return Err(Error::usage(format!(
-            "the alert id {id} does not belong to these events under this pattern (they give {expected_id})"
-        )));
-    }
+    Ok(taken)
+}
 
-    let mut o = String::new();
+/// The alert's heading: the pattern, the key, the time and the events. `matched`: the events'
+/// `seq`s per step, as the alert body has them.
+fn write_head(
+    o: &mut String,
+    nfa: &Nfa,
+    id: &str,
+    key: &str,
+    ts: i64,
+    taken: &[(VarId, Arc<Event>)],
+    matched: &[(String, Vec<u64>)],
+) {
+    let m = &nfa.meta;
     let mode = if m.mode == engine::Mode::Shadow { "shadow" } else { "live" };
     let _ = writeln!(o, "Alert {id}");
     let _ = writeln!(
@@ -122,78 +170,83 @@ pub fn alert(nfa: &Nfa, topic: &str, alert: &Json, events: &[Arc<Event>]) -> Res
     let _ = writeln!(o, "  about:    {}", m.description);
     let _ = writeln!(o, "  key:      {key} ({})", nfa.field_name(m.key));
     let _ = writeln!(o, "  time:     {} (event time of the match)", fmt_time(ts));
-    let counts: Vec<String> = body.matched.iter().map(|(v, l)| format!("{v}: {}", l.len())).collect();
+    let counts: Vec<String> = matched.iter().map(|(v, l)| format!("{v}: {}", l.len())).collect();
     let _ = writeln!(
         o,
         "  events:   {} ({}), in the order the engine took them (event time, then offset)",
         taken.len(),
         counts.join(", ")
     );
+}
 
-    let mut state = nfa.start;
+/// Event `i` of `taken`, taken by a partial match waiting in `state`: the step that took it,
+/// its guard with the values it read, and the windows. Returns the state after it.
+fn write_event(
+    o: &mut String,
+    nfa: &Nfa,
+    topic: &str,
+    taken: &[(VarId, Arc<Event>)],
+    i: usize,
+    state: StateId,
+) -> StateId {
+    let (var, event) = &taken[i];
     let n = taken.len();
-    for (i, (var, event)) in taken.iter().enumerate() {
-        let view = view_of(&taken[..i]);
-        let nth = taken[..i].iter().filter(|(v, _)| v == var).count() + 1;
-        let of_var = taken.iter().filter(|(v, _)| v == var).count();
-        let which = if of_var > 1 { format!(" ({} of its {of_var} events)", ordinal(nth)) } else { String::new() };
-        let _ = writeln!(o, "\nEvent {}/{n}: {}{which}", i + 1, step(nfa, *var));
-        let _ = writeln!(o, "  source:   {}", coord(topic, event.seq));
-        let _ = writeln!(o, "  time:     {}", fmt_time(event.ts));
-        let Some((from, edge)) = find_take(nfa, state, *var, event, &view) else {
-            let _ = writeln!(
-                o,
-                "  PROBLEM: the pattern has no step that takes an event into {} here: this is not the \
-                 automaton the engine ran",
-                nfa.var_name(*var)
-            );
-            continue;
-        };
-        write_guard(&mut o, nfa, &edge.cond, event, &view);
-        let holds = edge.cond.holds(&nfa.conditions, event, &view);
-        if holds {
-            o.push_str("  holds:    true\n");
-        } else {
-            o.push_str(
-                "  holds:    FALSE: the engine could not have taken this event with this pattern. The events \
-                 differ from those the service matched, or this is a bug: please report it.\n",
-            );
-        }
-        // Windows, as the engine checks them: the partial match times out when the time since the
-        // first (or previous) event reaches the window, so the event must come strictly before.
-        let (first, prev) = (&taken[0].1, i.checked_sub(1).map(|p| &taken[p].1));
-        if let (Some(w), true) = (nfa.window_ms, i > 0) {
-            let since = event.ts - first.ts;
-            let _ = writeln!(
-                o,
-                "  window:   within {} of the first event: {} after event 1 ({})",
-                fmt_duration(w),
-                fmt_duration(since),
-                inside(since, w)
-            );
-        }
-        if let (Some(w), Some(prev)) = (nfa.state(from).window_ms, prev) {
-            let since = event.ts - prev.ts;
-            let _ = writeln!(
-                o,
-                "  window:   within {} of the previous event: {} after event {i} ({})",
-                fmt_duration(w),
-                fmt_duration(since),
-                inside(since, w)
-            );
-        }
-        state = edge.target;
-    }
-    let message = str_field(alert, "message")?;
-    let _ = writeln!(o, "\nMessage: {message}");
-    if body.message != message {
+    let view = view_of(&taken[..i]);
+    let nth = taken[..i].iter().filter(|(v, _)| v == var).count() + 1;
+    let of_var = taken.iter().filter(|(v, _)| v == var).count();
+    let which = if of_var > 1 { format!(" ({} of its {of_var} events)", ordinal(nth)) } else { String::new() };
+    let _ = writeln!(o, "\nEvent {}/{n}: {}{which}", i + 1, step(nfa, *var));
+    let _ = writeln!(o, "  source:   {}", coord(topic, event.seq));
+    let _ = writeln!(o, "  time:     {}", fmt_time(event.ts));
+    let Some((from, edge)) = find_take(nfa, state, *var, event, &view) else {
         let _ = writeln!(
             o,
-            "PROBLEM: these events give the message \"{}\": they are not the events the service matched.",
-            body.message
+            "  PROBLEM: the pattern has no step that takes an event into {} here: this is not the \
+             automaton the engine ran",
+            nfa.var_name(*var)
+        );
+        return state;
+    };
+    write_guard(o, nfa, &edge.cond, event, &view);
+    let holds = edge.cond.holds(&nfa.conditions, event, &view);
+    if holds {
+        o.push_str("  holds:    true\n");
+    } else {
+        o.push_str(
+            "  holds:    FALSE: the engine could not have taken this event with this pattern. The events \
+             differ from those the service matched, or this is a bug: please report it.\n",
         );
     }
-    Ok(o)
+    write_windows(o, nfa, from, taken, i);
+    edge.target
+}
+
+/// Windows, as the engine checks them: the partial match times out when the time since the
+/// first (or previous) event reaches the window, so event `i` must come strictly before.
+/// `from`: the state whose TAKE edge took it.
+fn write_windows(o: &mut String, nfa: &Nfa, from: StateId, taken: &[(VarId, Arc<Event>)], i: usize) {
+    let event = &taken[i].1;
+    let (first, prev) = (&taken[0].1, i.checked_sub(1).map(|p| &taken[p].1));
+    if let (Some(w), true) = (nfa.window_ms, i > 0) {
+        let since = event.ts - first.ts;
+        let _ = writeln!(
+            o,
+            "  window:   within {} of the first event: {} after event 1 ({})",
+            fmt_duration(w),
+            fmt_duration(since),
+            inside(since, w)
+        );
+    }
+    if let (Some(w), Some(prev)) = (nfa.state(from).window_ms, prev) {
+        let since = event.ts - prev.ts;
+        let _ = writeln!(
+            o,
+            "  window:   within {} of the previous event: {} after event {i} ({})",
+            fmt_duration(w),
+            fmt_duration(since),
+            inside(since, w)
+        );
+    }
 }
 
 fn inside(since: i64, window: i64) -> &'static str {

@@ -16,7 +16,7 @@ use super::text::{
     cond_text, coord, fmt_duration, part_reads, part_text, part_value, parts, reads_event, shown_values, step, verdict,
     Shown,
 };
-use super::walk::{in_order, state_after, view_of, waiting};
+use super::walk::{in_order, state_after, view_of, waiting, Waiting};
 
 /// At most this many events are listed per list (the rest are counted).
 const LIST_LIMIT: usize = 10;
@@ -44,9 +44,30 @@ struct Report<'a> {
 
 impl Report<'_> {
     fn write(&self) -> String {
-        let (nfa, m) = (self.nfa, &self.nfa.meta);
         let parts = self.partitions;
         let mut o = String::new();
+        let on_time: usize = parts.values().map(|p| p.events.len()).sum();
+        let late: usize = parts.values().map(|p| p.late.len()).sum();
+        let matches: usize = parts.values().map(|p| p.matches.len()).sum();
+        self.write_head(&mut o, on_time, late, matches);
+        self.write_range_end(&mut o, on_time + late > 0);
+        if on_time + late == 0 {
+            return o;
+        }
+        self.write_alerts(&mut o, matches);
+        self.write_funnel(&mut o, on_time, matches);
+        self.write_timeouts(&mut o);
+        self.write_discarded(&mut o);
+        let open = self.write_open(&mut o);
+        self.write_late(&mut o, late);
+        self.write_not_listed(&mut o, open);
+        o
+    }
+
+    /// The key and the pattern, the result, and what the range held.
+    fn write_head(&self, o: &mut String, on_time: usize, late: usize, matches: usize) {
+        let (nfa, m) = (self.nfa, &self.nfa.meta);
+        let parts = self.partitions;
         let _ = writeln!(
             o,
             "Key {} ({}) under pattern {} version {} (hash {})",
@@ -58,9 +79,6 @@ impl Report<'_> {
         );
         let _ = writeln!(o, "  {:?}", m.description);
         let read: u64 = parts.values().map(|p| p.read).sum();
-        let on_time: usize = parts.values().map(|p| p.events.len()).sum();
-        let late: usize = parts.values().map(|p| p.late.len()).sum();
-        let matches: usize = parts.values().map(|p| p.matches.len()).sum();
         let names: Vec<String> = parts.keys().map(|p| p.to_string()).collect();
         let plural = if names.len() == 1 { "" } else { "s" };
 
@@ -80,6 +98,12 @@ impl Report<'_> {
             names.join(", "),
             on_time + late
         );
+    }
+
+    /// Whether time ran to its end (or what the pattern has not seen yet), and that partitions
+    /// stay apart (when there are several and the key has events).
+    fn write_range_end(&self, o: &mut String, any_events: bool) {
+        let parts = self.partitions;
         if self.open_end {
             o.push_str("Open end: the input goes on, so the windows still open stay open.\n");
             for (p, part) in parts {
@@ -95,38 +119,41 @@ impl Report<'_> {
                 for e in waiting.iter().take(LIST_LIMIT) {
                     let _ = writeln!(o, "  {} at {}", coord(self.topic, e.seq), fmt_time(e.ts));
                 }
-                more(&mut o, waiting.len(), "  ");
+                more(o, waiting.len(), "  ");
             }
         } else {
             o.push_str("The range ends at the end of time: every window closed.\n");
         }
-        if parts.len() > 1 && on_time + late > 0 {
+        if parts.len() > 1 && any_events {
             o.push_str(
                 "The service keeps each partition's state apart; so does this trace (a match never spans \
                  partitions).\n",
             );
         }
-        if on_time + late == 0 {
-            return o;
-        }
+    }
 
-        // Alerts.
+    /// The key's alerts, with their events and messages.
+    fn write_alerts(&self, o: &mut String, matches: usize) {
+        let nfa = self.nfa;
         if matches > 0 {
             let _ = writeln!(o, "\nAlerts ({matches}):");
             let mut n = 0;
-            for part in parts.values() {
+            for part in self.partitions.values() {
                 for (ts, events) in &part.matches {
                     n += 1;
                     let body = engine::alert::body(nfa, events);
                     let id = alert_id(nfa, self.key, &body.matched);
                     let _ = writeln!(o, "  #{n} alert {id} at {}", fmt_time(*ts));
-                    self.write_taken(&mut o, events, "     ");
+                    self.write_taken(o, events, "     ");
                     let _ = writeln!(o, "     message: {}", body.message);
                 }
             }
         }
+    }
 
-        // Funnel.
+    /// How many partial matches reached each step; why none started, if none did.
+    fn write_funnel(&self, o: &mut String, on_time: usize, matches: usize) {
+        let (nfa, parts) = (self.nfa, self.partitions);
         let _ = writeln!(o, "\nFunnel (partial matches of this key that reached each step):");
         let steps: Vec<usize> = (0..nfa.vars.len()).filter(|&i| !nfa.vars[i].negated).collect();
         let labels: Vec<String> = steps.iter().map(|&i| step(nfa, VarId(i as u16))).collect();
@@ -146,10 +173,13 @@ impl Report<'_> {
         let started: u64 =
             steps.first().map_or(0, |&i| parts.values().map(|p| p.op.funnel().get(i).copied().unwrap_or(0)).sum());
         if started == 0 && on_time > 0 {
-            self.write_never_started(&mut o);
+            self.write_never_started(o);
         }
+    }
 
-        // Timed out.
+    /// The partial matches that timed out.
+    fn write_timeouts(&self, o: &mut String) {
+        let (nfa, parts) = (self.nfa, self.partitions);
         let timeouts: usize = parts.values().map(|p| p.timeouts.len()).sum();
         if timeouts == 0 {
             o.push_str("\nTimed-out partial matches: none\n");
@@ -167,12 +197,15 @@ impl Report<'_> {
                 let state = state_after(nfa, &taken);
                 let start = taken.first().map_or(0, |(_, e)| e.ts);
                 let _ = writeln!(o, "  #{n} started {}; its window closed at {}", fmt_time(start), fmt_time(*closed));
-                self.write_partial(&mut o, part, state, &taken, Some(*closed), true);
+                self.write_partial(o, part, state, &taken, Some(*closed), true);
             }
         }
-        more(&mut o, timeouts, "  ");
+        more(o, timeouts, "  ");
+    }
 
-        // Discarded.
+    /// The partial matches that ended without a match or a timeout, and why.
+    fn write_discarded(&self, o: &mut String) {
+        let (nfa, parts) = (self.nfa, self.partitions);
         let discarded: usize = parts.values().map(|p| p.discarded.len()).sum();
         if discarded == 0 {
             o.push_str("\nPartial matches discarded on the way: none\n");
@@ -192,14 +225,19 @@ impl Report<'_> {
                     let _ =
                         writeln!(o, "      {}: {} at {}", step(nfa, *var), coord(self.topic, e.seq), fmt_time(e.ts));
                 }
-                self.write_reason(&mut o, part, d.state, &view_of(&d.taken), &d.reason);
+                self.write_reason(o, part, d.state, &view_of(&d.taken), &d.reason);
             }
         }
-        more(&mut o, discarded, "  ");
+        more(o, discarded, "  ");
+    }
 
-        // Still open.
-        let open: Vec<(&PartitionTrace, PartialView)> =
-            parts.values().flat_map(|p| p.op.partial_matches(self.key).into_iter().map(move |v| (p, v))).collect();
+    /// The partial matches still open at the end; whether there are any.
+    fn write_open(&self, o: &mut String) -> bool {
+        let open: Vec<(&PartitionTrace, PartialView)> = self
+            .partitions
+            .values()
+            .flat_map(|p| p.op.partial_matches(self.key).into_iter().map(move |v| (p, v)))
+            .collect();
         if open.is_empty() {
             o.push_str("\nPartial matches still open at the end: none\n");
         } else {
@@ -213,16 +251,19 @@ impl Report<'_> {
                 None => "no window: it stays open until it completes".to_owned(),
             };
             let _ = writeln!(o, "  #{} started {}; {closes}", n + 1, fmt_time(view.start_ts));
-            self.write_partial(&mut o, part, view.state, &taken, close, false);
+            self.write_partial(o, part, view.state, &taken, close, false);
         }
-        more(&mut o, open.len(), "  ");
+        more(o, open.len(), "  ");
+        !open.is_empty()
+    }
 
-        // Late.
+    /// The key's late events, which the pattern skipped.
+    fn write_late(&self, o: &mut String, late: usize) {
         if late == 0 {
             o.push_str("\nLate events of the key: none\n");
         } else {
             let _ = writeln!(o, "\nLate events of the key (skipped, as the service skips them): {late}");
-            let all: Vec<&(Arc<Event>, i64)> = parts.values().flat_map(|p| &p.late).collect();
+            let all: Vec<&(Arc<Event>, i64)> = self.partitions.values().flat_map(|p| &p.late).collect();
             for (e, wm) in all.iter().take(LIST_LIMIT) {
                 let _ = writeln!(
                     o,
@@ -232,20 +273,23 @@ impl Report<'_> {
                     fmt_time(*wm)
                 );
             }
-            more(&mut o, all.len(), "  ");
+            more(o, all.len(), "  ");
         }
+    }
+
+    /// What the trace cannot see. `open`: partial matches are still open at the end.
+    fn write_not_listed(&self, o: &mut String, open: bool) {
         o.push_str(
             "\nNot listed: partial matches that started and ended while the watermark passed several events \
              of the key at once (the trace compares the key's partial matches after each step of the \
              watermark).\n",
         );
-        if !open.is_empty() && nfa.skip != engine::SkipStrategy::NoSkip {
+        if open && self.nfa.skip != engine::SkipStrategy::NoSkip {
             o.push_str(
                 "Nor is a match the skip strategy holds back while an earlier-started partial match is still \
                  open (if there is one): the service emits it when that partial match ends.\n",
             );
         }
-        o
     }
 
     /// Why a partial match waiting in `state` (having taken `view`) was discarded.
@@ -333,43 +377,13 @@ impl Report<'_> {
         timed_out: bool,
     ) {
         let nfa = self.nfa;
-        let waits = if timed_out { "it waited for" } else { "it waits for" };
         o.push_str("    events taken:\n");
         for (var, e) in taken {
             let _ = writeln!(o, "      {}: {} at {}", step(nfa, *var), coord(self.topic, e.seq), fmt_time(e.ts));
         }
         let view = view_of(taken);
         let w = waiting(nfa, state);
-        if w.pending {
-            let _ = writeln!(o, "    {waits} its window to pass without the `not followed by` element");
-        }
-        for (var, cond) in &w.takes {
-            let more = match w.more {
-                Some(1) => " (1 more event completes a match)".to_owned(),
-                Some(n) if n > 1 => format!(" (at least {n} more events to a match)"),
-                _ => String::new(),
-            };
-            let _ = writeln!(o, "    {waits} {}{more}, which needs:", step(nfa, *var));
-            let mut lines = Vec::new();
-            parts(nfa, cond, &mut lines);
-            let mut shown = Vec::new();
-            for p in &lines {
-                let _ = writeln!(o, "      {}", part_text(nfa, *p));
-                part_reads(nfa, *p, &mut shown);
-            }
-            // What its events fix already (e.g. the amount a debit must reach).
-            let fixed: Vec<Shown<'_>> = shown
-                .into_iter()
-                .filter(|s| matches!(s, Shown::Expr(e) if e.reads_match() && !reads_event(e)))
-                .collect();
-            let values = shown_values(nfa, &fixed, None, &view);
-            if !values.is_empty() {
-                let _ = writeln!(o, "    given its events: {}", values.join(", "));
-            }
-        }
-        for (var, cond) in &w.forbidden {
-            let _ = writeln!(o, "    the `not` element {} would end it: {}", nfa.var_name(*var), cond_text(nfa, cond));
-        }
+        self.write_waits(o, &w, &view, timed_out);
         // The key's events it saw after its last one (and before its window closed): none took it on.
         let Some((_, last)) = taken.last() else { return };
         let wm = part.op.watermark();
@@ -394,14 +408,66 @@ impl Report<'_> {
             }
             more(o, seen.len(), "      ");
         }
-        // Too late: the key's next event after the window closed, and whether it would have fitted.
-        let Some(close) = close.filter(|_| timed_out) else { return };
+        if let Some(close) = close.filter(|_| timed_out) {
+            self.write_too_late(o, part, close, &w.takes, &view);
+        }
+    }
+
+    /// What a partial match that took `view` waits for: the steps that would take it on (with
+    /// what its events fix already), time to pass, the `not` elements that would end it.
+    fn write_waits(&self, o: &mut String, w: &Waiting<'_>, view: &MatchEvents, timed_out: bool) {
+        let nfa = self.nfa;
+        let waits = if timed_out { "it waited for" } else { "it waits for" };
+        if w.pending {
+            let _ = writeln!(o, "    {waits} its window to pass without the `not followed by` element");
+        }
+        for (var, cond) in &w.takes {
+            let more = match w.more {
+                Some(1) => " (1 more event completes a match)".to_owned(),
+                Some(n) if n > 1 => format!(" (at least {n} more events to a match)"),
+                _ => String::new(),
+            };
+            let _ = writeln!(o, "    {waits} {}{more}, which needs:", step(nfa, *var));
+            let mut lines = Vec::new();
+            parts(nfa, cond, &mut lines);
+            let mut shown = Vec::new();
+            for p in &lines {
+                let _ = writeln!(o, "      {}", part_text(nfa, *p));
+                part_reads(nfa, *p, &mut shown);
+            }
+            // What its events fix already (e.g. the amount a debit must reach).
+            let fixed: Vec<Shown<'_>> = shown
+                .into_iter()
+                .filter(|s| matches!(s, Shown::Expr(e) if e.reads_match() && !reads_event(e)))
+                .collect();
+            let values = shown_values(nfa, &fixed, None, view);
+            if !values.is_empty() {
+                let _ = writeln!(o, "    given its events: {}", values.join(", "));
+            }
+        }
+        for (var, cond) in &w.forbidden {
+            let _ = writeln!(o, "    the `not` element {} would end it: {}", nfa.var_name(*var), cond_text(nfa, cond));
+        }
+    }
+
+    /// Too late: the key's next event after the window closed (at `close`), and whether it
+    /// would have fitted.
+    fn write_too_late(
+        &self,
+        o: &mut String,
+        part: &PartitionTrace,
+        close: i64,
+        takes: &[(VarId, &Cond)],
+        view: &MatchEvents,
+    ) {
+        let nfa = self.nfa;
+        let wm = part.op.watermark();
         let Some(next) = part.events.iter().filter(|e| e.ts >= close && e.ts <= wm).min_by_key(|e| (e.ts, e.seq))
         else {
             return;
         };
         let fits: Vec<String> =
-            w.takes.iter().filter(|(_, c)| c.holds(&nfa.conditions, next, &view)).map(|(v, _)| step(nfa, *v)).collect();
+            takes.iter().filter(|(_, c)| c.holds(&nfa.conditions, next, view)).map(|(v, _)| step(nfa, *v)).collect();
         let verdict = if fits.is_empty() {
             "it would not have fitted either".to_owned()
         } else {
