@@ -17,15 +17,16 @@
 //!
 //! The files, in layers (a file uses only those listed before it): `text.rs` (how things are
 //! written: times, steps, guards and their values), `walk.rs` (walking the automaton),
-//! `alert.rs` (one alert), `key.rs` (one key over a range), `report.rs` (the key's report),
-//! `find.rs` (finding the alert, the pattern version and the records for `tripline explain`).
-//! The tests share `fixtures.rs`.
+//! `alert.rs` (one alert), `key.rs` (one key over a range), `partial.rs` (one partial match of
+//! the key, written), `report.rs` (the key's report), `find.rs` (finding the alert, the pattern
+//! version and the records for `tripline explain`). The tests share `fixtures.rs`.
 
 mod alert;
 mod find;
 #[cfg(test)]
 mod fixtures;
 mod key;
+mod partial;
 mod report;
 mod text;
 mod walk;
