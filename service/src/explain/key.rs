@@ -186,7 +186,7 @@ impl KeyTrace {
 
     /// Every event of the pattern's stream (all keys: they move the watermark), in offset order
     /// per partition (partitions may interleave): the events the service admitted (decoded,
-    /// `pipeline::admit`), each with `seq` = [`seq_of`](crate::core::coords::seq_of)`(partition, offset)`.
+    /// [`admit`](crate::core::plan::admit)), each with `seq` = [`seq_of`](crate::core::coords::seq_of)`(partition, offset)`.
     pub fn feed(&mut self, partition: i32, event: Arc<Event>) {
         let (nfa, config) = (&self.nfa, self.config);
         let part = self.partitions.entry(partition).or_insert_with(|| {
