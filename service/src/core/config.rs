@@ -477,6 +477,28 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_parsed_once_when_the_file_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.toml");
+        let write = |text: &str| std::fs::write(&path, text).expect("written");
+        write("[streams.p]\ntopic = 'p'\nschema = 'p.avsc'\nmax_out_of_orderness = '5s'\n[service]\ncommit_interval = '250ms'\n");
+        let cfg = Config::load(&path).expect("valid");
+        assert_eq!(cfg.commit_interval_ms(), 250);
+        assert_eq!(cfg.streams["p"].max_out_of_orderness, Some(Millis(5_000)));
+        // A bad duration is an error that says where, at load (not a default later).
+        write("[service]\ncommit_interval = 'soon'\n");
+        let e = Config::load(&path).expect_err("not a duration");
+        assert_eq!(e.kind(), Kind::Usage);
+        let text = e.to_string();
+        assert!(text.contains("line 2") && text.contains("`soon` is not a duration"), "{text}");
+        // Through an environment override: the message names the key.
+        let mut doc: toml::Table = toml::from_str("").expect("toml");
+        apply_env(&mut doc, [("TRIPLINE_COMMIT_INTERVAL".to_owned(), "soon".to_owned())].into_iter()).expect("env");
+        let e = doc.try_into::<Config>().expect_err("not a duration").to_string();
+        assert!(e.contains("service.commit_interval") && e.contains("`soon` is not a duration"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err =
             toml::from_str::<Config>("[streams.p]\ntopic='p'\nschema='x'\ntimestamp='t'\n").expect_err("unknown key");
