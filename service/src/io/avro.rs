@@ -124,14 +124,16 @@ impl AvroIn {
         cancel: &dyn Fn() -> bool,
         mut decode: impl FnMut(&mut AvroIn) -> Result<T, DecodeError>,
     ) -> Result<Retried<T>, Error> {
-        let started = Instant::now();
+        // The clock is read only once the registry has failed to answer (not per record).
+        let mut started: Option<Instant> = None;
         let mut wait = Duration::from_millis(100);
         loop {
             match decode(self) {
                 Ok(e) => return Ok(Retried::Decoded(e)),
                 Err(DecodeError::Reject(r)) => return Ok(Retried::Rejected(r)),
                 Err(DecodeError::Unavailable(why)) => {
-                    if give_up_after.is_some_and(|limit| started.elapsed() >= limit) {
+                    let since = *started.get_or_insert_with(Instant::now);
+                    if give_up_after.is_some_and(|limit| since.elapsed() >= limit) {
                         return Err(Error::usage(format!(
                             "the schema registry at {} does not answer: {why}",
                             self.registry_url
