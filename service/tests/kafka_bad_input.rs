@@ -8,16 +8,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
-use common::{assert_same, by_id, log_tail, write_config, DevEnv, Service};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use common::{assert_same, by_id, log_tail, records, write_config, DevEnv, Service};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use schema_registry_converter::blocking::schema_registry::{post_schema, SrSettings};
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
@@ -29,42 +26,6 @@ fn register(env: &DevEnv, subject: &str, schema: &str) -> u32 {
 }
 
 /// (topic, partition, offset) -> headers, for every record of `topic`.
-fn records(env: &DevEnv, topic: &str) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.bootstrap)
-        .set("group.id", "bad-input-reader")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("consumer");
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    let parts = md.topics()[0].partitions().len();
-    for p in 0..parts as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let mut eof = 0;
-    let start = std::time::Instant::now();
-    while eof < parts && start.elapsed() < Duration::from_secs(30) {
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let mut h = BTreeMap::new();
-                if let Some(hs) = m.headers() {
-                    for x in hs.iter() {
-                        h.insert(x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned());
-                    }
-                }
-                out.push((h, m.payload().unwrap_or_default().to_vec()));
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
-            _ => {}
-        }
-    }
-    out
-}
-
 #[test]
 fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let env = DevEnv::start();

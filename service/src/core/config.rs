@@ -124,6 +124,12 @@ pub struct OutputsConfig {
     /// Partitions of the output topics the service creates when they do not exist.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
+    /// Replication factor of the topics the service creates; default 3, or the number of
+    /// brokers when the cluster has fewer (a development broker gets 1).
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of the topics the service creates; default one less than the
+    /// replication factor (at least 1).
+    pub min_insync_replicas: Option<i32>,
 }
 
 impl Default for OutputsConfig {
@@ -137,6 +143,8 @@ impl Default for OutputsConfig {
             timeouts_topic: None,
             changelog_topic: None,
             partitions: default_partitions(),
+            replication_factor: None,
+            min_insync_replicas: None,
         }
     }
 }

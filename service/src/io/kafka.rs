@@ -99,11 +99,21 @@ pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<()>
     if missing.is_empty() {
         return Ok(());
     }
+    let brokers = probe
+        .fetch_metadata(None, REQUEST_TIMEOUT)
+        .or_fail(Kind::Failed, "cannot read the cluster metadata")?
+        .brokers()
+        .len() as i32;
+    let (replication, min_insync) = replication(cfg, brokers)?;
     let admin: AdminClient<DefaultClientContext> = create(cfg, &client, DefaultClientContext, "admin client")?;
+    let min_insync_text = min_insync.map(|n| n.to_string());
     let new: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|(name, parts, compact)| {
-            let t = NewTopic::new(name, *parts, TopicReplication::Fixed(1));
+            let mut t = NewTopic::new(name, *parts, TopicReplication::Fixed(replication));
+            if let Some(n) = &min_insync_text {
+                t = t.set("min.insync.replicas", n);
+            }
             if *compact {
                 t.set("cleanup.policy", "compact")
             } else {
@@ -124,10 +134,62 @@ pub fn ensure_topics(cfg: &Config, topics: &[(String, i32, bool)]) -> Result<()>
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic = %name, "topic exists")
             }
-            Err((name, code)) => return Err(Error::failed(format!("cannot create topic `{name}`: {code}"))),
+            Err((name, code)) => {
+                return Err(Error::failed(format!(
+                    "cannot create topic `{name}` (replication factor {replication}, {brokers} broker(s)): {code}"
+                )))
+            }
         }
     }
     Ok(())
+}
+
+/// The replication factor and `min.insync.replicas` (None: the broker's default) of the topics
+/// the service creates, on a cluster of `brokers`: as configured, else 3 and 2, fewer where the
+/// cluster has fewer brokers (a development broker gets 1 and its default).
+fn replication(cfg: &Config, brokers: i32) -> Result<(i32, Option<i32>)> {
+    let o = &cfg.outputs;
+    let rf = match o.replication_factor {
+        Some(n) if n < 1 => {
+            return Err(Error::usage(format!("outputs.replication_factor is {n}: it must be 1 or more")))
+        }
+        Some(n) => n,
+        None if brokers < DEFAULT_REPLICATION => {
+            tracing::warn!(
+                brokers,
+                "the cluster has fewer brokers than the default replication factor {DEFAULT_REPLICATION}: topics are \
+                 created with {}; set outputs.replication_factor to choose",
+                brokers.max(1)
+            );
+            brokers.max(1)
+        }
+        None => DEFAULT_REPLICATION,
+    };
+    let min_insync = match o.min_insync_replicas {
+        Some(n) if n < 1 || n > rf => {
+            return Err(Error::usage(format!(
+                "outputs.min_insync_replicas is {n}: it must be between 1 and the replication factor ({rf})"
+            )))
+        }
+        Some(n) => Some(n),
+        None if rf > 1 => Some(rf - 1),
+        None => None,
+    };
+    Ok((rf, min_insync))
+}
+
+/// The replication factor of created topics when the cluster has enough brokers.
+const DEFAULT_REPLICATION: i32 = 3;
+
+/// The largest record the producer sends: `message.max.bytes` as configured in
+/// `kafka.properties`, else librdkafka's default.
+pub fn max_record_bytes(cfg: &Config) -> Result<usize> {
+    match cfg.kafka.properties.get("message.max.bytes") {
+        None => Ok(1_000_000),
+        Some(v) => v.0.trim().parse().map_err(|_| {
+            Error::usage(format!("kafka.properties: message.max.bytes = `{}` is not a number of bytes", v.0))
+        }),
+    }
 }
 
 /// Produces one record (in the open transaction, if any), waiting while the local queue is full.

@@ -1,23 +1,36 @@
 //! The transaction of a commit interval: the changed state of every partition that advanced
 //! goes to the changelog, their offsets are added, and the transaction commits; the local store
-//! follows a commit. A failed commit aborts and rewinds every partition to the store (the last
-//! commit) and the consumer to the matching offsets.
+//! follows a commit.
+//!
+//! Every way a transaction can end is decided here, by librdkafka's error classes:
+//! - retriable (a timeout, a coordinator moving): the same call again, for up to
+//!   [`RETRY_BUDGET`], as librdkafka asks for `send_offsets_to_transaction` and
+//!   `commit_transaction`;
+//! - abortable (a delivery failure, a rebalance, the budget spent): the transaction aborts and
+//!   the caller rewinds every partition to the store (the last commit) and the consumer to the
+//!   matching offsets ([`Worker::rewind`]); [`MAX_ABORTS_IN_A_ROW`] aborts with no commit
+//!   between them stop the service (a rejection that repeats would otherwise loop for ever);
+//! - fatal (a fenced producer, a record that can never be written): the transaction aborts
+//!   where it still can and the error stops the service, which restarts from the last commit.
+//!
+//! Nothing is committed after an error: an error anywhere after `begin_transaction` aborts
+//! ([`Worker::abort_open`]) before it is returned, so neither the revocation callback nor the
+//! shutdown path can commit a half-done transaction.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::Producer;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::batch::Batch;
 use super::rebalance::GroupContext;
-use super::Output;
-use super::Worker;
+use super::{Ended, Output, Worker};
 use crate::core::changelog::state_prefix;
 use crate::error::{Error, Kind, Result, ResultExt};
-use crate::io::kafka::{produce, REQUEST_TIMEOUT};
+use crate::io::kafka::{produce, Logger, REQUEST_TIMEOUT};
 
 /// The largest state record the changelog takes (Kafka's default `message.max.bytes` is about
 /// 1 MB). One key's state beyond it stops the service with a message rather than failing every
@@ -27,98 +40,241 @@ const MAX_STATE_RECORD: usize = 900 * 1024;
 /// How long a transaction operation may take before it counts as failed.
 pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a retriable failure of one transaction step is retried before the transaction
+/// aborts.
+const RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+/// Aborts in a row (no commit between them) after which the service stops: the same records
+/// would be rejected again and again.
+pub(super) const MAX_ABORTS_IN_A_ROW: u32 = 10;
+
 impl Worker {
+    /// Commits the open transaction (see the module's documentation for how it can end), and
+    /// rewinds after an abort.
+    pub(super) fn commit_or_rewind(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<Ended> {
+        let ended = self.commit(consumer)?;
+        if ended == Ended::Aborted {
+            self.rewind(consumer)?;
+        }
+        Ok(ended)
+    }
+
     /// Commits the open transaction: changelog records of the touched partitions, their
-    /// offsets, then the commit; on success the local store follows. On failure everything is
-    /// rewound to the last commit.
-    pub(super) fn commit(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
+    /// offsets, then the commit; on success the local store follows. `Aborted` leaves the
+    /// partitions ahead of the last commit: the caller rewinds them (or drops them).
+    pub(super) fn commit(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<Ended> {
         if !self.in_txn {
-            return Ok(());
+            return Ok(Ended::Idle);
         }
         let started = Instant::now();
-        let mut changes = Vec::new();
-        let mut offsets = TopicPartitionList::new();
-        let mut records = Vec::new();
-        for (t, m) in &mut self.parts {
-            for (p, part) in m.iter_mut().filter(|(_, part)| part.advanced) {
-                part.advanced = false;
-                records.clear();
-                part.take_changes(&mut records);
-                let counts = part.take_pattern_counts();
-                self.batch.patterns.extend(part.plan.patterns.iter().cloned().zip(counts));
-                self.batch.add_reads(&part.plan.name, std::mem::take(&mut part.reads));
-                offsets
-                    .add_partition_offset(t, *p, Offset::Offset(part.next_offset))
-                    .or_fail(Kind::Failed, "offsets to commit")?;
-                let cp = p % self.changelog_parts;
-                for (k, v) in records.drain(..) {
-                    if let Some(v) = v.as_ref().filter(|v| v.len() > MAX_STATE_RECORD) {
-                        // The key record: partition prefix, `K`, the pattern's 16-digit hash, the key.
-                        let at = state_prefix(t, *p).len() + 1 + 16;
-                        let key = k
-                            .get(at..)
-                            .and_then(|b| engine::runtime::Key::decode(b).ok())
-                            .map(|k| k.to_string())
-                            .unwrap_or_default();
-                        return Err(Error::failed(format!(
-                            "the state of one key of {t}/{p} ({key}) is {} bytes, more than a changelog record may \
-                             be ({MAX_STATE_RECORD}); bound it with engine.max_partial_matches_per_key",
-                            v.len()
-                        )));
-                    }
-                    produce(&self.producer, &self.changelog, Some(cp), Some(&k), v.as_deref(), None)?;
-                    self.batch.produced(Output::Changelog, Some(&k), v.as_deref());
-                    changes.push((k, v));
-                }
-            }
-        }
-        let result = match consumer.group_metadata() {
-            None => Err(Failure::NotInGroup),
-            Some(cgm) => {
-                let t0 = started.elapsed();
-                let r = self.wait_delivered();
-                let r = r.and_then(|()| self.producer.send_offsets_to_transaction(&offsets, &cgm, TXN_TIMEOUT));
-                let t1 = started.elapsed();
-                let r = r.and_then(|()| self.producer.commit_transaction(TXN_TIMEOUT));
-                tracing::debug!(
-                    changelog_us = t0.as_micros() as u64,
-                    offsets_us = (t1 - t0).as_micros() as u64,
-                    commit_us = (started.elapsed() - t1).as_micros() as u64,
-                    "commit"
-                );
-                r.map_err(Failure::Kafka)
-            }
-        };
-        match result {
-            Ok(()) => {
+        match self.try_commit(consumer, started) {
+            Ok(changes) => {
                 self.in_txn = false;
+                self.aborts_in_a_row = 0;
                 self.totals.commits += 1;
                 self.totals.commit_us += started.elapsed().as_micros() as u64;
+                if self.failpoints.kill_after_commit == Some(self.totals.commits) {
+                    super::kill_self(
+                        "failpoint kill-after-commit: the transaction committed, the store is not written",
+                    );
+                }
                 self.store.apply(&changes)?;
                 self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
                 self.metrics.transactions_committed.inc();
                 std::mem::take(&mut self.batch).fold_into(&self.metrics);
                 self.update_gauges(consumer);
-                Ok(())
+                Ok(Ended::Committed)
             }
-            Err(e) => {
-                self.in_txn = false;
-                self.totals.aborts += 1;
-                self.metrics.transactions_aborted.inc();
-                // Everything in it is done again from the last commit, and counted then.
-                self.batch = Batch::default();
-                tracing::warn!("commit failed: {e}; aborting and rewinding to the last commit");
-                if let Failure::Kafka(KafkaError::Transaction(te)) = &e {
-                    if te.is_fatal() {
-                        return Err(Error::failed(format!(
-                            "the producer cannot go on ({te}): another instance with the same instance_id, or the \
-                             broker fenced it"
-                        )));
-                    }
+            Err(Failure::Abortable(why)) => {
+                self.abort(&why)?;
+                Ok(Ended::Aborted)
+            }
+            Err(Failure::Fatal(e)) => {
+                if let Some(why) = self.recoverable_fatal() {
+                    self.renew_producer(&why)?;
+                    return Ok(Ended::Aborted);
                 }
-                self.producer.abort_transaction(TXN_TIMEOUT).or_fail(Kind::Failed, "cannot abort the transaction")?;
-                self.rewind(consumer)
+                self.abort_open(&e);
+                Err(e)
             }
+        }
+    }
+
+    /// The producer's fatal error when a new producer (same transactional id) recovers from it:
+    /// the broker lost the producer's idempotence state (a broker restarted without it, a log
+    /// truncated). Fencing is not among them: another instance owns the id now.
+    pub(super) fn recoverable_fatal(&self) -> Option<String> {
+        let (code, reason) = self.producer.client().fatal_error()?;
+        matches!(
+            code,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::DuplicateSequenceNumber
+                | RDKafkaErrorCode::GaplessGuarantee
+        )
+        .then(|| format!("{code:?}: {reason}"))
+    }
+
+    /// Replaces the producer after a [recoverable fatal error](Worker::recoverable_fatal): the
+    /// new one initialises with the same transactional id, which fences the old one's epoch, so
+    /// the broker aborts its open transaction. Counts as an abort; the caller rewinds.
+    pub(super) fn renew_producer(&mut self, why: &str) -> Result<()> {
+        self.in_txn = false;
+        self.totals.aborts += 1;
+        self.aborts_in_a_row += 1;
+        self.metrics.transactions_aborted.inc();
+        self.batch = Batch::default();
+        if self.aborts_in_a_row >= MAX_ABORTS_IN_A_ROW {
+            return Err(Error::failed(format!(
+                "{} transactions in a row aborted, the last because of: {why}; stopping",
+                self.aborts_in_a_row
+            )));
+        }
+        self.replace_producer(why)
+    }
+
+    /// A new producer in place of one with a recoverable fatal error.
+    fn replace_producer(&mut self, why: &str) -> Result<()> {
+        tracing::warn!("the producer cannot go on ({why}): replacing it; its open transaction is aborted and redone");
+        let producer: BaseProducer<Logger> =
+            self.producer_config.create_with_context(Logger).or_fail(Kind::Failed, "cannot create a new producer")?;
+        let started = Instant::now();
+        loop {
+            match producer.init_transactions(TXN_TIMEOUT) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(te)) if !te.is_fatal() && started.elapsed() < RETRY_BUDGET => {
+                    tracing::warn!("initialising the new producer's transactions: {te}; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    return Err(Error::failed(format!("cannot initialise the new producer's transactions: {e}")));
+                }
+            }
+        }
+        self.producer = producer;
+        Ok(())
+    }
+
+    /// Everything of the commit that can fail: returns the state records to write to the store.
+    fn try_commit(&mut self, consumer: &BaseConsumer<GroupContext>, started: Instant) -> Result<Changes, Failure> {
+        let mut offsets = TopicPartitionList::new();
+        let mut changes = Vec::new();
+        let mut at = Vec::new();
+        for (t, m) in &mut self.parts {
+            for (p, part) in m.iter_mut().filter(|(_, part)| part.advanced) {
+                part.advanced = false;
+                let from = changes.len();
+                part.take_changes(&mut changes);
+                at.push((from, *p % self.changelog_parts));
+                let counts = part.take_pattern_counts();
+                self.batch.patterns.extend(part.plan.patterns.iter().cloned().zip(counts));
+                self.batch.add_reads(&part.plan.name, std::mem::take(&mut part.reads));
+                offsets
+                    .add_partition_offset(t, *p, Offset::Offset(part.next_offset))
+                    .map_err(|e| Failure::Fatal(Error::failed(format!("offsets to commit: {e}"))))?;
+            }
+        }
+        // Sizes first: nothing is produced when one record could not be.
+        for (k, v) in &changes {
+            if let Some(v) = v.as_ref().filter(|v| v.len() > MAX_STATE_RECORD) {
+                return Err(Failure::Fatal(too_big(k, v.len())));
+            }
+        }
+        at.push((changes.len(), 0));
+        for w in at.windows(2) {
+            let ((from, cp), (to, _)) = (w[0], w[1]);
+            for (k, v) in &changes[from..to] {
+                produce(&self.producer, &self.changelog, Some(cp), Some(k), v.as_deref(), None)
+                    .map_err(Failure::Fatal)?;
+                self.batch.produced(Output::Changelog, Some(k), v.as_deref());
+            }
+        }
+        let cgm = consumer
+            .group_metadata()
+            .ok_or_else(|| Failure::Abortable("the consumer has no group metadata (not in a group)".into()))?;
+        let t0 = started.elapsed();
+        self.wait_delivered().map_err(|e| classify("delivering the transaction's records", e))?;
+        self.retrying("adding the offsets to the transaction", || {
+            self.producer.send_offsets_to_transaction(&offsets, &cgm, TXN_TIMEOUT)
+        })?;
+        let t1 = started.elapsed();
+        self.retrying("committing the transaction", || self.producer.commit_transaction(TXN_TIMEOUT))?;
+        tracing::debug!(
+            changelog_us = t0.as_micros() as u64,
+            offsets_us = (t1 - t0).as_micros() as u64,
+            commit_us = (started.elapsed() - t1).as_micros() as u64,
+            "commit"
+        );
+        Ok(changes)
+    }
+
+    /// Runs one transaction step, again while it fails with a retriable error (for up to
+    /// [`RETRY_BUDGET`]).
+    fn retrying(&self, what: &str, step: impl Fn() -> KafkaResult<()>) -> Result<(), Failure> {
+        let started = Instant::now();
+        loop {
+            match step() {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(te))
+                    if te.is_retriable()
+                        && !te.is_fatal()
+                        && !te.txn_requires_abort()
+                        && started.elapsed() < RETRY_BUDGET =>
+                {
+                    tracing::warn!("{what}: {te}; retrying");
+                    self.producer.poll(Duration::from_millis(100));
+                }
+                Err(e) => return Err(classify(what, e)),
+            }
+        }
+    }
+
+    /// Aborts the open transaction after an abortable failure. Fails (the service stops) when
+    /// the abort itself fails, or after [`MAX_ABORTS_IN_A_ROW`].
+    fn abort(&mut self, why: &str) -> Result<()> {
+        self.in_txn = false;
+        self.totals.aborts += 1;
+        self.aborts_in_a_row += 1;
+        self.metrics.transactions_aborted.inc();
+        // Everything in it is done again from the last commit, and counted then.
+        self.batch = Batch::default();
+        tracing::warn!("the transaction cannot commit ({why}): aborting and rewinding to the last commit");
+        if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
+            match self.recoverable_fatal() {
+                // The new producer's initialisation aborts it.
+                Some(fatal) => self.replace_producer(&fatal)?,
+                None => {
+                    return Err(Error::failed(format!(
+                        "cannot abort the transaction after `{why}`: {e}; stopping (a restart resumes from the last \
+                         commit)"
+                    )))
+                }
+            }
+        }
+        if self.aborts_in_a_row >= MAX_ABORTS_IN_A_ROW {
+            return Err(Error::failed(format!(
+                "{} transactions in a row aborted, the last because of: {why}; stopping rather than retrying the same records for ever",
+                self.aborts_in_a_row
+            )));
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction, if any, because the service stops with `error`: nothing of
+    /// it may commit. The abort is best effort (a fenced producer cannot abort; the broker
+    /// aborts its transaction when the next instance initialises).
+    pub(super) fn abort_open(&mut self, error: &Error) {
+        if !self.in_txn {
+            return;
+        }
+        self.in_txn = false;
+        self.totals.aborts += 1;
+        self.metrics.transactions_aborted.inc();
+        self.batch = Batch::default();
+        tracing::warn!("aborting the open transaction: {error}");
+        if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
+            tracing::warn!("the abort failed too ({e}): the broker aborts the transaction when this instance restarts");
         }
     }
 
@@ -130,7 +286,10 @@ impl Worker {
             .begin_transaction()
             .or_fail(Kind::Failed, "cannot begin a transaction")
             .and_then(|()| produce(self))
-            .and_then(|()| self.producer.commit_transaction(TXN_TIMEOUT).or_fail(Kind::Failed, "cannot commit"));
+            .and_then(|()| {
+                self.retrying("committing", || self.producer.commit_transaction(TXN_TIMEOUT))
+                    .map_err(Failure::into_error)
+            });
         if result.is_err() {
             let _ = self.producer.abort_transaction(TXN_TIMEOUT);
         }
@@ -140,7 +299,7 @@ impl Worker {
     /// Serves delivery reports until nothing is in flight. `commit_transaction` flushes too, but
     /// rdkafka's flush sleeps in steps of 100 ms between checks, which would put a floor of 100 ms
     /// under every commit.
-    fn wait_delivered(&self) -> rdkafka::error::KafkaResult<()> {
+    fn wait_delivered(&self) -> KafkaResult<()> {
         let deadline = Instant::now() + TXN_TIMEOUT;
         self.producer.flush(Duration::ZERO).or_else(|e| match e {
             KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => Ok(()),
@@ -155,7 +314,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Rebuilds every partition from the store (the last committed state) and seeks back.
+    /// Rebuilds every partition from the store (the last committed state) and seeks the
+    /// consumer back to match. A failed seek stops the service: the state would rewind and the
+    /// consumer not.
     pub(super) fn rewind(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
         let list: Vec<(String, i32)> =
             self.parts.iter().flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p))).collect();
@@ -163,27 +324,68 @@ impl Worker {
             let part = self.load(&t, p, &self.store.scan(&state_prefix(&t, p))?)?;
             let at = part.next_offset;
             self.parts.entry(t.clone()).or_default().insert(p, part);
-            if let Err(e) = consumer.seek(&t, p, Offset::Offset(at), REQUEST_TIMEOUT) {
-                tracing::warn!(topic = %t, partition = p, "cannot seek back to {at}: {e}");
-            }
+            consumer.seek(&t, p, Offset::Offset(at), REQUEST_TIMEOUT).map_err(|e| {
+                Error::failed(format!(
+                    "cannot seek {t}/{p} back to offset {at} after an abort: {e}; stopping (a restart resumes from the last commit)"
+                ))
+            })?;
         }
         Ok(())
     }
 }
 
-/// Why a transaction did not commit.
+/// The error for a state record over [`MAX_STATE_RECORD`].
+fn too_big(k: &[u8], len: usize) -> Error {
+    // The key record: partition prefix (`T`, topic length, topic, partition), `K`, the pattern's
+    // 16-digit hash, the key.
+    let topic_len = k.get(1..3).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    let topic = k.get(3..3 + topic_len).map(String::from_utf8_lossy).unwrap_or_default();
+    let partition = k.get(3 + topic_len..7 + topic_len).map_or(-1, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let at = state_prefix(&topic, partition).len() + 1 + 16;
+    let key = k.get(at..).and_then(|b| engine::runtime::Key::decode(b).ok()).map(|k| k.to_string()).unwrap_or_default();
+    Error::failed(format!(
+        "the state of one key of {topic}/{partition} ({key}) is {len} bytes, more than a changelog record may be \
+         ({MAX_STATE_RECORD}); bound it with engine.max_partial_matches_per_key"
+    ))
+}
+
+/// State records to write (None deletes), as the changelog has them.
+type Changes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Why a transaction cannot commit.
 #[derive(Debug)]
 enum Failure {
-    /// The consumer has no group metadata (it is not in a group).
-    NotInGroup,
-    Kafka(KafkaError),
+    /// Abort, rewind, and do it again.
+    Abortable(String),
+    /// Stop the service.
+    Fatal(Error),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Failure::Abortable(why) => Error::failed(why),
+            Failure::Fatal(e) => e,
+        }
+    }
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::NotInGroup => f.write_str("the consumer has no group metadata (not in a group)"),
-            Failure::Kafka(e) => e.fmt(f),
+            Failure::Abortable(why) => f.write_str(why),
+            Failure::Fatal(e) => e.fmt(f),
         }
+    }
+}
+
+/// librdkafka's class of a failed transaction step (retriable ones are retried before this).
+fn classify(what: &str, e: KafkaError) -> Failure {
+    match &e {
+        KafkaError::Transaction(te) if te.is_fatal() => Failure::Fatal(Error::failed(format!(
+            "{what}: the producer cannot go on ({te}): another instance with the same instance_id took over, or the \
+             broker fenced it"
+        ))),
+        _ => Failure::Abortable(format!("{what}: {e}")),
     }
 }

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -159,6 +159,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
     let mut pc = client.clone();
     pc.set("transactional.id", &txn_id).set("enable.idempotence", "true").set("linger.ms", "5");
     let producer: BaseProducer<Logger> = kafka::create(&cfg, &pc, Logger, "producer")?;
+    let producer_config = pc.clone();
     producer.init_transactions(TXN_TIMEOUT).map_err(|e| {
         Error::failed(format!("cannot initialise transactions as `{txn_id}`: {}", kafka::redact(&cfg, &e.to_string())))
     })?;
@@ -202,8 +203,16 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         sources,
         batch: Batch::default(),
         gauges_at: Instant::now(),
+        aborts_in_a_row: 0,
+        producer_config,
+        failpoints: Failpoints::from_env()?,
+        max_record: kafka::max_record_bytes(&cfg)?,
     };
-    let shared = Arc::new(Shared { core: Mutex::new(core), assigned: Mutex::new(None) });
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        assigned: Mutex::new(None),
+        revoked_while_restoring: AtomicBool::new(false),
+    });
 
     let mut cc = client.clone();
     if cfg.kafka.static_membership {
@@ -233,12 +242,17 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
 
     let cfg = Arc::new(cfg);
     let result = main_loop(&consumer, &shared, &health, interval, &cfg);
-    // Leave cleanly whatever happened: commit what is done (unless the loop failed), then leave
-    // the group so the partitions move at once.
-    if result.is_ok() {
+    // Leave cleanly whatever happened: commit what is done (unless the loop failed: then the
+    // open transaction aborts), then leave the group so the partitions move at once.
+    {
         let mut core = lock(&shared);
-        if let Err(e) = core.commit(&consumer) {
-            tracing::error!("the last commit failed: {e}");
+        match &result {
+            Ok(()) => match core.commit(&consumer) {
+                Ok(Ended::Aborted) => tracing::error!("the last transaction aborted: a restart does its records again"),
+                Ok(_) => {}
+                Err(e) => tracing::error!("the last commit failed: {e}"),
+            },
+            Err(e) => core.abort_open(e),
         }
         core.totals.log("stopped", core.parts.values().map(HashMap::len).sum());
     }
@@ -285,13 +299,26 @@ fn main_loop(
             }
             Some(Ok(msg)) => {
                 handle_assignment(consumer, shared)?;
-                lock(shared).handle(&msg, health)?;
+                let mut core = lock(shared);
+                // An error after the transaction began aborts it before it is returned.
+                if let Err(e) = core.handle(consumer, &msg, health) {
+                    match core.recoverable_fatal() {
+                        Some(why) => {
+                            core.renew_producer(&why)?;
+                            core.rewind(consumer)?;
+                        }
+                        None => {
+                            core.abort_open(&e);
+                            return Err(e);
+                        }
+                    }
+                }
             }
         }
         let mut core = lock(shared);
         core.producer.poll(Duration::ZERO);
         if core.in_txn && core.txn_started.elapsed() >= interval {
-            core.commit(consumer)?;
+            let _ = core.commit_or_rewind(consumer)?;
         }
         if core.gauges_at.elapsed() >= GAUGE_INTERVAL {
             core.update_gauges(consumer);
@@ -318,10 +345,21 @@ fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> 
         core.metrics.rebalances.with_label_values(&["assign"]).inc();
         core.metrics.restore_in_progress.set(1);
         let started = Instant::now();
+        shared.revoked_while_restoring.store(false, Ordering::Relaxed);
         let result = core.assign(consumer, &list);
         core.metrics.restore_in_progress.set(0);
         core.metrics.restore_duration.observe(started.elapsed().as_secs_f64());
         match result? {
+            // A rebalance took the partitions while they were restored: the next assignment is
+            // pending (or none comes); nothing was processed for these.
+            Restored::Revoked => {
+                tracing::info!("partitions revoked during their restore: the restore is abandoned");
+                for (t, p) in &list {
+                    if let Some(m) = core.parts.get_mut(t) {
+                        m.remove(p);
+                    }
+                }
+            }
             Restored::Done => {
                 core.record_assignment(consumer, &list)?;
                 core.health.ready.store(true, Ordering::Relaxed);
@@ -332,6 +370,17 @@ fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> 
         }
     }
     Ok(())
+}
+
+/// How a commit ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub(super) enum Ended {
+    /// No transaction was open.
+    Idle,
+    Committed,
+    /// The transaction aborted: the caller rewinds ([`Worker::rewind`]) before reading on.
+    Aborted,
 }
 
 /// The output topics, as the metrics' `output` label names them.
@@ -375,6 +424,9 @@ struct Shared {
     core: Mutex<Worker>,
     /// Partitions assigned by the last rebalance, waiting for their state.
     assigned: Mutex<Option<Vec<(String, i32)>>>,
+    /// A revocation came while a restore polled the consumer (to stay in the group): the
+    /// restore is abandoned and the next assignment taken instead.
+    revoked_while_restoring: AtomicBool,
 }
 
 impl Totals {
@@ -447,4 +499,53 @@ struct Worker {
     batch: Batch,
     /// When the gauges were last set.
     gauges_at: Instant,
+    /// Transactions aborted since the last commit.
+    aborts_in_a_row: u32,
+    /// The producer's settings, for a new one after a recoverable fatal error.
+    producer_config: rdkafka::ClientConfig,
+    failpoints: Failpoints,
+    /// The largest record the producer may send (`message.max.bytes`).
+    max_record: usize,
+}
+
+/// Faults the failure-path tests inject, from `TRIPLINE_FAILPOINTS` (read at start;
+/// comma-separated). Unset in production.
+#[derive(Clone, Copy, Debug, Default)]
+struct Failpoints {
+    /// `kill-after-commit:N`: SIGKILL after the Nth transaction of the process commits, before
+    /// the local store is written.
+    kill_after_commit: Option<u64>,
+    /// `slow-restore:MS`: a changelog restore takes at least this long (20 ms per record read).
+    slow_restore_ms: Option<u64>,
+}
+
+impl Failpoints {
+    fn from_env() -> Result<Failpoints> {
+        let mut f = Failpoints::default();
+        let Ok(text) = std::env::var("TRIPLINE_FAILPOINTS") else { return Ok(f) };
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad = || {
+                Error::usage(format!("TRIPLINE_FAILPOINTS: `{item}` is not `kill-after-commit:N` or `slow-restore:MS`"))
+            };
+            let (name, n) = item.split_once(':').ok_or_else(bad)?;
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            match name {
+                "kill-after-commit" => f.kill_after_commit = Some(n),
+                "slow-restore" => f.slow_restore_ms = Some(n),
+                _ => return Err(bad()),
+            }
+        }
+        if f.kill_after_commit.is_some() || f.slow_restore_ms.is_some() {
+            tracing::warn!(?f, "failpoints set (a test)");
+        }
+        Ok(f)
+    }
+}
+
+/// Ends this process with SIGKILL (a failpoint): no destructor, no flush, as a crash.
+fn kill_self(why: &str) -> ! {
+    tracing::warn!("{why}: SIGKILL");
+    let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
+    // `kill` is not there: abort is as abrupt.
+    std::process::abort()
 }

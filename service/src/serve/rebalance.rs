@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
@@ -13,8 +13,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::Ended;
 use super::Output;
-use super::{lock, Shared, Worker};
+use super::{Shared, Worker};
 use crate::core::changelog::{state_prefix, stored_position, StateRecords};
 use crate::core::partition::Partition;
 use crate::core::pattern_sets::{PatternSet, Position};
@@ -30,7 +31,13 @@ pub(super) enum Restored {
     Done,
     /// A shutdown request cut the restore short: nothing was processed for these partitions.
     Interrupted,
+    /// The partitions were revoked while they were restored.
+    Revoked,
 }
+
+/// How often a restore polls the group consumer, so that a long restore does not exceed
+/// `max.poll.interval.ms` (and the group does not move the partitions away for that).
+const KEEP_ALIVE: Duration = Duration::from_millis(500);
 
 impl Worker {
     /// A partition's engine state from its state records.
@@ -61,8 +68,36 @@ impl Worker {
             tpl.add_partition(t, *p);
         }
         let committed = consumer
-            .committed_offsets(tpl, REQUEST_TIMEOUT)
+            .committed_offsets(tpl.clone(), REQUEST_TIMEOUT)
             .or_fail(Kind::Failed, "cannot read the group's committed offsets")?;
+        // The restore polls the consumer to stay in the group: no record of these partitions
+        // may come back meanwhile.
+        consumer.pause(&tpl).or_fail(Kind::Failed, "cannot pause the assigned partitions for their restore")?;
+        let mut dropped = Vec::new();
+        let restored = self.restore_all(consumer, list, &committed, &mut dropped, started);
+        // Records polled meanwhile (of partitions this instance already held) are read again.
+        let revoked = matches!(restored, Ok(Restored::Revoked));
+        for (t, p, off) in dropped.into_iter().filter(|_| !revoked) {
+            consumer
+                .seek(&t, p, Offset::Offset(off), REQUEST_TIMEOUT)
+                .map_err(|e| Error::failed(format!("cannot seek {t}/{p} back to offset {off} after a restore: {e}")))?;
+        }
+        // Revoked: the next assignment is not paused.
+        if !revoked {
+            consumer.resume(&tpl).or_fail(Kind::Failed, "cannot resume the restored partitions")?;
+        }
+        restored
+    }
+
+    /// Restores each of `list` in turn (see [`Worker::assign`]).
+    fn restore_all(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        list: &[(String, i32)],
+        committed: &TopicPartitionList,
+        dropped: &mut Vec<(String, i32, i64)>,
+        started: Instant,
+    ) -> Result<Restored> {
         let mut from_changelog = 0;
         for (t, p) in list {
             let committed_at = committed.find_partition(t, *p).and_then(|e| match e.offset() {
@@ -77,7 +112,10 @@ impl Worker {
             } else {
                 from_changelog += 1;
                 self.metrics.restored_partitions.with_label_values(&["changelog"]).inc();
-                let Some(records) = self.read_changelog(t, *p)? else { return Ok(Restored::Interrupted) };
+                let records = match self.read_changelog(consumer, t, *p, dropped)? {
+                    Ok(records) => records,
+                    Err(cut) => return Ok(cut),
+                };
                 self.store.replace(&prefix, &records)?;
                 self.load(t, *p, &records)?
             };
@@ -103,9 +141,17 @@ impl Worker {
         Ok(Restored::Done)
     }
 
-    /// The committed changelog records of one input partition (latest per key); `None` when a
-    /// shutdown request cut the reading short.
-    fn read_changelog(&self, topic: &str, p: i32) -> Result<Option<StateRecords>> {
+    /// The committed changelog records of one input partition (latest per key), or why the
+    /// reading was cut short (a shutdown request, a revocation). Polls the group consumer every
+    /// [`KEEP_ALIVE`]; a record it returns (of a partition not paused) goes into `dropped`, to
+    /// be read again.
+    fn read_changelog(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        topic: &str,
+        p: i32,
+        dropped: &mut Vec<(String, i32, i64)>,
+    ) -> Result<std::result::Result<StateRecords, Restored>> {
         let cfg_client = self.restore_client()?;
         let cp = p % self.changelog_parts;
         let (lo, hi) =
@@ -115,14 +161,16 @@ impl Worker {
         let prefix = state_prefix(topic, p);
         let mut latest: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         if hi <= lo {
-            return Ok(Some(Vec::new()));
+            return Ok(Ok(Vec::new()));
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.changelog, cp, Offset::Beginning)
             .or_fail(Kind::Failed, "changelog assignment")?;
         cfg_client.assign(&tpl).or_fail(Kind::Failed, "cannot read the changelog")?;
         let mut read = 0u64;
-        let mut last_progress = Instant::now();
+        let started = Instant::now();
+        let mut last_progress = started;
+        let mut polled = started;
         let mut progress = Progress::new("restore", "changelog records", Some((hi - lo) as u64));
         progress.set_message(format!("{topic}/{p} from {}/{cp}", self.changelog));
         loop {
@@ -145,6 +193,10 @@ impl Worker {
                     if m.offset() + 1 >= hi {
                         break;
                     }
+                    if self.failpoints.slow_restore_ms.is_some_and(|ms| started.elapsed().as_millis() < u128::from(ms))
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) => tracing::warn!("reading the changelog: {e}"),
@@ -160,11 +212,22 @@ impl Worker {
                 )));
             }
             if self.health.shutdown.load(Ordering::Relaxed) {
-                return Ok(None);
+                return Ok(Err(Restored::Interrupted));
+            }
+            if polled.elapsed() >= KEEP_ALIVE {
+                polled = Instant::now();
+                if let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
+                    if !dropped.iter().any(|(t, dp, _)| t == m.topic() && *dp == m.partition()) {
+                        dropped.push((m.topic().to_owned(), m.partition(), m.offset()));
+                    }
+                }
+                if consumer.context().shared.revoked_while_restoring.load(Ordering::Relaxed) {
+                    return Ok(Err(Restored::Revoked));
+                }
             }
         }
         progress.finish();
-        Ok(Some(latest.into_iter().collect()))
+        Ok(Ok(latest.into_iter().collect()))
     }
 
     fn restore_client(&self) -> Result<BaseConsumer> {
@@ -203,14 +266,26 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let mut core = lock(&self.shared);
+            let mut core = match self.shared.core.try_lock() {
+                Ok(core) => core,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // The loop holds the worker while it polls from inside a restore (no transaction
+                // is open then): the restore stops and its partitions are dropped.
+                Err(TryLockError::WouldBlock) => {
+                    self.shared.revoked_while_restoring.store(true, Ordering::Relaxed);
+                    tracing::info!(partitions = tpl.count(), "partitions revoked during their restore");
+                    return;
+                }
+            };
             core.health.ready.store(false, Ordering::Relaxed);
             // What was processed is committed before the partitions go (the generation is
             // still valid here); if that fails, the transaction is aborted and the next owner
             // reprocesses from the last commit.
-            if core.in_txn {
-                if let Err(e) = core.commit(consumer) {
-                    core.fatal = Some(e);
+            let mut aborted = false;
+            if core.in_txn && core.fatal.is_none() {
+                match core.commit(consumer) {
+                    Ok(ended) => aborted = ended == Ended::Aborted,
+                    Err(e) => core.fatal = Some(e),
                 }
             }
             core.metrics.rebalances.with_label_values(&["revoke"]).inc();
@@ -222,6 +297,13 @@ impl ConsumerContext for GroupContext {
                         let _ = g.remove_label_values(&labels);
                     }
                     let _ = core.metrics.consumer_lag.remove_label_values(&labels);
+                }
+            }
+            // The partitions this instance keeps (none under the eager protocol) go back to the
+            // last commit too.
+            if aborted && core.fatal.is_none() {
+                if let Err(e) = core.rewind(consumer) {
+                    core.fatal = Some(e);
                 }
             }
             tracing::info!(partitions = tpl.count(), "partitions revoked");
@@ -273,7 +355,7 @@ impl Worker {
         if list.is_empty() {
             return Ok(());
         }
-        self.commit(consumer)?;
+        let _ = self.commit_or_rewind(consumer)?;
         let record = self.activation_record(&self.set, "assign", Some(list));
         let key = self.set.hash();
         self.transaction_of_its_own(|w| {

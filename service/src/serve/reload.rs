@@ -65,7 +65,7 @@ impl Worker {
         let running: Vec<Arc<engine::Nfa>> = self.plans.values().flat_map(|p| p.patterns.iter().cloned()).collect();
         let (old_hash, new_hash) = (set_hash(&running), set.hash());
         // Switch between transactions: everything read so far ran under the old set.
-        self.commit(consumer)?;
+        let _ = self.commit_or_rewind(consumer)?;
         if self.in_txn {
             return Err(Error::failed("the transaction before the reload did not commit"));
         }

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub fn root() -> PathBuf {
@@ -154,6 +155,11 @@ pub struct Service {
 
 impl Service {
     pub fn start(env: &DevEnv, config: &Path, name: &str) -> Service {
+        Service::start_with(env, config, name, &[])
+    }
+
+    /// Starts the service with extra environment variables (failpoints).
+    pub fn start_with(env: &DevEnv, config: &Path, name: &str, vars: &[(&str, &str)]) -> Service {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -163,6 +169,7 @@ impl Service {
             .tripline()
             .args(["run", "--config"])
             .arg(config)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -420,4 +427,99 @@ pub fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, w
         only_b.iter().map(|k| &b[*k]).collect::<Vec<_>>(),
         differ.iter().map(|k| (&a[*k], &b[*k])).collect::<Vec<_>>()
     );
+}
+
+/// Every committed record of `topic` (read_committed): its headers and its value.
+pub fn records(env: &DevEnv, topic: &str) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.bootstrap)
+        .set("group.id", "bad-input-reader")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let parts = md.topics()[0].partitions().len();
+    for p in 0..parts as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut eof = 0;
+    let start = Instant::now();
+    while eof < parts && start.elapsed() < Duration::from_secs(30) {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut h = BTreeMap::new();
+                if let Some(hs) = m.headers() {
+                    for x in hs.iter() {
+                        h.insert(x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned());
+                    }
+                }
+                out.push((h, m.payload().unwrap_or_default().to_vec()));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The partitions of `topic` where a read_committed reader stops short of the end, as
+/// `partition: last stable offset < end`: an open transaction holds them.
+pub fn held_by_open_transactions(env: &DevEnv, topic: &str) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.bootstrap)
+        .set("group.id", "open-transactions-probe")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut stops = BTreeMap::new();
+    let start = Instant::now();
+    while stops.len() < parts.len() && start.elapsed() < Duration::from_secs(30) {
+        if let Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) = c.poll(Duration::from_millis(200)) {
+            let at = c.position().expect("position").find_partition(topic, p).map(|e| e.offset());
+            if let Some(Offset::Offset(o)) = at {
+                stops.insert(p, o);
+            }
+        }
+    }
+    let mut held = Vec::new();
+    for p in parts {
+        let (_, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        match stops.get(&p) {
+            Some(o) if *o >= hi => {}
+            Some(o) => held.push(format!("{topic}/{p}: {o} < {hi}")),
+            None => held.push(format!("{topic}/{p}: no end reached (< {hi})")),
+        }
+    }
+    held
+}
+
+/// The offsets `group` committed on `topic`, summed over its partitions.
+pub fn committed_total(env: &DevEnv, group: &str, topic: &str) -> i64 {
+    let c = env.consumer(group);
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
 }
