@@ -140,6 +140,8 @@ metrics! {
         "Partitions whose state was restored on assignment, from the local store (source=store) or the changelog (source=changelog).";
     restore_records: IntCounter = "tripline_restore_records_total" []
         "Changelog records read while restoring state.";
+    restore_remaining: IntGaugeVec = "tripline_restore_records_remaining" ["topic", "partition"]
+        "Per assigned input partition: changelog records (of its changelog partition) still to read while its state is restored from the changelog; 0 once it is restored.";
     restore_in_progress: IntGauge = "tripline_restore_in_progress" []
         "1 while the state of newly assigned partitions is being restored.";
     restore_duration: Histogram = "tripline_restore_duration_seconds" [] buckets RESTORE,

@@ -119,6 +119,7 @@ impl Worker {
                 self.store.replace(&prefix, &records)?;
                 self.load(t, *p, &records)?
             };
+            self.metrics.restore_remaining.with_label_values(&[t.as_str(), &p.to_string()]).set(0);
             if let Some(c) = committed_at {
                 if part.next_offset != c {
                     tracing::warn!(
@@ -168,6 +169,9 @@ impl Worker {
             .or_fail(Kind::Failed, "changelog assignment")?;
         cfg_client.assign(&tpl).or_fail(Kind::Failed, "cannot read the changelog")?;
         let mut read = 0u64;
+        let part_label = p.to_string();
+        let remaining = self.metrics.restore_remaining.with_label_values(&[topic, part_label.as_str()]);
+        remaining.set(hi - lo);
         let started = Instant::now();
         let mut last_progress = started;
         let mut polled = started;
@@ -179,6 +183,7 @@ impl Worker {
                     read += 1;
                     progress.inc(1);
                     self.metrics.restore_records.inc();
+                    remaining.set((hi - m.offset() - 1).max(0));
                     last_progress = Instant::now();
                     if let Some(k) = m.key().filter(|k| k.starts_with(&prefix)) {
                         match m.payload() {
@@ -297,6 +302,8 @@ impl ConsumerContext for GroupContext {
                         let _ = g.remove_label_values(&labels);
                     }
                     let _ = core.metrics.consumer_lag.remove_label_values(&labels);
+                    let _ =
+                        core.metrics.restore_remaining.remove_label_values(&[e.topic(), &e.partition().to_string()]);
                 }
             }
             // The partitions this instance keeps (none under the eager protocol) go back to the
