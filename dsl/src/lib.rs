@@ -18,7 +18,7 @@ pub mod parser;
 pub mod schema;
 
 pub use diag::{Diagnostic, SourceFile};
-pub use event::{json_event, EventError, EventErrorKind};
+pub use event::{json_event, json_field, EventError, EventErrorKind};
 pub use schema::{Catalog, FieldType, SchemaError, StreamSchema};
 
 /// Deepest nesting of brackets and prefix operators accepted, so that hostile input cannot
