@@ -6,6 +6,8 @@
 
 pub mod avro;
 pub mod avro_direct;
+#[cfg(test)]
+mod avro_tests;
 pub mod files;
 pub mod http;
 pub mod kafka;
