@@ -1,6 +1,8 @@
 //! Records to engine events: a JSON value (the JSON-lines export format) decoded against the
-//! stream's schema. The one decoder of the project: the service and replay decode through it, and
-//! so do the tests. Every problem is an [`EventError`] that names the field.
+//! stream's schema. The reference decoder of the project: replays of files and the generic Avro
+//! path decode through it, and so do the tests; the service's direct Avro decoder converts each
+//! field as [`json_field`] does, and is tested against it. Every problem is an [`EventError`]
+//! that names the field.
 
 use engine::{Event, TypeId, Value};
 use serde_json::Value as Json;

@@ -7,7 +7,8 @@
 //! on, so one run reports every error of a file. pest types stay inside [`parser`].
 //!
 //! [`json_event`] decodes a record of a stream (the JSON-lines export format) into an
-//! [`engine::Event`] against its [`StreamSchema`]: the one decoder of the project.
+//! [`engine::Event`] against its [`StreamSchema`]: the reference decoder of the project (the
+//! service's direct Avro decoder converts as its [`json_field`] does).
 
 pub mod ast;
 pub mod check;
