@@ -1,11 +1,13 @@
 //! Records to engine events: a JSON value (the JSON-lines export format) decoded against the
-//! stream's schema. The one decoder of the project: the service and replay decode through it, and
-//! so do the tests. Every problem is an [`EventError`] that names the field.
+//! stream's schema. The reference decoder of the project: replays of files and the generic Avro
+//! path decode through it, and so do the tests; the service's direct Avro decoder converts each
+//! field as [`json_field`] does, and is tested against it. Every problem is an [`EventError`]
+//! that names the field.
 
 use engine::{Event, TypeId, Value};
 use serde_json::Value as Json;
 
-use crate::schema::{FieldType, StreamSchema};
+use crate::schema::{FieldType, StreamField, StreamSchema};
 
 /// Why a record is not an event of its stream. The messages name the field and are shown to
 /// users as they are.
@@ -96,34 +98,7 @@ pub fn json_event(schema: &StreamSchema, type_name: Option<&str>, value: &Json, 
         if !f.in_types[kind.index()] {
             continue;
         }
-        let v = f.path.split('.').try_fold(value, |v, seg| v.get(seg));
-        let v = match v {
-            None | Some(Json::Null) if f.nullable => continue,
-            None => return Err(EventError::MissingField { field: f.path.clone() }),
-            Some(v) => v,
-        };
-        fields[i] = match (f.ty, v) {
-            (FieldType::Bool, Json::Bool(b)) => Value::Bool(*b),
-            (FieldType::Int, Json::Number(n)) if n.is_i64() => Value::Int(n.as_i64().unwrap_or(0)),
-            (FieldType::Timestamp, Json::Number(n)) if n.is_i64() => {
-                Value::Int(n.as_i64().unwrap_or(0) / f.time_divisor.max(1))
-            }
-            (FieldType::Float, Json::Number(n)) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-            (FieldType::Str, Json::String(s)) => {
-                if let Some(sym) = &f.symbols {
-                    if !sym.contains(s) {
-                        return Err(EventError::NotASymbol {
-                            field: f.path.clone(),
-                            value: s.clone(),
-                            symbols: sym.clone(),
-                        });
-                    }
-                }
-                Value::str(s)
-            }
-            (FieldType::Unsupported, _) => Value::Null,
-            (t, v) => return Err(EventError::WrongType { field: f.path.clone(), expected: t, found: v.clone() }),
-        };
+        fields[i] = json_field(f, f.path.split('.').try_fold(value, |v, seg| v.get(seg)))?;
     }
     for k in obj.keys() {
         if !schema.fields.iter().any(|f| f.in_types[kind.index()] && f.path.split('.').next() == Some(k)) {
@@ -141,6 +116,41 @@ pub fn json_event(schema: &StreamSchema, type_name: Option<&str>, value: &Json, 
         None => return Err(EventError::NoTimestampField { stream: schema.name.clone() }),
     };
     Ok(Event { seq, ts, kind, fields: fields.into() })
+}
+
+/// The value of field `f` of an event, given what its path holds in the record's JSON form
+/// (`None`: the path is absent): the per-field checks and conversions of [`json_event`] (a
+/// missing or null value of a nullable field is null; timestamps scaled to milliseconds; text
+/// checked against the enum's symbols; fields patterns cannot read are null). Other decoders
+/// use it to convert the same way.
+pub fn json_field(f: &StreamField, v: Option<&Json>) -> Result<Value, EventError> {
+    let v = match v {
+        None | Some(Json::Null) if f.nullable => return Ok(Value::Null),
+        None => return Err(EventError::MissingField { field: f.path.clone() }),
+        Some(v) => v,
+    };
+    Ok(match (f.ty, v) {
+        (FieldType::Bool, Json::Bool(b)) => Value::Bool(*b),
+        (FieldType::Int, Json::Number(n)) if n.is_i64() => Value::Int(n.as_i64().unwrap_or(0)),
+        (FieldType::Timestamp, Json::Number(n)) if n.is_i64() => {
+            Value::Int(n.as_i64().unwrap_or(0) / f.time_divisor.max(1))
+        }
+        (FieldType::Float, Json::Number(n)) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        (FieldType::Str, Json::String(s)) => {
+            if let Some(sym) = &f.symbols {
+                if !sym.contains(s) {
+                    return Err(EventError::NotASymbol {
+                        field: f.path.clone(),
+                        value: s.clone(),
+                        symbols: sym.clone(),
+                    });
+                }
+            }
+            Value::str(s)
+        }
+        (FieldType::Unsupported, _) => Value::Null,
+        (t, v) => return Err(EventError::WrongType { field: f.path.clone(), expected: t, found: v.clone() }),
+    })
 }
 
 #[cfg(test)]

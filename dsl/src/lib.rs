@@ -7,7 +7,8 @@
 //! on, so one run reports every error of a file. pest types stay inside [`parser`].
 //!
 //! [`json_event`] decodes a record of a stream (the JSON-lines export format) into an
-//! [`engine::Event`] against its [`StreamSchema`]: the one decoder of the project.
+//! [`engine::Event`] against its [`StreamSchema`]: the reference decoder of the project (the
+//! service's direct Avro decoder converts as its [`json_field`] does).
 
 pub mod ast;
 pub mod check;
@@ -18,7 +19,7 @@ pub mod parser;
 pub mod schema;
 
 pub use diag::{Diagnostic, SourceFile};
-pub use event::{json_event, EventError, EventErrorKind};
+pub use event::{json_event, json_field, EventError, EventErrorKind};
 pub use schema::{Catalog, FieldType, SchemaError, StreamSchema};
 
 /// Deepest nesting of brackets and prefix operators accepted, so that hostile input cannot

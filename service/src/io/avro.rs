@@ -5,6 +5,14 @@
 //! the JSON-lines export is ([`dsl::json_event`]), so the service and a replay
 //! see the same event.
 //!
+//! Two paths do that. The generic one ([`AvroIn::decode_generic`], [`AvroIn::decode_json`])
+//! builds apache_avro's value tree, resolves it and converts its JSON form. [`AvroIn::decode`]
+//! takes the direct one: a program compiled once per (writer schema id, stream)
+//! ([`super::avro_direct`]) that reads the datum straight into the event, and hands a record back
+//! to the generic path whenever that path would refuse it with a message of apache_avro's (or
+//! when the schema is one the compiler does not model), so both give the same event or the
+//! same reject.
+//!
 //! Every record that cannot become an event is a [`Reject`] with a reason code and a message
 //! naming the field or the schema; registry outages are not rejects: [`AvroIn::decode_retrying`]
 //! is the one retry policy every reader uses.
@@ -16,10 +24,12 @@ use std::time::{Duration, Instant};
 
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::Schema;
+use dsl::StreamSchema;
 use engine::Event;
 use schema_registry_converter::blocking::schema_registry::{get_schema_by_id, SrSettings};
 use schema_registry_converter::schema_registry_common::SchemaType;
 
+use super::avro_direct::{self, Outcome, Program};
 use super::kafka;
 use crate::core::config::Config;
 use crate::core::plan::{Reject, StreamPlan};
@@ -45,10 +55,27 @@ pub enum Retried<T> {
     Cancelled,
 }
 
-/// A writer schema by id, and per stream whether it resolves to the stream's schema.
+/// A writer schema by id, and per stream whether it resolves to the stream's schema and its
+/// direct decoder.
 struct Writer {
     schema: Result<Arc<Schema>, Reject>,
     readable: HashMap<String, Result<(), Reject>>,
+    direct: HashMap<String, Direct>,
+}
+
+impl Writer {
+    fn new(schema: Result<Arc<Schema>, Reject>) -> Self {
+        Writer { schema, readable: HashMap::new(), direct: HashMap::new() }
+    }
+}
+
+/// The direct decoder of a (writer schema, stream), compiled for the stream's field table
+/// `catalog`; `None`: the schema is one the compiler does not model, its records take the
+/// generic path.
+#[derive(Clone, Debug)]
+struct Direct {
+    catalog: Arc<StreamSchema>,
+    program: Option<Arc<Program>>,
 }
 
 /// Decodes records of the configured streams; caches writer schemas by id.
@@ -59,6 +86,9 @@ pub struct AvroIn {
     /// Per stream: its configured (reader) schema and the record type name of each union branch.
     readers: HashMap<String, (Schema, Vec<String>)>,
     writers: HashMap<u32, Writer>,
+    /// The (schema id, stream) of the last record decoded, and its decoder: most records repeat
+    /// it, and then no map is looked up.
+    last: Option<(u32, String, Direct)>,
 }
 
 impl std::fmt::Debug for AvroIn {
@@ -80,7 +110,22 @@ impl AvroIn {
             };
             map.insert(name.clone(), (schema, branches));
         }
-        Ok(AvroIn { registry, registry_url: registry_url.to_owned(), readers: map, writers: HashMap::new() })
+        Ok(AvroIn {
+            registry,
+            registry_url: registry_url.to_owned(),
+            readers: map,
+            writers: HashMap::new(),
+            last: None,
+        })
+    }
+
+    /// Registers writer schema `id` (JSON text) as if the registry had answered with it: for
+    /// tests and benchmarks, which have no registry.
+    pub fn insert_writer_schema(&mut self, id: u32, json: &str) -> Result<(), Error> {
+        let schema = Schema::parse_str(json).or_fail_with(Kind::Usage, || format!("schema id {id}"))?;
+        self.writers.insert(id, Writer::new(Ok(Arc::new(schema))));
+        self.last = None;
+        Ok(())
     }
 
     /// The decoder of the streams of `plans` (their schemas read relative to the config file at
@@ -150,14 +195,30 @@ impl AvroIn {
         }
     }
 
-    /// Decodes a record value of `plan`'s stream; `seq` is its coordinate.
+    /// Decodes a record value of `plan`'s stream; `seq` is its coordinate. Through the direct
+    /// decoder of the record's writer schema; the records it hands back, and the schemas it
+    /// does not model, through [`AvroIn::decode_generic`]: the event or reject is the same.
     pub fn decode(&mut self, plan: &StreamPlan, value: Option<&[u8]>, seq: u64) -> Result<Event, DecodeError> {
+        let bytes = value.ok_or_else(no_value)?;
+        let id = schema_id(bytes)?;
+        let outcome = match self.direct(plan, id)? {
+            Some(program) => program.decode(&bytes[5..], seq),
+            None => Err(Outcome::Defer),
+        };
+        match outcome {
+            Ok(event) => Ok(event),
+            Err(Outcome::LeftOver(n)) => Err(left_over(id, n)),
+            Err(Outcome::Event(e)) => Err(event_reject(&e)),
+            Err(Outcome::Defer) => self.decode_generic(plan, value, seq),
+        }
+    }
+
+    /// Decodes a record value of `plan`'s stream as [`AvroIn::decode`] does, through apache_avro's
+    /// value tree and the JSON form ([`AvroIn::decode_json`], [`dsl::json_event`]): the reference
+    /// path.
+    pub fn decode_generic(&mut self, plan: &StreamPlan, value: Option<&[u8]>, seq: u64) -> Result<Event, DecodeError> {
         let (type_name, json) = self.decode_json(plan, value)?;
-        let event = dsl::json_event(&plan.schema, type_name.as_deref(), &json, seq).map_err(|e| {
-            let code = if e.kind() == dsl::EventErrorKind::NullTimestamp { "bad-timestamp" } else { "missing-field" };
-            reject(code, e.to_string())
-        })?;
-        Ok(event)
+        dsl::json_event(&plan.schema, type_name.as_deref(), &json, seq).map_err(|e| event_reject(&e))
     }
 
     /// Decodes a record value to the stream's record type name (None for a stream of one type)
@@ -167,36 +228,13 @@ impl AvroIn {
         plan: &StreamPlan,
         value: Option<&[u8]>,
     ) -> Result<(Option<String>, serde_json::Value), DecodeError> {
-        let bytes = value.ok_or_else(|| reject("no-value", "the record has no value"))?;
-        if bytes.len() < 5 || bytes[0] != 0 {
-            return Err(reject(
-                "not-avro",
-                format!(
-                    "not in the Confluent wire format (magic byte 0, 4-byte schema id, Avro datum): {} byte(s) starting {}",
-                    bytes.len(),
-                    hex_prefix(bytes)
-                ),
-            ));
-        }
-        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        if !self.writers.contains_key(&id) {
-            let schema = self.fetch(id)?;
-            self.writers.insert(id, Writer { schema, readable: HashMap::new() });
-        }
-        let writer = self.writers.get_mut(&id).ok_or_else(|| reject("unknown-schema", "cache"))?;
-        let writer_schema = writer.schema.clone().map_err(DecodeError::Reject)?;
+        let bytes = value.ok_or_else(no_value)?;
+        let id = schema_id(bytes)?;
+        let writer_schema = self.writer(plan, id)?;
         let (reader_schema, branches) = self
             .readers
             .get(&plan.name)
             .ok_or_else(|| reject("wrong-schema", format!("stream `{}` has no schema", plan.name)))?;
-        // Whether this writer schema reads as the stream's is decided once per (schema id, stream).
-        if !writer.readable.contains_key(&plan.name) {
-            let verdict = readable(id, &writer_schema, reader_schema, branches, &plan.name);
-            writer.readable.insert(plan.name.clone(), verdict);
-        }
-        if let Some(Err(r)) = writer.readable.get(&plan.name) {
-            return Err(DecodeError::Reject(r.clone()));
-        }
         let mut datum = &bytes[5..];
         let value = apache_avro::reader::datum::GenericDatumReader::builder(&writer_schema)
             .reader_schema(reader_schema)
@@ -204,10 +242,7 @@ impl AvroIn {
             .and_then(|r| r.read_value(&mut datum))
             .map_err(|e| reject("undecodable", format!("schema id {id}: the Avro datum does not decode: {e}")))?;
         if !datum.is_empty() {
-            return Err(reject(
-                "undecodable",
-                format!("schema id {id}: {} byte(s) left over after the Avro datum", datum.len()),
-            ));
+            return Err(left_over(id, datum.len()));
         }
         let type_name = match &value {
             &apache_avro::types::Value::Union(idx, _) => branches.get(idx as usize).cloned(),
@@ -216,6 +251,71 @@ impl AvroIn {
         let json = serde_json::Value::try_from(value)
             .map_err(|e| reject("undecodable", format!("schema id {id}: the value does not convert: {e}")))?;
         Ok((type_name.filter(|t| !t.is_empty() && branches.len() > 1), json))
+    }
+
+    /// Writer schema `id` (fetched on first sight) once it is known to read as `plan`'s
+    /// stream's schema: whether it does is decided once per (schema id, stream).
+    fn writer(&mut self, plan: &StreamPlan, id: u32) -> Result<Arc<Schema>, DecodeError> {
+        if !self.writers.contains_key(&id) {
+            let schema = self.fetch(id)?;
+            self.writers.insert(id, Writer::new(schema));
+        }
+        let writer = self.writers.get_mut(&id).ok_or_else(|| reject("unknown-schema", "cache"))?;
+        let writer_schema = writer.schema.clone().map_err(DecodeError::Reject)?;
+        let (reader_schema, branches) = self
+            .readers
+            .get(&plan.name)
+            .ok_or_else(|| reject("wrong-schema", format!("stream `{}` has no schema", plan.name)))?;
+        if !writer.readable.contains_key(&plan.name) {
+            let verdict = readable(id, &writer_schema, reader_schema, branches, &plan.name);
+            writer.readable.insert(plan.name.clone(), verdict);
+        }
+        if let Some(Err(r)) = writer.readable.get(&plan.name) {
+            return Err(DecodeError::Reject(r.clone()));
+        }
+        Ok(writer_schema)
+    }
+
+    /// The direct decoder of records of `plan`'s stream written with schema `id` (`None`: they
+    /// take the generic path), compiled on first sight.
+    fn direct(&mut self, plan: &StreamPlan, id: u32) -> Result<Option<&Program>, DecodeError> {
+        let hit = matches!(&self.last, Some((i, stream, d))
+            if *i == id && *stream == plan.name && Arc::ptr_eq(&d.catalog, &plan.schema));
+        if !hit {
+            let d = self.compiled(plan, id)?;
+            self.last = Some((id, plan.name.clone(), d));
+        }
+        Ok(self.last.as_ref().and_then(|(_, _, d)| d.program.as_deref()))
+    }
+
+    fn compiled(&mut self, plan: &StreamPlan, id: u32) -> Result<Direct, DecodeError> {
+        let writer_schema = self.writer(plan, id)?;
+        let reader_schema = &self
+            .readers
+            .get(&plan.name)
+            .ok_or_else(|| reject("wrong-schema", format!("stream `{}` has no schema", plan.name)))?
+            .0;
+        let writer = self.writers.get_mut(&id).ok_or_else(|| reject("unknown-schema", "cache"))?;
+        // Compiled for the stream's field table: a reload that changes it compiles again.
+        if let Some(d) = writer.direct.get_mut(&plan.name) {
+            if Arc::ptr_eq(&d.catalog, &plan.schema) || *d.catalog == *plan.schema {
+                d.catalog = plan.schema.clone();
+                return Ok(d.clone());
+            }
+        }
+        let program = match avro_direct::compile(&writer_schema, reader_schema, &plan.schema) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(why) => {
+                tracing::info!(
+                    "schema id {id}, stream `{}`: records are decoded through the generic Avro path ({why})",
+                    plan.name
+                );
+                None
+            }
+        };
+        let d = Direct { catalog: plan.schema.clone(), program };
+        writer.direct.insert(plan.name.clone(), d.clone());
+        Ok(d)
     }
 
     fn fetch(&self, id: u32) -> Result<Result<Arc<Schema>, Reject>, DecodeError> {
@@ -281,6 +381,35 @@ fn readable(
 
 fn reject(code: &'static str, message: impl Into<String>) -> DecodeError {
     DecodeError::Reject(Reject::new(code, message))
+}
+
+fn no_value() -> DecodeError {
+    reject("no-value", "the record has no value")
+}
+
+/// The schema id of a record value in the Confluent wire format.
+fn schema_id(bytes: &[u8]) -> Result<u32, DecodeError> {
+    if bytes.len() < 5 || bytes[0] != 0 {
+        return Err(reject(
+            "not-avro",
+            format!(
+                "not in the Confluent wire format (magic byte 0, 4-byte schema id, Avro datum): {} byte(s) starting {}",
+                bytes.len(),
+                hex_prefix(bytes)
+            ),
+        ));
+    }
+    Ok(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]))
+}
+
+fn left_over(id: u32, n: usize) -> DecodeError {
+    reject("undecodable", format!("schema id {id}: {n} byte(s) left over after the Avro datum"))
+}
+
+/// A record that is not an event of its stream.
+fn event_reject(e: &dsl::EventError) -> DecodeError {
+    let code = if e.kind() == dsl::EventErrorKind::NullTimestamp { "bad-timestamp" } else { "missing-field" };
+    reject(code, e.to_string())
 }
 
 fn record_name(s: &Schema) -> String {
