@@ -121,16 +121,19 @@ fn sigkill_between_the_commit_and_the_store_write_restores_from_the_changelog() 
     let text = std::fs::read_to_string(&cfg).expect("config");
     std::fs::write(&cfg, text.replace("group_id = \"gap\"", "group_id = \"gap\"\nstatic_membership = true"))
         .expect("config");
-    produce_payments(&env, &cfg, "events.jsonl", &common::payments(10_000, 500, 35), "2");
-    let mut svc = Service::start_with(&env, &cfg, "gap-killed", &[("TRIPLINE_FAILPOINTS", "kill-after-commit:5")]);
+    produce_payments(&env, &cfg, "events.jsonl", &common::payments(30_000, 500, 35), "2");
+    let mut svc = Service::start_with(&env, &cfg, "gap-killed", &[("TRIPLINE_FAILPOINTS", "kill-after-commit:3")]);
     let status = wait_exit(&mut svc, &env, Duration::from_secs(120));
     assert!(!status.success(), "the failpoint kills the service");
     let log = std::fs::read_to_string(env.dir.path().join("gap-killed.log")).expect("log");
     assert!(log.contains("failpoint kill-after-commit"), "{}", log_tail(&env, "gap-killed"));
+    let committed = common::committed_total(&env, "gap", "payments");
+    assert!(committed > 0 && committed < 30_000, "killed mid-run: {committed} of 30000 committed");
 
-    // The store holds the 4th commit, the group's offsets the 5th: the state comes from the
+    // The store holds the 2nd commit, the group's offsets the 3rd: the state comes from the
     // changelog.
     let mut svc = Service::start(&env, &cfg, "gap");
+    common::wait_ready(&cfg, Duration::from_secs(120));
     env.wait_caught_up("gap", "payments", Duration::from_secs(300));
     assert!(svc.stop().success(), "{}", log_tail(&env, "gap"));
     let log = std::fs::read_to_string(env.dir.path().join("gap.log")).expect("log");

@@ -194,6 +194,9 @@ pub struct ServiceConfig {
     pub min_event_time: i64,
     #[serde(default = "default_max_time")]
     pub max_event_time: i64,
+    /// Threads that feed partitions' records to their engine state side by side (a partition
+    /// is always on one thread at a time); default: the machine's cores.
+    pub threads: Option<usize>,
 }
 
 impl Default for ServiceConfig {
@@ -206,6 +209,7 @@ impl Default for ServiceConfig {
             http_addr: default_http(),
             min_event_time: default_min_time(),
             max_event_time: default_max_time(),
+            threads: None,
         }
     }
 }

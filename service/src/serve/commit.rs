@@ -18,6 +18,7 @@
 //! shutdown path can commit a half-done transaction.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -318,6 +319,7 @@ impl Worker {
     /// consumer back to match. A failed seek stops the service: the state would rewind and the
     /// consumer not.
     pub(super) fn rewind(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
         let list: Vec<(String, i32)> =
             self.parts.iter().flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p))).collect();
         for (t, p) in list {

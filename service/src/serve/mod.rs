@@ -10,8 +10,13 @@
 //! position is the group's committed offset, else from the changelog (read_committed).
 //!
 //! Threads: this loop owns the consumer, the producer and all engine state (behind one mutex,
-//! which the rebalance callback takes from inside `poll`, on this same thread); a small tokio
-//! runtime serves `/healthz` and `/readyz` and turns SIGTERM/SIGINT into a shutdown request.
+//! which the rebalance callback takes from inside `poll`, on this same thread). It polls records
+//! in batches (what the consumer holds already, up to [`MAX_BATCH`]); within a batch the
+//! partitions' records are fed to their engine state on up to `service.threads` scoped threads,
+//! one partition per thread at a time and each partition's records in offset order, so the
+//! result is the same as one thread's. Decoding, producing and committing stay on this thread. A
+//! small tokio runtime serves `/healthz` and `/readyz` and turns SIGTERM/SIGINT into a shutdown
+//! request.
 //!
 //! The rooms: this file starts the service and runs the loop; [`records`] handles one consumed
 //! record, [`commit`] the transaction (and the rewind after an abort), [`rebalance`] assignment,
@@ -19,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,7 +34,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::core::config::{self, Config};
-use crate::core::partition::{Emit, Partition};
+use crate::core::partition::Partition;
 use crate::core::pattern_sets::{compile_files, PatternSet};
 use crate::core::plan::{build_plans, StreamPlan};
 use crate::error::{Error, Kind, Result, ResultExt};
@@ -49,6 +54,9 @@ mod reload;
 use batch::{init_metrics, Batch};
 use commit::TXN_TIMEOUT;
 use rebalance::{GroupContext, Restored};
+
+/// The most records handled as one batch (see [`Worker::handle_batch`]).
+const MAX_BATCH: usize = 2048;
 
 /// Gauges are set after every commit, and at least this often when nothing is committed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -173,7 +181,15 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
+    let epoch = Arc::new(AtomicU64::new(0));
+    let threads = cfg
+        .service
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+        .max(1);
     let core = Worker {
+        epoch: epoch.clone(),
+        threads,
         producer,
         store,
         plans,
@@ -182,7 +198,6 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         parts: HashMap::new(),
         in_txn: false,
         txn_started: Instant::now(),
-        emit: Vec::new(),
         changelog,
         changelog_parts,
         alerts_topic: o.alerts_topic.clone(),
@@ -209,6 +224,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         max_record: kafka::max_record_bytes(&cfg)?,
     };
     let shared = Arc::new(Shared {
+        epoch,
         core: Mutex::new(core),
         assigned: Mutex::new(None),
         revoked_while_restoring: AtomicBool::new(false),
@@ -298,10 +314,25 @@ fn main_loop(
                 tracing::warn!("consumer: {msg}");
             }
             Some(Ok(msg)) => {
+                // What the consumer holds already joins it, without waiting; each record is
+                // tagged with the epoch it was polled in (a rebalance or a rewind starts another).
+                let epoch = || shared.epoch.load(Ordering::Relaxed);
+                let mut msgs = vec![(epoch(), msg)];
+                while msgs.len() < MAX_BATCH {
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Ok(m)) => msgs.push((epoch(), m)),
+                        Some(Err(KafkaError::PartitionEOF(_))) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!("consumer: {}", kafka::redact(cfg, &e.to_string()));
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 handle_assignment(consumer, shared)?;
                 let mut core = lock(shared);
                 // An error after the transaction began aborts it before it is returned.
-                if let Err(e) = core.handle(consumer, &msg, health) {
+                if let Err(e) = core.handle_batch(consumer, &msgs, health) {
                     match core.recoverable_fatal() {
                         Some(why) => {
                             core.renew_producer(&why)?;
@@ -421,6 +452,9 @@ impl Output {
 
 /// State shared between the loop and the rebalance callbacks.
 struct Shared {
+    /// Bumped by every rebalance and rewind: a record polled in an earlier epoch is not
+    /// processed (the consumer reads it again from its new position).
+    epoch: Arc<AtomicU64>,
     core: Mutex<Worker>,
     /// Partitions assigned by the last rebalance, waiting for their state.
     assigned: Mutex<Option<Vec<(String, i32)>>>,
@@ -464,6 +498,10 @@ struct Totals {
 /// The loop's state: the clients, the store, every assigned partition's engine state and the
 /// open transaction's bookkeeping.
 struct Worker {
+    /// The epoch of polled records (see [`Shared::epoch`]).
+    epoch: Arc<AtomicU64>,
+    /// Threads that step partitions side by side.
+    threads: usize,
     producer: BaseProducer<Logger>,
     store: Store,
     plans: BTreeMap<String, Arc<StreamPlan>>,
@@ -473,7 +511,6 @@ struct Worker {
     parts: HashMap<String, HashMap<i32, Partition>>,
     in_txn: bool,
     txn_started: Instant,
-    emit: Vec<Emit>,
     changelog: String,
     changelog_parts: i32,
     alerts_topic: String,

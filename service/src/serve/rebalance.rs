@@ -270,6 +270,8 @@ impl ClientContext for GroupContext {
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Records polled before are not processed after (see `Shared::epoch`).
+        self.shared.epoch.fetch_add(1, Ordering::Relaxed);
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut core = match self.shared.core.try_lock() {
                 Ok(core) => core,
@@ -318,6 +320,7 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.shared.epoch.fetch_add(1, Ordering::Relaxed);
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let list = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();

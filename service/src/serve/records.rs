@@ -1,10 +1,14 @@
-//! One consumed record: decoded (waiting out registry outages), admitted, fed to its partition,
-//! and its outputs produced in the open transaction: alerts, timeouts, the late event or the
-//! dead letter, with the source's coordinates in headers.
+//! Consumed records, a batch at a time: decoded in order (waiting out registry outages, with
+//! nothing left open meanwhile), admitted and fed to their partitions (partitions side by side on
+//! several threads, each partition's records in order), and their outputs produced in the open
+//! transaction: alerts, timeouts, the late event or the dead letter, with the source's
+//! coordinates in headers.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use engine::Event;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::Producer;
@@ -14,8 +18,8 @@ use super::Ended;
 use super::Output;
 use super::Worker;
 use crate::core::coords::seq_of;
-use crate::core::partition::Emit;
-use crate::core::plan::admit;
+use crate::core::partition::{Emit, Partition};
+use crate::core::plan::{admit, Reject};
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::avro::{DecodeError, Retried};
 use crate::io::http::Health;
@@ -32,100 +36,167 @@ impl Worker {
         Ok(())
     }
 
-    /// Processes one consumed record (a record of a partition this instance does not hold, or
-    /// holds a state past, is skipped). The record's outputs are produced before its partition's
-    /// position moves past it; an error leaves the transaction for the caller to abort.
-    pub(super) fn handle(
+    /// Processes a batch of polled records, each tagged with the [epoch](Worker::epoch) it was
+    /// polled in: a record of an older epoch is dropped (a rewind or a rebalance came between;
+    /// the consumer reads it again from the new position). The records are decoded in order,
+    /// then each partition's records are fed to its state, partitions side by side on up to
+    /// `threads` threads, then every record's outputs are produced in order, each before its
+    /// partition's position moves past it. An error leaves the transaction for the caller to
+    /// abort.
+    pub(super) fn handle_batch(
         &mut self,
         consumer: &BaseConsumer<GroupContext>,
-        msg: &BorrowedMessage<'_>,
+        msgs: &[(u64, BorrowedMessage<'_>)],
         health: &Health,
     ) -> Result<()> {
-        let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
-        let Some(plan) = self.plans.get(topic).cloned() else { return Ok(()) };
-        match self.parts.get(topic).and_then(|m| m.get(&p)) {
-            // Not (or no longer) ours, or already in the restored state.
-            None => return Ok(()),
-            Some(part) if off < part.next_offset => return Ok(()),
-            Some(_) => {}
-        }
-        let seq = seq_of(p, off);
-        let decoded = match self.avro.decode(&plan, msg.payload(), seq) {
-            Ok(event) => Ok(event),
-            Err(DecodeError::Reject(r)) => Err(r),
-            Err(DecodeError::Unavailable(why)) => {
-                // Never wait with a transaction open: it would keep read_committed readers of
-                // every output partition it wrote waiting as long as the registry is away.
-                if self.in_txn {
-                    tracing::warn!("{why}: committing what is done before waiting for the schema registry");
-                    if self.commit_or_rewind(consumer)? == Ended::Aborted {
-                        // Rewound: the consumer reads this record again.
-                        return Ok(());
+        let mut ready: Vec<Ready<'_, '_>> = Vec::with_capacity(msgs.len());
+        for (epoch, msg) in msgs {
+            if *epoch != self.epoch.load(Ordering::Relaxed) {
+                continue;
+            }
+            let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
+            let Some(plan) = self.plans.get(topic) else { continue };
+            match self.parts.get(topic).and_then(|m| m.get(&p)) {
+                // Not (or no longer) ours, or already in the restored state.
+                None => continue,
+                Some(part) if off < part.next_offset => continue,
+                Some(_) => {}
+            }
+            let seq = seq_of(p, off);
+            let decoded = match self.avro.decode(plan, msg.payload(), seq) {
+                Ok(event) => Ok(event),
+                Err(DecodeError::Reject(r)) => Err(r),
+                Err(DecodeError::Unavailable(why)) => {
+                    let plan = plan.clone();
+                    // Never wait with a transaction open: it would keep read_committed readers
+                    // of every output partition it wrote waiting as long as the registry is away.
+                    if self.in_txn || !ready.is_empty() {
+                        tracing::warn!("{why}: committing what is done before waiting for the schema registry");
+                        self.step_and_publish(&mut ready)?;
+                        if self.commit_or_rewind(consumer)? == Ended::Aborted {
+                            // Rewound: the consumer reads this record and the rest again.
+                            return Ok(());
+                        }
+                    }
+                    let stop = || health.shutdown.load(Ordering::Relaxed);
+                    match self.avro.decode_retrying(&plan, msg.payload(), seq, None, &stop)? {
+                        Retried::Decoded(event) => Ok(event),
+                        Retried::Rejected(r) => Err(r),
+                        // Not consumed, nor is anything after it: the next owner reads them.
+                        Retried::Cancelled => return Ok(()),
                     }
                 }
-                let stop = || health.shutdown.load(Ordering::Relaxed);
-                match self.avro.decode_retrying(&plan, msg.payload(), seq, None, &stop)? {
-                    Retried::Decoded(event) => Ok(event),
-                    Retried::Rejected(r) => Err(r),
-                    // Not consumed: the next owner reads it again.
-                    Retried::Cancelled => return Ok(()),
-                }
-            }
-        };
+            };
+            ready.push(Ready { msg, decoded: Some(decoded), decode_failed: false, outcome: None, emit: Vec::new() });
+        }
+        self.step_and_publish(&mut ready)
+    }
+
+    /// Feeds `ready` to their partitions and produces their outputs (then `ready` is empty).
+    fn step_and_publish(&mut self, ready: &mut Vec<Ready<'_, '_>>) -> Result<()> {
+        if ready.is_empty() {
+            return Ok(());
+        }
         self.begin()?;
-        let mut emit = std::mem::take(&mut self.emit);
-        let part = self
-            .parts
-            .get_mut(topic)
-            .and_then(|m| m.get_mut(&p))
-            .ok_or_else(|| Error::failed(format!("no state for {topic}/{p}")))?;
-        part.counts.consumed += 1;
-        self.totals.consumed += 1;
-        let decode_failed = decoded.is_err();
-        part.reads.consumed += 1;
-        part.reads.bytes += msg.payload_len() as u64;
-        part.reads.decoded += u64::from(!decode_failed);
-        let outcome = match decoded.and_then(|ev| admit(&plan, &ev, self.min_ts, self.max_ts).map(|()| ev)) {
-            Ok(ev) => {
-                let ts = ev.ts;
-                if part.process(ev, &mut emit) {
-                    Ok(None)
-                } else {
-                    Ok(Some((ts, part.watermark())))
+        self.step(ready);
+        for r in ready.iter_mut() {
+            self.publish(r)?;
+        }
+        ready.clear();
+        Ok(())
+    }
+
+    /// Feeds each record to its partition's state, partitions side by side.
+    fn step(&mut self, ready: &mut [Ready<'_, '_>]) {
+        // Per partition, the indices of its records (in offset order).
+        let mut by_part: HashMap<(&str, i32), Vec<usize>> = HashMap::new();
+        for (i, r) in ready.iter().enumerate() {
+            by_part.entry((r.msg.topic(), r.msg.partition())).or_default().push(i);
+        }
+        let mut work: Vec<Work<'_>> = Vec::with_capacity(by_part.len());
+        for (t, m) in &mut self.parts {
+            for (p, part) in m.iter_mut() {
+                if let Some(idx) = by_part.remove(&(t.as_str(), *p)) {
+                    let items = idx
+                        .into_iter()
+                        .filter_map(|i| {
+                            let r = &mut ready[i];
+                            let decoded = r.decoded.take()?;
+                            Some((i, Input { decoded, bytes: r.msg.payload_len() as u64 }))
+                        })
+                        .collect();
+                    work.push((part, items));
                 }
-            }
-            Err(r) => Err(r),
-        };
-        match &outcome {
-            Ok(None) => {
-                self.totals.processed += 1;
-                part.reads.processed += 1;
-            }
-            Ok(Some(_)) => {
-                self.totals.late += 1;
-                part.reads.late += 1;
-            }
-            Err(_) => {
-                part.counts.dead_lettered += 1;
-                self.totals.dead_lettered += 1;
             }
         }
+        let (min_ts, max_ts) = (self.min_ts, self.max_ts);
+        let records: usize = work.iter().map(|(_, w)| w.len()).sum();
+        let threads = self.threads.min(work.len());
+        let mut results: Vec<Vec<(usize, Stepped)>> = Vec::new();
+        if threads <= 1 || records < PARALLEL_MIN_RECORDS {
+            results.extend(work.into_iter().map(|(part, items)| step_partition(part, items, min_ts, max_ts)));
+        } else {
+            // Partitions dealt to threads, biggest first, each to the least loaded.
+            work.sort_by_key(|(_, w)| std::cmp::Reverse(w.len()));
+            let mut shares: Vec<(usize, Vec<Work<'_>>)> = (0..threads).map(|_| (0, Vec::new())).collect();
+            for w in work {
+                let least = (0..shares.len()).min_by_key(|&i| shares[i].0).unwrap_or(0);
+                shares[least].0 += w.1.len();
+                shares[least].1.push(w);
+            }
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = shares
+                    .into_iter()
+                    .map(|(_, share)| {
+                        scope.spawn(move || {
+                            share
+                                .into_iter()
+                                .map(|(part, items)| step_partition(part, items, min_ts, max_ts))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    match h.join() {
+                        Ok(r) => results.extend(r),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+            });
+        }
+        for (i, s) in results.into_iter().flatten() {
+            let r = &mut ready[i];
+            r.decode_failed = s.decode_failed;
+            r.outcome = Some(s.outcome);
+            r.emit = s.emit;
+        }
+    }
+
+    /// Produces one stepped record's outputs and moves its partition's position past it.
+    fn publish(&mut self, r: &mut Ready<'_, '_>) -> Result<()> {
+        let msg = r.msg;
+        let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
+        let Some(outcome) = r.outcome.take() else { return Ok(()) };
+        let plan_name = self.plans.get(topic).map(|p| p.name.clone()).unwrap_or_default();
+        self.totals.consumed += 1;
         match outcome {
-            Ok(None) => {}
+            Ok(None) => self.totals.processed += 1,
             Ok(Some((ts, wm))) => {
+                self.totals.late += 1;
                 let (ts, wm) = (ts.to_string(), wm.to_string());
                 let extra = [("tripline.reason", "late"), ("tripline.event_time", &ts), ("tripline.watermark", &wm)];
                 self.copy_out(Output::Late, msg, &extra)?;
             }
-            Err(r) => {
-                *self.batch.rejects.entry((plan.name.clone(), r.code, decode_failed)).or_default() += 1;
-                tracing::debug!(topic, partition = p, offset = off, reason = r.code, "dead letter: {}", r.message);
-                let extra = [("tripline.reason", r.code), ("tripline.error", r.message.as_str())];
+            Err(rej) => {
+                self.totals.dead_lettered += 1;
+                *self.batch.rejects.entry((plan_name, rej.code, r.decode_failed)).or_default() += 1;
+                tracing::debug!(topic, partition = p, offset = off, reason = rej.code, "dead letter: {}", rej.message);
+                let extra = [("tripline.reason", rej.code), ("tripline.error", rej.message.as_str())];
                 self.copy_out(Output::DeadLetter, msg, &extra)?;
             }
         }
         let ingest = msg.timestamp().to_millis();
-        for e in emit.drain(..) {
+        for e in r.emit.drain(..) {
             let (key, json, out) = match &e {
                 Emit::Alert { key, json, shadow: true, .. } => (key, json, Output::ShadowAlerts),
                 Emit::Alert { key, json, .. } => (key, json, Output::Alerts),
@@ -143,9 +214,9 @@ impl Worker {
             let size = key.len() + json.len() + RECORD_OVERHEAD;
             if size > self.max_record {
                 return Err(Error::failed(format!(
-                    "the {} record of {topic}/{p} at offset {off} is {size} bytes, more than a record may be (message.max.bytes = \
-                     {}): raise message.max.bytes (kafka.properties) and the topic's max.message.bytes, or bound the \
-                     match with a window or engine.max_partial_matches_per_key",
+                    "the {} record of {topic}/{p} at offset {off} is {size} bytes, more than a record may be \
+                     (message.max.bytes = {}): raise message.max.bytes (kafka.properties) and the topic's \
+                     max.message.bytes, or bound the match with a window or engine.max_partial_matches_per_key",
                     out.label(),
                     self.max_record
                 )));
@@ -157,7 +228,6 @@ impl Worker {
                 self.batch.latencies.push((ts, ingest));
             }
         }
-        self.emit = emit;
         // Its outputs are in the transaction: the record is done.
         let part = self
             .parts
@@ -206,6 +276,75 @@ impl Worker {
         self.batch.produced(out, key, payload);
         Ok(())
     }
+}
+
+/// A polled record on its way: decoded, then stepped (fed to its partition), then published.
+pub(super) struct Ready<'a, 'm> {
+    msg: &'a BorrowedMessage<'m>,
+    /// Taken by the step.
+    decoded: Option<std::result::Result<Event, Reject>>,
+    decode_failed: bool,
+    /// Set by the step: processed (None), late (event time, watermark), or rejected.
+    outcome: Option<Outcome>,
+    emit: Vec<Emit>,
+}
+
+/// What became of a record: processed (`Ok(None)`), late (`Ok(Some((event time, watermark)))`)
+/// or rejected.
+type Outcome = std::result::Result<Option<(i64, i64)>, Reject>;
+
+/// A partition and its records of a batch, for one step.
+type Work<'p> = (&'p mut Partition, Vec<(usize, Input)>);
+
+/// A record as its partition's step takes it.
+struct Input {
+    decoded: std::result::Result<Event, Reject>,
+    /// Payload bytes, for the metrics.
+    bytes: u64,
+}
+
+/// What a partition's step made of a record.
+struct Stepped {
+    decode_failed: bool,
+    outcome: Outcome,
+    emit: Vec<Emit>,
+}
+
+/// Below this many records in a batch, partitions are stepped on the loop's thread (a thread's
+/// start costs more than they take).
+const PARALLEL_MIN_RECORDS: usize = 64;
+
+/// Feeds one partition's records to its state, in order (runs on any thread: it touches this
+/// partition only).
+fn step_partition(part: &mut Partition, items: Vec<(usize, Input)>, min_ts: i64, max_ts: i64) -> Vec<(usize, Stepped)> {
+    let plan = part.plan.clone();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, input) in items {
+        part.counts.consumed += 1;
+        let decode_failed = input.decoded.is_err();
+        part.reads.consumed += 1;
+        part.reads.bytes += input.bytes;
+        part.reads.decoded += u64::from(!decode_failed);
+        let mut emit = Vec::new();
+        let outcome = match input.decoded.and_then(|ev| admit(&plan, &ev, min_ts, max_ts).map(|()| ev)) {
+            Ok(ev) => {
+                let ts = ev.ts;
+                if part.process(ev, &mut emit) {
+                    part.reads.processed += 1;
+                    Ok(None)
+                } else {
+                    part.reads.late += 1;
+                    Ok(Some((ts, part.watermark())))
+                }
+            }
+            Err(r) => {
+                part.counts.dead_lettered += 1;
+                Err(r)
+            }
+        };
+        out.push((i, Stepped { decode_failed, outcome, emit }));
+    }
+    out
 }
 
 /// What a record costs beyond its key, value and headers, at most (Kafka's record format v2:
