@@ -32,6 +32,7 @@ use super::{Ended, Output, Worker};
 use crate::core::changelog::state_prefix;
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::kafka::{produce, Logger, REQUEST_TIMEOUT};
+use crate::io::store::Changes;
 
 /// The largest state record the changelog takes (Kafka's default `message.max.bytes` is about
 /// 1 MB). One key's state beyond it stops the service with a message rather than failing every
@@ -79,7 +80,7 @@ impl Worker {
                         "failpoint kill-after-commit: the transaction committed, the store is not written",
                     );
                 }
-                self.store.apply(&changes)?;
+                self.store.apply(changes)?;
                 self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
                 self.metrics.transactions_committed.inc();
                 std::mem::take(&mut self.batch).fold_into(&self.metrics);
@@ -350,9 +351,6 @@ fn too_big(k: &[u8], len: usize) -> Error {
          ({MAX_STATE_RECORD}); bound it with engine.max_partial_matches_per_key"
     ))
 }
-
-/// State records to write (None deletes), as the changelog has them.
-type Changes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// Why a transaction cannot commit.
 #[derive(Debug)]

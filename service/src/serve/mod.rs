@@ -41,7 +41,7 @@ use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::avro::AvroIn;
 use crate::io::http::{self, Health};
 use crate::io::kafka::{self, Logger};
-use crate::io::store::Store;
+use crate::io::store::{Store, WriteBehind};
 use crate::obs::metrics::Metrics;
 use crate::obs::{init_logging, now_ms, out};
 
@@ -161,7 +161,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         as i32;
     drop(probe);
 
-    let store = Store::open(&base.join(&cfg.service.state_dir))?;
+    let store = WriteBehind::new(Store::open(&base.join(&cfg.service.state_dir))?)?;
 
     let txn_id = format!("{}-{}", cfg.kafka.group_id, cfg.service.instance_id);
     let mut pc = client.clone();
@@ -503,7 +503,8 @@ struct Worker {
     /// Threads that step partitions side by side.
     threads: usize,
     producer: BaseProducer<Logger>,
-    store: Store,
+    /// The local state store; written after each commit, off the loop.
+    store: WriteBehind,
     plans: BTreeMap<String, Arc<StreamPlan>>,
     avro: AvroIn,
     op_config: OpConfig,

@@ -101,8 +101,9 @@ impl Worker {
         }
         if !deletes.is_empty() {
             let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = deletes.into_iter().map(|(_, k)| (k, None)).collect();
-            self.store.apply(&records)?;
-            self.metrics.records_produced.with_label_values(&["changelog"]).inc_by(records.len() as u64);
+            let n = records.len() as u64;
+            self.store.apply(records)?;
+            self.metrics.records_produced.with_label_values(&["changelog"]).inc_by(n);
         }
         for (t, parts) in &mut self.parts {
             let plan = &plans[t];
