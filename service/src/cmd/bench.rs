@@ -1,25 +1,149 @@
 //! `tripline bench`: the engine's throughput on the FlinkCEP benchmark's input
-//! ([`crate::tools::bench`]; `scripts/bench-flinkcep` runs both engines).
+//! ([`crate::tools::bench`]; `scripts/bench-flinkcep` runs both engines), and `tripline bench
+//! kafka`, the service end to end against a broker and a registry
+//! ([`crate::tools::bench_kafka`]; `scripts/bench-kafka` starts them and runs it).
 
 use std::path::PathBuf;
 
+use clap::{Subcommand, ValueEnum};
+
 use super::Status;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::obs::init_logging_with;
+use crate::tools::bench_kafka::{self, Options, Part};
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// The generated events (`events_N.csv`: seq,key,ts,type,amount).
-    #[arg(long, value_name = "FILE")]
-    input: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    input: Option<PathBuf>,
     /// P1 or P2 (testdata/bench/).
-    #[arg(long, value_name = "P1|P2")]
-    pattern: String,
+    #[arg(long, value_name = "P1|P2", required = true)]
+    pattern: Option<String>,
     /// Write the matches here, in the harness's line format, sorted.
     #[arg(long, value_name = "FILE")]
     matches: Option<PathBuf>,
 }
 
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// The service end to end against a Kafka broker and a schema registry: the broker's raw
+    /// rate, the service's rate per commit interval, alert latency, rebalance and restore times.
+    /// scripts/bench-kafka starts a local broker and registry and runs this.
+    Kafka(KafkaArgs),
+}
+
+/// The parts of `bench kafka`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PartArg {
+    Raw,
+    Service,
+    Latency,
+    Rebalance,
+    Restore,
+}
+
+#[derive(clap::Args, Debug)]
+struct KafkaArgs {
+    /// Configs, inputs, state and service logs go here (created; must be empty).
+    #[arg(long, value_name = "DIR")]
+    work_dir: PathBuf,
+    /// The broker (default: $TRIPLINE_KAFKA_BOOTSTRAP).
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: Option<String>,
+    /// The schema registry (default: $TRIPLINE_REGISTRY_URL).
+    #[arg(long, value_name = "URL")]
+    registry: Option<String>,
+    /// Which parts to run, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PART,...")]
+    only: Vec<PartArg>,
+    /// Payments for the raw and service parts.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Accounts the payments are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Partitions of the payments topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Commit intervals of the service part, ms, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100", value_name = "MS,...")]
+    intervals: Vec<u64>,
+    /// Offered load of the latency part, events/s.
+    #[arg(long, default_value_t = 2_000)]
+    rate: u64,
+    /// Payments of the latency part.
+    #[arg(long, default_value_t = 20_000)]
+    latency_events: usize,
+    /// Commit interval of the latency part, ms.
+    #[arg(long, default_value_t = 10)]
+    latency_interval: u64,
+    /// Payments in the 8-partition topic before the second instance joins.
+    #[arg(long, default_value_t = 20_000)]
+    rebalance_events: usize,
+    /// State to build up for the restore part, MB (10^6 bytes).
+    #[arg(long, default_value_t = 100)]
+    state_mb: u64,
+}
+
 pub fn run(args: Args) -> Result<Status> {
-    crate::tools::bench::run(&args.input, &args.pattern, args.matches.as_deref())?;
+    if let Some(Mode::Kafka(k)) = args.mode {
+        return kafka(k);
+    }
+    let (Some(input), Some(pattern)) = (args.input, args.pattern) else {
+        return Err(Error::usage("bench needs --input and --pattern (or the subcommand `kafka`)"));
+    };
+    crate::tools::bench::run(&input, &pattern, args.matches.as_deref())?;
     Ok(Status::Ok)
+}
+
+fn kafka(k: KafkaArgs) -> Result<Status> {
+    init_logging_with("warn");
+    let from_env = |given: Option<String>, flag: &str, var: &str| {
+        given.or_else(|| std::env::var(var).ok()).filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            Error::usage(format!(
+                "no {flag}: give --{flag} or set {var} (scripts/bench-kafka starts a broker and a registry)"
+            ))
+        })
+    };
+    let bootstrap = from_env(k.bootstrap, "bootstrap", "TRIPLINE_KAFKA_BOOTSTRAP")?;
+    let registry = from_env(k.registry, "registry", "TRIPLINE_REGISTRY_URL")?;
+    if k.events == 0 || k.keys == 0 || k.partitions < 1 || k.rate == 0 || k.latency_events == 0 || k.state_mb == 0 {
+        return Err(Error::usage(
+            "--events, --keys, --partitions, --rate, --latency-events and --state-mb must be above 0",
+        ));
+    }
+    if k.intervals.is_empty() || k.intervals.contains(&0) || k.latency_interval == 0 {
+        return Err(Error::usage("commit intervals must be at least 1 ms"));
+    }
+    let all = [PartArg::Raw, PartArg::Service, PartArg::Latency, PartArg::Rebalance, PartArg::Restore];
+    let parts = if k.only.is_empty() { all.to_vec() } else { k.only };
+    let o = Options {
+        work_dir: k.work_dir,
+        bootstrap,
+        registry,
+        parts: parts
+            .into_iter()
+            .map(|p| match p {
+                PartArg::Raw => Part::Raw,
+                PartArg::Service => Part::Service,
+                PartArg::Latency => Part::Latency,
+                PartArg::Rebalance => Part::Rebalance,
+                PartArg::Restore => Part::Restore,
+            })
+            .collect(),
+        events: k.events,
+        keys: k.keys,
+        partitions: k.partitions,
+        intervals_ms: k.intervals,
+        rate: k.rate,
+        latency_events: k.latency_events,
+        latency_interval_ms: k.latency_interval,
+        rebalance_events: k.rebalance_events.max(1),
+        state_mb: k.state_mb,
+    };
+    Ok(if bench_kafka::run(&o)? { Status::Ok } else { Status::Invalid })
 }

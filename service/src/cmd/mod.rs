@@ -58,7 +58,8 @@ enum Command {
     /// Export a stream's committed records, decoded, as JSON lines with their partition and
     /// offset: the input of `tripline replay`.
     Export(export::Args),
-    /// Throughput benchmark against FlinkCEP on shared/bench/flinkcep's generated input.
+    /// Throughput benchmark against FlinkCEP on shared/bench/flinkcep's generated input; `bench
+    /// kafka`: the service end to end against a Kafka broker (scripts/bench-kafka).
     Bench(bench::Args),
     /// List the metrics `tripline run` serves on /metrics (docs/metrics.md's table).
     Metrics,

@@ -20,8 +20,13 @@ pub fn err(text: &str) {
 
 /// Log lines to stderr; `RUST_LOG` filters (default: info).
 pub fn init_logging() {
+    init_logging_with("info");
+}
+
+/// Log lines to stderr; `RUST_LOG` filters (default: `default`).
+pub fn init_logging_with(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

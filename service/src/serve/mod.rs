@@ -161,7 +161,15 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         as i32;
     drop(probe);
 
-    let store = WriteBehind::new(Store::open(&base.join(&cfg.service.state_dir))?)?;
+    let opened = Instant::now();
+    let store = Store::open(&base.join(&cfg.service.state_dir))?;
+    tracing::info!(
+        dir = %base.join(&cfg.service.state_dir).display(),
+        bytes = store.size_bytes(),
+        ms = opened.elapsed().as_millis() as u64,
+        "state store opened"
+    );
+    let store = WriteBehind::new(store)?;
 
     let txn_id = format!("{}-{}", cfg.kafka.group_id, cfg.service.instance_id);
     let mut pc = client.clone();
