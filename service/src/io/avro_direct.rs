@@ -507,8 +507,8 @@ struct Compiler<'s> {
 }
 
 impl<'s> Compiler<'s> {
-    /// The branch of writer record `w`: the record type it reads as, and its program (`None`:
-    /// it never resolves).
+    /// The branch of writer record `w`: the record type it reads as (the stream's record type of
+    /// its name, [`super::avro::reader_branch`]), and its program (`None`: it never resolves).
     fn root(&mut self, w: &'s Schema, wns: Ns, reader: &'s Schema) -> Result<Option<Branch>, String> {
         let catalog = self.catalog;
         let Schema::Record(wrec) = w else { return Err("a writer branch that is not a record".into()) };
@@ -521,7 +521,8 @@ impl<'s> Compiler<'s> {
                 (rrec, 0)
             }
             Schema::Union(ru) => {
-                let Some(i) = self.pick(w, &wns, ru, &None)? else { return Ok(None) };
+                // The stream's record type of the writer's name, as the generic path takes it.
+                let Some(i) = super::avro::reader_branch(wrec, reader) else { return Ok(None) };
                 let Schema::Record(rrec) = &ru.variants()[i] else {
                     return Err("a stream schema branch that is not a record".into());
                 };
@@ -1031,11 +1032,12 @@ impl<'s> Compiler<'s> {
         }
     }
 
-    /// The branch of reader union `ru` a value of writer schema `w` (not a union) resolves to,
-    /// as apache_avro's `UnionSchema::find_schema_with_known_schemata` picks it (`None`: no
-    /// branch). apache_avro takes the first candidate the value resolves to: a candidate that
-    /// resolves for some values only is taken here, and its program fails (the record goes to
-    /// the generic path, which tries the next candidates) exactly where its resolution would.
+    /// The branch of reader union `ru` (a union inside a record type, not the stream's union of
+    /// record types) a value of writer schema `w` (not a union) resolves to, as apache_avro's
+    /// `UnionSchema::find_schema_with_known_schemata` picks it (`None`: no branch). apache_avro
+    /// takes the first candidate the value resolves to: a candidate that resolves for some
+    /// values only is taken here, and its program fails (the record goes to the generic path,
+    /// which tries the next candidates) exactly where its resolution would.
     fn pick(&mut self, w: &'s Schema, wns: &Ns, ru: &'s UnionSchema, rns: &Ns) -> Result<Option<usize>, String> {
         let (unnamed, named) = value_kinds(w)?;
         let variants = ru.variants();
