@@ -87,6 +87,19 @@ const MIXED: &str = r#"[
     {"name": "at", "type": "long"}, {"name": "v", "type": "long"}, {"name": "kind", "type": "string"}]}
 ]"#;
 
+/// Record types that share fields: each has every field of the first (and a `Base` written
+/// without its `v` has every field it requires), so apache_avro's resolution by fields would
+/// read them all as a `Narrow`; one is known by aliases too (a writer may use them).
+const SHARED: &str = r#"[
+  {"type": "record", "name": "Narrow", "namespace": "s", "fields": [
+    {"name": "at", "type": "long"}, {"name": "id", "type": "string"}]},
+  {"type": "record", "name": "Base", "namespace": "s", "fields": [
+    {"name": "at", "type": "long"}, {"name": "id", "type": "string"}, {"name": "v", "type": "double", "default": 0.5}]},
+  {"type": "record", "name": "Wide", "namespace": "s", "aliases": ["Broad", "t.Large"], "fields": [
+    {"name": "id", "type": "string"}, {"name": "at", "type": "long"}, {"name": "v", "type": "double"},
+    {"name": "n", "type": ["null", "long"], "default": null}, {"name": "tag", "type": "string", "default": "w"}]}
+]"#;
+
 fn streams() -> Vec<Stream> {
     vec![
         Stream { name: "payments", schema: repo_schema("payments.avsc"), ts: "event_time" },
@@ -97,6 +110,7 @@ fn streams() -> Vec<Stream> {
         Stream { name: "logins", schema: LOGINS.to_owned(), ts: "at" },
         Stream { name: "ticks", schema: TICKS.to_owned(), ts: "at" },
         Stream { name: "mixed", schema: MIXED.to_owned(), ts: "at" },
+        Stream { name: "shared", schema: SHARED.to_owned(), ts: "at" },
     ]
 }
 
@@ -374,7 +388,16 @@ impl Deriver<'_> {
                     let at = self.rng.below(wfields.len() + 1);
                     wfields.insert(at, json!({"name": format!("x{}", self.extra), "type": t}));
                 }
-                out = json!({"type": "record", "name": def["name"], "namespace": ns.clone().unwrap_or_default(), "fields": wfields});
+                // Written under one of its aliases, if it has some.
+                let aliases = def["aliases"].as_array().cloned().unwrap_or_default();
+                let name = match aliases.is_empty() || self.rng.chance(50) {
+                    true => def["name"].clone(),
+                    false => {
+                        let alias = aliases[self.rng.below(aliases.len())].as_str().unwrap_or("");
+                        json!(alias.rsplit('.').next().unwrap_or(alias))
+                    }
+                };
+                out = json!({"type": "record", "name": name, "namespace": ns.clone().unwrap_or_default(), "fields": wfields});
             }
             _ => {}
         }
@@ -580,6 +603,40 @@ struct Stats {
     rejects_direct: usize,
     /// Records of a readable schema the direct decoder handed back to the generic path.
     deferred: usize,
+    /// Events of a stream of several record types whose record type (the writer's, by name)
+    /// is not the one apache_avro would have resolved them to (the first whose fields they
+    /// have), and those written under an alias of their record type.
+    named_not_first_fit: usize,
+    by_alias: usize,
+}
+
+/// The record type (unqualified name) of the stream whose schema is `reader` (JSON) that a
+/// record written as record type `written` is read as, by the Avro specification's rule: the
+/// first whose name, or one of whose aliases, is `written`.
+fn namesake(reader: &Json, written: &str) -> Option<(usize, String)> {
+    let types = match reader {
+        Json::Array(types) => types.clone(),
+        one => vec![one.clone()],
+    };
+    types.iter().enumerate().find_map(|(i, t)| {
+        let name = t["name"].as_str()?;
+        let short = |n: &str| n.rsplit('.').next().unwrap_or(n).to_owned();
+        let aliases = t["aliases"].as_array().cloned().unwrap_or_default();
+        (short(name) == written || aliases.iter().filter_map(Json::as_str).any(|a| short(a) == written))
+            .then(|| (i, short(name)))
+    })
+}
+
+/// The unqualified name of the record type of writer value `v` of writer schema `writer`.
+fn written_type(writer: &Schema, v: &AvroValue) -> Option<String> {
+    let s = match (writer, v) {
+        (Schema::Union(u), AvroValue::Union(i, _)) => u.variants().get(*i as usize)?,
+        (s, _) => s,
+    };
+    match s {
+        Schema::Record(r) => Some(r.name.name().to_owned()),
+        _ => None,
+    }
 }
 
 /// One case: a writer schema for a stream, `records` records of it, decoded both ways.
@@ -610,7 +667,7 @@ fn check_case(
         let v = value(&mut rng, &writer, resolved.get_names(), None);
         let datum = encode(&writer, v.clone()).map_err(|e| TestCaseError::fail(format!("encoding {v:?}: {e}")))?;
         let framed = frame(id, &datum);
-        let record = damage(&mut rng, framed);
+        let record = damage(&mut rng, framed.clone());
         let seq = seed.wrapping_add(n);
         let generic = avro.decode_generic(plan, record.as_deref(), seq);
         let direct = avro.decode(plan, record.as_deref(), seq);
@@ -624,6 +681,28 @@ fn check_case(
             )));
         }
         stats.records += 1;
+        // An intact record is read as the stream's record type of its writer record type's name.
+        if let (Ok(event), true) = (&generic, record.as_deref() == Some(&framed[..])) {
+            let reader_json: Json = serde_json::from_str(&reader_text).expect("reader JSON");
+            let written = written_type(&writer, &v).ok_or_else(|| TestCaseError::fail("not a record type"))?;
+            let (index, expected) = namesake(&reader_json, &written)
+                .ok_or_else(|| TestCaseError::fail(format!("an event of record type `{written}`, not the stream's")))?;
+            let got = &plan.schema.types[event.kind.index()].name;
+            if *got != expected {
+                return Err(TestCaseError::fail(format!(
+                    "stream {}\nwriter {writer_text}\nvalue {v:?}\nread as `{got}`, not `{expected}`",
+                    plan.name
+                )));
+            }
+            if written != expected {
+                stats.by_alias += 1;
+            }
+            if let (Schema::Union(_), Ok(AvroValue::Union(first_fit, _))) = (reader, v.clone().resolve(reader)) {
+                if first_fit as usize != index {
+                    stats.named_not_first_fit += 1;
+                }
+            }
+        }
         match &generic {
             Ok(_) => stats.events += 1,
             Err(DecodeError::Reject(r)) => *stats.rejects.entry(r.code.to_owned()).or_default() += 1,
@@ -674,6 +753,8 @@ fn the_direct_decoder_agrees_with_the_generic_path() {
     assert!(stats.schemas_compiled * 10 >= stats.cases * 9, "{stats:#?}");
     assert!(stats.events_direct * 10 >= stats.events * 9, "{stats:#?}");
     assert!(stats.rejects_direct > 0 && stats.deferred > 0, "{stats:#?}");
+    // Record types that share fields are read by their names, aliases included.
+    assert!(stats.named_not_first_fit > 0 && stats.by_alias > 0, "{stats:#?}");
     for code in ["undecodable", "not-avro", "no-value", "wrong-schema", "missing-field", "bad-timestamp"] {
         assert!(stats.rejects.contains_key(code), "no `{code}` reject seen: {stats:#?}");
     }
