@@ -5,8 +5,8 @@
 //! the JSON-lines export is ([`dsl::json_event`]), so the service and a replay
 //! see the same event.
 //!
-//! A writer record type is read as the stream's record type of its name (see [`reader_branch`]),
-//! never as another one whose fields it also has.
+//! A writer record type is read as the stream's record type of its name (see
+//! [`avro_direct::reader_branch`]), never as another one whose fields it also has.
 //!
 //! Two paths do that. The generic one ([`AvroIn::decode_generic`], [`AvroIn::decode_json`])
 //! builds apache_avro's value tree, resolves it and converts its JSON form. [`AvroIn::decode`]
@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apache_avro::schema::{Name, RecordSchema, ResolvedSchema};
+use apache_avro::schema::{Name, ResolvedSchema};
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::Schema;
 use dsl::StreamSchema;
@@ -380,10 +380,11 @@ impl AvroIn {
 /// Whether records written with `writer_schema` (schema id `id`) can be read as stream
 /// `stream`'s schema, and if so the stream's record type (index into `reader_schema`'s union
 /// branches, 0 when it is one record type) each writer record type (each branch of a writer
-/// union, or the writer schema) is read as: the one of its name ([`reader_branch`]). Every
-/// writer record type must have one, and Avro resolution must be possible for at least one of
-/// them: a writer union some of whose record types do not resolve is read, and their records
-/// are refused one by one (`undecodable`, in apache_avro's words).
+/// union, or the writer schema) is read as: the one of its name
+/// ([`avro_direct::reader_branch`]). Every writer record type must have one, and Avro
+/// resolution must be possible for at least one of them: a writer union some of whose record
+/// types do not resolve is read, and their records are refused one by one (`undecodable`, in
+/// apache_avro's words).
 fn readable(
     id: u32,
     writer_schema: &Schema,
@@ -398,7 +399,7 @@ fn readable(
     let mut targets = Vec::with_capacity(writer_types.len());
     for w in &writer_types {
         let Some(target) = (match w {
-            Schema::Record(r) => reader_branch(r, reader_schema),
+            Schema::Record(r) => avro_direct::reader_branch(r, reader_schema),
             _ => None,
         }) else {
             let t = record_name(w);
@@ -455,29 +456,6 @@ fn readable(
             Reject::new("wrong-schema", format!("schema id {id} cannot be read as stream `{stream}`'s schema{of}: {e}"))
         }
     })
-}
-
-/// The branch of stream schema `reader` (its index among the union's branches; 0 when `reader`
-/// is one record type) that records of writer record type `writer` are read as, by the Avro
-/// specification's schema resolution: named types match only when their (unqualified) names
-/// do, or when the reader's type lists the writer's name among its aliases, and a writer value
-/// is resolved against the first branch of the reader's union that matches it. `None`: no
-/// branch does (the record type is not one of the stream's). Never by the fields (apache_avro
-/// resolves a record value against the first union branch its fields satisfy): a
-/// `ProfileChange` that has every field of a `PasswordReset` is still a `ProfileChange`.
-///
-/// Both decoders take it: the generic path ([`AvroIn::decode_json`]) and the direct one
-/// ([`avro_direct::compile`]).
-pub fn reader_branch(writer: &RecordSchema, reader: &Schema) -> Option<usize> {
-    let name = writer.name.name();
-    let matches = |s: &Schema| match s {
-        Schema::Record(r) => r.name.name() == name || r.aliases.iter().flatten().any(|a| a.name() == name),
-        _ => false,
-    };
-    match reader {
-        Schema::Union(u) => u.variants().iter().position(matches),
-        other => matches(other).then_some(0),
-    }
 }
 
 fn reject(code: &'static str, message: impl Into<String>) -> DecodeError {
