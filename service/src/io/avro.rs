@@ -5,6 +5,9 @@
 //! the JSON-lines export is ([`dsl::json_event`]), so the service and a replay
 //! see the same event.
 //!
+//! A writer record type is read as the stream's record type of its name (see
+//! [`avro_direct::reader_branch`]), never as another one whose fields it also has.
+//!
 //! Two paths do that. The generic one ([`AvroIn::decode_generic`], [`AvroIn::decode_json`])
 //! builds apache_avro's value tree, resolves it and converts its JSON form. [`AvroIn::decode`]
 //! takes the direct one: a program compiled once per (writer schema id, stream)
@@ -22,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apache_avro::schema::{Name, ResolvedSchema};
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::Schema;
 use dsl::StreamSchema;
@@ -55,11 +59,12 @@ pub enum Retried<T> {
     Cancelled,
 }
 
-/// A writer schema by id, and per stream whether it resolves to the stream's schema and its
+/// A writer schema by id, and per stream whether it resolves to the stream's schema (and then
+/// the stream's record type each of its record types is read as: see [`readable`]) and its
 /// direct decoder.
 struct Writer {
     schema: Result<Arc<Schema>, Reject>,
-    readable: HashMap<String, Result<(), Reject>>,
+    readable: HashMap<String, Result<Arc<[usize]>, Reject>>,
     direct: HashMap<String, Direct>,
 }
 
@@ -78,13 +83,22 @@ struct Direct {
     program: Option<Arc<Program>>,
 }
 
+/// A stream's (reader) schema.
+struct Reader {
+    schema: Schema,
+    /// The full name of each of its record types (its union's branches, or itself).
+    branches: Vec<String>,
+    /// Its named types, to resolve against one of its branches.
+    names: HashMap<Name, Schema>,
+}
+
 /// Decodes records of the configured streams; caches writer schemas by id.
 pub struct AvroIn {
     registry: SrSettings,
     /// The registry's address, for messages.
     registry_url: String,
-    /// Per stream: its configured (reader) schema and the record type name of each union branch.
-    readers: HashMap<String, (Schema, Vec<String>)>,
+    /// Per stream: its configured (reader) schema.
+    readers: HashMap<String, Reader>,
     writers: HashMap<u32, Writer>,
     /// The (schema id, stream) of the last record decoded, and its decoder: most records repeat
     /// it, and then no map is looked up.
@@ -108,7 +122,13 @@ impl AvroIn {
                 Schema::Union(u) => u.variants().iter().map(record_name).collect(),
                 other => vec![record_name(other)],
             };
-            map.insert(name.clone(), (schema, branches));
+            let names = ResolvedSchema::try_from(&schema)
+                .or_fail_with(Kind::Usage, || format!("stream `{name}`: its schema"))?
+                .get_names()
+                .iter()
+                .map(|(n, s)| (n.clone(), (*s).clone()))
+                .collect();
+            map.insert(name.clone(), Reader { schema, branches, names });
         }
         Ok(AvroIn {
             registry,
@@ -230,50 +250,65 @@ impl AvroIn {
     ) -> Result<(Option<String>, serde_json::Value), DecodeError> {
         let bytes = value.ok_or_else(no_value)?;
         let id = schema_id(bytes)?;
-        let writer_schema = self.writer(plan, id)?;
-        let (reader_schema, branches) = self
+        let (writer_schema, targets) = self.writer(plan, id)?;
+        let reader = self
             .readers
             .get(&plan.name)
             .ok_or_else(|| reject("wrong-schema", format!("stream `{}` has no schema", plan.name)))?;
+        let undecodable = |e: apache_avro::Error| {
+            reject("undecodable", format!("schema id {id}: the Avro datum does not decode: {e}"))
+        };
         let mut datum = &bytes[5..];
-        let value = apache_avro::reader::datum::GenericDatumReader::builder(&writer_schema)
-            .reader_schema(reader_schema)
+        let written = apache_avro::reader::datum::GenericDatumReader::builder(&writer_schema)
             .build()
             .and_then(|r| r.read_value(&mut datum))
-            .map_err(|e| reject("undecodable", format!("schema id {id}: the Avro datum does not decode: {e}")))?;
+            .map_err(undecodable)?;
+        // The writer's record type (its union's branch), resolved against the stream's record
+        // type of its name: not apache_avro's choice among the stream's union branches, which is
+        // the first whose fields the record has.
+        let (branch, record) = match (&*writer_schema, written) {
+            (Schema::Union(_), apache_avro::types::Value::Union(i, v)) => (i as usize, *v),
+            (_, v) => (0, v),
+        };
+        let target = *targets.get(branch).ok_or_else(|| {
+            reject("undecodable", format!("schema id {id}: the Avro datum has no union branch {branch}"))
+        })?;
+        let reader_type = match &reader.schema {
+            Schema::Union(u) => &u.variants()[target],
+            other => other,
+        };
+        let value = record.resolve_with_names(reader_type, &reader.names).map_err(undecodable)?;
         if !datum.is_empty() {
             return Err(left_over(id, datum.len()));
         }
-        let type_name = match &value {
-            &apache_avro::types::Value::Union(idx, _) => branches.get(idx as usize).cloned(),
-            _ => branches.first().cloned(),
-        };
+        let type_name = reader.branches.get(target).cloned();
         let json = serde_json::Value::try_from(value)
             .map_err(|e| reject("undecodable", format!("schema id {id}: the value does not convert: {e}")))?;
-        Ok((type_name.filter(|t| !t.is_empty() && branches.len() > 1), json))
+        Ok((type_name.filter(|t| !t.is_empty() && reader.branches.len() > 1), json))
     }
 
     /// Writer schema `id` (fetched on first sight) once it is known to read as `plan`'s
-    /// stream's schema: whether it does is decided once per (schema id, stream).
-    fn writer(&mut self, plan: &StreamPlan, id: u32) -> Result<Arc<Schema>, DecodeError> {
+    /// stream's schema, and the stream's record type each of its record types is read as:
+    /// decided once per (schema id, stream).
+    fn writer(&mut self, plan: &StreamPlan, id: u32) -> Result<(Arc<Schema>, Arc<[usize]>), DecodeError> {
         if !self.writers.contains_key(&id) {
             let schema = self.fetch(id)?;
             self.writers.insert(id, Writer::new(schema));
         }
         let writer = self.writers.get_mut(&id).ok_or_else(|| reject("unknown-schema", "cache"))?;
         let writer_schema = writer.schema.clone().map_err(DecodeError::Reject)?;
-        let (reader_schema, branches) = self
+        let reader = self
             .readers
             .get(&plan.name)
             .ok_or_else(|| reject("wrong-schema", format!("stream `{}` has no schema", plan.name)))?;
-        if !writer.readable.contains_key(&plan.name) {
-            let verdict = readable(id, &writer_schema, reader_schema, branches, &plan.name);
-            writer.readable.insert(plan.name.clone(), verdict);
+        let verdict = writer
+            .readable
+            .entry(plan.name.clone())
+            .or_insert_with(|| readable(id, &writer_schema, &reader.schema, &reader.branches, &plan.name));
+        match verdict {
+            Ok(targets) => Ok((writer_schema, targets.clone())),
+            Err(r) => Err(DecodeError::Reject(r.clone())),
         }
-        if let Some(Err(r)) = writer.readable.get(&plan.name) {
-            return Err(DecodeError::Reject(r.clone()));
-        }
-        Ok(writer_schema)
     }
 
     /// The direct decoder of records of `plan`'s stream written with schema `id` (`None`: they
@@ -289,12 +324,12 @@ impl AvroIn {
     }
 
     fn compiled(&mut self, plan: &StreamPlan, id: u32) -> Result<Direct, DecodeError> {
-        let writer_schema = self.writer(plan, id)?;
+        let (writer_schema, _) = self.writer(plan, id)?;
         let reader_schema = &self
             .readers
             .get(&plan.name)
             .ok_or_else(|| reject("wrong-schema", format!("stream `{}` has no schema", plan.name)))?
-            .0;
+            .schema;
         let writer = self.writers.get_mut(&id).ok_or_else(|| reject("unknown-schema", "cache"))?;
         // Compiled for the stream's field table: a reload that changes it compiles again.
         if let Some(d) = writer.direct.get_mut(&plan.name) {
@@ -342,40 +377,84 @@ impl AvroIn {
     }
 }
 
-/// Whether records written with `writer_schema` (schema `id`) can be read as stream `stream`'s
-/// schema: its record types must be the stream's, and Avro resolution must succeed.
+/// Whether records written with `writer_schema` (schema id `id`) can be read as stream
+/// `stream`'s schema, and if so the stream's record type (index into `reader_schema`'s union
+/// branches, 0 when it is one record type) each writer record type (each branch of a writer
+/// union, or the writer schema) is read as: the one of its name
+/// ([`avro_direct::reader_branch`]). Every writer record type must have one, and Avro
+/// resolution must be possible for at least one of them: a writer union some of whose record
+/// types do not resolve is read, and their records are refused one by one (`undecodable`, in
+/// apache_avro's words).
 fn readable(
     id: u32,
     writer_schema: &Schema,
     reader_schema: &Schema,
     branches: &[String],
     stream: &str,
-) -> Result<(), Reject> {
-    let writer_types: Vec<String> = match writer_schema {
-        Schema::Union(u) => u.variants().iter().map(record_name).collect(),
-        other => vec![record_name(other)],
+) -> Result<Arc<[usize]>, Reject> {
+    let writer_types: Vec<&Schema> = match writer_schema {
+        Schema::Union(u) => u.variants().iter().collect(),
+        other => vec![other],
     };
-    let short = |n: &str| n.rsplit('.').next().unwrap_or(n).to_owned();
-    if let Some(t) = writer_types.iter().find(|t| !branches.iter().any(|b| short(b) == short(t))) {
-        return Err(Reject::new(
-            "wrong-schema",
-            format!(
-                "schema id {id} writes record type `{}`, which is not a record type of stream `{}` ({})",
-                if t.is_empty() { "(not a record)" } else { t },
-                stream,
-                branches.join(", ")
-            ),
-        ));
+    let mut targets = Vec::with_capacity(writer_types.len());
+    for w in &writer_types {
+        let Some(target) = (match w {
+            Schema::Record(r) => avro_direct::reader_branch(r, reader_schema),
+            _ => None,
+        }) else {
+            let t = record_name(w);
+            return Err(Reject::new(
+                "wrong-schema",
+                format!(
+                    "schema id {id} writes record type `{}`, which is not a record type of stream `{}` ({})",
+                    if t.is_empty() { "(not a record)" } else { &t },
+                    stream,
+                    branches.join(", ")
+                ),
+            ));
+        };
+        targets.push(target);
     }
-    SchemaCompatibility::can_read(writer_schema, reader_schema).map(|_| ()).map_err(|e| match e {
+    let union = matches!(reader_schema, Schema::Union(_));
+    let mut refusal = None;
+    for (w, &target) in writer_types.iter().zip(&targets) {
+        let r = match reader_schema {
+            Schema::Union(u) => &u.variants()[target],
+            other => other,
+        };
+        // apache_avro's check compares the names: a record type matched by an alias is checked
+        // under the reader's name.
+        let renamed;
+        let w_checked = match (w, r) {
+            (Schema::Record(wr), Schema::Record(rr)) if wr.name.name() != rr.name.name() => {
+                let mut wr = wr.clone();
+                wr.name = rr.name.clone();
+                renamed = Schema::Record(wr);
+                &renamed
+            }
+            _ => *w,
+        };
+        match SchemaCompatibility::can_read(w_checked, r) {
+            Ok(_) => return Ok(targets.into()),
+            Err(e) => {
+                refusal.get_or_insert((record_name(r), e));
+            }
+        }
+    }
+    // An empty writer union writes nothing: there is nothing to refuse.
+    let Some((r, e)) = refusal else { return Ok(targets.into()) };
+    // The stream's record type, when it has several.
+    let of = if union { format!(" of record type `{}`", r.rsplit('.').next().unwrap_or(&r)) } else { String::new() };
+    Err(match e {
         apache_avro::error::CompatibilityError::MissingDefaultValue(field) => Reject::new(
             "missing-field",
             format!(
-                "schema id {id} has no field `{field}`, which stream `{}` requires (and has no default for)",
-                stream
+                "schema id {id} has no field `{field}`{of}, which stream `{stream}` requires (and has no default for)"
             ),
         ),
-        e => Reject::new("wrong-schema", format!("schema id {id} cannot be read as stream `{}`'s schema: {e}", stream)),
+        e => {
+            Reject::new("wrong-schema", format!("schema id {id} cannot be read as stream `{stream}`'s schema{of}: {e}"))
+        }
     })
 }
 

@@ -16,6 +16,10 @@
 //! apache_avro's, so they are left to the path that words them. The program itself reports the
 //! two outcomes that need no wording of apache_avro's: bytes left over after the datum, and a
 //! null event time.
+//!
+//! Which of the stream's record types a writer record type is read as is not apache_avro's
+//! choice (the first whose fields it has) but the Avro specification's, by name
+//! ([`reader_branch`]): both paths take it from here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -507,8 +511,8 @@ struct Compiler<'s> {
 }
 
 impl<'s> Compiler<'s> {
-    /// The branch of writer record `w`: the record type it reads as, and its program (`None`:
-    /// it never resolves).
+    /// The branch of writer record `w`: the record type it reads as (the stream's record type of
+    /// its name, [`reader_branch`]), and its program (`None`: it never resolves).
     fn root(&mut self, w: &'s Schema, wns: Ns, reader: &'s Schema) -> Result<Option<Branch>, String> {
         let catalog = self.catalog;
         let Schema::Record(wrec) = w else { return Err("a writer branch that is not a record".into()) };
@@ -521,7 +525,8 @@ impl<'s> Compiler<'s> {
                 (rrec, 0)
             }
             Schema::Union(ru) => {
-                let Some(i) = self.pick(w, &wns, ru, &None)? else { return Ok(None) };
+                // The stream's record type of the writer's name, as the generic path takes it.
+                let Some(i) = reader_branch(wrec, reader) else { return Ok(None) };
                 let Schema::Record(rrec) = &ru.variants()[i] else {
                     return Err("a stream schema branch that is not a record".into());
                 };
@@ -1031,11 +1036,12 @@ impl<'s> Compiler<'s> {
         }
     }
 
-    /// The branch of reader union `ru` a value of writer schema `w` (not a union) resolves to,
-    /// as apache_avro's `UnionSchema::find_schema_with_known_schemata` picks it (`None`: no
-    /// branch). apache_avro takes the first candidate the value resolves to: a candidate that
-    /// resolves for some values only is taken here, and its program fails (the record goes to
-    /// the generic path, which tries the next candidates) exactly where its resolution would.
+    /// The branch of reader union `ru` (a union inside a record type, not the stream's union of
+    /// record types) a value of writer schema `w` (not a union) resolves to, as apache_avro's
+    /// `UnionSchema::find_schema_with_known_schemata` picks it (`None`: no branch). apache_avro
+    /// takes the first candidate the value resolves to: a candidate that resolves for some
+    /// values only is taken here, and its program fails (the record goes to the generic path,
+    /// which tries the next candidates) exactly where its resolution would.
     fn pick(&mut self, w: &'s Schema, wns: &Ns, ru: &'s UnionSchema, rns: &Ns) -> Result<Option<usize>, String> {
         let (unnamed, named) = value_kinds(w)?;
         let variants = ru.variants();
@@ -1082,6 +1088,29 @@ impl<'s> Compiler<'s> {
                 None
             }
         })
+    }
+}
+
+/// The branch of stream schema `reader` (its index among the union's branches; 0 when `reader`
+/// is one record type) that records of writer record type `writer` are read as, by the Avro
+/// specification's schema resolution: named types match only when their (unqualified) names
+/// do, or when the reader's type lists the writer's name among its aliases, and a writer value
+/// is resolved against the first branch of the reader's union that matches it. `None`: no
+/// branch does (the record type is not one of the stream's). Never by the fields (apache_avro
+/// resolves a record value against the first union branch its fields satisfy): a
+/// `ProfileChange` that has every field of a `PasswordReset` is still a `ProfileChange`.
+///
+/// Both decoders take it: the generic path (`AvroIn::decode_json` of [`super::avro`]) and the
+/// direct one ([`compile`]).
+pub fn reader_branch(writer: &RecordSchema, reader: &Schema) -> Option<usize> {
+    let name = writer.name.name();
+    let matches = |s: &Schema| match s {
+        Schema::Record(r) => r.name.name() == name || r.aliases.iter().flatten().any(|a| a.name() == name),
+        _ => false,
+    };
+    match reader {
+        Schema::Union(u) => u.variants().iter().position(matches),
+        other => matches(other).then_some(0),
     }
 }
 

@@ -125,3 +125,71 @@ fn to_avro(t: &Target, type_name: Option<&str>, value: &Json) -> Result<Avro> {
         schema => generic.resolve(schema).or_fail(Kind::Invalid, "does not fit the stream's schema"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use schema_registry_converter::blocking::schema_registry::SrSettings;
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::plan::StreamPlan;
+    use crate::io::avro::AvroIn;
+
+    fn account_events() -> (Target, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/schemas/account_events.avsc");
+        let json = std::fs::read_to_string(path).expect("schema");
+        let schema = Schema::parse_str(&json).expect("parses");
+        let branches = match &schema {
+            Schema::Union(u) => u.variants().iter().map(record_name).collect(),
+            other => vec![record_name(other)],
+        };
+        (Target { topic: "account_events".into(), schema, schema_id: 7, branches, key: None }, json)
+    }
+
+    /// An event of a stream of several record types is written as the union branch its `type`
+    /// names (not the first whose fields it has), and the service reads it back as that type.
+    #[test]
+    fn the_union_branch_is_the_events_type_and_the_service_reads_it_back() {
+        let (t, json) = account_events();
+        let change = json!({"event_id": "E1", "account_id": "ACC-1", "event_time": 1_740_992_400_000_i64,
+            "event_type": "profile_change", "field_changed": "kyc_document", "channel": "app"});
+        let value = to_avro(&t, Some("ProfileChange"), &change).expect("fits");
+        assert!(matches!(value, Avro::Union(3, _)), "{value:?}");
+        let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&t.schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value))
+            .expect("encodes");
+        let record = frame(t.schema_id, &datum);
+
+        let mut avro = AvroIn::new(
+            SrSettings::new("http://127.0.0.1:9".to_owned()),
+            "http://127.0.0.1:9",
+            &[("account_events".to_owned(), json.clone())],
+        )
+        .expect("decoder");
+        avro.insert_writer_schema(t.schema_id, &json).expect("writer schema");
+        let schema = dsl::StreamSchema::from_avro_json("account_events", &json, Some("event_time")).expect("schema");
+        let plan = StreamPlan {
+            name: "account_events".into(),
+            topic: t.topic.clone(),
+            schema: Arc::new(schema),
+            out_of_orderness: 0,
+            patterns: Vec::new(),
+        };
+        let (type_name, fields) = avro.decode_json(&plan, Some(&record)).expect("decodes");
+        assert_eq!(type_name.as_deref(), Some("com.tripline.sample.ProfileChange"));
+        assert_eq!(fields, change);
+        for event in [avro.decode(&plan, Some(&record), 1), avro.decode_generic(&plan, Some(&record), 1)] {
+            let event = event.expect("an event");
+            assert_eq!(plan.schema.types[event.kind.index()].name, "ProfileChange");
+            let field = plan.schema.field("field_changed").expect("field");
+            assert_eq!(event.field(field), &engine::Value::str("kyc_document"));
+        }
+
+        // A type the stream does not have, or none, is refused.
+        assert!(to_avro(&t, Some("KycChange"), &change).is_err());
+        assert!(to_avro(&t, None, &change).is_err());
+    }
+}
