@@ -118,8 +118,10 @@ pub fn run(o: &Options) -> Result<bool> {
     if has(Part::Service) {
         ok &= service(&env, o, raw)?;
     }
-    // Each part leaves the broker as it found it (see `Env::delete_topics`).
-    env.delete_topics(&[PAYMENTS.to_owned()]);
+    if has(Part::Raw) || has(Part::Service) {
+        // Each part leaves the broker as it found it (see `Env::delete_topics`).
+        env.delete_topics(&[PAYMENTS.to_owned()]);
+    }
     if has(Part::Latency) {
         latency(&env, o)?;
     }
