@@ -99,6 +99,9 @@ impl Env {
         {
             return Err(Error::usage(format!("the work directory {} is not empty", work.display())));
         }
+        std::fs::create_dir_all(work).or_fail_with(Kind::Usage, || format!("cannot create {}", work.display()))?;
+        // Absolute: the services run in it and are given paths in it.
+        let work = &work.canonicalize().or_fail_with(Kind::Usage, || format!("cannot resolve {}", work.display()))?;
         let write = |name: &str, text: &str| {
             let p = work.join(name);
             std::fs::create_dir_all(p.parent().unwrap_or(work))

@@ -118,8 +118,10 @@ pub fn run(o: &Options) -> Result<bool> {
     if has(Part::Service) {
         ok &= service(&env, o, raw)?;
     }
-    // Each part leaves the broker as it found it (see `Env::delete_topics`).
-    env.delete_topics(&[PAYMENTS.to_owned()]);
+    if has(Part::Raw) || has(Part::Service) {
+        // Each part leaves the broker as it found it (see `Env::delete_topics`).
+        env.delete_topics(&[PAYMENTS.to_owned()]);
+    }
     if has(Part::Latency) {
         latency(&env, o)?;
     }
@@ -559,20 +561,27 @@ fn restore(env: &Env, o: &Options) -> Result<()> {
     produce_round(first, &mut keys, &mut events)?;
     let mut svc = env.start(&cfg, "rst-build")?;
     svc.wait_ready(Duration::from_secs(120))?;
-    let mut bytes;
-    loop {
+    let mut round = 0;
+    let bytes = loop {
+        round += 1;
         wait_caught_up(env, &mut [&mut svc], "rst", "rst-in", Duration::from_secs(1800))?;
         // The gauge is set after each commit and once a second.
         std::thread::sleep(Duration::from_millis(1500));
-        bytes = metric(&svc, "tripline_state_bytes", &[]) as u64;
+        let bytes = metric(&svc, "tripline_state_bytes", &[]) as u64;
         say(&format!("restore: {events} events over {keys} accounts: {:.1} MB of state", bytes as f64 / 1e6));
         if bytes >= target {
-            break;
+            break bytes;
+        }
+        if round >= 100 {
+            return Err(Error::failed(format!(
+                "restore: the state is {bytes} bytes after {round} rounds of payments, short of {target} \
+                 (tripline_state_bytes does not grow?)"
+            )));
         }
         let per_key = (bytes / keys).max(1);
         let need = ((target - bytes) / per_key + 1) * 21 / 20;
         produce_round(need.clamp(100, 25_000), &mut keys, &mut events)?;
-    }
+    };
     svc.stop()?;
     say(&format!(
         "restore: built in {:.1} s; state directory {:.1} MB on disk",
