@@ -7,14 +7,6 @@ mod common;
 use common::DevEnv;
 
 #[test]
-fn the_generator_is_the_tests_generator() {
-    assert_eq!(
-        tripline_service::tools::bench_env::payments(500, 50, 3, common::START, "P"),
-        common::payments(500, 50, 3)
-    );
-}
-
-#[test]
 fn every_part_runs_at_small_sizes() {
     let env = DevEnv::start();
     let args = [

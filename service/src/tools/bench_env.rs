@@ -471,7 +471,7 @@ impl Metrics {
     }
 }
 
-/// A small deterministic generator (xorshift64*), as the Kafka tests' generator.
+/// A small deterministic generator (xorshift64*); the Kafka tests use it too.
 #[derive(Debug)]
 pub struct Rng(u64);
 
@@ -492,8 +492,7 @@ impl Rng {
 
 /// `n` payments over `keys` accounts as JSON lines for `tripline produce`, in event-time order
 /// with jitter below the stream's 5 s out-of-orderness, shaped so the payment patterns alert:
-/// the generator of the Kafka tests (`service/tests/common`), the same lines for the same
-/// arguments.
+/// also the generator of the Kafka tests (`service/tests/common`).
 pub fn payments(n: usize, keys: u64, seed: u64, start: i64, prefix: &str) -> String {
     let mut rng = Rng::new(seed);
     let mut out = String::with_capacity(n * 330);

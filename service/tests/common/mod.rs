@@ -5,7 +5,6 @@
 #![allow(dead_code, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -286,23 +285,10 @@ http_addr = "127.0.0.1:{port}"
     path
 }
 
-/// A small deterministic generator (xorshift64*).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The deterministic generator of `tripline bench kafka`, shared so the tests and the benchmark
+/// produce the same payments.
+#[allow(unused_imports)]
+pub use tripline_service::tools::bench_env::Rng;
 
 /// `n` payments over `keys` accounts as JSON lines, in event-time order with jitter below the
 /// stream's 5 s out-of-orderness (so none is late), shaped so the payment patterns alert.
@@ -313,29 +299,9 @@ pub fn payments(n: usize, keys: u64, seed: u64) -> String {
 /// 2026-01-01T00:00:00Z.
 pub const START: i64 = 1_767_225_600_000;
 
-/// As [`payments`], from `start` (ms), with payment ids `<prefix>-<n>`.
+/// As [`payments`], from `start` (ms), with payment ids `<prefix>-<n>` (the benchmark's generator).
 pub fn payments_from(n: usize, keys: u64, seed: u64, start: i64, prefix: &str) -> String {
-    let mut rng = Rng::new(seed);
-    let mut out = String::with_capacity(n * 330);
-    let channels = ["TRANSFER", "INSTANT_TRANSFER", "CASH_DEPOSIT", "CARD", "ATM_WITHDRAWAL", "INTERNATIONAL_WIRE"];
-    for i in 0..n {
-        let account = rng.below(keys);
-        let ts = start + i as i64 * 50 + rng.below(2_000) as i64;
-        let channel = channels[rng.below(channels.len() as u64) as usize];
-        let direction = if channel == "CASH_DEPOSIT" || rng.below(2) == 0 { "IN" } else { "OUT" };
-        let amount = match rng.below(10) {
-            0..=2 => 8_000.0 + rng.below(2_000) as f64,
-            3..=4 => 5_000.0 + rng.below(20_000) as f64,
-            _ => 10.0 + rng.below(1_000) as f64,
-        };
-        let counterparty = format!("CP-{}", rng.below(200));
-        let branch = if channel == "CASH_DEPOSIT" { format!("\"BR-{}\"", rng.below(20)) } else { "null".to_owned() };
-        let _ = writeln!(
-            out,
-            r#"{{"stream":"payments","value":{{"payment_id":"{prefix}-{i}","account_id":"ACC-{account}","customer_id":"C-{account}","counterparty_account_id":"{counterparty}","counterparty_name":null,"counterparty_country":"DE","direction":"{direction}","amount":{amount:.1},"currency":"EUR","channel":"{channel}","country":"DE","branch_id":{branch},"reference":null,"event_time":{ts}}}}}"#
-        );
-    }
-    out
+    tripline_service::tools::bench_env::payments(n, keys, seed, start, prefix)
 }
 
 /// `tripline export` of the payments stream, then `tripline replay --open-end` over it with the
