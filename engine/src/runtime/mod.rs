@@ -7,6 +7,6 @@ pub mod pq;
 pub mod run;
 pub mod snapshot;
 
-pub use operator::{Config, InMemory, Key, KeyState, Operator, Output, StateStore, Stats};
+pub use operator::{snapshot_summary, Backing, Config, Key, KeyState, Operator, Output, Stats};
 pub use run::{Match, MatchEvents, PartialView, RunState, Timeout};
 pub use snapshot::SnapshotError;

@@ -84,6 +84,11 @@ pub struct Stats {
     pub timeouts: u64,
     /// Partial matches dropped because a key hit the partial-match budget.
     pub dropped_partial_matches: u64,
+    /// With a [`Backing`]: keys needed and found in memory.
+    pub state_hits: u64,
+    /// With a [`Backing`]: keys needed that were not in memory (read from the backing, which
+    /// may hold nothing for them).
+    pub state_misses: u64,
 }
 
 /// Everything one key holds.
@@ -98,11 +103,13 @@ pub struct KeyState {
     windows: WindowTimers,
     /// Whether the key is in the operator's set of changed keys.
     dirty: bool,
+    /// When the key was last visited (the operator's tick), for eviction.
+    used: u64,
 }
 
 impl KeyState {
     fn new(nfa: &Nfa, windows: WindowTimers) -> Self {
-        KeyState { run: RunState::new(nfa), queue: BTreeMap::new(), windows, dirty: false }
+        KeyState { run: RunState::new(nfa), queue: BTreeMap::new(), windows, dirty: false, used: 0 }
     }
 }
 
@@ -134,50 +141,38 @@ fn remove_fired(timers: &mut WindowTimers, t: i64) {
     }
 }
 
-/// Where key states live. In memory here; the service keeps them in RocksDB.
-pub trait StateStore {
-    fn get(&self, key: &Key) -> Option<&KeyState>;
-    fn get_mut(&mut self, key: &Key) -> Option<&mut KeyState>;
-    /// The state of `key`, created with `new` if it has none.
-    fn get_or_insert_with(&mut self, key: &Key, new: impl FnOnce() -> KeyState) -> &mut KeyState;
-    fn insert(&mut self, key: Key, state: KeyState);
-    fn remove(&mut self, key: &Key);
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+/// Where the states of keys that are not in memory live: the service's RocksDB store, as of
+/// the last commit. The operator does no I/O itself; with a backing it keeps only a cache of
+/// keys in memory ([`Operator::evict`]) and asks the backing for the others: a key's state
+/// when one of its events arrives, and the keys whose stored timers the watermark passes.
+///
+/// A backing must return what [`Operator::snapshot_key`] gave for the key at the last commit
+/// (and the timers of those snapshots): keys that changed since are in memory, so the operator
+/// never asks for them.
+pub trait Backing: Send + fmt::Debug {
+    /// Appends the stored snapshot of `key` to `out`; `false` (nothing appended) when the key
+    /// holds nothing. A read error is the backing's to keep and report (the operator goes on as
+    /// if the key held nothing; the caller must not commit what follows).
+    fn load(&mut self, key: &Key, out: &mut Vec<u8>) -> bool;
+    /// Appends the stored timers `(t, key)` with `after < t <= until` in ascending order: all of
+    /// them, or at least `limit` and then every timer at the same time as the last one.
+    fn due(&mut self, after: i64, until: i64, limit: usize, out: &mut Vec<(i64, Key)>);
+    /// A stored snapshot of `key` does not decode for this pattern.
+    fn corrupt(&mut self, key: &Key, error: SnapshotError);
 }
 
-/// Key states in a hash map.
-#[derive(Clone, Debug, Default)]
-pub struct InMemory(HashMap<Key, KeyState>);
-
-impl StateStore for InMemory {
-    fn get(&self, key: &Key) -> Option<&KeyState> {
-        self.0.get(key)
-    }
-    fn get_mut(&mut self, key: &Key) -> Option<&mut KeyState> {
-        self.0.get_mut(key)
-    }
-    fn get_or_insert_with(&mut self, key: &Key, new: impl FnOnce() -> KeyState) -> &mut KeyState {
-        self.0.entry(key.clone()).or_insert_with(new)
-    }
-    fn insert(&mut self, key: Key, state: KeyState) {
-        self.0.insert(key, state);
-    }
-    fn remove(&mut self, key: &Key) {
-        self.0.remove(key);
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-}
+/// Timers read from the backing per step of [`Operator::advance_watermark`].
+const DUE_CHUNK: usize = 4096;
 
 /// One pattern over a keyed stream, in event time.
 #[derive(Debug)]
-pub struct Operator<S: StateStore = InMemory> {
+pub struct Operator {
     nfa: Arc<Nfa>,
-    store: S,
+    /// The keys in memory (all of them without a backing).
+    store: HashMap<Key, KeyState>,
+    /// Where the other keys are (see [`Backing`]).
+    backing: Option<Box<dyn Backing>>,
+    /// The timers of the keys in memory; a key's stored timers are in the backing.
     timers: BTreeSet<(i64, Key)>,
     /// Window timers of keys whose state was dropped (idle keys): they still fire, as Flink's
     /// do, and a key that comes back before they do takes them back into its state.
@@ -191,22 +186,23 @@ pub struct Operator<S: StateStore = InMemory> {
     stats: Stats,
     /// Per variable: partial matches that took their first event into it (the funnel).
     reached: Vec<u64>,
-    /// Partial matches held over all keys (kept up to date per key visit).
+    /// Partial matches held over all keys, in memory or stored (kept up to date per key visit).
     partials: usize,
+    /// Keys holding state, in memory or stored.
+    keys: usize,
+    /// Ticks of key visits, for least-recently-used eviction.
+    tick: u64,
+    /// Reused for snapshots read from the backing.
+    scratch: Vec<u8>,
 }
 
-impl Operator<InMemory> {
+impl Operator {
     pub fn new(nfa: Arc<Nfa>, config: Config) -> Self {
-        Operator::with_store(nfa, config, InMemory::default())
-    }
-}
-
-impl<S: StateStore> Operator<S> {
-    pub fn with_store(nfa: Arc<Nfa>, config: Config, store: S) -> Self {
         let nfa_vars = nfa.vars.len();
         Operator {
             nfa,
-            store,
+            store: HashMap::default(),
+            backing: None,
             timers: BTreeSet::new(),
             orphan_timers: HashMap::default(),
             dirty: HashSet::default(),
@@ -216,7 +212,21 @@ impl<S: StateStore> Operator<S> {
             stats: Stats::default(),
             reached: vec![0; nfa_vars],
             partials: 0,
+            keys: 0,
+            tick: 0,
+            scratch: Vec::new(),
         }
+    }
+
+    /// Keeps the states of keys that are not in memory in `backing` (which holds the states of
+    /// the last commit; see [`Backing`]); `keys` and `partials` are what it holds (the counts
+    /// [`Operator::active_keys`] and [`Operator::active_partial_matches`] go on from). Only for
+    /// an operator that holds nothing yet, and change tracking stays on.
+    pub fn set_backing(&mut self, backing: Box<dyn Backing>, keys: usize, partials: usize) {
+        self.backing = Some(backing);
+        self.keys = keys;
+        self.partials = partials;
+        self.track_changes = true;
     }
 
     pub fn nfa(&self) -> &Arc<Nfa> {
@@ -231,9 +241,37 @@ impl<S: StateStore> Operator<S> {
         self.stats
     }
 
-    /// Keys holding partial matches or buffered events (idle keys hold nothing).
+    /// Keys holding partial matches or buffered events (idle keys hold nothing), in memory or
+    /// in the backing.
     pub fn active_keys(&self) -> usize {
-        self.store.len()
+        self.keys
+    }
+
+    /// Estimated bytes of the key states in memory (their events, shared buffers, partial
+    /// matches, queues and timers): for the metrics, O(keys in memory).
+    pub fn memory_estimate(&self) -> usize {
+        // Calibrated against the resident memory of a service holding 21,000 keys of the
+        // payment patterns (the hash tables' spare room and the allocator's included).
+        const KEY: usize = 128;
+        let fields = self.nfa.fields.len();
+        let event = 128 + 40 * fields;
+        let mut bytes = self.orphan_timers.len() * (KEY + 96);
+        for s in self.store.values() {
+            let (events, nodes) = s.run.buffer.size();
+            let queued: usize = s.queue.values().map(Vec::len).sum();
+            bytes += KEY
+                + 1024
+                + (events + queued) * event
+                + nodes * 128
+                + s.run.partial_count() * 160
+                + s.windows.len() * 64;
+        }
+        bytes
+    }
+
+    /// Keys in memory: with state, or only pending timers.
+    pub fn cached_keys(&self) -> usize {
+        self.store.len() + self.orphan_timers.len()
     }
 
     /// Partial matches held over all keys (started ones; a key's fresh start state is not one).
@@ -249,15 +287,71 @@ impl<S: StateStore> Operator<S> {
     }
 
     /// The started partial matches of `key` with their state and events so far (empty when the
-    /// key holds no state), ordered by first event: [`RunState::partial_views`]. Read-only.
+    /// key holds no state in memory), ordered by first event: [`RunState::partial_views`].
+    /// Read-only.
     pub fn partial_matches(&self, key: &Key) -> Vec<PartialView> {
         self.store.get(key).map(|s| s.run.partial_views()).unwrap_or_default()
     }
 
     /// Events of `key` waiting in its time-order queue for the watermark to pass them (not yet
-    /// seen by its partial matches). Read-only.
+    /// seen by its partial matches), in memory. Read-only.
     pub fn buffered_events(&self, key: &Key) -> usize {
         self.store.get(key).map_or(0, |s| s.queue.values().map(Vec::len).sum())
+    }
+
+    /// The stored state of a key that is not in memory (and did not change since the commit).
+    fn read_stored(&mut self, key: &Key) -> Option<snapshot::Decoded> {
+        if self.orphan_timers.contains_key(key) || self.dirty.contains(key) {
+            return None;
+        }
+        let backing = self.backing.as_mut()?;
+        self.scratch.clear();
+        self.stats.state_misses += 1;
+        if !backing.load(key, &mut self.scratch) {
+            return None;
+        }
+        match snapshot::decode(&self.nfa, &self.scratch) {
+            Ok(decoded) => Some(decoded),
+            Err(e) => {
+                backing.corrupt(key, e);
+                None
+            }
+        }
+    }
+
+    /// Brings the stored state of `key` into memory, with its timers, unless it is there (or
+    /// changed since the commit, so that what is stored is out of date).
+    fn fetch(&mut self, key: &Key) {
+        if self.backing.is_none() {
+            return;
+        }
+        if self.store.contains_key(key) {
+            self.stats.state_hits += 1;
+            return;
+        }
+        if let Some((state, windows)) = self.read_stored(key) {
+            self.install(key.clone(), state, windows);
+        }
+    }
+
+    /// Puts a decoded state in memory with its timers (counts unchanged: they include it).
+    fn install(&mut self, key: Key, state: Option<(RunState, snapshot::Queue)>, windows: WindowTimers) {
+        for &t in &windows {
+            self.timers.insert((t, key.clone()));
+        }
+        match state {
+            Some((run, queue)) if !(queue.is_empty() && run.is_idle()) => {
+                for &t in queue.keys() {
+                    self.timers.insert((t, key.clone()));
+                }
+                self.tick += 1;
+                self.store.insert(key, KeyState { run, queue, windows, dirty: false, used: self.tick });
+            }
+            _ if !windows.is_empty() => {
+                self.orphan_timers.insert(key, windows);
+            }
+            _ => {}
+        }
     }
 
     /// Takes an event of `key` (its event time is `event.ts`).
@@ -268,10 +362,19 @@ impl<S: StateStore> Operator<S> {
             out.push(Output::Late { key, event, watermark: self.watermark });
             return;
         }
+        self.fetch(&key);
         let ts = event.ts;
-        let nfa = &self.nfa;
-        let orphans = &mut self.orphan_timers;
-        let state = self.store.get_or_insert_with(&key, || KeyState::new(nfa, take_orphans(orphans, &key)));
+        self.tick += 1;
+        let tick = self.tick;
+        let state = match self.store.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.keys += 1;
+                let windows = take_orphans(&mut self.orphan_timers, &key);
+                v.insert(KeyState::new(&self.nfa, windows))
+            }
+        };
+        state.used = tick;
         if self.track_changes && !state.dirty {
             state.dirty = true;
             self.dirty.insert(key.clone());
@@ -288,13 +391,36 @@ impl<S: StateStore> Operator<S> {
         if wm <= self.watermark {
             return;
         }
+        let mut after = self.watermark;
         self.watermark = wm;
-        while let Some((t, key)) = self.timers.first().cloned() {
-            if t > wm {
+        let mut due = Vec::new();
+        loop {
+            // Stored timers due first, a chunk at a time, so that timers fire in (time, key)
+            // order over memory and backing alike.
+            let mut until = wm;
+            if let Some(backing) = self.backing.as_mut() {
+                due.clear();
+                backing.due(after, wm, DUE_CHUNK, &mut due);
+                if due.len() >= DUE_CHUNK {
+                    until = due.last().map_or(wm, |(t, _)| *t);
+                }
+                for (_, key) in due.drain(..) {
+                    if !self.orphan_timers.contains_key(&key) {
+                        self.fetch(&key);
+                    }
+                }
+            }
+            while let Some((t, key)) = self.timers.first().cloned() {
+                if t > until {
+                    break;
+                }
+                self.timers.remove(&(t, key.clone()));
+                self.on_timer(t, key, out);
+            }
+            if until >= wm {
                 break;
             }
-            self.timers.remove(&(t, key.clone()));
-            self.on_timer(t, key, out);
+            after = until;
         }
     }
 
@@ -305,6 +431,8 @@ impl<S: StateStore> Operator<S> {
         let wm = self.watermark;
         let (tie_break, budget) = (self.config.tie_break, self.config.max_partial_matches_per_key);
         let emit_timeouts = self.config.timeouts;
+        self.tick += 1;
+        let tick = self.tick;
         let Some(state) = self.store.get_mut(&key) else {
             // A window timer that outlived the key's state: it does nothing, but it is gone.
             if let Some(timers) = self.orphan_timers.get_mut(&key) {
@@ -318,6 +446,7 @@ impl<S: StateStore> Operator<S> {
             }
             return;
         };
+        state.used = tick;
         remove_fired(&mut state.windows, t);
         let partials_before = state.run.partial_count();
         if self.track_changes && !state.dirty {
@@ -369,6 +498,7 @@ impl<S: StateStore> Operator<S> {
             // Its leftover window timers, if any, find no state and do nothing (but they fire).
             let windows = std::mem::take(&mut state.windows);
             self.store.remove(&key);
+            self.keys = self.keys.saturating_sub(1);
             if !windows.is_empty() {
                 self.orphan_timers.insert(key, windows);
             }
@@ -393,18 +523,77 @@ impl<S: StateStore> Operator<S> {
 
     /// Turns the record of changed keys on (the default) or off. Off, [`Operator::take_dirty`]
     /// returns nothing and the record costs no memory: for runs that keep no durable copy
-    /// (replay, benchmarks). Turning it off forgets what was recorded.
+    /// (replay, benchmarks). Turning it off forgets what was recorded. An operator with a
+    /// backing always records.
     pub fn track_changes(&mut self, on: bool) {
+        if self.backing.is_some() {
+            return;
+        }
         if !on {
             self.take_dirty();
         }
         self.track_changes = on;
     }
 
+    /// Drops keys that did not change since the last [`Operator::take_dirty`] from memory, least
+    /// recently used first, until at most `keep` keys are in memory (or none that could go is
+    /// left); returns how many went. Their state must be in the backing as the last snapshots
+    /// gave it (the caller has written them there). Without a backing nothing goes.
+    pub fn evict(&mut self, keep: usize) -> usize {
+        if self.backing.is_none() || self.cached_keys() <= keep {
+            return 0;
+        }
+        let mut over = self.cached_keys() - keep;
+        let mut gone = 0;
+        // Keys with only pending timers first (they were last used before they went idle).
+        let orphans: Vec<Key> =
+            self.orphan_timers.keys().filter(|k| !self.dirty.contains(*k)).take(over).cloned().collect();
+        for key in orphans {
+            for t in self.orphan_timers.remove(&key).unwrap_or_default() {
+                self.timers.remove(&(t, key.clone()));
+            }
+            gone += 1;
+        }
+        over -= gone;
+        if over == 0 {
+            return gone;
+        }
+        let mut clean: Vec<(u64, &Key)> =
+            self.store.iter().filter(|(_, s)| !s.dirty).map(|(k, s)| (s.used, k)).collect();
+        if clean.len() > over {
+            clean.select_nth_unstable(over);
+            clean.truncate(over);
+        }
+        let victims: Vec<Key> = clean.into_iter().map(|(_, k)| k.clone()).collect();
+        for key in victims {
+            if let Some(state) = self.store.remove(&key) {
+                for &t in state.queue.keys().chain(state.windows.iter()) {
+                    self.timers.remove(&(t, key.clone()));
+                }
+                gone += 1;
+            }
+        }
+        gone
+    }
+
+    /// The pending timers of `key` in memory, ascending (its buffered timestamps and window
+    /// timers): what a backing indexes a snapshot by.
+    pub fn key_timers(&self, key: &Key) -> Vec<i64> {
+        let mut out: Vec<i64> = match (self.store.get(key), self.orphan_timers.get(key)) {
+            (Some(s), _) => s.queue.keys().chain(s.windows.iter()).copied().collect(),
+            (None, Some(w)) => w.iter().copied().collect(),
+            (None, None) => Vec::new(),
+        };
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Appends the complete state of `key` to `out`: its partial matches, shared buffer and
     /// buffered events, and its pending timers (window timers outlive a dropped idle key, so a
     /// key with no state may still have a snapshot). Returns `false`, appending nothing, when the
-    /// key holds nothing (write a tombstone). The format is described in [`super::snapshot`].
+    /// key holds nothing in memory (write a tombstone if it changed). The format is described in
+    /// [`super::snapshot`].
     pub fn snapshot_key(&self, key: &Key, out: &mut Vec<u8>) -> bool {
         match (self.store.get(key), self.orphan_timers.get(key)) {
             (Some(state), _) => {
@@ -423,35 +612,25 @@ impl<S: StateStore> Operator<S> {
     pub fn restore_key(&mut self, key: Key, bytes: &[u8]) -> Result<(), SnapshotError> {
         let (state, windows) = snapshot::decode(&self.nfa, bytes)?;
         self.remove_key(&key);
-        for &t in &windows {
-            self.timers.insert((t, key.clone()));
-        }
-        match state {
-            // An idle state holds nothing: the operator never keeps one.
-            Some((run, queue)) if !(queue.is_empty() && run.is_idle()) => {
+        if let Some((run, queue)) = &state {
+            if !(queue.is_empty() && run.is_idle()) {
                 self.partials += run.partial_count();
-                for &t in queue.keys() {
-                    self.timers.insert((t, key.clone()));
-                }
-                self.store.insert(key, KeyState { run, queue, windows, dirty: false });
+                self.keys += 1;
             }
-            _ if !windows.is_empty() => {
-                self.orphan_timers.insert(key, windows);
-            }
-            _ => {}
         }
+        self.install(key, state, windows);
         Ok(())
     }
 
-    /// Forgets everything `key` holds (state and timers) without recording a change: for keys
-    /// that another instance now owns.
+    /// Forgets everything `key` holds in memory (state and timers) without recording a change:
+    /// for keys that another instance now owns.
     pub fn remove_key(&mut self, key: &Key) {
-        if let Some(state) = self.store.get(key) {
+        if let Some(state) = self.store.remove(key) {
             for &t in state.queue.keys().chain(state.windows.iter()) {
                 self.timers.remove(&(t, key.clone()));
             }
             self.partials = self.partials.saturating_sub(state.run.partial_count());
-            self.store.remove(key);
+            self.keys = self.keys.saturating_sub(1);
         }
         for t in self.orphan_timers.remove(key).unwrap_or_default() {
             self.timers.remove(&(t, key.clone()));
@@ -467,6 +646,24 @@ impl<S: StateStore> Operator<S> {
     }
 }
 
+/// The pending timers of a snapshot (its buffered timestamps and window timers, ascending), and
+/// its partial matches: for indexing stored snapshots without keeping them in memory.
+pub fn snapshot_summary(nfa: &Nfa, bytes: &[u8]) -> Result<(Vec<i64>, usize, bool), SnapshotError> {
+    let (state, windows) = snapshot::decode(nfa, bytes)?;
+    let mut timers: Vec<i64> = windows.iter().copied().collect();
+    let (mut partials, mut has_state) = (0, false);
+    if let Some((run, queue)) = &state {
+        timers.extend(queue.keys().copied());
+        if !(queue.is_empty() && run.is_idle()) {
+            partials = run.partial_count();
+            has_state = true;
+        }
+    }
+    timers.sort_unstable();
+    timers.dedup();
+    Ok((timers, partials, has_state))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +673,10 @@ mod tests {
 
     /// `a followed by b within 10ms of previous`, keyed by field 0, `a: x == 1`, `b: x == 2`.
     fn nfa() -> Arc<Nfa> {
+        nfa_with(None)
+    }
+
+    fn nfa_with(window: Option<i64>) -> Arc<Nfa> {
         let meta = PatternMeta {
             name: "ab".to_owned(),
             description: String::new(),
@@ -501,7 +702,15 @@ mod tests {
             .state_window(sb, 10)
             .add_edge(sa, Action::Take, sb, Cond::Holds(ca))
             .start(sa);
+        if let Some(ms) = window {
+            b.window(ms);
+        }
         Arc::new(b.build().expect("a valid automaton"))
+    }
+
+    /// [`nfa`] with a whole-pattern window of 10 ms too: window timers per started run.
+    fn nfa_with_window() -> Arc<Nfa> {
+        nfa_with(Some(10))
     }
 
     fn ev(seq: u64, ts: i64, key: &str, x: i64) -> Arc<Event> {
@@ -542,5 +751,93 @@ mod tests {
         op.advance_watermark(105, &mut out);
         assert_eq!(out.len(), 2, "{out:?}");
         assert!(op.partial_matches(&k1).is_empty());
+    }
+
+    /// A backing in a map, as a store holds the snapshots of the last commit: each key's
+    /// snapshot and a timer index.
+    #[derive(Debug, Default)]
+    struct MapBacking {
+        snapshots: Arc<std::sync::Mutex<Stored>>,
+    }
+
+    /// Each key's snapshot, and the keys by their pending timers.
+    #[derive(Debug, Default)]
+    struct Stored(HashMap<Key, Vec<u8>>, BTreeSet<(i64, Key)>);
+
+    impl Backing for MapBacking {
+        fn load(&mut self, key: &Key, out: &mut Vec<u8>) -> bool {
+            let m = self.snapshots.lock().expect("lock");
+            m.0.get(key).map(|s| out.extend_from_slice(s)).is_some()
+        }
+        fn due(&mut self, after: i64, until: i64, limit: usize, out: &mut Vec<(i64, Key)>) {
+            let m = self.snapshots.lock().expect("lock");
+            for (t, k) in m.1.iter().filter(|(t, _)| *t > after && *t <= until) {
+                if out.len() >= limit && out.last().is_some_and(|(last, _)| last != t) {
+                    break;
+                }
+                out.push((*t, k.clone()));
+            }
+        }
+        fn corrupt(&mut self, key: &Key, error: SnapshotError) {
+            panic!("{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn keys_kept_in_a_backing_behave_as_keys_in_memory() {
+        // Timeouts are emitted when window timers fire: those of keys out of memory too.
+        let config = Config { timeouts: true, ..Config::default() };
+        let mut memory = Operator::new(nfa_with_window(), config);
+        memory.track_changes(false);
+        let backing = MapBacking::default();
+        let store = backing.snapshots.clone();
+        let mut stored = Operator::new(nfa_with_window(), config);
+        stored.set_backing(Box::new(backing), 0, 0);
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        // 40 keys, each an `a` and (for even keys) a `b` 3..12 ms later: some match, some time out.
+        let mut steps: Vec<(i64, Key, i64)> = Vec::new();
+        for k in 0..40i64 {
+            steps.push((100 + k, Key::Int(k), 1));
+            if k % 2 == 0 {
+                steps.push((103 + k + k % 10, Key::Int(k), 2));
+            }
+        }
+        steps.sort_by_key(|(ts, _, _)| *ts);
+        for (i, (ts, key, x)) in steps.into_iter().enumerate() {
+            let e = Arc::new(Event {
+                seq: i as u64,
+                ts,
+                kind: TypeId(0),
+                fields: vec![Value::str(&key.to_string()), Value::Int(x)].into(),
+            });
+            memory.process(key.clone(), e.clone(), &mut want);
+            memory.advance_watermark(ts - 2, &mut want);
+            stored.process(key, e, &mut got);
+            stored.advance_watermark(ts - 2, &mut got);
+            // A commit after every event: the changed keys' snapshots and timers into the map,
+            // then all but 2 keys out of memory.
+            let mut m = store.lock().expect("lock");
+            for key in stored.take_dirty() {
+                let mut snap = Vec::new();
+                if stored.snapshot_key(&key, &mut snap) {
+                    m.0.insert(key.clone(), snap);
+                } else {
+                    m.0.remove(&key);
+                }
+                for t in stored.key_timers(&key) {
+                    m.1.insert((t, key.clone()));
+                }
+            }
+            drop(m);
+            stored.evict(2);
+            assert!(stored.cached_keys() <= 2);
+        }
+        memory.advance_watermark(i64::MAX, &mut want);
+        stored.advance_watermark(i64::MAX, &mut got);
+        let timeouts = want.iter().filter(|o| matches!(o, Output::Timeout { .. })).count();
+        assert!(timeouts >= 20 && want.len() > timeouts, "{want:?}");
+        assert_eq!(got, want, "the same outputs in the same order");
+        assert_eq!(stored.active_keys(), memory.active_keys());
+        assert!(stored.stats().state_misses > 0);
     }
 }

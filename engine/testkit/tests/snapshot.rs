@@ -301,6 +301,8 @@ fn add(a: Stats, b: Stats) -> Stats {
         matches: a.matches + b.matches,
         timeouts: a.timeouts + b.timeouts,
         dropped_partial_matches: a.dropped_partial_matches + b.dropped_partial_matches,
+        state_hits: a.state_hits + b.state_hits,
+        state_misses: a.state_misses + b.state_misses,
     }
 }
 
