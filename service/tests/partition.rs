@@ -3,7 +3,8 @@
 //!
 //! - every library pattern's examples give exactly the expected alerts;
 //! - a partition checkpointed through its changelog records ([`Partition::take_changes`]) at
-//!   any point and restored into a fresh one ([`Partition::restore`]) emits the same bytes as one
+//!   any point, with its keys dropped from memory and read back from the store, and restored
+//!   into a fresh one ([`Partition::open`], [`Partition::index`]) emits the same bytes as one
 //!   that ran straight through: what makes the service exactly once across crashes;
 //! - late events are refused and counted, never fed.
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use engine::runtime::Config as OpConfig;
 use serde_json::Value;
+use tripline_service::core::changelog::{Changes, MemoryState};
 use tripline_service::core::config::Config;
 use tripline_service::core::partition::{Emit, Partition};
 use tripline_service::core::pattern_sets::compile_files;
@@ -106,39 +108,60 @@ fn a_partition_restored_from_its_changelog_records_goes_on_byte_for_byte() {
     for name in library() {
         let (cfg, catalog, plan) = plan_of(&name);
         let events = examples(&name, &catalog);
-        // Straight through.
+        // Straight through, all in memory.
         let mut straight = Vec::new();
-        let mut part = Partition::new(plan.clone(), 0, OpConfig::default());
+        let mut part = Partition::new(plan.clone(), 0, OpConfig::default()).without_change_tracking();
         feed(&mut part, &cfg, &events, &mut straight);
         part.finish(&mut straight);
-        // Checkpointed after every event (the changelog, latest value per key), and replaced by a
-        // partition restored from it at every third: each restore must pick up exactly there.
-        let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        // Kept in a store and checkpointed after every event (the changelog: latest value per
+        // key); every key dropped from memory after every other event; and replaced at every
+        // third by a partition opened from the store or restored from the changelog: each must
+        // pick up exactly there.
+        let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut store = Arc::new(MemoryState::default());
         let mut emitted = Vec::new();
         let mut part = Partition::new(plan.clone(), 0, OpConfig::default());
+        part.open(store.clone()).expect("an empty store opens");
         for (i, e) in events.iter().enumerate() {
             feed(&mut part, &cfg, std::slice::from_ref(e), &mut emitted);
             part.next_offset = i as i64 + 1;
-            let mut changes = Vec::new();
+            let mut changes = Changes::default();
             part.take_changes(&mut changes);
-            assert!(!changes.is_empty(), "{name}: the meta record at least");
-            for (k, v) in changes {
+            assert!(!changes.records.is_empty(), "{name}: the meta record at least");
+            store.apply(&changes);
+            for (k, v) in changes.records {
                 match v {
-                    Some(v) => store.insert(k, v),
-                    None => store.remove(&k),
+                    Some(v) => changelog.insert(k, v),
+                    None => changelog.remove(&k),
                 };
+            }
+            if i % 2 == 1 {
+                part.evict(0);
+                assert_eq!(part.cached_keys(), 0, "{name}: nothing changed since the commit");
             }
             if i % 3 == 2 {
                 let mut fresh = Partition::new(plan.clone(), 0, OpConfig::default());
-                let summary = fresh.restore(store.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).expect("restores");
+                if i % 2 == 0 {
+                    // From the changelog, into a new store.
+                    let records: Vec<(Vec<u8>, Vec<u8>)> = changelog.clone().into_iter().collect();
+                    let (local, summary) = fresh.index(&records).expect("indexes");
+                    assert!(summary.meta && summary.stale == 0, "{name}: {summary:?}");
+                    store = Arc::new(MemoryState(std::sync::Mutex::new(local.into_iter().collect())));
+                }
+                let summary = fresh.open(store.clone()).expect("opens");
                 assert!(summary.meta && summary.stale == 0, "{name}: {summary:?}");
                 assert_eq!(fresh.next_offset, i as i64 + 1, "{name}: the position");
                 assert_eq!(fresh.watermark(), part.watermark(), "{name}: the watermark");
                 assert_eq!(fresh.counts, part.counts, "{name}: the counts");
+                let active = |p: &Partition| {
+                    p.operators().iter().map(|o| (o.active_keys(), o.active_partial_matches())).collect::<Vec<_>>()
+                };
+                assert_eq!(active(&fresh), active(&part), "{name}: keys and partial matches");
                 part = fresh;
             }
         }
         part.finish(&mut emitted);
+        assert!(part.take_store_error().is_none());
         assert_eq!(emitted, straight, "{name}: restored partitions emit what one straight run does");
     }
 }

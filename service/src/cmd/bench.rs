@@ -44,6 +44,7 @@ enum PartArg {
     Latency,
     Rebalance,
     Restore,
+    Keys,
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +88,12 @@ struct KafkaArgs {
     /// State to build up for the restore part, MB (10^6 bytes).
     #[arg(long, default_value_t = 100)]
     state_mb: u64,
+    /// Accounts of the keys part, each with a partial match that stays open.
+    #[arg(long, default_value_t = 1_000_000)]
+    open_keys: u64,
+    /// `state.cache_size` of the keys part.
+    #[arg(long, default_value_t = 100_000)]
+    cache_size: usize,
 }
 
 pub fn run(args: Args) -> Result<Status> {
@@ -111,15 +118,23 @@ fn kafka(k: KafkaArgs) -> Result<Status> {
     };
     let bootstrap = from_env(k.bootstrap, "bootstrap", "TRIPLINE_KAFKA_BOOTSTRAP")?;
     let registry = from_env(k.registry, "registry", "TRIPLINE_REGISTRY_URL")?;
-    if k.events == 0 || k.keys == 0 || k.partitions < 1 || k.rate == 0 || k.latency_events == 0 || k.state_mb == 0 {
+    if k.events == 0
+        || k.keys == 0
+        || k.partitions < 1
+        || k.rate == 0
+        || k.latency_events == 0
+        || k.state_mb == 0
+        || k.open_keys == 0
+        || k.cache_size == 0
+    {
         return Err(Error::usage(
-            "--events, --keys, --partitions, --rate, --latency-events and --state-mb must be above 0",
+            "--events, --keys, --partitions, --rate, --latency-events, --state-mb, --open-keys and --cache-size must be above 0",
         ));
     }
     if k.intervals.is_empty() || k.intervals.contains(&0) || k.latency_interval == 0 {
         return Err(Error::usage("commit intervals must be at least 1 ms"));
     }
-    let all = [PartArg::Raw, PartArg::Service, PartArg::Latency, PartArg::Rebalance, PartArg::Restore];
+    let all = [PartArg::Raw, PartArg::Service, PartArg::Latency, PartArg::Rebalance, PartArg::Restore, PartArg::Keys];
     let parts = if k.only.is_empty() { all.to_vec() } else { k.only };
     let o = Options {
         work_dir: k.work_dir,
@@ -133,6 +148,7 @@ fn kafka(k: KafkaArgs) -> Result<Status> {
                 PartArg::Latency => Part::Latency,
                 PartArg::Rebalance => Part::Rebalance,
                 PartArg::Restore => Part::Restore,
+                PartArg::Keys => Part::Keys,
             })
             .collect(),
         events: k.events,
@@ -144,6 +160,8 @@ fn kafka(k: KafkaArgs) -> Result<Status> {
         latency_interval_ms: k.latency_interval,
         rebalance_events: k.rebalance_events.max(1),
         state_mb: k.state_mb,
+        open_keys: k.open_keys,
+        cache_size: k.cache_size,
     };
     Ok(if bench_kafka::run(&o)? { Status::Ok } else { Status::Invalid })
 }

@@ -1,37 +1,411 @@
-//! The changelog encoding of a partition's engine state: one record per (pattern, key), keyed
-//! `T<topic><partition>K<pattern hash><key>`, and the partition's meta record
-//! (`...M`: position, newest event time, counts). The service writes these to the changelog
-//! topic and to RocksDB; a restore reads them back.
+//! The stored form of a partition's engine state: the records the service writes to the
+//! changelog topic and to its local store (RocksDB), and the [`Backing`] through which the
+//! engine reads the keys it does not hold in memory.
+//!
+//! # Records (state format 2)
+//!
+//! Every record of a partition is under its prefix `T<topic length:u16><topic><partition:u32>`
+//! ([`state_prefix`]):
+//!
+//! | key | value | where |
+//! | --- | --- | --- |
+//! | `M` | the partition's meta record (below) | changelog, store |
+//! | `K<pattern hash><key>` | the key's snapshot (the engine's format, first byte 1), or for a snapshot over [`CHUNK`] bytes a chunk header `0xC1 parts:u32 length:u64` | changelog, store |
+//! | `K<pattern hash>C<part:u32><key>` | part `part` of a chunked snapshot | changelog, store |
+//! | `K<pattern hash>W<time:u64, sign bit flipped><key>` | empty: the key has a pending timer at `time` | store only |
+//!
+//! A key's records are written only when the key changed in the transaction; each record is at
+//! most [`CHUNK`] bytes plus its key, so no key's state is too big for the changelog. The timer
+//! records (`W`) index the stored keys by their pending timers, so that a key whose state is not
+//! in memory costs no memory and still fires on time; they are derived from the snapshots (a
+//! restore from the changelog writes them again) and those at or behind a committed watermark
+//! are deleted with the commit that passes them. A stale `W` record (the key changed since)
+//! only makes the engine read the key once more.
+//!
+//! Meta record, format 2 (all integers big-endian):
+//! `2 position:i64 newest event time:i64 consumed processed late dead-lettered alerts
+//! timeouts:u64 set:(u16 length, UTF-8) patterns:u16 (hash:16 bytes keys:u64 partial
+//! matches:u64)*`. It names the pattern set the partition ran and, per pattern, how many keys
+//! hold state (a restore from the local store reads no key). Format 1 (written before keys
+//! were stored out of memory: no set, no per-pattern counts, no timer records) is still read
+//! from the changelog; a local store in format 1 is restored from the changelog instead.
 
-use engine::runtime::{Key, SnapshotError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use engine::runtime::{snapshot_summary, Backing, Key, Operator, SnapshotError};
 
 use super::partition::{Counts, Partition};
+use super::stored::Stored;
+pub use super::stored::{StateError, StoredState};
 
-impl Partition {
-    /// The changelog records for everything that changed since the last call: one per changed
-    /// (pattern, key) — its snapshot, or `None` (a tombstone) when the key holds nothing — and the
-    /// partition's meta record (position, newest event time, counts).
-    pub fn take_changes(&mut self, out: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>) {
-        let prefix = state_prefix(&self.plan.topic, self.partition);
-        for op in &mut self.operators {
-            let hash = op.nfa().meta.hash.clone();
-            for key in op.take_dirty() {
-                let mut k = prefix.clone();
-                k.push(KIND_KEY);
-                k.extend_from_slice(hash.as_bytes());
-                key.encode(&mut k);
-                let mut v = Vec::new();
-                let value = op.snapshot_key(&key, &mut v).then_some(v);
-                out.push((k, value));
+/// The largest stored value: a snapshot over it is written in parts of this size (Kafka's
+/// default `message.max.bytes` is about 1 MB).
+pub const CHUNK: usize = 256 * 1024;
+
+/// What a transaction changes in the stored state.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// For the changelog and the store (`None` deletes).
+    pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// For the store only: the timer records.
+    pub local: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Key ranges `[from, to)` to delete from the store (timer records the watermark passed).
+    pub delete_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.local.is_empty() && self.delete_ranges.is_empty()
+    }
+}
+
+/// One pattern's keys in the store, for the engine ([`Backing`]).
+#[derive(Debug)]
+struct KeyReader {
+    stored: Stored,
+    /// `<partition prefix>K<hash>`.
+    prefix: Vec<u8>,
+    hash: String,
+    pattern: String,
+}
+
+impl Backing for KeyReader {
+    fn load(&mut self, key: &Key, out: &mut Vec<u8>) -> bool {
+        let mut k = self.prefix.clone();
+        key.encode(&mut k);
+        let value = match self.stored.raw.get(&k) {
+            Ok(Some(v)) => v,
+            Ok(None) => return false,
+            Err(e) => {
+                self.stored.fail(e);
+                return false;
+            }
+        };
+        let get = |k: &[u8]| self.stored.raw.get(k);
+        match assemble(&self.prefix, key, value, get, out) {
+            Ok(Some(parts)) => {
+                self.stored
+                    .chunked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((self.hash.clone(), key.clone()), parts);
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                self.stored.fail(e);
+                false
             }
         }
-        let mut k = prefix;
-        k.push(KIND_META);
-        out.push((k, Some(self.encode_meta())));
     }
 
-    fn encode_meta(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(64);
+    fn due(&mut self, after: i64, until: i64, limit: usize, out: &mut Vec<(i64, Key)>) {
+        if after >= until {
+            return;
+        }
+        let mut from = self.prefix.clone();
+        from.push(TIMER);
+        let mut to = from.clone();
+        from.extend_from_slice(&time_bytes(after.saturating_add(1)));
+        if until == i64::MAX {
+            to.pop();
+            to.push(TIMER + 1);
+        } else {
+            to.extend_from_slice(&time_bytes(until + 1));
+        }
+        let skip = self.prefix.len() + 1;
+        let mut bad = None;
+        let result = self.stored.raw.scan(&from, &to, &mut |k, _| {
+            let Some((t, key)) = k.get(skip..).and_then(|rest| {
+                let (t, key) = rest.split_at_checked(8)?;
+                Some((time_of(t)?, Key::decode(key).ok()?))
+            }) else {
+                bad = Some(StateError::CorruptTimer);
+                return false;
+            };
+            if out.len() >= limit && out.last().is_some_and(|(last, _)| *last != t) {
+                return false;
+            }
+            out.push((t, key));
+            true
+        });
+        if let Some(e) = bad.or(result.err()) {
+            self.stored.fail(e);
+        }
+    }
+
+    fn corrupt(&mut self, key: &Key, error: SnapshotError) {
+        self.stored.fail(StateError::Snapshot { pattern: format!("{} (key {key})", self.pattern), error });
+    }
+}
+
+/// A stored key's snapshot from its record `value` (reading the parts of a chunked one with
+/// `get`), appended to `out`; returns the number of parts of a chunked one.
+fn assemble(
+    prefix: &[u8],
+    key: &Key,
+    value: Vec<u8>,
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StateError>,
+    out: &mut Vec<u8>,
+) -> Result<Option<u32>, StateError> {
+    if value.first() != Some(&CHUNKED) {
+        out.extend_from_slice(&value);
+        return Ok(None);
+    }
+    let (parts, len) = match (value.get(1..5), value.get(5..13)) {
+        (Some(p), Some(l)) if value.len() == 13 => {
+            (u32::from_be_bytes(p.try_into().unwrap_or_default()), u64::from_be_bytes(l.try_into().unwrap_or_default()))
+        }
+        _ => return Err(StateError::CorruptChunk(key.to_string())),
+    };
+    let start = out.len();
+    for i in 0..parts {
+        let part = get(&part_key(prefix, i, key))?.ok_or_else(|| StateError::CorruptChunk(key.to_string()))?;
+        out.extend_from_slice(&part);
+    }
+    if (out.len() - start) as u64 != len {
+        return Err(StateError::CorruptChunk(key.to_string()));
+    }
+    Ok(Some(parts))
+}
+
+/// `<pattern prefix>C<i><key>`.
+fn part_key(pattern_prefix: &[u8], i: u32, key: &Key) -> Vec<u8> {
+    let mut k = pattern_prefix.to_vec();
+    k.push(PART);
+    k.extend_from_slice(&i.to_be_bytes());
+    key.encode(&mut k);
+    k
+}
+
+/// A time as 8 bytes that sort as the times do.
+fn time_bytes(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_of(b: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(b.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+/// What opening a partition's stored state found.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreSummary {
+    /// Whether the partition's meta record was there (else the partition is new).
+    pub meta: bool,
+    /// Keys holding state, over the patterns that run.
+    pub keys: u64,
+    /// Patterns whose state is stored but which no longer run (another content hash).
+    pub stale: u64,
+}
+
+/// The meta record, decoded.
+struct Meta {
+    next_offset: i64,
+    max_ts: i64,
+    counts: Counts,
+    set: String,
+    /// Per pattern hash: keys and partial matches.
+    patterns: Vec<(String, u64, u64)>,
+}
+
+impl Partition {
+    /// Keeps the partition's key states in `raw` (the local store at the last commit), which
+    /// holds its records in format 2: reads the meta record (position, counts, the keys per
+    /// pattern) and nothing else; keys are read when they are needed. Fails on a meta record
+    /// of another format (restore from the changelog then, [`Partition::index`]).
+    pub fn open(&mut self, raw: Arc<dyn StoredState>) -> Result<RestoreSummary, StateError> {
+        let mut summary = RestoreSummary::default();
+        let meta = match raw.get(&self.meta_key())? {
+            Some(v) => {
+                if v.first() != Some(&META_VERSION) {
+                    return Err(StateError::OldStore);
+                }
+                Some(decode_meta(&v)?)
+            }
+            None => None,
+        };
+        let stored = Stored { raw, chunked: Arc::default(), error: Arc::default() };
+        let mut per_pattern: HashMap<String, (u64, u64)> = HashMap::new();
+        if let Some(meta) = meta {
+            summary.meta = true;
+            self.next_offset = meta.next_offset;
+            self.max_ts = meta.max_ts;
+            self.counts = meta.counts;
+            if self.set.is_empty() {
+                self.set = meta.set;
+            }
+            for (hash, keys, partials) in meta.patterns {
+                per_pattern.insert(hash, (keys, partials));
+            }
+        }
+        let wm = self.watermark();
+        for op in &mut self.operators {
+            let (keys, partials) = per_pattern.remove(&op.nfa().meta.hash).unwrap_or_default();
+            summary.keys += keys;
+            attach(&stored, &self.plan.topic, self.partition, op, keys as usize, partials as usize);
+            op.set_watermark(wm);
+        }
+        summary.stale = per_pattern.values().filter(|(keys, _)| *keys > 0).count() as u64;
+        self.stored = Some(stored);
+        Ok(summary)
+    }
+
+    /// Checks a partition's records as read from the changelog (latest value per key, key
+    /// order; either format) and returns what the local store must hold for them: the same
+    /// records with the meta record in format 2 (per-pattern counts, the set) and the timer
+    /// records. Then [`Partition::open`] the store. Records of patterns that no longer run are
+    /// kept as they are and counted as stale.
+    pub fn index(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<(StateRecords, RestoreSummary), StateError> {
+        let prefix = state_prefix(&self.plan.topic, self.partition);
+        let mut summary = RestoreSummary::default();
+        let mut out = Vec::with_capacity(records.len() * 2);
+        let mut counts: HashMap<&str, (u64, u64)> =
+            self.operators.iter().map(|o| (o.nfa().meta.hash.as_str(), (0, 0))).collect();
+        let mut stale: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        let get = |k: &[u8]| -> Result<Option<Vec<u8>>, StateError> {
+            Ok(records.binary_search_by(|(rk, _)| rk.as_slice().cmp(k)).ok().map(|i| records[i].1.clone()))
+        };
+        let mut bytes = Vec::new();
+        for (k, v) in records {
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                return Err(StateError::OtherPartition);
+            };
+            match rest.split_first() {
+                Some((&KIND_META, [])) => {
+                    let meta = decode_meta(v)?;
+                    self.next_offset = meta.next_offset;
+                    self.max_ts = meta.max_ts;
+                    self.counts = meta.counts;
+                    if self.set.is_empty() {
+                        self.set = meta.set;
+                    }
+                    summary.meta = true;
+                    continue;
+                }
+                Some((&KIND_KEY, rest)) if rest.len() > HASH_LEN => {
+                    let (hash, key) = rest.split_at(HASH_LEN);
+                    out.push((k.clone(), v.clone()));
+                    if key.first() == Some(&PART) {
+                        continue;
+                    }
+                    if key.first() == Some(&TIMER) {
+                        return Err(StateError::UnknownKind);
+                    }
+                    let Some(op) = self.operators.iter().find(|o| o.nfa().meta.hash.as_bytes() == hash) else {
+                        stale.insert(hash.to_vec());
+                        continue;
+                    };
+                    let key = Key::decode(key).map_err(StateError::Key)?;
+                    let pattern_prefix = &k[..prefix.len() + 1 + HASH_LEN];
+                    bytes.clear();
+                    assemble(pattern_prefix, &key, v.clone(), get, &mut bytes)?;
+                    let (timers, partials, has_state) = snapshot_summary(op.nfa(), &bytes).map_err(|error| {
+                        StateError::Snapshot { pattern: format!("{} (key {key})", op.nfa().meta.name), error }
+                    })?;
+                    if has_state {
+                        let c = counts.entry(op.nfa().meta.hash.as_str()).or_default();
+                        c.0 += 1;
+                        c.1 += partials as u64;
+                        summary.keys += 1;
+                    }
+                    for t in timers {
+                        let mut tk = pattern_prefix.to_vec();
+                        tk.push(TIMER);
+                        tk.extend_from_slice(&time_bytes(t));
+                        key.encode(&mut tk);
+                        out.push((tk, Vec::new()));
+                    }
+                }
+                _ => return Err(StateError::UnknownKind),
+            }
+        }
+        summary.stale = stale.len() as u64;
+        let patterns: Vec<(String, u64, u64)> = self
+            .operators
+            .iter()
+            .map(|o| {
+                let (keys, partials) = counts.get(o.nfa().meta.hash.as_str()).copied().unwrap_or_default();
+                (o.nfa().meta.hash.clone(), keys, partials)
+            })
+            .collect();
+        if summary.meta || !out.is_empty() {
+            out.push((self.meta_key(), self.encode_meta(&patterns)));
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok((out, summary))
+    }
+
+    /// The changes since the last call: per changed (pattern, key) its snapshot (in parts when
+    /// big) or a tombstone, and its timer records; the timer records the watermark passed; the
+    /// partition's meta record.
+    pub fn take_changes(&mut self, out: &mut Changes) {
+        let prefix = state_prefix(&self.plan.topic, self.partition);
+        let chunked = self.stored.as_ref().map(|s| s.chunked.clone()).unwrap_or_default();
+        let mut chunked = chunked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut patterns = Vec::with_capacity(self.operators.len());
+        for op in &mut self.operators {
+            let hash = op.nfa().meta.hash.clone();
+            let mut pattern_prefix = prefix.clone();
+            pattern_prefix.push(KIND_KEY);
+            pattern_prefix.extend_from_slice(hash.as_bytes());
+            let mut v = Vec::new();
+            for key in op.take_dirty() {
+                let mut k = pattern_prefix.clone();
+                key.encode(&mut k);
+                v.clear();
+                let had_parts =
+                    if chunked.is_empty() { 0 } else { chunked.remove(&(hash.clone(), key.clone())).unwrap_or(0) };
+                let mut parts: u32 = 0;
+                if !op.snapshot_key(&key, &mut v) {
+                    out.records.push((k, None));
+                } else if v.len() <= CHUNK {
+                    out.records.push((k, Some(v.clone())));
+                } else {
+                    for (i, part) in v.chunks(CHUNK).enumerate() {
+                        out.records.push((part_key(&pattern_prefix, i as u32, &key), Some(part.to_vec())));
+                        parts += 1;
+                    }
+                    let mut header = vec![CHUNKED];
+                    header.extend_from_slice(&parts.to_be_bytes());
+                    header.extend_from_slice(&(v.len() as u64).to_be_bytes());
+                    out.records.push((k, Some(header)));
+                    chunked.insert((hash.clone(), key.clone()), parts);
+                }
+                for i in parts..had_parts {
+                    out.records.push((part_key(&pattern_prefix, i, &key), None));
+                }
+                if self.stored.is_some() {
+                    for t in op.key_timers(&key) {
+                        let mut tk = pattern_prefix.clone();
+                        tk.push(TIMER);
+                        tk.extend_from_slice(&time_bytes(t));
+                        key.encode(&mut tk);
+                        out.local.push((tk, Some(Vec::new())));
+                    }
+                }
+            }
+            let wm = op.watermark();
+            if self.stored.is_some() && wm > i64::MIN && wm < i64::MAX {
+                let mut from = pattern_prefix.clone();
+                from.push(TIMER);
+                let mut to = from.clone();
+                to.extend_from_slice(&time_bytes(wm + 1));
+                out.delete_ranges.push((from, to));
+            }
+            patterns.push((hash, op.active_keys() as u64, op.active_partial_matches() as u64));
+        }
+        out.records.push((self.meta_key(), Some(self.encode_meta(&patterns))));
+    }
+
+    fn meta_key(&self) -> Vec<u8> {
+        let mut k = state_prefix(&self.plan.topic, self.partition);
+        k.push(KIND_META);
+        k
+    }
+
+    fn encode_meta(&self, patterns: &[(String, u64, u64)]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(96 + self.set.len() + patterns.len() * 32);
         v.push(META_VERSION);
         for n in [self.next_offset, self.max_ts] {
             v.extend_from_slice(&n.to_be_bytes());
@@ -40,114 +414,161 @@ impl Partition {
         for n in [c.consumed, c.processed, c.late, c.dead_lettered, c.alerts, c.timeouts] {
             v.extend_from_slice(&n.to_be_bytes());
         }
+        let set = &self.set.as_bytes()[..self.set.len().min(u16::MAX as usize)];
+        v.extend_from_slice(&(set.len() as u16).to_be_bytes());
+        v.extend_from_slice(set);
+        v.extend_from_slice(&(patterns.len() as u16).to_be_bytes());
+        for (hash, keys, partials) in patterns {
+            let mut h = [b'0'; HASH_LEN];
+            let hb = hash.as_bytes();
+            h[..hb.len().min(HASH_LEN)].copy_from_slice(&hb[..hb.len().min(HASH_LEN)]);
+            v.extend_from_slice(&h);
+            v.extend_from_slice(&keys.to_be_bytes());
+            v.extend_from_slice(&partials.to_be_bytes());
+        }
         v
     }
 
-    /// Restores the partition from its state records (as [`Partition::take_changes`] wrote them,
-    /// latest value per key). Records of patterns that no longer run are skipped and returned
-    /// as the count of stale records.
-    pub fn restore<'a>(
-        &mut self,
-        records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-    ) -> Result<RestoreSummary, StateError> {
-        let prefix = state_prefix(&self.plan.topic, self.partition);
-        let mut summary = RestoreSummary::default();
-        for (k, v) in records {
-            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
-                return Err(StateError::OtherPartition);
-            };
-            match rest.split_first() {
-                Some((&KIND_META, _)) => {
-                    self.decode_meta(v)?;
-                    summary.meta = true;
-                }
-                Some((&KIND_KEY, rest)) if rest.len() >= HASH_LEN => {
-                    let (hash, key) = rest.split_at(HASH_LEN);
-                    let Some(op) = self.operators.iter_mut().find(|o| o.nfa().meta.hash.as_bytes() == hash) else {
-                        summary.stale += 1;
-                        continue;
-                    };
-                    let key = Key::decode(key).map_err(StateError::Key)?;
-                    op.restore_key(key, v)
-                        .map_err(|error| StateError::Snapshot { pattern: op.nfa().meta.name.clone(), error })?;
-                    summary.keys += 1;
-                }
-                _ => return Err(StateError::UnknownKind),
-            }
-        }
-        let wm = self.watermark();
-        for op in &mut self.operators {
-            op.set_watermark(wm);
-            op.take_dirty();
-        }
-        Ok(summary)
+    /// The first error reading the stored state since the last call (the transaction must not
+    /// commit: what followed it may be wrong).
+    pub fn take_store_error(&self) -> Option<StateError> {
+        self.stored.as_ref().and_then(|s| s.error.lock().unwrap_or_else(|p| p.into_inner()).take())
     }
 
-    fn decode_meta(&mut self, v: &[u8]) -> Result<(), StateError> {
-        let (&version, rest) = v.split_first().ok_or(StateError::CorruptMeta)?;
-        if version != META_VERSION {
-            return Err(StateError::MetaVersion(version));
+    /// Whether the partition's keys are kept in a store (else all are in memory).
+    pub fn is_stored(&self) -> bool {
+        self.stored.is_some()
+    }
+
+    /// Keys in memory, over the patterns.
+    pub fn cached_keys(&self) -> usize {
+        self.operators.iter().map(Operator::cached_keys).sum()
+    }
+
+    /// Drops unchanged keys from memory (their state is in the store) until about `keep` are
+    /// left, each pattern keeping its share; returns how many went.
+    pub fn evict(&mut self, keep: usize) -> usize {
+        let total = self.cached_keys();
+        if total <= keep || self.stored.is_none() {
+            return 0;
         }
-        if rest.len() != 64 {
-            return Err(StateError::CorruptMeta);
+        let mut gone = 0;
+        for op in &mut self.operators {
+            let share = (op.cached_keys() as u128 * keep as u128 / total.max(1) as u128) as usize;
+            gone += op.evict(share);
         }
-        let n = |i: usize| -> [u8; 8] {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&rest[i * 8..i * 8 + 8]);
-            b
-        };
-        self.next_offset = i64::from_be_bytes(n(0));
-        self.max_ts = i64::from_be_bytes(n(1));
-        let u = |i| u64::from_be_bytes(n(i));
-        self.counts =
-            Counts { consumed: u(2), processed: u(3), late: u(4), dead_lettered: u(5), alerts: u(6), timeouts: u(7) };
-        Ok(())
+        gone
+    }
+
+    /// Gives operators made after [`Partition::open`] (a reload's new patterns) their backing.
+    pub(super) fn attach_new(&mut self, op: &mut Operator) {
+        if let Some(stored) = &self.stored {
+            attach(stored, &self.plan.topic, self.partition, op, 0, 0);
+        }
     }
 }
 
-/// The position (offset of the next record) that a partition's state records hold, read from its
-/// meta record without restoring anything; `None` when there is none (a new partition).
-pub fn stored_position(topic: &str, partition: i32, records: &[(Vec<u8>, Vec<u8>)]) -> Option<i64> {
-    let mut meta_key = state_prefix(topic, partition);
-    meta_key.push(KIND_META);
-    let (_, v) = records.iter().find(|(k, _)| *k == meta_key)?;
-    let bytes: [u8; 8] = v.get(1..9)?.try_into().ok()?;
-    (v.first() == Some(&META_VERSION)).then(|| i64::from_be_bytes(bytes))
+/// Gives `op` its backing in `stored`.
+fn attach(stored: &Stored, topic: &str, partition: i32, op: &mut Operator, keys: usize, partials: usize) {
+    let hash = op.nfa().meta.hash.clone();
+    let reader = KeyReader {
+        stored: stored.clone(),
+        prefix: pattern_prefix(topic, partition, &hash),
+        pattern: op.nfa().meta.name.clone(),
+        hash,
+    };
+    op.set_backing(Box::new(reader), keys, partials);
+}
+
+fn decode_meta(v: &[u8]) -> Result<Meta, StateError> {
+    let (&version, rest) = v.split_first().ok_or(StateError::CorruptMeta)?;
+    if version != 1 && version != META_VERSION {
+        return Err(StateError::MetaVersion(version));
+    }
+    if rest.len() < 64 || (version == 1 && rest.len() != 64) {
+        return Err(StateError::CorruptMeta);
+    }
+    let n = |i: usize| -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&rest[i * 8..i * 8 + 8]);
+        b
+    };
+    let u = |i| u64::from_be_bytes(n(i));
+    let mut meta = Meta {
+        next_offset: i64::from_be_bytes(n(0)),
+        max_ts: i64::from_be_bytes(n(1)),
+        counts: Counts {
+            consumed: u(2),
+            processed: u(3),
+            late: u(4),
+            dead_lettered: u(5),
+            alerts: u(6),
+            timeouts: u(7),
+        },
+        set: String::new(),
+        patterns: Vec::new(),
+    };
+    if version == 1 {
+        return Ok(meta);
+    }
+    let mut r = &rest[64..];
+    let mut take = |n: usize| -> Result<&[u8], StateError> {
+        if r.len() < n {
+            return Err(StateError::CorruptMeta);
+        }
+        let (a, b) = r.split_at(n);
+        r = b;
+        Ok(a)
+    };
+    let len = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default()) as usize;
+    meta.set = String::from_utf8(take(len)?.to_vec()).map_err(|_| StateError::CorruptMeta)?;
+    let n = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default());
+    for _ in 0..n {
+        let hash = String::from_utf8(take(HASH_LEN)?.to_vec()).map_err(|_| StateError::CorruptMeta)?;
+        let keys = u64::from_be_bytes(take(8)?.try_into().unwrap_or_default());
+        let partials = u64::from_be_bytes(take(8)?.try_into().unwrap_or_default());
+        meta.patterns.push((hash, keys, partials));
+    }
+    if !take(0)?.is_empty() || !r.is_empty() {
+        return Err(StateError::CorruptMeta);
+    }
+    Ok(meta)
+}
+
+/// The position (offset of the next record) in a partition's meta record, and whether the
+/// record is in the current format (a local store in an older one is restored from the
+/// changelog); `None` when the record is not one.
+pub fn meta_position(meta: &[u8]) -> Option<(i64, bool)> {
+    let bytes: [u8; 8] = meta.get(1..9)?.try_into().ok()?;
+    let version = *meta.first()?;
+    (version == 1 || version == META_VERSION).then(|| (i64::from_be_bytes(bytes), version == META_VERSION))
+}
+
+/// The key of a partition's meta record.
+pub fn meta_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = state_prefix(topic, partition);
+    k.push(KIND_META);
+    k
+}
+
+/// Whether a stored record is one of the changelog's (not a timer record of the local store).
+pub fn in_changelog(key: &[u8], topic: &str, partition: i32) -> bool {
+    let at = state_prefix(topic, partition).len() + 1 + HASH_LEN;
+    !(key.get(at - HASH_LEN - 1) == Some(&KIND_KEY) && key.get(at) == Some(&TIMER))
 }
 
 /// A partition's state records as (key, value), the latest value of each key.
 pub type StateRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Why a partition's state records cannot be restored.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum StateError {
-    #[error("a state record of another partition")]
-    OtherPartition,
-    #[error("an unknown kind of state record")]
-    UnknownKind,
-    #[error("a state key: {0}")]
-    Key(SnapshotError),
-    #[error("the state of pattern `{pattern}`: {error}")]
-    Snapshot { pattern: String, error: SnapshotError },
-    #[error("a corrupt partition meta record")]
-    CorruptMeta,
-    #[error("partition meta record version {0}, this build reads {META_VERSION}")]
-    MetaVersion(u8),
-}
-
-/// What a restore found.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RestoreSummary {
-    /// Whether the partition's meta record was there (else the partition is new).
-    pub meta: bool,
-    pub keys: u64,
-    /// Records of patterns that no longer run (another content hash).
-    pub stale: u64,
-}
-
-const META_VERSION: u8 = 1;
+const META_VERSION: u8 = 2;
 const KIND_META: u8 = b'M';
 const KIND_KEY: u8 = b'K';
+/// After the pattern hash: a part of a chunked snapshot.
+const PART: u8 = b'C';
+/// After the pattern hash: a timer record.
+const TIMER: u8 = b'W';
+/// The first byte of a chunk header (a snapshot's first byte is its format, 1).
+const CHUNKED: u8 = 0xC1;
 /// Pattern content hashes are 16 hex digits.
 const HASH_LEN: usize = 16;
 
@@ -169,23 +590,58 @@ pub fn state_prefix(topic: &str, partition: i32) -> Vec<u8> {
     k
 }
 
+/// A [`StoredState`] in memory (for tests, and for checking a store against the changelog).
+#[derive(Debug, Default)]
+pub struct MemoryState(pub Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
+
+impl MemoryState {
+    /// Applies changes as the store does.
+    pub fn apply(&self, changes: &Changes) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (from, to) in &changes.delete_ranges {
+            let gone: Vec<Vec<u8>> = m.range(from.clone()..to.clone()).map(|(k, _)| k.clone()).collect();
+            for k in gone {
+                m.remove(&k);
+            }
+        }
+        for (k, v) in changes.records.iter().chain(&changes.local) {
+            match v {
+                Some(v) => m.insert(k.clone(), v.clone()),
+                None => m.remove(k),
+            };
+        }
+    }
+}
+
+impl StoredState for MemoryState {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned())
+    }
+    fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StateError> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in m.range(from.to_vec()..to.to_vec()) {
+            if !visit(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_stored_position_is_read_from_the_meta_record() {
-        let mut meta_key = state_prefix("payments", 2);
-        meta_key.push(KIND_META);
         let mut meta = vec![META_VERSION];
         meta.extend_from_slice(&42i64.to_be_bytes());
         meta.extend_from_slice(&[0; 56]);
-        let mut other_key = state_prefix("payments", 2);
-        other_key.extend_from_slice(b"K0123456789abcdefM");
-        let records = vec![(other_key, vec![1, 2, 3]), (meta_key, meta)];
-        assert_eq!(stored_position("payments", 2, &records), Some(42));
-        assert_eq!(stored_position("payments", 3, &records), None);
-        assert_eq!(stored_position("payments", 2, &records[..1]), None);
+        assert_eq!(meta_position(&meta), Some((42, true)));
+        meta[0] = 1;
+        assert_eq!(meta_position(&meta), Some((42, false)), "format 1: restored from the changelog");
+        meta[0] = 7;
+        assert_eq!(meta_position(&meta), None);
     }
 
     #[test]
@@ -194,6 +650,15 @@ mod tests {
         let a = state_prefix("pay", 1);
         for (t, p) in [("pay", 10), ("pay", 256), ("payments", 1), ("pa", 1)] {
             assert!(!state_prefix(t, p).starts_with(&a), "{t}/{p}");
+        }
+    }
+
+    #[test]
+    fn timer_records_sort_by_time() {
+        let times = [i64::MIN, -5, -1, 0, 1, 1_700_000_000_000, i64::MAX];
+        for w in times.windows(2) {
+            assert!(time_bytes(w[0]) < time_bytes(w[1]));
+            assert_eq!(time_of(&time_bytes(w[0])), Some(w[0]));
         }
     }
 }

@@ -37,6 +37,30 @@ pub struct Config {
     pub outputs: OutputsConfig,
     #[serde(default)]
     pub service: ServiceConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// Engine state in memory and on disk (`[state]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Keys (one pattern's state of one key) held decoded in memory, over every assigned
+    /// partition; the others are in the local store (RocksDB) and read when an event or a timer
+    /// needs them. Keys that changed since the last commit stay in memory until it: a commit
+    /// comes early when they are twice this many. Env: `TRIPLINE_STATE_CACHE_SIZE`.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { cache_size: default_cache_size() }
+    }
+}
+
+fn default_cache_size() -> usize {
+    100_000
 }
 
 /// A value that is never shown: `Debug` and `Display` print `***`.
@@ -249,7 +273,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TRIPLINE_INSTANCE_ID", "service.instance_id"),
     ("TRIPLINE_COMMIT_INTERVAL", "service.commit_interval"),
     ("TRIPLINE_HTTP_ADDR", "service.http_addr"),
+    ("TRIPLINE_STATE_CACHE_SIZE", "state.cache_size"),
 ];
+
+/// Overridden keys whose value is a number.
+const NUMERIC_OVERRIDES: &[&str] = &["state.cache_size"];
 
 /// Prefix of environment variables that set librdkafka properties.
 pub const KAFKA_PROP_ENV: &str = "TRIPLINE_KAFKA_PROP_";
@@ -360,6 +388,9 @@ impl Config {
         if cfg.engine.max_partial_matches_per_key == Some(0) {
             return bad("engine.max_partial_matches_per_key must be at least 1");
         }
+        if cfg.state.cache_size == 0 {
+            return bad("state.cache_size must be at least 1");
+        }
         for (name, s) in &cfg.streams {
             if s.topic.trim().is_empty() {
                 return bad(&format!("streams.{name}.topic is empty"));
@@ -451,7 +482,16 @@ fn apply_env(doc: &mut toml::Table, vars: impl Iterator<Item = (String, String)>
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             .as_table_mut()
             .ok_or_else(|| Error::usage(format!("`{section}` is not a table")))?;
-        table.insert(field.to_owned(), toml::Value::String(value));
+        let value = if NUMERIC_OVERRIDES.contains(&key.as_str()) {
+            let n = value
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| Error::usage(format!("{var}: `{value}` is not a whole number (it sets {key})")))?;
+            toml::Value::Integer(n)
+        } else {
+            toml::Value::String(value)
+        };
+        table.insert(field.to_owned(), value);
     }
     Ok(())
 }

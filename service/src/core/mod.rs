@@ -13,4 +13,5 @@ pub mod pattern_sets;
 pub mod plan;
 pub mod range;
 pub mod source;
+pub mod stored;
 pub mod times;

@@ -17,6 +17,7 @@ use engine::Event;
 use super::alert::{alert_line, timeout_line};
 use super::coords::watermark_of;
 use super::plan::StreamPlan;
+use super::stored::Stored;
 
 /// What a partition reports, per record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,6 +60,10 @@ pub struct Partition {
     outs: Vec<Output>,
     /// The operators' counts at the last [`Partition::take_pattern_counts`].
     reported: Vec<PatternCounts>,
+    /// Where keys not in memory are (see [`Partition::open`]); `None`: all are in memory.
+    pub(super) stored: Option<Stored>,
+    /// The pattern set the partition runs (its hash), recorded in its meta record.
+    pub set: String,
 }
 
 /// Records read from a partition, for the metrics.
@@ -81,6 +86,9 @@ pub struct PatternCounts {
     pub dropped: u64,
     /// Per variable of the pattern, partial matches that reached it.
     pub funnel: Vec<u64>,
+    /// Keys found in memory / read from the store.
+    pub state_hits: u64,
+    pub state_misses: u64,
 }
 
 impl Partition {
@@ -97,6 +105,8 @@ impl Partition {
             reads: Reads::default(),
             outs: Vec::new(),
             reported: Vec::new(),
+            stored: None,
+            set: String::new(),
         }
     }
 
@@ -118,6 +128,7 @@ impl Partition {
                 }
                 None => {
                     let mut op = Operator::new(nfa.clone(), config);
+                    self.attach_new(&mut op);
                     op.set_watermark(wm);
                     operators.push(op);
                     reported.push(PatternCounts::default());
@@ -222,12 +233,16 @@ impl Partition {
                 timeouts: stats.timeouts,
                 dropped: stats.dropped_partial_matches,
                 funnel: op.funnel().to_vec(),
+                state_hits: stats.state_hits,
+                state_misses: stats.state_misses,
             };
             let mut delta = PatternCounts {
                 matches: now.matches - seen.matches,
                 timeouts: now.timeouts - seen.timeouts,
                 dropped: now.dropped - seen.dropped,
                 funnel: now.funnel.clone(),
+                state_hits: now.state_hits - seen.state_hits,
+                state_misses: now.state_misses - seen.state_misses,
             };
             for (d, s) in delta.funnel.iter_mut().zip(&seen.funnel) {
                 *d -= s;

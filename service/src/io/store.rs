@@ -4,13 +4,16 @@
 //! the commit and the write), which the partition's position tells: a partition whose stored
 //! position is not the group's committed offset is restored from the changelog instead.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+pub use crate::core::changelog::Changes;
+use crate::core::changelog::{StateError, StoredState};
 use crate::error::{Error, Kind, Result, ResultExt};
-use rocksdb::{Options, WriteBatch, DB};
+use rocksdb::{BlockBasedOptions, Options, WriteBatch, DB};
 
 /// A RocksDB database of state records.
 #[derive(Debug)]
@@ -26,6 +29,17 @@ impl Store {
         opts.create_if_missing(true);
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(2);
+        // Most reads are of keys that may not be there (a key's first event): a bloom filter
+        // answers those without reading a block.
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        // RocksDB's memory is a fixed overhead, whatever the state's size: a 32 MB block cache
+        // and at most two 16 MB memtables.
+        table.set_block_cache(&rocksdb::Cache::new_lru_cache(32 << 20));
+        opts.set_block_based_table_factory(&table);
+        opts.set_write_buffer_size(16 << 20);
+        opts.set_max_write_buffer_number(2);
         let db = DB::open(&opts, dir).map_err(|e| {
             Error::failed(format!(
                 "cannot open the state store in {}: {e} (is another instance using this directory?)",
@@ -54,16 +68,37 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies changelog records (None deletes), atomically.
-    pub fn apply(&self, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+    /// Applies a transaction's changes, atomically.
+    pub fn apply(&self, changes: &Changes) -> Result<()> {
         let mut batch = WriteBatch::default();
-        for (k, v) in records {
+        for (from, to) in &changes.delete_ranges {
+            batch.delete_range(from, to);
+        }
+        for (k, v) in changes.records.iter().chain(&changes.local) {
             match v {
                 Some(v) => batch.put(k, v),
                 None => batch.delete(k),
             }
         }
         self.db.write(batch).or_fail(Kind::Failed, "writing the state store")
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key).or_fail(Kind::Failed, "reading the state store")
+    }
+
+    /// The records with `from <= key < to`, in key order, while `visit` returns true.
+    pub fn scan_range(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(to.to_vec());
+        for item in self.db.iterator_opt(rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward), opts) {
+            let (k, v) = item.or_fail(Kind::Failed, "reading the state store")?;
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Replaces everything under `prefix` with `records`, atomically.
@@ -79,24 +114,36 @@ impl Store {
     }
 }
 
-/// State records to apply (None deletes).
-pub type Changes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
 /// A [`Store`] whose writes after a commit happen on a thread of their own, off the service's
 /// loop. Writes are applied in the order they were queued; every read first waits for the
 /// writes queued before it, so it sees them; a failed write is returned by the next call. A
 /// crash may lose queued writes: the store then lags the changelog, which the partition's stored
 /// position tells (it is restored from the changelog).
+///
+/// Point reads ([`WriteBehind::get`]) see queued writes at once, without waiting: the records
+/// of queued transactions are kept in memory (one transaction's worth, usually) until they are
+/// applied. Range reads wait for the queue.
 #[derive(Debug)]
 pub struct WriteBehind {
     store: Arc<Store>,
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     failed: Arc<Mutex<Option<Error>>>,
+    pending: Arc<Mutex<Pending>>,
 }
 
+/// Records of queued transactions, by key: the last value queued and its job.
+#[derive(Debug, Default)]
+struct Pending {
+    next_job: u64,
+    records: HashMap<Vec<u8>, Queued>,
+}
+
+/// A queued value (`None` deletes) and the job that queued it.
+type Queued = (u64, Option<Arc<[u8]>>);
+
 enum Job {
-    Apply(Changes),
+    Apply(u64, Changes),
     /// Answered once every job before it is done.
     Barrier(Sender<()>),
 }
@@ -105,21 +152,43 @@ impl WriteBehind {
     pub fn new(store: Store) -> Result<WriteBehind> {
         let store = Arc::new(store);
         let failed = Arc::new(Mutex::new(None));
+        let pending = Arc::new(Mutex::new(Pending::default()));
         let (tx, rx) = mpsc::channel();
         let thread = {
-            let (store, failed) = (store.clone(), failed.clone());
+            let (store, failed, pending) = (store.clone(), failed.clone(), pending.clone());
             std::thread::Builder::new()
                 .name("state-store".into())
-                .spawn(move || write_loop(&store, &rx, &failed))
+                .spawn(move || write_loop(&store, &rx, &failed, &pending))
                 .or_fail(Kind::Failed, "cannot start the state store's writer thread")?
         };
-        Ok(WriteBehind { store, jobs: Some(tx), thread: Some(thread), failed })
+        Ok(WriteBehind { store, jobs: Some(tx), thread: Some(thread), failed, pending })
     }
 
-    /// Queues records to apply, atomically, after those queued before.
-    pub fn apply(&self, records: Changes) -> Result<()> {
+    /// Queues a transaction's changes to apply, atomically, after those queued before.
+    pub fn apply(&self, changes: Changes) -> Result<()> {
         self.check()?;
-        self.send(Job::Apply(records))
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let job = {
+            let mut p = lock(&self.pending);
+            p.next_job += 1;
+            let job = p.next_job;
+            for (k, v) in changes.records.iter().chain(&changes.local) {
+                p.records.insert(k.clone(), (job, v.as_deref().map(Arc::from)));
+            }
+            job
+        };
+        // Range deletes touch only timer records, which only range reads (after a sync) see.
+        self.send(Job::Apply(job, changes))
+    }
+
+    /// The value of `key`, queued writes included.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some((_, v)) = lock(&self.pending).records.get(key) {
+            return Ok(v.as_deref().map(<[u8]>::to_vec));
+        }
+        self.store.get(key)
     }
 
     /// Waits until every queued write is applied.
@@ -172,12 +241,39 @@ impl Drop for WriteBehind {
     }
 }
 
-fn write_loop(store: &Store, jobs: &Receiver<Job>, failed: &Mutex<Option<Error>>) {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StoredState for WriteBehind {
+    fn get(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, StateError> {
+        WriteBehind::get(self, key).map_err(|e| StateError::Store(e.to_string()))
+    }
+
+    /// Reads what is applied: the caller syncs first when it needs queued writes
+    /// (the service does before it drops keys from memory, whose timer records this reads).
+    fn scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> std::result::Result<(), StateError> {
+        self.store.scan_range(from, to, visit).map_err(|e| StateError::Store(e.to_string()))
+    }
+}
+
+fn write_loop(store: &Store, jobs: &Receiver<Job>, failed: &Mutex<Option<Error>>, pending: &Mutex<Pending>) {
     while let Ok(job) = jobs.recv() {
         match job {
-            Job::Apply(records) => {
-                if let Err(e) = store.apply(&records) {
-                    failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            Job::Apply(id, changes) => {
+                if let Err(e) = store.apply(&changes) {
+                    lock(failed).get_or_insert(e);
+                }
+                let mut p = lock(pending);
+                for (k, _) in changes.records.iter().chain(&changes.local) {
+                    if p.records.get(k).is_some_and(|(job, _)| *job == id) {
+                        p.records.remove(k);
+                    }
                 }
             }
             Job::Barrier(done) => {
@@ -191,6 +287,10 @@ fn write_loop(store: &Store, jobs: &Receiver<Job>, failed: &Mutex<Option<Error>>
 mod tests {
     use super::*;
 
+    fn records(records: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Changes {
+        Changes { records, ..Changes::default() }
+    }
+
     #[test]
     fn reads_see_every_write_queued_before_them() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -198,16 +298,17 @@ mod tests {
         for i in 0..100u32 {
             let mut k = b"p".to_vec();
             k.extend_from_slice(&i.to_be_bytes());
-            store.apply(vec![(k, Some(vec![i as u8]))]).expect("queued");
+            store.apply(records(vec![(k, Some(vec![i as u8]))])).expect("queued");
         }
-        store.apply(vec![(b"p\0\0\0\x05".to_vec(), None)]).expect("queued");
+        store.apply(records(vec![(b"p\0\0\0\x05".to_vec(), None)])).expect("queued");
+        assert_eq!(store.get(b"p\0\0\0\x05").expect("get"), None, "a point read sees the queued delete");
         let all = store.scan(b"p").expect("scan");
         assert_eq!(all.len(), 99);
         assert!(all.iter().all(|(k, v)| k[4] == v[0]));
         drop(store);
         // Queued writes are applied before the store closes.
         let store = WriteBehind::new(Store::open(dir.path()).expect("reopened")).expect("writer");
-        store.apply(vec![(b"q".to_vec(), Some(b"1".to_vec()))]).expect("queued");
+        store.apply(records(vec![(b"q".to_vec(), Some(b"1".to_vec()))])).expect("queued");
         drop(store);
         assert_eq!(Store::open(dir.path()).expect("reopened").scan(b"q").expect("scan").len(), 1);
     }

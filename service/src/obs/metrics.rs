@@ -126,6 +126,14 @@ metrics! {
         "Keys holding partial matches or buffered events, over this instance's partitions.";
     state_bytes: IntGauge = "tripline_state_bytes" []
         "Size of the local state store (RocksDB's estimate of live data plus memtables).";
+    state_memory_bytes: IntGauge = "tripline_state_memory_bytes" []
+        "Estimated bytes of the key states held decoded in memory (the state cache), over this instance's partitions.";
+    state_cached_keys: IntGauge = "tripline_state_cached_keys" []
+        "Key states (pattern and key) held decoded in memory; state.cache_size bounds it at each commit.";
+    state_cache_lookups: IntCounterVec = "tripline_state_cache_lookups_total" ["result"]
+        "Key states the engine needed: found in memory (result=hit) or read from the local store (result=miss).";
+    state_evictions: IntCounter = "tripline_state_evictions_total" []
+        "Unchanged key states dropped from memory (least recently used first) to keep within state.cache_size.";
     watermark: GaugeVec = "tripline_watermark_seconds" ["stream", "partition"]
         "A partition's event-time watermark (unix seconds); absent until its first event.";
     watermark_lag: GaugeVec = "tripline_watermark_lag_seconds" ["stream", "partition"]

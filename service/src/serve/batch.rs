@@ -89,6 +89,8 @@ impl Batch {
             m.alerts.with_label_values(&[name, mode_label(nfa), nfa.meta.severity.as_str()]).inc_by(c.matches);
             m.timeouts.with_label_values(&[name]).inc_by(c.timeouts);
             m.partial_matches_dropped.with_label_values(&[name]).inc_by(c.dropped);
+            m.state_cache_lookups.with_label_values(&["hit"]).inc_by(c.state_hits);
+            m.state_cache_lookups.with_label_values(&["miss"]).inc_by(c.state_misses);
             for (step, position, n) in funnel_steps(nfa).zip(&c.funnel).map(|((v, p), n)| (v, p, *n)) {
                 if n > 0 {
                     if let Some((var, pos)) = step.zip(position) {
@@ -149,6 +151,8 @@ pub(super) fn init_metrics(m: &Metrics, plans: &BTreeMap<String, Arc<StreamPlan>
         m.alerts.with_label_values(&[name, mode_label(nfa), meta.severity.as_str()]);
         m.timeouts.with_label_values(&[name]);
         m.partial_matches_dropped.with_label_values(&[name]);
+        m.state_cache_lookups.with_label_values(&["hit"]);
+        m.state_cache_lookups.with_label_values(&["miss"]);
         m.active_partial_matches.with_label_values(&[name]).set(0);
         m.active_keys.with_label_values(&[name]).set(0);
         for (var, pos) in funnel_steps(nfa).filter_map(|(v, p)| v.zip(p)) {
@@ -216,6 +220,9 @@ impl Worker {
             m.assigned_partitions.with_label_values(&[stream]).set(n);
         }
         m.state_bytes.set(self.store.size_bytes() as i64);
+        let ops = || self.parts.values().flat_map(HashMap::values).flat_map(|p| p.operators());
+        m.state_cached_keys.set(ops().map(engine::runtime::Operator::cached_keys).sum::<usize>() as i64);
+        m.state_memory_bytes.set(ops().map(engine::runtime::Operator::memory_estimate).sum::<usize>() as i64);
         m.ready.set(i64::from(self.health.ready.load(Ordering::Relaxed)));
     }
 }

@@ -17,6 +17,7 @@
 //! ([`Worker::abort_open`]) before it is returned, so neither the revocation callback nor the
 //! shutdown path can commit a half-done transaction.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,15 +30,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::batch::Batch;
 use super::rebalance::GroupContext;
 use super::{Ended, Output, Worker};
-use crate::core::changelog::state_prefix;
+use crate::core::partition::Partition;
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::kafka::{produce, Logger, REQUEST_TIMEOUT};
 use crate::io::store::Changes;
-
-/// The largest state record the changelog takes (Kafka's default `message.max.bytes` is about
-/// 1 MB). One key's state beyond it stops the service with a message rather than failing every
-/// commit: `engine.max_partial_matches_per_key` bounds it.
-const MAX_STATE_RECORD: usize = 900 * 1024;
 
 /// How long a transaction operation may take before it counts as failed.
 pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -161,12 +157,15 @@ impl Worker {
     /// Everything of the commit that can fail: returns the state records to write to the store.
     fn try_commit(&mut self, consumer: &BaseConsumer<GroupContext>, started: Instant) -> Result<Changes, Failure> {
         let mut offsets = TopicPartitionList::new();
-        let mut changes = Vec::new();
+        self.evict().map_err(Failure::Fatal)?;
+        let mut changes = Changes::default();
         let mut at = Vec::new();
+        let set = self.set.hash();
         for (t, m) in &mut self.parts {
             for (p, part) in m.iter_mut().filter(|(_, part)| part.advanced) {
                 part.advanced = false;
-                let from = changes.len();
+                part.set.clone_from(&set);
+                let from = changes.records.len();
                 part.take_changes(&mut changes);
                 at.push((from, *p % self.changelog_parts));
                 let counts = part.take_pattern_counts();
@@ -177,16 +176,11 @@ impl Worker {
                     .map_err(|e| Failure::Fatal(Error::failed(format!("offsets to commit: {e}"))))?;
             }
         }
-        // Sizes first: nothing is produced when one record could not be.
-        for (k, v) in &changes {
-            if let Some(v) = v.as_ref().filter(|v| v.len() > MAX_STATE_RECORD) {
-                return Err(Failure::Fatal(too_big(k, v.len())));
-            }
-        }
-        at.push((changes.len(), 0));
+        // Every record is at most a chunk (see `core::changelog`) plus its key.
+        at.push((changes.records.len(), 0));
         for w in at.windows(2) {
             let ((from, cp), (to, _)) = (w[0], w[1]);
-            for (k, v) in &changes[from..to] {
+            for (k, v) in &changes.records[from..to] {
                 produce(&self.producer, &self.changelog, Some(cp), Some(k), v.as_deref(), None)
                     .map_err(Failure::Fatal)?;
                 self.batch.produced(Output::Changelog, Some(k), v.as_deref());
@@ -316,6 +310,29 @@ impl Worker {
         Ok(())
     }
 
+    /// Drops unchanged keys from memory when more than `state.cache_size` are there, least
+    /// recently used first, each partition keeping its share. Their state is in the store once
+    /// the queued writes are in (waited for here; they had a commit interval to get there).
+    fn evict(&mut self) -> Result<()> {
+        let total = self.cached_keys();
+        if total <= self.cache_size {
+            return Ok(());
+        }
+        self.store.sync()?;
+        let mut gone = 0;
+        for part in self.parts.values_mut().flat_map(HashMap::values_mut) {
+            let share = (part.cached_keys() as u128 * self.cache_size as u128 / total as u128) as usize;
+            gone += part.evict(share);
+        }
+        self.metrics.state_evictions.inc_by(gone as u64);
+        Ok(())
+    }
+
+    /// Keys in memory over all partitions.
+    pub(super) fn cached_keys(&self) -> usize {
+        self.parts.values().flat_map(HashMap::values).map(Partition::cached_keys).sum()
+    }
+
     /// Rebuilds every partition from the store (the last committed state) and seeks the
     /// consumer back to match. A failed seek stops the service: the state would rewind and the
     /// consumer not.
@@ -324,7 +341,7 @@ impl Worker {
         let list: Vec<(String, i32)> =
             self.parts.iter().flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p))).collect();
         for (t, p) in list {
-            let part = self.load(&t, p, &self.store.scan(&state_prefix(&t, p))?)?;
+            let part = self.load(&t, p)?;
             let at = part.next_offset;
             self.parts.entry(t.clone()).or_default().insert(p, part);
             consumer.seek(&t, p, Offset::Offset(at), REQUEST_TIMEOUT).map_err(|e| {
@@ -335,21 +352,6 @@ impl Worker {
         }
         Ok(())
     }
-}
-
-/// The error for a state record over [`MAX_STATE_RECORD`].
-fn too_big(k: &[u8], len: usize) -> Error {
-    // The key record: partition prefix (`T`, topic length, topic, partition), `K`, the pattern's
-    // 16-digit hash, the key.
-    let topic_len = k.get(1..3).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
-    let topic = k.get(3..3 + topic_len).map(String::from_utf8_lossy).unwrap_or_default();
-    let partition = k.get(3 + topic_len..7 + topic_len).map_or(-1, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-    let at = state_prefix(&topic, partition).len() + 1 + 16;
-    let key = k.get(at..).and_then(|b| engine::runtime::Key::decode(b).ok()).map(|k| k.to_string()).unwrap_or_default();
-    Error::failed(format!(
-        "the state of one key of {topic}/{partition} ({key}) is {len} bytes, more than a changelog record may be \
-         ({MAX_STATE_RECORD}); bound it with engine.max_partial_matches_per_key"
-    ))
 }
 
 /// Why a transaction cannot commit.

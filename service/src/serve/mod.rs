@@ -169,7 +169,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         ms = opened.elapsed().as_millis() as u64,
         "state store opened"
     );
-    let store = WriteBehind::new(store)?;
+    let store = Arc::new(WriteBehind::new(store)?);
 
     let txn_id = format!("{}-{}", cfg.kafka.group_id, cfg.service.instance_id);
     let mut pc = client.clone();
@@ -230,6 +230,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         producer_config,
         failpoints: Failpoints::from_env()?,
         max_record: kafka::max_record_bytes(&cfg)?,
+        cache_size: cfg.state.cache_size,
     };
     let shared = Arc::new(Shared {
         epoch,
@@ -356,7 +357,9 @@ fn main_loop(
         }
         let mut core = lock(shared);
         core.producer.poll(Duration::ZERO);
-        if core.in_txn && core.txn_started.elapsed() >= interval {
+        // Keys that changed stay in memory until they are committed: commit early rather than
+        // let them grow past twice the cache.
+        if core.in_txn && (core.txn_started.elapsed() >= interval || core.cached_keys() > 2 * core.cache_size) {
             let _ = core.commit_or_rewind(consumer)?;
         }
         if core.gauges_at.elapsed() >= GAUGE_INTERVAL {
@@ -511,8 +514,9 @@ struct Worker {
     /// Threads that step partitions side by side.
     threads: usize,
     producer: BaseProducer<Logger>,
-    /// The local state store; written after each commit, off the loop.
-    store: WriteBehind,
+    /// The local state store; written after each commit, off the loop. Partitions read the keys
+    /// they do not hold in memory from it.
+    store: Arc<WriteBehind>,
     plans: BTreeMap<String, Arc<StreamPlan>>,
     avro: AvroIn,
     op_config: OpConfig,
@@ -552,6 +556,8 @@ struct Worker {
     failpoints: Failpoints,
     /// The largest record the producer may send (`message.max.bytes`).
     max_record: usize,
+    /// Keys held in memory over all partitions (`state.cache_size`).
+    cache_size: usize,
 }
 
 /// Faults the failure-path tests inject, from `TRIPLINE_FAILPOINTS` (read at start;

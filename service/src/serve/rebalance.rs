@@ -16,7 +16,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::Ended;
 use super::Output;
 use super::{Shared, Worker};
-use crate::core::changelog::{state_prefix, stored_position, StateRecords};
+use crate::core::changelog::{meta_key, meta_position, state_prefix, StateRecords};
 use crate::core::partition::Partition;
 use crate::core::pattern_sets::{PatternSet, Position};
 use crate::error::{Error, Kind, Result, ResultExt};
@@ -40,20 +40,24 @@ pub(super) enum Restored {
 const KEEP_ALIVE: Duration = Duration::from_millis(500);
 
 impl Worker {
-    /// A partition's engine state from its state records.
-    pub(super) fn load(&self, topic: &str, p: i32, records: &[(Vec<u8>, Vec<u8>)]) -> Result<Partition> {
+    /// A partition's engine state from the local store (which holds the last commit): its meta
+    /// record only; keys are read when needed.
+    pub(super) fn load(&self, topic: &str, p: i32) -> Result<Partition> {
         let plan =
             self.plans.get(topic).ok_or_else(|| Error::failed(format!("no stream reads topic `{topic}`")))?.clone();
         let mut part = Partition::new(plan, p, self.op_config);
+        part.set = self.set.hash();
+        // Timer records are read by range: every queued write must be in.
+        self.store.sync()?;
         let summary = part
-            .restore(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .open(self.store.clone())
             .or_fail_with(Kind::Failed, || format!("the state of {topic}/{p} cannot be restored"))?;
         if summary.stale > 0 {
             tracing::info!(
                 topic,
                 partition = p,
                 stale = summary.stale,
-                "dropped the state of patterns that no longer run"
+                "the stored state of patterns that no longer run is not read"
             );
         }
         Ok(part)
@@ -105,10 +109,15 @@ impl Worker {
                 _ => None,
             });
             let prefix = state_prefix(t, *p);
-            let local = self.store.scan(&prefix)?;
-            let mut part = if stored_position(t, *p, &local) == committed_at {
+            let local = self.store.get(&meta_key(t, *p))?;
+            let current = match local.as_deref().and_then(meta_position) {
+                Some((at, current)) => current && Some(at) == committed_at,
+                // A new partition: nothing stored, nothing committed.
+                None => committed_at.is_none(),
+            };
+            let mut part = if current {
                 self.metrics.restored_partitions.with_label_values(&["store"]).inc();
-                self.load(t, *p, &local)?
+                self.load(t, *p)?
             } else {
                 from_changelog += 1;
                 self.metrics.restored_partitions.with_label_values(&["changelog"]).inc();
@@ -116,8 +125,13 @@ impl Worker {
                     Ok(records) => records,
                     Err(cut) => return Ok(cut),
                 };
+                let plan = self.plans.get(t).ok_or_else(|| Error::failed(format!("no stream reads topic `{t}`")))?;
+                let mut part = Partition::new(plan.clone(), *p, self.op_config);
+                let (records, _) = part.index(&records).or_fail_with(Kind::Failed, || {
+                    format!("the state of {t}/{p} in the changelog cannot be restored")
+                })?;
                 self.store.replace(&prefix, &records)?;
-                self.load(t, *p, &records)?
+                self.load(t, *p)?
             };
             self.metrics.restore_remaining.with_label_values(&[t.as_str(), &p.to_string()]).set(0);
             if let Some(c) = committed_at {

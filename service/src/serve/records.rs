@@ -99,6 +99,16 @@ impl Worker {
         }
         self.begin()?;
         self.step(ready);
+        // A key state the store could not give makes what followed it wrong: nothing of this
+        // transaction may commit.
+        for part in self.parts.values().flat_map(|m| m.values()) {
+            if let Some(e) = part.take_store_error() {
+                return Err(Error::failed(format!(
+                    "the state of {}/{}: {e}; stopping (a restart restores from the changelog if the store is damaged)",
+                    part.plan.topic, part.partition
+                )));
+            }
+        }
         for r in ready.iter_mut() {
             self.publish(r)?;
         }

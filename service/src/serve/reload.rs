@@ -10,7 +10,7 @@ use super::batch::init_metrics;
 use super::rebalance::GroupContext;
 use super::Output;
 use super::Worker;
-use crate::core::changelog::pattern_prefix;
+use crate::core::changelog::{in_changelog, pattern_prefix, Changes};
 use crate::core::pattern_sets::{compile_files, set_hash};
 use crate::core::plan::build_plans;
 use crate::error::{Error, Result};
@@ -77,7 +77,7 @@ impl Worker {
             for p in parts.keys() {
                 for gone in plan.patterns.iter().filter(|n| !kept.contains(n.meta.hash.as_str())) {
                     for (k, _) in self.store.scan(&pattern_prefix(t, *p, &gone.meta.hash))? {
-                        deletes.push((*p, k));
+                        deletes.push((*p, in_changelog(&k, t, *p), k));
                     }
                 }
             }
@@ -88,7 +88,7 @@ impl Worker {
             let record = self.activation_record(&set, "reload", None);
             let key = set.hash();
             let result = self.transaction_of_its_own(|w| {
-                for (p, k) in &deletes {
+                for (p, _, k) in deletes.iter().filter(|(_, in_changelog, _)| *in_changelog) {
                     produce(&w.producer, &w.changelog, Some(p % w.changelog_parts), Some(k), None, None)?;
                 }
                 produce(&w.producer, &w.pattern_sets_topic, Some(0), Some(key.as_bytes()), Some(&record), None)
@@ -100,9 +100,9 @@ impl Worker {
             self.metrics.records_produced.with_label_values(&[Output::PatternSets.label()]).inc();
         }
         if !deletes.is_empty() {
-            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = deletes.into_iter().map(|(_, k)| (k, None)).collect();
-            let n = records.len() as u64;
-            self.store.apply(records)?;
+            let n = deletes.iter().filter(|(_, in_changelog, _)| *in_changelog).count() as u64;
+            let records = deletes.into_iter().map(|(_, _, k)| (k, None)).collect();
+            self.store.apply(Changes { records, ..Changes::default() })?;
             self.metrics.records_produced.with_label_values(&["changelog"]).inc_by(n);
         }
         for (t, parts) in &mut self.parts {

@@ -343,6 +343,11 @@ pub struct Service {
 }
 
 impl Service {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGTERM, then waits (60 s at most) for a clean exit.
     pub fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else { return Ok(()) };
@@ -424,7 +429,7 @@ impl Service {
 
     /// The `/metrics` text.
     pub fn metrics(&self) -> Option<Metrics> {
-        http_get(&self.http, "/metrics").filter(|(code, _)| *code == 200).map(|(_, body)| Metrics(body))
+        Metrics::scrape(&self.http)
     }
 }
 
@@ -454,6 +459,11 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 pub struct Metrics(String);
 
 impl Metrics {
+    /// `GET /metrics` on `addr`, if it answers 200.
+    pub fn scrape(addr: &str) -> Option<Metrics> {
+        http_get(addr, "/metrics").filter(|(code, _)| *code == 200).map(|(_, body)| Metrics(body))
+    }
+
     /// The sum of a metric's samples whose labels include every `labels` pair (`k="v"`).
     pub fn sum(&self, name: &str, labels: &[&str]) -> Option<f64> {
         let mut found = None;

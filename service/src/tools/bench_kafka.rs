@@ -16,6 +16,8 @@
 //!   [`rebalance`] for what is timed).
 //! - `restore`: state built up to a size (partial matches that stay open), then restored once
 //!   from the local store and once from the changelog (see [`restore`]).
+//! - `keys`: state beyond memory: a million accounts (`--open-keys`) each with a partial match
+//!   that stays open, through a cache of `--cache-size` keys (see [`keys`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,7 @@ pub enum Part {
     Latency,
     Rebalance,
     Restore,
+    Keys,
 }
 
 /// What to run, and how big.
@@ -72,6 +75,10 @@ pub struct Options {
     pub rebalance_events: usize,
     /// State to build up for the restore part, MB (10^6 bytes).
     pub state_mb: u64,
+    /// Accounts of the keys part.
+    pub open_keys: u64,
+    /// `state.cache_size` of the keys part.
+    pub cache_size: usize,
 }
 
 /// The payments topic of the raw and service parts.
@@ -130,6 +137,9 @@ pub fn run(o: &Options) -> Result<bool> {
     }
     if has(Part::Restore) {
         restore(&env, o)?;
+    }
+    if has(Part::Keys) {
+        keys(&env, o)?;
     }
     Ok(ok)
 }
@@ -626,4 +636,109 @@ fn restore_once(env: &Env, cfg: &SvcConfig, source: &str, bytes: u64) -> Result<
         to_ready.as_secs_f64()
     ));
     Ok(())
+}
+
+/// State beyond memory: `open_keys` accounts, one payment each, each payment a partial match of
+/// [`OPEN_PATTERN`] that stays open (30 days), so every account holds state to the end; one
+/// instance with `state.cache_size = cache_size`. Printed: events/s from the process's start to
+/// every offset committed, the process's peak resident memory, the keys in memory (most seen)
+/// against the keys holding state, the state's size on disk, the cache's hit rate; then the
+/// instance restarted on its store: time to ready (the store is opened, no key is read).
+fn keys(env: &Env, o: &Options) -> Result<()> {
+    let cfg = env.config(ConfigSpec {
+        topic: "keys-in",
+        group: "keys",
+        instance: "k",
+        interval_ms: 100,
+        patterns: &[OPEN_FILE],
+    })?;
+    let text = std::fs::read_to_string(&cfg.path).or_fail(Kind::Failed, "reading the generated config")?;
+    std::fs::write(&cfg.path, format!("{text}\n[state]\ncache_size = {}\n", o.cache_size))
+        .or_fail(Kind::Failed, "writing the generated config")?;
+    say(&format!("keys: producing {} payments of as many accounts", o.open_keys));
+    let t = Instant::now();
+    const ROUND: u64 = 200_000;
+    let mut first = 0;
+    while first < o.open_keys {
+        let n = ROUND.min(o.open_keys - first);
+        env.produce(
+            &cfg,
+            &format!("keys-{first}.jsonl"),
+            &open_payments(first, n, 1, START + first as i64),
+            o.partitions,
+        )?;
+        first += n;
+    }
+    say(&format!("keys: produced in {:.1} s", t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    let mut svc = env.start(&cfg, "keys")?;
+    let pid = svc.pid().unwrap_or(0);
+    let (mut most_cached, mut peak_kb) = (0.0f64, 0u64);
+    let mut last_say = Instant::now();
+    // Reads the group's committed offsets; never joins it.
+    let consumer = env.consumer("keys")?;
+    let ends = env.ends("keys-in")?;
+    loop {
+        svc.check_running()?;
+        if let Some(m) = svc.metrics() {
+            most_cached = most_cached.max(m.sum("tripline_state_cached_keys", &[]).unwrap_or(0.0));
+        }
+        peak_kb = peak_kb.max(memory_kb(pid, "VmHWM"));
+        if caught_up(&consumer, "keys-in", &ends) {
+            break;
+        }
+        if last_say.elapsed() >= Duration::from_secs(10) {
+            last_say = Instant::now();
+            say(&format!(
+                "keys: {:.0} s, {most_cached} keys in memory at most, {} MB resident",
+                t.elapsed().as_secs_f64(),
+                memory_kb(pid, "VmRSS") / 1024
+            ));
+        }
+        if t.elapsed() > Duration::from_secs(3600) {
+            return Err(Error::failed("keys: the service did not catch up within an hour"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(1500));
+    let active = metric(&svc, "tripline_active_keys", &[]);
+    let disk = metric(&svc, "tripline_state_bytes", &[]);
+    let memory = metric(&svc, "tripline_state_memory_bytes", &[]);
+    let hits = metric(&svc, "tripline_state_cache_lookups_total", &["result=\"hit\""]);
+    let misses = metric(&svc, "tripline_state_cache_lookups_total", &["result=\"miss\""]);
+    peak_kb = peak_kb.max(memory_kb(pid, "VmHWM"));
+    svc.stop()?;
+    out(&format!(
+        "keys keys={active:.0} cache={} most_in_memory={most_cached:.0} events_per_s={:.0} rss_peak_mb={:.0} \
+         state_disk_mb={:.0} cache_memory_mb={:.1} hit_rate={:.3}\n",
+        o.cache_size,
+        o.open_keys as f64 / secs,
+        peak_kb as f64 / 1024.0,
+        disk / 1e6,
+        memory / 1e6,
+        hits / (hits + misses).max(1.0)
+    ));
+    let mut svc = env.start(&cfg, "keys-again")?;
+    let ready = svc.wait_ready(Duration::from_secs(1800))?;
+    let restore_s = metric(&svc, "tripline_restore_duration_seconds_sum", &[]);
+    svc.stop()?;
+    out(&format!(
+        "keys restart: ready in {:.2} s (restore of the assignment {:.0} ms, from the store)\n",
+        ready.as_secs_f64(),
+        restore_s * 1000.0
+    ));
+    let mut topics = output_topics("keys");
+    topics.push("keys-in".to_owned());
+    env.delete_topics(&topics);
+    Ok(())
+}
+
+/// A process's resident set (`VmRSS`) or its peak (`VmHWM`), in KB; 0 if unknown.
+fn memory_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim_start_matches(':').trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0)
 }
