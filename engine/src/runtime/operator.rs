@@ -155,8 +155,19 @@ pub trait Backing: Send + fmt::Debug {
     /// if the key held nothing; the caller must not commit what follows).
     fn load(&mut self, key: &Key, out: &mut Vec<u8>) -> bool;
     /// Appends the stored timers `(t, key)` with `after < t <= until` in ascending order: all of
-    /// them, or at least `limit` and then every timer at the same time as the last one.
-    fn due(&mut self, after: i64, until: i64, limit: usize, out: &mut Vec<(i64, Key)>);
+    /// them, or at least `limit` and then every timer at the same time as the last one. Returns
+    /// a time before which no stored timer of a key out of memory is due (`None`: none is stored
+    /// after those appended), so that the operator need not ask again before the watermark
+    /// reaches it: the time of the first stored timer after those appended whose key is not
+    /// `in_memory`, or of one a few timers on if those are all of keys in memory.
+    fn due(
+        &mut self,
+        after: i64,
+        until: i64,
+        limit: usize,
+        in_memory: &dyn Fn(&Key) -> bool,
+        out: &mut Vec<(i64, Key)>,
+    ) -> Option<i64>;
     /// A stored snapshot of `key` does not decode for this pattern.
     fn corrupt(&mut self, key: &Key, error: SnapshotError);
 }
@@ -194,6 +205,9 @@ pub struct Operator {
     tick: u64,
     /// Reused for snapshots read from the backing.
     scratch: Vec<u8>,
+    /// With a backing: no stored timer of a key out of memory is before this time (`None`: not
+    /// known yet). The backing is asked for due timers only once the watermark reaches it.
+    stored_floor: Option<i64>,
 }
 
 impl Operator {
@@ -215,6 +229,7 @@ impl Operator {
             keys: 0,
             tick: 0,
             scratch: Vec::new(),
+            stored_floor: None,
         }
     }
 
@@ -224,6 +239,7 @@ impl Operator {
     /// an operator that holds nothing yet, and change tracking stays on.
     pub fn set_backing(&mut self, backing: Box<dyn Backing>, keys: usize, partials: usize) {
         self.backing = Some(backing);
+        self.stored_floor = None;
         self.keys = keys;
         self.partials = partials;
         self.track_changes = true;
@@ -398,11 +414,17 @@ impl Operator {
             // Stored timers due first, a chunk at a time, so that timers fire in (time, key)
             // order over memory and backing alike.
             let mut until = wm;
-            if let Some(backing) = self.backing.as_mut() {
+            let ask = self.stored_floor.is_none_or(|floor| floor <= wm);
+            if let Some(backing) = self.backing.as_mut().filter(|_| ask) {
                 due.clear();
-                backing.due(after, wm, DUE_CHUNK, &mut due);
+                let (store, orphans) = (&self.store, &self.orphan_timers);
+                let in_memory = |k: &Key| store.contains_key(k) || orphans.contains_key(k);
+                let next = backing.due(after, wm, DUE_CHUNK, &in_memory, &mut due);
                 if due.len() >= DUE_CHUNK {
                     until = due.last().map_or(wm, |(t, _)| *t);
+                }
+                if until >= wm {
+                    self.stored_floor = Some(next.unwrap_or(i64::MAX));
                 }
                 for (_, key) in due.drain(..) {
                     if !self.orphan_timers.contains_key(&key) {
@@ -551,6 +573,7 @@ impl Operator {
         for key in orphans {
             for t in self.orphan_timers.remove(&key).unwrap_or_default() {
                 self.timers.remove(&(t, key.clone()));
+                self.stored_floor = self.stored_floor.map(|f| f.min(t));
             }
             gone += 1;
         }
@@ -569,6 +592,7 @@ impl Operator {
             if let Some(state) = self.store.remove(&key) {
                 for &t in state.queue.keys().chain(state.windows.iter()) {
                     self.timers.remove(&(t, key.clone()));
+                    self.stored_floor = self.stored_floor.map(|f| f.min(t));
                 }
                 gone += 1;
             }
@@ -769,14 +793,28 @@ mod tests {
             let m = self.snapshots.lock().expect("lock");
             m.0.get(key).map(|s| out.extend_from_slice(s)).is_some()
         }
-        fn due(&mut self, after: i64, until: i64, limit: usize, out: &mut Vec<(i64, Key)>) {
+        fn due(
+            &mut self,
+            after: i64,
+            until: i64,
+            limit: usize,
+            in_memory: &dyn Fn(&Key) -> bool,
+            out: &mut Vec<(i64, Key)>,
+        ) -> Option<i64> {
             let m = self.snapshots.lock().expect("lock");
-            for (t, k) in m.1.iter().filter(|(t, _)| *t > after && *t <= until) {
+            for (t, k) in m.1.iter().filter(|(t, _)| *t > after) {
                 if out.len() >= limit && out.last().is_some_and(|(last, _)| last != t) {
-                    break;
+                    return Some(*t);
+                }
+                if *t > until {
+                    if in_memory(k) {
+                        continue;
+                    }
+                    return Some(*t);
                 }
                 out.push((*t, k.clone()));
             }
+            None
         }
         fn corrupt(&mut self, key: &Key, error: SnapshotError) {
             panic!("{key}: {error}");

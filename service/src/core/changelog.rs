@@ -18,9 +18,9 @@
 //! most [`CHUNK`] bytes plus its key, so no key's state is too big for the changelog. The timer
 //! records (`W`) index the stored keys by their pending timers, so that a key whose state is not
 //! in memory costs no memory and still fires on time; they are derived from the snapshots (a
-//! restore from the changelog writes them again) and those at or behind a committed watermark
-//! are deleted with the commit that passes them. A stale `W` record (the key changed since)
-//! only makes the engine read the key once more.
+//! restore from the changelog writes them again); those behind the watermark are never read
+//! again and every 64th commit of a partition deletes them. A stale `W` record (the key changed
+//! since) is skipped, or makes the engine read the key once more.
 //!
 //! Meta record, format 2 (all integers big-endian):
 //! `2 position:i64 newest event time:i64 consumed processed late dead-lettered alerts
@@ -100,22 +100,27 @@ impl Backing for KeyReader {
         }
     }
 
-    fn due(&mut self, after: i64, until: i64, limit: usize, out: &mut Vec<(i64, Key)>) {
-        if after >= until {
-            return;
+    fn due(
+        &mut self,
+        after: i64,
+        until: i64,
+        limit: usize,
+        in_memory: &dyn Fn(&Key) -> bool,
+        out: &mut Vec<(i64, Key)>,
+    ) -> Option<i64> {
+        if after == i64::MAX {
+            return None;
         }
         let mut from = self.prefix.clone();
         from.push(TIMER);
-        let mut to = from.clone();
+        let mut to = self.prefix.clone();
+        to.push(TIMER + 1);
         from.extend_from_slice(&time_bytes(after.saturating_add(1)));
-        if until == i64::MAX {
-            to.pop();
-            to.push(TIMER + 1);
-        } else {
-            to.extend_from_slice(&time_bytes(until + 1));
-        }
         let skip = self.prefix.len() + 1;
-        let mut bad = None;
+        let (mut bad, mut next) = (None, None);
+        // Past `until`, records of keys in memory are skipped (their timers are in memory), up
+        // to this many: then the next time is a lower bound, and the operator asks again there.
+        let mut skips = 256;
         let result = self.stored.raw.scan(&from, &to, &mut |k, _| {
             let Some((t, key)) = k.get(skip..).and_then(|rest| {
                 let (t, key) = rest.split_at_checked(8)?;
@@ -125,6 +130,15 @@ impl Backing for KeyReader {
                 return false;
             };
             if out.len() >= limit && out.last().is_some_and(|(last, _)| *last != t) {
+                next = Some(t);
+                return false;
+            }
+            if t > until {
+                if skips > 0 && in_memory(&key) {
+                    skips -= 1;
+                    return true;
+                }
+                next = Some(t);
                 return false;
             }
             out.push((t, key));
@@ -132,7 +146,10 @@ impl Backing for KeyReader {
         });
         if let Some(e) = bad.or(result.err()) {
             self.stored.fail(e);
+            // Asked again next time.
+            return Some(i64::MIN);
         }
+        next
     }
 
     fn corrupt(&mut self, key: &Key, error: SnapshotError) {
@@ -344,6 +361,8 @@ impl Partition {
         let chunked = self.stored.as_ref().map(|s| s.chunked.clone()).unwrap_or_default();
         let mut chunked = chunked.lock().unwrap_or_else(|p| p.into_inner());
         let mut patterns = Vec::with_capacity(self.operators.len());
+        self.commits += 1;
+        let gc = self.commits % TIMER_GC_EVERY == 0;
         for op in &mut self.operators {
             let hash = op.nfa().meta.hash.clone();
             let mut pattern_prefix = prefix.clone();
@@ -385,8 +404,10 @@ impl Partition {
                     }
                 }
             }
+            // Timer records behind the watermark are never read again (they are only garbage):
+            // they go every `TIMER_GC_EVERY` commits, so that few range deletes pile up.
             let wm = op.watermark();
-            if self.stored.is_some() && wm > i64::MIN && wm < i64::MAX {
+            if self.stored.is_some() && gc && wm > i64::MIN && wm < i64::MAX {
                 let mut from = pattern_prefix.clone();
                 from.push(TIMER);
                 let mut to = from.clone();
@@ -561,6 +582,8 @@ pub fn in_changelog(key: &[u8], topic: &str, partition: i32) -> bool {
 pub type StateRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
 const META_VERSION: u8 = 2;
+/// Commits of a partition between two deletions of its passed timer records.
+const TIMER_GC_EVERY: u64 = 64;
 const KIND_META: u8 = b'M';
 const KIND_KEY: u8 = b'K';
 /// After the pattern hash: a part of a chunked snapshot.

@@ -64,6 +64,8 @@ pub struct Partition {
     pub(super) stored: Option<Stored>,
     /// The pattern set the partition runs (its hash), recorded in its meta record.
     pub set: String,
+    /// Transactions that took its changes (not state).
+    pub(super) commits: u64,
 }
 
 /// Records read from a partition, for the metrics.
@@ -107,6 +109,7 @@ impl Partition {
             reported: Vec::new(),
             stored: None,
             set: String::new(),
+            commits: 0,
         }
     }
 

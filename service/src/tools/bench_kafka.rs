@@ -31,8 +31,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::bench_env::{
-    alerts_by_pattern, caught_up, dir_bytes, open_payments, partitions, payments, say, ConfigSpec, Env, Service,
-    SvcConfig, OPEN_FILE, PAYMENT_PATTERNS, START,
+    alerts_by_pattern, caught_up, dir_bytes, memory_kb, open_payments, partitions, payments, say, ConfigSpec, Env,
+    Service, SvcConfig, OPEN_FILE, PAYMENT_PATTERNS, START,
 };
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::kafka;
@@ -732,13 +732,4 @@ fn keys(env: &Env, o: &Options) -> Result<()> {
     topics.push("keys-in".to_owned());
     env.delete_topics(&topics);
     Ok(())
-}
-
-/// A process's resident set (`VmRSS`) or its peak (`VmHWM`), in KB; 0 if unknown.
-fn memory_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.trim_start_matches(':').trim().strip_suffix("kB")?.trim().parse().ok())
-        .unwrap_or(0)
 }
