@@ -253,3 +253,87 @@ fn one_key_with_100k_partial_matches_needs_no_budget() {
     assert_eq!(part.operators()[0].active_partial_matches(), most_partials, "restored from the changelog");
     assert_eq!(part.operators()[0].active_keys(), 2, "the account, and the other one's buffered payment");
 }
+
+/// Changelog records of a key holding many events are incremental: each event's values are
+/// written once, in a payload record of their own, and not again at each later commit.
+#[test]
+fn a_big_key_writes_each_event_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("held.tl");
+    std::fs::write(
+        &file,
+        r#"pattern held
+  "Card payments, then a cash withdrawal within the hour"
+  version 1
+  severity low
+  from payments
+  key account_id
+  match a followed by c within 1h
+  where
+    a: channel == "CARD"
+    c: channel == "ATM_WITHDRAWAL"
+  message "{account_id}"
+  emit { account_id }
+"#,
+    )
+    .expect("written");
+    let plan = payments_plan(&[file]);
+    // 300 card payments of one account, 10 s apart: every one is held (a partial match each);
+    // then the withdrawal that completes them and another account's payment.
+    let events = combo_events(&plan, 300, true);
+    let (held, rest) = events.split_at(events.len() - 2);
+    let mut committed = Committed::new();
+    let mut part = committed.reopen(&plan);
+    let mut out = Vec::new();
+    let at = tripline_service::core::changelog::state_prefix(&plan.topic, 0).len() + 1 + 16;
+    let mut payload_writes: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    let (mut payload_bytes, mut head_bytes, mut event_bytes, mut last_commit) = (0, 0, 0, 0);
+    for (i, e) in held.iter().enumerate() {
+        part.process(e.clone(), &mut out);
+        part.next_offset = i as i64 + 1;
+        let changes = committed.commit(&mut part);
+        last_commit = changes.records.iter().filter_map(|(k, v)| Some(k.len() + v.as_ref()?.len())).sum::<usize>();
+        // `<prefix>K<hash>S<key length:u32><key><sub-key>`: P a payload, E a buffer event.
+        for (k, v) in &changes.records {
+            match (k.get(at), k.get(at + 5 + "\u{2}ACC-1".len()), v) {
+                (Some(b'S'), Some(b'P'), Some(v)) => {
+                    *payload_writes.entry(k.clone()).or_default() += 1;
+                    payload_bytes += v.len();
+                }
+                (Some(b'S'), _, Some(v)) => event_bytes += v.len(),
+                (Some(_), _, Some(v)) => head_bytes = v.len(),
+                _ => {}
+            }
+        }
+        if i % 50 == 25 {
+            part.evict(0);
+        }
+        assert!(part.take_store_error().is_none());
+    }
+    assert!(payload_writes.len() >= 290, "{} payload records", payload_writes.len());
+    assert!(payload_writes.values().all(|&n| n == 1), "every payload record is written once");
+    let mut whole = Vec::new();
+    assert!(part.operators()[0].snapshot_key(&engine::runtime::Key::Str("ACC-1".into()), &mut whole));
+    // The key's whole state is about 17 KB; its last commit wrote the head (its partial
+    // matches, about 6 KB) and the records of one event.
+    assert!(
+        last_commit * 2 < whole.len(),
+        "a commit writes what changed: {last_commit} bytes, the whole state {} (head {head_bytes}, over the run \
+         payloads {payload_bytes}, events {event_bytes})",
+        whole.len()
+    );
+    let partials = part.operators()[0].active_partial_matches();
+    assert!(partials >= 290, "{partials} partial matches");
+    // Restored elsewhere from the changelog, the key runs on as the one in memory.
+    let mut restored = committed.restore_elsewhere(&plan);
+    assert_eq!(restored.operators()[0].active_partial_matches(), partials);
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    for e in rest {
+        part.process(e.clone(), &mut want);
+        restored.process(e.clone(), &mut got);
+    }
+    part.finish(&mut want);
+    restored.finish(&mut got);
+    assert!(want.len() >= 290, "the withdrawal completes the held partial matches: {}", want.len());
+    assert_eq!(got, want);
+}

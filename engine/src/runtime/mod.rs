@@ -6,7 +6,9 @@ pub mod operator;
 pub mod pq;
 pub mod run;
 pub mod snapshot;
+pub mod split;
 
 pub use operator::{snapshot_summary, Backing, Config, Key, KeyState, Operator, Output, Stats};
 pub use run::{Match, MatchEvents, PartialView, RunState, Timeout};
 pub use snapshot::SnapshotError;
+pub use split::KeyRecords;

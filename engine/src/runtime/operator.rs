@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::run::{MatchEvents, PartialView, RunState};
 use super::snapshot::{self, SnapshotError};
+use super::split::{self, KeyRecords};
 use crate::nfa::{FieldId, Nfa};
 use crate::value::{Event, Value};
 
@@ -71,6 +72,10 @@ pub struct Config {
     pub tie_break: Option<FieldId>,
     /// Emit timed-out partial matches (with their events) as [`Output::Timeout`].
     pub timeouts: bool,
+    /// For [`Operator::take_key_records`]: a key holding more events than this is written as a
+    /// split snapshot (its events' values in records of their own, each written once); `None`
+    /// writes every key in one record.
+    pub inline_events: Option<usize>,
 }
 
 /// Counters of the operator's work.
@@ -154,6 +159,9 @@ pub trait Backing: Send + fmt::Debug {
     /// holds nothing. A read error is the backing's to keep and report (the operator goes on as
     /// if the key held nothing; the caller must not commit what follows).
     fn load(&mut self, key: &Key, out: &mut Vec<u8>) -> bool;
+    /// Appends the other stored records of `key` (those of a split snapshot, as
+    /// [`Operator::take_key_records`] gave them), ascending by sub-key.
+    fn records(&mut self, key: &Key, out: &mut Vec<(Vec<u8>, Vec<u8>)>);
     /// Appends the stored timers `(t, key)` with `after < t <= until` in ascending order: all of
     /// them, or at least `limit` and then every timer at the same time as the last one. Returns
     /// a time before which no stored timer of a key out of memory is due (`None`: none is stored
@@ -205,6 +213,9 @@ pub struct Operator {
     tick: u64,
     /// Reused for snapshots read from the backing.
     scratch: Vec<u8>,
+    /// Keys stored as split snapshots: what is stored of them (see
+    /// [`Operator::take_key_records`]).
+    split: HashMap<Key, split::SplitState>,
     /// With a backing: no stored timer of a key out of memory is before this time (`None`: not
     /// known yet). The backing is asked for due timers only once the watermark reaches it.
     stored_floor: Option<i64>,
@@ -229,6 +240,7 @@ impl Operator {
             keys: 0,
             tick: 0,
             scratch: Vec::new(),
+            split: HashMap::default(),
             stored_floor: None,
         }
     }
@@ -282,6 +294,11 @@ impl Operator {
                 + s.run.partial_count() * 160
                 + s.windows.len() * 64;
         }
+        // What split keys remember of their stored records: per event an id, a held pointer,
+        // and its shared-buffer record's bytes.
+        for st in self.split.values() {
+            bytes += KEY + st.memory_estimate();
+        }
         bytes
     }
 
@@ -326,7 +343,17 @@ impl Operator {
         if !backing.load(key, &mut self.scratch) {
             return None;
         }
-        match snapshot::decode(&self.nfa, &self.scratch) {
+        let decoded = if self.scratch.first() == Some(&snapshot::SPLIT_VERSION) {
+            let mut records = Vec::new();
+            backing.records(key, &mut records);
+            split::decode(&self.nfa, &self.scratch, &records).map(|(decoded, stored)| {
+                self.split.insert(key.clone(), stored);
+                decoded
+            })
+        } else {
+            snapshot::decode(&self.nfa, &self.scratch)
+        };
+        match decoded {
             Ok(decoded) => Some(decoded),
             Err(e) => {
                 backing.corrupt(key, e);
@@ -571,6 +598,7 @@ impl Operator {
         let orphans: Vec<Key> =
             self.orphan_timers.keys().filter(|k| !self.dirty.contains(*k)).take(over).cloned().collect();
         for key in orphans {
+            self.split.remove(&key);
             for t in self.orphan_timers.remove(&key).unwrap_or_default() {
                 self.timers.remove(&(t, key.clone()));
                 self.stored_floor = self.stored_floor.map(|f| f.min(t));
@@ -589,6 +617,7 @@ impl Operator {
         }
         let victims: Vec<Key> = clean.into_iter().map(|(_, k)| k.clone()).collect();
         for key in victims {
+            self.split.remove(&key);
             if let Some(state) = self.store.remove(&key) {
                 for &t in state.queue.keys().chain(state.windows.iter()) {
                     self.timers.remove(&(t, key.clone()));
@@ -629,6 +658,52 @@ impl Operator {
         true
     }
 
+    /// The records of `key`'s complete state, for a store that keeps a big key's events apart
+    /// (what [`Operator::snapshot_key`] gives in one record). A key holding more events than
+    /// [`Config::inline_events`] gets a split snapshot (first byte
+    /// [`SPLIT_VERSION`](super::snapshot::SPLIT_VERSION)) as its head, and records of its events
+    /// ([`super::split`]): an event's values are in `put` once, when the key first holds it at
+    /// this call, a shared-buffer event's record whenever it changed, and `gone` names the
+    /// records of what the key no longer holds. Other keys get [`Operator::snapshot_key`]'s
+    /// bytes as their head (and `gone` lists the records of a key that was split before).
+    /// Returns `false`, with an empty head, when the key holds nothing (delete its head and the
+    /// `gone` records). Call it for each key of [`Operator::take_dirty`]: the operator remembers
+    /// what it gave, and its backing must return the head and the records as stored after the
+    /// last call.
+    pub fn take_key_records(&mut self, key: &Key, out: &mut KeyRecords) -> bool {
+        out.clear();
+        let stored = self.split.remove(key);
+        let held = match (self.store.get(key), self.orphan_timers.get(key)) {
+            (Some(state), _) => {
+                let events = state.queue.values().map(Vec::len).sum::<usize>() + state.run.buffer.events.len();
+                let as_split =
+                    events > 0 && self.config.inline_events.is_some_and(|max| events > max || stored.is_some());
+                if as_split {
+                    let mut stored = stored.unwrap_or_default();
+                    split::encode(&self.nfa, &state.run, &state.queue, state.windows.iter().copied(), &mut stored, out);
+                    self.split.insert(key.clone(), stored);
+                    return true;
+                }
+                snapshot::encode(
+                    &self.nfa,
+                    Some((&state.run, &state.queue)),
+                    state.windows.iter().copied(),
+                    &mut out.head,
+                );
+                true
+            }
+            (None, Some(windows)) => {
+                snapshot::encode(&self.nfa, None, windows.iter().copied(), &mut out.head);
+                true
+            }
+            (None, None) => false,
+        };
+        if let Some(stored) = stored {
+            out.gone = stored.sub_keys();
+        }
+        held
+    }
+
     /// Replaces whatever `key` holds by the state in `bytes` (from [`Operator::snapshot_key`] of
     /// an operator of the same pattern). The bytes are checked against the pattern first: on an
     /// error nothing changes. The key is not recorded as changed. Restore every key and then
@@ -646,9 +721,40 @@ impl Operator {
         Ok(())
     }
 
+    /// Replaces whatever `key` holds by the state in its records (from
+    /// [`Operator::take_key_records`] of an operator of the same pattern: the head, and the
+    /// other records ascending by sub-key), as [`Operator::restore_key`] does with a whole
+    /// snapshot. The records are checked against the pattern and each other first: on an error
+    /// nothing changes.
+    pub fn restore_key_records(
+        &mut self,
+        key: Key,
+        head: &[u8],
+        records: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), SnapshotError> {
+        if head.first() != Some(&snapshot::SPLIT_VERSION) {
+            if !records.is_empty() {
+                return Err(SnapshotError::Invalid { offset: 0, reason: "records besides a whole snapshot" });
+            }
+            return self.restore_key(key, head);
+        }
+        let ((state, windows), stored) = split::decode(&self.nfa, head, records)?;
+        self.remove_key(&key);
+        if let Some((run, queue)) = &state {
+            if !(queue.is_empty() && run.is_idle()) {
+                self.partials += run.partial_count();
+                self.keys += 1;
+            }
+        }
+        self.split.insert(key.clone(), stored);
+        self.install(key, state, windows);
+        Ok(())
+    }
+
     /// Forgets everything `key` holds in memory (state and timers) without recording a change:
     /// for keys that another instance now owns.
     pub fn remove_key(&mut self, key: &Key) {
+        self.split.remove(key);
         if let Some(state) = self.store.remove(key) {
             for &t in state.queue.keys().chain(state.windows.iter()) {
                 self.timers.remove(&(t, key.clone()));
@@ -671,8 +777,13 @@ impl Operator {
 }
 
 /// The pending timers of a snapshot (its buffered timestamps and window timers, ascending), and
-/// its partial matches: for indexing stored snapshots without keeping them in memory.
+/// its partial matches: for indexing stored snapshots without keeping them in memory. Reads
+/// the head of a split snapshot alone.
 pub fn snapshot_summary(nfa: &Nfa, bytes: &[u8]) -> Result<(Vec<i64>, usize, bool), SnapshotError> {
+    if bytes.first() == Some(&snapshot::SPLIT_VERSION) {
+        let (timers, partials) = split::summary(nfa, bytes)?;
+        return Ok((timers, partials, true));
+    }
     let (state, windows) = snapshot::decode(nfa, bytes)?;
     let mut timers: Vec<i64> = windows.iter().copied().collect();
     let (mut partials, mut has_state) = (0, false);
@@ -793,6 +904,8 @@ mod tests {
             let m = self.snapshots.lock().expect("lock");
             m.0.get(key).map(|s| out.extend_from_slice(s)).is_some()
         }
+        // Whole snapshots only (`snapshot_key`): no other records.
+        fn records(&mut self, _: &Key, _: &mut Vec<(Vec<u8>, Vec<u8>)>) {}
         fn due(
             &mut self,
             after: i64,

@@ -54,6 +54,10 @@
 //! The bytes of a snapshot are a function of the key's state alone (tables are sorted), so an
 //! unchanged key gives the same bytes.
 //!
+//! A key holding many events is better stored in several records, so that a change writes
+//! what changed rather than everything the key holds: the split snapshots of
+//! [`super::split`] (format 2) use this format's parts.
+//!
 //! [`Operator::restore_key`]: super::Operator::restore_key
 //! [`Operator::set_watermark`]: super::Operator::set_watermark
 
@@ -72,6 +76,9 @@ use crate::value::{Event, Value};
 
 /// The format version, the first byte of every snapshot.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// The first byte of a split snapshot's head ([`super::split`]).
+pub const SPLIT_VERSION: u8 = 2;
 
 /// Buffered events by timestamp, in arrival order (a key's queue).
 pub(super) type Queue = BTreeMap<i64, Vec<Arc<Event>>>;
@@ -106,14 +113,14 @@ impl fmt::Display for SnapshotError {
 
 impl std::error::Error for SnapshotError {}
 
-type Result<T> = std::result::Result<T, SnapshotError>;
+pub(super) type Result<T> = std::result::Result<T, SnapshotError>;
 
-const HAS_STATE: u8 = 1;
-const NEW_START: u8 = 2;
+pub(super) const HAS_STATE: u8 = 1;
+pub(super) const NEW_START: u8 = 2;
 
-const P_PREV: u8 = 1;
-const P_START_ID: u8 = 2;
-const P_FRESH: u8 = 4;
+pub(super) const P_PREV: u8 = 1;
+pub(super) const P_START_ID: u8 = 2;
+pub(super) const P_FRESH: u8 = 4;
 
 const V_NULL: u8 = 0;
 const V_FALSE: u8 = 1;
@@ -132,7 +139,7 @@ const K_NULL: u8 = 3;
 
 /// 32 bits of FNV-1a over the pattern's content hash and the sizes of its tables: a snapshot
 /// restores only into the pattern (and version) it was taken from.
-fn fingerprint(nfa: &Nfa) -> u32 {
+pub(super) fn fingerprint(nfa: &Nfa) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -149,7 +156,7 @@ fn fingerprint(nfa: &Nfa) -> u32 {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-fn put_v(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put_v(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -165,7 +172,7 @@ fn unzigzag(u: u64) -> i64 {
     ((u >> 1) as i64) ^ -((u & 1) as i64)
 }
 
-fn put_z(out: &mut Vec<u8>, v: i64) {
+pub(super) fn put_z(out: &mut Vec<u8>, v: i64) {
     put_v(out, zigzag(v));
 }
 
@@ -175,17 +182,17 @@ fn v_len(v: u64) -> u32 {
 }
 
 /// An ascending list of times being written.
-struct Asc {
+pub(super) struct Asc {
     base: i64,
     prev: Option<i64>,
 }
 
 impl Asc {
-    fn new(base: i64) -> Self {
+    pub(super) fn new(base: i64) -> Self {
         Asc { base, prev: None }
     }
 
-    fn put(&mut self, out: &mut Vec<u8>, t: i64) {
+    pub(super) fn put(&mut self, out: &mut Vec<u8>, t: i64) {
         match self.prev {
             None => put_z(out, t.wrapping_sub(self.base)),
             Some(p) => put_v(out, t.wrapping_sub(p) as u64),
@@ -194,7 +201,7 @@ impl Asc {
     }
 }
 
-fn put_dewey(out: &mut Vec<u8>, d: &Dewey) {
+pub(super) fn put_dewey(out: &mut Vec<u8>, d: &Dewey) {
     let digits = d.digits();
     put_v(out, digits.len() as u64);
     for &x in digits {
@@ -346,7 +353,7 @@ fn intern<'s>(e: &'s Arc<Event>, table: &mut Vec<&'s Arc<Event>>, index: &mut Ha
     i
 }
 
-fn put_times(out: &mut Vec<u8>, base: i64, times: impl ExactSizeIterator<Item = i64>) {
+pub(super) fn put_times(out: &mut Vec<u8>, base: i64, times: impl ExactSizeIterator<Item = i64>) {
     put_v(out, times.len() as u64);
     let mut asc = Asc::new(base);
     for t in times {
@@ -354,7 +361,7 @@ fn put_times(out: &mut Vec<u8>, base: i64, times: impl ExactSizeIterator<Item = 
     }
 }
 
-fn put_value<'a>(
+pub(super) fn put_value<'a>(
     out: &mut Vec<u8>,
     v: &'a Value,
     before: Option<&Value>,
@@ -432,31 +439,31 @@ fn put_partial(out: &mut Vec<u8>, p: &Partial, base: i64, node_pos: &HashMap<Nod
 // ---------------------------------------------------------------------------------------------
 // Reading
 
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     b: &'a [u8],
-    pos: usize,
+    pub(super) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(b: &'a [u8]) -> Self {
+    pub(super) fn new(b: &'a [u8]) -> Self {
         Reader { b, pos: 0 }
     }
 
-    fn invalid(&self, reason: &'static str) -> SnapshotError {
+    pub(super) fn invalid(&self, reason: &'static str) -> SnapshotError {
         SnapshotError::Invalid { offset: self.pos, reason }
     }
 
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.b.len() - self.pos
     }
 
-    fn u8(&mut self) -> Result<u8> {
+    pub(super) fn u8(&mut self) -> Result<u8> {
         let x = *self.b.get(self.pos).ok_or(SnapshotError::Truncated)?;
         self.pos += 1;
         Ok(x)
     }
 
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+    pub(super) fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.remaining() {
             return Err(SnapshotError::Truncated);
         }
@@ -466,7 +473,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint in its shortest form.
-    fn v(&mut self) -> Result<u64> {
+    pub(super) fn v(&mut self) -> Result<u64> {
         let start = self.pos;
         let mut v: u64 = 0;
         for i in 0..10 {
@@ -489,31 +496,31 @@ impl<'a> Reader<'a> {
         Err(self.invalid("integer too large"))
     }
 
-    fn z(&mut self) -> Result<i64> {
+    pub(super) fn z(&mut self) -> Result<i64> {
         self.v().map(unzigzag)
     }
 
-    fn u32(&mut self, what: &'static str) -> Result<u32> {
+    pub(super) fn u32(&mut self, what: &'static str) -> Result<u32> {
         let at = self.pos;
         let v = self.v()?;
         u32::try_from(v).map_err(|_| SnapshotError::Invalid { offset: at, reason: what })
     }
 
-    fn i32(&mut self, what: &'static str) -> Result<i32> {
+    pub(super) fn i32(&mut self, what: &'static str) -> Result<i32> {
         let at = self.pos;
         let v = self.z()?;
         i32::try_from(v).map_err(|_| SnapshotError::Invalid { offset: at, reason: what })
     }
 
     /// An index below `n`.
-    fn index(&mut self, n: usize, what: &'static str) -> Result<usize> {
+    pub(super) fn index(&mut self, n: usize, what: &'static str) -> Result<usize> {
         let at = self.pos;
         let v = self.v()?;
         usize::try_from(v).ok().filter(|&i| i < n).ok_or(SnapshotError::Invalid { offset: at, reason: what })
     }
 
     /// A count of items that take at least `min` bytes each: never more than the bytes left allow.
-    fn count(&mut self, min: usize) -> Result<usize> {
+    pub(super) fn count(&mut self, min: usize) -> Result<usize> {
         let v = self.v()?;
         match usize::try_from(v) {
             Ok(n) if n <= self.remaining() / min.max(1) => Ok(n),
@@ -521,7 +528,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn finish(&self) -> Result<()> {
+    pub(super) fn finish(&self) -> Result<()> {
         if self.pos == self.b.len() {
             Ok(())
         } else {
@@ -531,18 +538,18 @@ impl<'a> Reader<'a> {
 }
 
 /// An ascending list of times being read.
-struct AscReader {
+pub(super) struct AscReader {
     base: i64,
     prev: Option<i64>,
     strict: bool,
 }
 
 impl AscReader {
-    fn new(base: i64, strict: bool) -> Self {
+    pub(super) fn new(base: i64, strict: bool) -> Self {
         AscReader { base, prev: None, strict }
     }
 
-    fn next(&mut self, r: &mut Reader<'_>) -> Result<i64> {
+    pub(super) fn next(&mut self, r: &mut Reader<'_>) -> Result<i64> {
         let t = match self.prev {
             None => self.base.wrapping_add(r.z()?),
             Some(p) => {
@@ -559,7 +566,7 @@ impl AscReader {
     }
 }
 
-fn read_times(r: &mut Reader<'_>, base: i64) -> Result<WindowTimers> {
+pub(super) fn read_times(r: &mut Reader<'_>, base: i64) -> Result<WindowTimers> {
     let n = r.count(1)?;
     let mut asc = AscReader::new(base, true);
     let mut out = WindowTimers::with_capacity(n);
@@ -569,7 +576,7 @@ fn read_times(r: &mut Reader<'_>, base: i64) -> Result<WindowTimers> {
     Ok(out)
 }
 
-fn read_dewey(r: &mut Reader<'_>) -> Result<Dewey> {
+pub(super) fn read_dewey(r: &mut Reader<'_>) -> Result<Dewey> {
     let at = r.pos;
     let n = r.count(1)?;
     if n == 0 {
@@ -583,7 +590,7 @@ fn read_dewey(r: &mut Reader<'_>) -> Result<Dewey> {
 }
 
 /// Reads one event's values (after its header).
-fn read_values(
+pub(super) fn read_values(
     r: &mut Reader<'_>,
     n: usize,
     ts: i64,
@@ -657,6 +664,23 @@ fn read_partial(r: &mut Reader<'_>, nfa: &Nfa, base: i64, nodes: &[NodeId]) -> R
     Ok(Partial { state, version, prev, start_ts, prev_ts, start_id })
 }
 
+/// An event's record type and values (after its sequence number and time).
+pub(super) fn read_event_body(
+    r: &mut Reader<'_>,
+    nfa: &Nfa,
+    ts: i64,
+    before: Option<&Event>,
+    strings: &mut Vec<Arc<str>>,
+) -> Result<(TypeId, Box<[Value]>)> {
+    let kind = TypeId(r.index(nfa.types.len(), "no such record type")? as u16);
+    let at = r.pos;
+    let nf = r.count(1)?;
+    if nf > nfa.fields.len() {
+        return Err(SnapshotError::Invalid { offset: at, reason: "more fields than the stream has" });
+    }
+    Ok((kind, read_values(r, nf, ts, before, strings)?))
+}
+
 /// A decoded snapshot: the key's run and buffered events (if it has state), its window timers.
 pub(super) type Decoded = (Option<(RunState, Queue)>, WindowTimers);
 
@@ -691,13 +715,7 @@ pub(super) fn decode(nfa: &Nfa, bytes: &[u8]) -> Result<Decoded> {
     for _ in 0..n {
         seq = seq.wrapping_add(r.z()? as u64);
         ts = ts.wrapping_add(r.z()?);
-        let kind = TypeId(r.index(nfa.types.len(), "no such record type")? as u16);
-        let at = r.pos;
-        let nf = r.count(1)?;
-        if nf > nfa.fields.len() {
-            return Err(SnapshotError::Invalid { offset: at, reason: "more fields than the stream has" });
-        }
-        let fields = read_values(&mut r, nf, ts, table.last().map(|e| e.as_ref()), &mut strings)?;
+        let (kind, fields) = read_event_body(&mut r, nfa, ts, table.last().map(|e| e.as_ref()), &mut strings)?;
         table.push(Arc::new(Event { seq, ts, kind, fields }));
     }
     let mut used = vec![false; table.len()];

@@ -15,7 +15,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use dsl::{SourceFile, StreamSchema};
-use engine::runtime::{Config, Key, Operator, Output, SnapshotError, Stats};
+use engine::runtime::{snapshot_summary, Backing, Config, Key, KeyRecords, Operator, Output, SnapshotError, Stats};
 use engine::{Event, FieldId, Nfa, TypeId, Value};
 use proptest::prelude::*;
 use serde_json::Value as Json;
@@ -280,7 +280,12 @@ fn configs() -> [Config; 4] {
         Config { timeouts: true, ..Config::default() },
         Config { timeouts: true, max_partial_matches_per_key: Some(2), ..Config::default() },
         // For cep_events, field 2 is the price; library streams get some field of theirs.
-        Config { timeouts: true, tie_break: Some(FieldId(2)), max_partial_matches_per_key: Some(50) },
+        Config {
+            timeouts: true,
+            tie_break: Some(FieldId(2)),
+            max_partial_matches_per_key: Some(50),
+            ..Config::default()
+        },
     ]
 }
 
@@ -458,6 +463,195 @@ fn differential(nfa: &Arc<Nfa>, config: Config, steps: &[Step], plan: Plan) -> R
     Ok(sizes)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Split records through a backing
+
+/// A store of split records, as the service keeps them: per key its head, its event payloads,
+/// and its pending timers (the index a backing answers `due` from).
+#[derive(Debug, Default)]
+struct SplitStore {
+    heads: BTreeMap<Key, Vec<u8>>,
+    records: BTreeMap<(Key, Vec<u8>), Vec<u8>>,
+    timers: BTreeSet<(i64, Key)>,
+}
+
+impl SplitStore {
+    fn of<'a>(&'a self, key: &'a Key) -> impl Iterator<Item = (&'a (Key, Vec<u8>), &'a Vec<u8>)> + 'a {
+        self.records.range((key.clone(), Vec::new())..).take_while(move |((k, _), _)| k == key)
+    }
+}
+
+#[derive(Debug)]
+struct SplitBacking(Arc<std::sync::Mutex<SplitStore>>);
+
+impl Backing for SplitBacking {
+    fn load(&mut self, key: &Key, out: &mut Vec<u8>) -> bool {
+        let s = self.0.lock().expect("lock");
+        s.heads.get(key).map(|h| out.extend_from_slice(h)).is_some()
+    }
+    fn records(&mut self, key: &Key, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+        let s = self.0.lock().expect("lock");
+        out.extend(s.of(key).map(|((_, sub), b)| (sub.clone(), b.clone())));
+    }
+    fn due(
+        &mut self,
+        after: i64,
+        until: i64,
+        limit: usize,
+        in_memory: &dyn Fn(&Key) -> bool,
+        out: &mut Vec<(i64, Key)>,
+    ) -> Option<i64> {
+        let s = self.0.lock().expect("lock");
+        for (t, k) in s.timers.iter().filter(|(t, _)| *t > after) {
+            if out.len() >= limit && out.last().is_some_and(|(last, _)| last != t) {
+                return Some(*t);
+            }
+            if *t > until {
+                if in_memory(k) {
+                    continue;
+                }
+                return Some(*t);
+            }
+            out.push((*t, k.clone()));
+        }
+        None
+    }
+    fn corrupt(&mut self, key: &Key, error: SnapshotError) {
+        panic!("stored key {key} does not decode: {error}");
+    }
+}
+
+/// An operator whose keys out of memory are in `store`.
+fn backed(nfa: &Arc<Nfa>, config: Config, store: &Arc<std::sync::Mutex<SplitStore>>) -> Operator {
+    let (mut keys, mut partials) = (0, 0);
+    for head in store.lock().expect("lock").heads.values() {
+        let (_, p, has_state) = snapshot_summary(nfa, head).expect("a stored head summarises");
+        keys += usize::from(has_state);
+        partials += p;
+    }
+    let mut op = Operator::new(nfa.clone(), config);
+    op.set_backing(Box::new(SplitBacking(store.clone())), keys, partials);
+    op
+}
+
+/// Writes the changed keys' records to the store, as the service's commit does: the head (or
+/// its removal), the payloads put and gone, the key's timers. Returns the payloads written.
+fn checkpoint_split(op: &mut Operator, store: &Arc<std::sync::Mutex<SplitStore>>) -> Result<usize, String> {
+    let mut s = store.lock().expect("lock");
+    let mut rec = KeyRecords::default();
+    let mut written = 0;
+    for key in op.take_dirty() {
+        let held = op.take_key_records(&key, &mut rec);
+        for sub in &rec.gone {
+            if s.records.remove(&(key.clone(), sub.clone())).is_none() {
+                return Err(format!("key {key}: record {sub:?} gone but never written"));
+            }
+        }
+        for (sub, bytes) in rec.put.drain(..) {
+            let again = s.records.insert((key.clone(), sub.clone()), bytes);
+            if sub[0] == b'P' {
+                if again.is_some() {
+                    return Err(format!("key {key}: payload {sub:?} written twice"));
+                }
+                written += 1;
+            }
+        }
+        if held {
+            s.heads.insert(key.clone(), rec.head.clone());
+        } else {
+            if !rec.head.is_empty() {
+                return Err("take_key_records returned false but wrote a head".into());
+            }
+            s.heads.remove(&key);
+            if s.of(&key).next().is_some() {
+                return Err(format!("key {key}: records left behind"));
+            }
+        }
+        s.timers.retain(|(_, k)| k != &key);
+        for t in op.key_timers(&key) {
+            s.timers.insert((t, key.clone()));
+        }
+    }
+    Ok(written)
+}
+
+/// With split records: checkpoints into a store, keys evicted from memory after each one (read
+/// back through the backing), crashes that restart from the store. The outputs and the stats
+/// (but the cache counters) must be those of a straight run.
+fn differential_split(nfa: &Arc<Nfa>, config: Config, steps: &[Step], plan: Plan) -> Result<usize, String> {
+    let (want, mut want_stats) = straight(nfa, config, steps);
+    let store = Arc::new(std::sync::Mutex::new(SplitStore::default()));
+    let mut rng = Rng(plan.seed);
+    let mut op = backed(nfa, config, &store);
+    let mut out = Vec::new();
+    let mut saved = (0usize, 0usize, Stats::default(), i64::MIN);
+    let mut base = Stats::default();
+    let (mut i, mut furthest_crash, mut written) = (0, 0, 0);
+    while i < steps.len() {
+        apply(&mut op, &steps[i], &mut out);
+        i += 1;
+        if rng.below(100) < plan.checkpoint {
+            written += checkpoint_split(&mut op, &store)?;
+            saved = (i, out.len(), add(base, op.stats()), op.watermark());
+            op.evict(rng.below(3) as usize);
+        }
+        if i > furthest_crash && rng.below(100) < plan.crash {
+            furthest_crash = i;
+            i = saved.0;
+            out.truncate(saved.1);
+            base = saved.2;
+            op = backed(nfa, config, &store);
+            op.set_watermark(saved.3);
+        }
+    }
+    written += checkpoint_split(&mut op, &store)?;
+    let mut got_stats = add(base, op.stats());
+    for s in [&mut want_stats, &mut got_stats] {
+        (s.state_hits, s.state_misses) = (0, 0);
+    }
+    if let Some(i) = (0..want.len().max(out.len())).find(|&i| want.get(i) != out.get(i)) {
+        return Err(format!(
+            "{} split ({config:?}, {plan:?}): output {i} of {}: expected {}, got {}",
+            nfa.meta.name,
+            want.len(),
+            describe(want.get(i)),
+            describe(out.get(i))
+        ));
+    }
+    if want_stats != got_stats {
+        return Err(format!("{} split: stats {got_stats:?}, expected {want_stats:?}", nfa.meta.name));
+    }
+    Ok(written)
+}
+
+/// Split at every size: always (0), past one event, and past a few.
+fn split_configs() -> Vec<Config> {
+    let mut v = Vec::new();
+    for (i, c) in configs().into_iter().enumerate() {
+        v.push(Config { inline_events: Some([0, 1, 3, 0][i]), ..c });
+    }
+    v
+}
+
+#[test]
+fn library_examples_run_exactly_from_split_records() {
+    let (mut failures, mut written) = (Vec::new(), 0);
+    for lib in library() {
+        let steps = replay_steps(lib);
+        for config in split_configs() {
+            for plan in plans(lib.examples.len() as u64 + 11) {
+                match differential_split(&lib.nfa, config, &steps, plan) {
+                    Ok(n) => written += n,
+                    Err(e) => failures.push(e),
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(written > 0, "payload records were written");
+    eprintln!("library examples through split records: {written} payload records written");
+}
+
 fn plans(seed: u64) -> Vec<Plan> {
     let mut v = vec![Plan { checkpoint: 100, crash: 100, seed }, Plan { checkpoint: 100, crash: 0, seed }];
     for s in 0..6 {
@@ -513,6 +707,23 @@ proptest! {
         let nfa = &pats[pattern % pats.len()];
         let steps = cep_steps(&events);
         if let Err(e) = differential(nfa, configs()[config], &steps, Plan { checkpoint, crash, seed }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+
+    #[test]
+    fn random_cep_streams_run_exactly_from_split_records(
+        pattern in 0usize..64,
+        config in 0usize..4,
+        events in proptest::collection::vec(any::<CepEvent>(), 1..70),
+        checkpoint in 0u64..=100,
+        crash in 0u64..=60,
+        seed in any::<u64>(),
+    ) {
+        let pats = cep_patterns();
+        let nfa = &pats[pattern % pats.len()];
+        let steps = cep_steps(&events);
+        if let Err(e) = differential_split(nfa, split_configs()[config], &steps, Plan { checkpoint, crash, seed }) {
             prop_assert!(false, "{}", e);
         }
     }
@@ -761,6 +972,136 @@ fn try_corrupt(sample: &Sample, bytes: &[u8]) -> Result<bool, String> {
         Ok(true)
     };
     catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| Err("panicked".into()))
+}
+
+/// A key's split records at some step: its head and its other records, ascending.
+struct SplitSample {
+    sample: Sample,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Split records (every key split) of every key at every step of the library examples.
+fn split_samples() -> Vec<SplitSample> {
+    let mut out = Vec::new();
+    for lib in library() {
+        let config = Config { inline_events: Some(0), ..configs()[1] };
+        let steps = replay_steps(lib);
+        let store = Arc::new(std::sync::Mutex::new(SplitStore::default()));
+        let mut op = backed(&lib.nfa, config, &store);
+        let mut sink = Vec::new();
+        for (i, s) in steps.iter().enumerate() {
+            apply(&mut op, s, &mut sink);
+            let dirty = op.take_dirty();
+            let mut rec = KeyRecords::default();
+            for key in dirty {
+                let held = op.take_key_records(&key, &mut rec);
+                let mut s = store.lock().expect("lock");
+                for sub in &rec.gone {
+                    s.records.remove(&(key.clone(), sub.clone()));
+                }
+                for (sub, bytes) in rec.put.drain(..) {
+                    s.records.insert((key.clone(), sub), bytes);
+                }
+                if !held || rec.head.first() != Some(&2) {
+                    continue;
+                }
+                let records = s.of(&key).map(|((_, sub), b)| (sub.clone(), b.clone())).collect();
+                let rest = steps[i + 1..].iter().take(30).cloned().collect();
+                let sample = Sample {
+                    nfa: lib.nfa.clone(),
+                    config,
+                    key,
+                    bytes: rec.head.clone(),
+                    watermark: op.watermark(),
+                    rest,
+                };
+                out.push(SplitSample { sample, records });
+            }
+        }
+    }
+    out
+}
+
+/// Restores split records for the sample's key and, if that works, runs the rest of the stream.
+fn try_split(s: &SplitSample, head: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> Result<bool, String> {
+    let run = || -> Result<bool, String> {
+        let sample = &s.sample;
+        let mut op = Operator::new(sample.nfa.clone(), sample.config);
+        if op.restore_key_records(sample.key.clone(), head, records).is_err() {
+            return Ok(false);
+        }
+        op.set_watermark(sample.watermark);
+        let mut out = Vec::new();
+        for step in &sample.rest {
+            apply(&mut op, step, &mut out);
+        }
+        op.advance_watermark(i64::MAX, &mut out);
+        let mut rec = KeyRecords::default();
+        for key in op.take_dirty() {
+            op.take_key_records(&key, &mut rec);
+        }
+        Ok(true)
+    };
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| Err("panicked".into()))
+}
+
+#[test]
+fn corrupted_split_records_are_rejected_or_run() {
+    let samples = split_samples();
+    assert!(samples.len() > 100, "only {} samples", samples.len());
+    let mut failures = Vec::new();
+    let (mut tries, mut restored) = (0, 0);
+    let mut rng = Rng(0x5EED);
+    for s in &samples {
+        let name = &s.sample.nfa.meta.name;
+        match try_split(s, &s.sample.bytes, &s.records) {
+            Ok(true) => {}
+            other => failures.push(format!("{name}: the records as written do not restore: {other:?}")),
+        }
+        // Every truncation of the head, and of each record, is an error.
+        for len in 0..s.sample.bytes.len() {
+            if try_split(s, &s.sample.bytes[..len], &s.records) != Ok(false) {
+                failures.push(format!("{name}: a {len}-byte prefix of the head restored or panicked"));
+            }
+        }
+        for i in 0..s.records.len() {
+            let mut short = s.records.clone();
+            short[i].1.pop();
+            if try_split(s, &s.sample.bytes, &short) != Ok(false) {
+                failures.push(format!("{name}: a truncated record restored or panicked"));
+            }
+            // A record missing, or one too many, is an error.
+            let mut fewer = s.records.clone();
+            fewer.remove(i);
+            if try_split(s, &s.sample.bytes, &fewer) != Ok(false) {
+                failures.push(format!("{name}: restored without record {i}"));
+            }
+        }
+        let mut more = s.records.clone();
+        more.push((vec![b'P', 0xff, 0xff, 0xff, 0xff], vec![0, 0, 0]));
+        if try_split(s, &s.sample.bytes, &more) != Ok(false) {
+            failures.push(format!("{name}: restored with a record nothing refers to"));
+        }
+        // Byte flips anywhere: an error or a state that runs.
+        for _ in 0..8 {
+            let (mut head, mut records) = (s.sample.bytes.clone(), s.records.clone());
+            let which = rng.below(records.len() as u64 + 1) as usize;
+            let bytes = if which == records.len() { &mut head } else { &mut records[which].1 };
+            if bytes.is_empty() {
+                continue;
+            }
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] ^= 1 + rng.below(255) as u8;
+            tries += 1;
+            match try_split(s, &head, &records) {
+                Ok(true) => restored += 1,
+                Ok(false) => {}
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+        }
+    }
+    eprintln!("split corruption: {} samples, {tries} flips ({restored} decoded to a state that ran)", samples.len());
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures[..failures.len().min(20)].join("\n"));
 }
 
 #[test]

@@ -10,13 +10,19 @@
 //! | key | value | where |
 //! | --- | --- | --- |
 //! | `M` | the partition's meta record (below) | changelog, store |
-//! | `K<pattern hash><key>` | the key's snapshot (the engine's format, first byte 1), or for a snapshot over [`CHUNK`] bytes a chunk header `0xC1 parts:u32 length:u64` | changelog, store |
-//! | `K<pattern hash>C<part:u32><key>` | part `part` of a chunked snapshot | changelog, store |
+//! | `K<pattern hash><key>` | the key's head: its snapshot (the engine's format 1, first byte 1) or the head of a split snapshot (format 2, first byte 2), or for one over [`CHUNK`] bytes a chunk header `0xC1 parts:u32 length:u64` | changelog, store |
+//! | `K<pattern hash>C<part:u32><key>` | part `part` of a chunked head | changelog, store |
+//! | `K<pattern hash>S<key length:u32><key><sub-key>` | one of the other records of a split snapshot (an event's values, a shared-buffer event with its nodes: see the engine's `runtime::split`), framed: `0` then the value, or a chunk header | changelog, store |
+//! | `K<pattern hash>S<key length:u32><key><sub-key>0xFF<part:u32>` | part `part` of a chunked split record | changelog, store |
 //! | `K<pattern hash>W<time:u64, sign bit flipped><key>` | empty: the key has a pending timer at `time` | store only |
 //!
 //! A key's records are written only when the key changed in the transaction; each record is at
-//! most [`CHUNK`] bytes plus its key, so no key's state is too big for the changelog. The timer
-//! records (`W`) index the stored keys by their pending timers, so that a key whose state is not
+//! most [`CHUNK`] bytes plus its key, so no key's state is too big for the changelog. A key
+//! holding more than [`INLINE_EVENTS`] events is stored split: a change writes its head (timers,
+//! queue, partial matches), the values of the events it did not hold before (each event's
+//! once), the shared-buffer events whose references or nodes changed, and deletes what it no
+//! longer holds; a smaller key is one record (cheaper than several). The timer records (`W`)
+//! index the stored keys by their pending timers, so that a key whose state is not
 //! in memory costs no memory and still fires on time; they are derived from the snapshots (a
 //! restore from the changelog writes them again); those behind the watermark are never read
 //! again and every 64th commit of a partition deletes them. A stale `W` record (the key changed
@@ -33,11 +39,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use engine::runtime::{snapshot_summary, Backing, Key, Operator, SnapshotError};
+use engine::runtime::{snapshot_summary, Backing, Key, KeyRecords, Operator, SnapshotError};
 
 use super::partition::{Counts, Partition};
 use super::stored::Stored;
-pub use super::stored::{StateError, StoredState};
+pub use super::stored::{StateError, StoredState, INLINE_EVENTS};
 
 /// The largest stored value: a snapshot over it is written in parts of this size (Kafka's
 /// default `message.max.bytes` is about 1 MB).
@@ -89,13 +95,42 @@ impl Backing for KeyReader {
                     .chunked
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert((self.hash.clone(), key.clone()), parts);
+                    .insert((self.hash.clone(), key.clone(), Vec::new()), parts);
                 true
             }
             Ok(None) => true,
             Err(e) => {
                 self.stored.fail(e);
                 false
+            }
+        }
+    }
+
+    /// The key's records were written before it left memory: eviction waits for the store's
+    /// queued writes, so the range read sees them.
+    fn records(&mut self, key: &Key, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+        let from = sub_prefix(&self.prefix, key);
+        let mut to = from.clone();
+        to.push(0xff);
+        let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let result = self.stored.raw.scan(&from, &to, &mut |k, v| {
+            raw.push((k[from.len()..].to_vec(), v.to_vec()));
+            true
+        });
+        if let Err(e) = result {
+            self.stored.fail(e);
+            return;
+        }
+        let mut chunked = Vec::new();
+        if unframe(raw, out, &mut chunked).is_none() {
+            self.stored.fail(StateError::CorruptSplit(key.to_string()));
+            out.clear();
+            return;
+        }
+        if !chunked.is_empty() {
+            let mut map = self.stored.chunked.lock().unwrap_or_else(|p| p.into_inner());
+            for (sub, parts) in chunked {
+                map.insert((self.hash.clone(), key.clone(), sub), parts);
             }
         }
     }
@@ -194,6 +229,112 @@ fn part_key(pattern_prefix: &[u8], i: u32, key: &Key) -> Vec<u8> {
     k.extend_from_slice(&i.to_be_bytes());
     key.encode(&mut k);
     k
+}
+
+/// `<pattern prefix>S<key length:u32><key>`: the prefix of the other records of a key stored
+/// as a split snapshot.
+fn sub_prefix(pattern_prefix: &[u8], key: &Key) -> Vec<u8> {
+    let mut k = pattern_prefix.to_vec();
+    k.push(SUB);
+    let at = k.len();
+    k.extend_from_slice(&[0; 4]);
+    key.encode(&mut k);
+    let len = (k.len() - at - 4) as u32;
+    k[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    k
+}
+
+/// `<pattern prefix>S<key length:u32><key><sub-key>`: one record of a split snapshot.
+fn sub_key(pattern_prefix: &[u8], key: &Key, sub: &[u8]) -> Vec<u8> {
+    let mut k = sub_prefix(pattern_prefix, key);
+    k.extend_from_slice(sub);
+    k
+}
+
+/// The values of a key's split records as stored (framed, big ones in parts; ascending by
+/// sub-key), unframed into `out`; the parts of each chunked one into `chunked`. `None` when
+/// they are not well framed.
+fn unframe(
+    raw: Vec<(Vec<u8>, Vec<u8>)>,
+    out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    chunked: &mut Vec<(Vec<u8>, u32)>,
+) -> Option<()> {
+    let mut records = raw.into_iter();
+    while let Some((sub, v)) = records.next() {
+        match v.split_first()? {
+            (&WHOLE, value) => out.push((sub, value.to_vec())),
+            (&CHUNKED, header) if header.len() == 12 => {
+                let parts = u32::from_be_bytes(header[..4].try_into().ok()?);
+                let len = u64::from_be_bytes(header[4..].try_into().ok()?);
+                let mut value = Vec::with_capacity(usize::try_from(len).ok()?.min(1 << 30));
+                for i in 0..parts {
+                    let (k, part) = records.next()?;
+                    if k != sub_part(&sub, i) {
+                        return None;
+                    }
+                    value.extend_from_slice(&part);
+                }
+                if value.len() as u64 != len {
+                    return None;
+                }
+                chunked.push((sub.clone(), parts));
+                out.push((sub, value));
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+/// The sub-key of part `i` of a chunked split record: after the record's own, so that a range
+/// read of the key's records returns each part right after its header.
+fn sub_part(sub: &[u8], i: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(sub.len() + 5);
+    k.extend_from_slice(sub);
+    k.push(0xff);
+    k.extend_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// Appends the records that store `value` under `key`: the value whole, or (over [`CHUNK`]) a
+/// chunk header there and its parts under `part_key(i)`; then tombstones for the parts of
+/// `had_parts` it no longer uses. `framed` prefixes a whole value with [`WHOLE`] (split
+/// records, whose values may begin with any byte; a head begins with its format). Returns the
+/// number of parts (0: whole).
+fn put_value(
+    out: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    key: Vec<u8>,
+    value: Option<&[u8]>,
+    framed: bool,
+    had_parts: u32,
+    part_key: impl Fn(u32) -> Vec<u8>,
+) -> u32 {
+    let mut parts: u32 = 0;
+    match value {
+        None => out.push((key, None)),
+        Some(v) if v.len() < CHUNK => {
+            let mut whole = Vec::with_capacity(v.len() + 1);
+            if framed {
+                whole.push(WHOLE);
+            }
+            whole.extend_from_slice(v);
+            out.push((key, Some(whole)));
+        }
+        Some(v) => {
+            for (i, part) in v.chunks(CHUNK).enumerate() {
+                out.push((part_key(i as u32), Some(part.to_vec())));
+                parts += 1;
+            }
+            let mut header = vec![CHUNKED];
+            header.extend_from_slice(&parts.to_be_bytes());
+            header.extend_from_slice(&(v.len() as u64).to_be_bytes());
+            out.push((key, Some(header)));
+        }
+    }
+    for i in parts..had_parts {
+        out.push((part_key(i), None));
+    }
+    parts
 }
 
 /// A time as 8 bytes that sort as the times do.
@@ -303,7 +444,7 @@ impl Partition {
                 Some((&KIND_KEY, rest)) if rest.len() > HASH_LEN => {
                     let (hash, key) = rest.split_at(HASH_LEN);
                     out.push((k.clone(), v.clone()));
-                    if key.first() == Some(&PART) {
+                    if key.first() == Some(&PART) || key.first() == Some(&SUB) {
                         continue;
                     }
                     if key.first() == Some(&TIMER) {
@@ -368,31 +509,39 @@ impl Partition {
             let mut pattern_prefix = prefix.clone();
             pattern_prefix.push(KIND_KEY);
             pattern_prefix.extend_from_slice(hash.as_bytes());
-            let mut v = Vec::new();
+            let mut rec = KeyRecords::default();
             for key in op.take_dirty() {
+                let held = op.take_key_records(&key, &mut rec);
+                let mut had = |sub: &[u8]| {
+                    if chunked.is_empty() {
+                        0
+                    } else {
+                        chunked.remove(&(hash.clone(), key.clone(), sub.to_vec())).unwrap_or(0)
+                    }
+                };
+                let mut big: Vec<(Vec<u8>, u32)> = Vec::new();
+                for sub in &rec.gone {
+                    let k = sub_key(&pattern_prefix, &key, sub);
+                    put_value(&mut out.records, k.clone(), None, true, had(sub), |i| sub_part(&k, i));
+                }
+                for (sub, bytes) in &rec.put {
+                    let k = sub_key(&pattern_prefix, &key, sub);
+                    let parts =
+                        put_value(&mut out.records, k.clone(), Some(bytes), true, had(sub), |i| sub_part(&k, i));
+                    if parts > 0 {
+                        big.push((sub.clone(), parts));
+                    }
+                }
                 let mut k = pattern_prefix.clone();
                 key.encode(&mut k);
-                v.clear();
-                let had_parts =
-                    if chunked.is_empty() { 0 } else { chunked.remove(&(hash.clone(), key.clone())).unwrap_or(0) };
-                let mut parts: u32 = 0;
-                if !op.snapshot_key(&key, &mut v) {
-                    out.records.push((k, None));
-                } else if v.len() <= CHUNK {
-                    out.records.push((k, Some(v.clone())));
-                } else {
-                    for (i, part) in v.chunks(CHUNK).enumerate() {
-                        out.records.push((part_key(&pattern_prefix, i as u32, &key), Some(part.to_vec())));
-                        parts += 1;
-                    }
-                    let mut header = vec![CHUNKED];
-                    header.extend_from_slice(&parts.to_be_bytes());
-                    header.extend_from_slice(&(v.len() as u64).to_be_bytes());
-                    out.records.push((k, Some(header)));
-                    chunked.insert((hash.clone(), key.clone()), parts);
+                let head = held.then_some(rec.head.as_slice());
+                let parts =
+                    put_value(&mut out.records, k, head, false, had(&[]), |i| part_key(&pattern_prefix, i, &key));
+                if parts > 0 {
+                    big.push((Vec::new(), parts));
                 }
-                for i in parts..had_parts {
-                    out.records.push((part_key(&pattern_prefix, i, &key), None));
+                for (sub, parts) in big {
+                    chunked.insert((hash.clone(), key.clone(), sub), parts);
                 }
                 if self.stored.is_some() {
                     for t in op.key_timers(&key) {
@@ -588,10 +737,14 @@ const KIND_META: u8 = b'M';
 const KIND_KEY: u8 = b'K';
 /// After the pattern hash: a part of a chunked snapshot.
 const PART: u8 = b'C';
+/// After the pattern hash: one of the records of a key's split snapshot besides its head.
+const SUB: u8 = b'S';
 /// After the pattern hash: a timer record.
 const TIMER: u8 = b'W';
-/// The first byte of a chunk header (a snapshot's first byte is its format, 1).
+/// The first byte of a chunk header (a snapshot's first byte is its format, 1 or 2).
 const CHUNKED: u8 = 0xC1;
+/// The first byte of a split record stored whole (its value follows).
+const WHOLE: u8 = 0;
 /// Pattern content hashes are 16 hex digits.
 const HASH_LEN: usize = 16;
 

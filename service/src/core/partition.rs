@@ -95,6 +95,7 @@ pub struct PatternCounts {
 
 impl Partition {
     pub fn new(plan: Arc<StreamPlan>, partition: i32, config: OpConfig) -> Self {
+        let config = stored_config(config);
         let operators = plan.patterns.iter().map(|n| Operator::new(n.clone(), config)).collect();
         Partition {
             plan,
@@ -118,6 +119,7 @@ impl Partition {
     /// the partition's watermark (they see the events after it); the state of patterns that
     /// are gone is dropped here (the caller deletes their stored records).
     pub fn with_plan(mut self, plan: Arc<StreamPlan>, config: OpConfig) -> Partition {
+        let config = stored_config(config);
         let wm = self.watermark();
         self.reported.resize_with(self.operators.len(), PatternCounts::default);
         let mut old: Vec<(Operator, PatternCounts)> = self.operators.drain(..).zip(self.reported.drain(..)).collect();
@@ -260,6 +262,13 @@ impl Partition {
     pub fn dropped_partial_matches(&self) -> u64 {
         self.operators.iter().map(|o| o.stats().dropped_partial_matches).sum()
     }
+}
+
+/// The operator settings of a partition: keys holding more than
+/// [`INLINE_EVENTS`](super::stored::INLINE_EVENTS) events are stored split unless the caller
+/// chose otherwise.
+fn stored_config(config: OpConfig) -> OpConfig {
+    OpConfig { inline_events: config.inline_events.or(Some(super::stored::INLINE_EVENTS)), ..config }
 }
 
 #[cfg(test)]

@@ -17,13 +17,22 @@ pub trait StoredState: Send + Sync + fmt::Debug {
     fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StateError>;
 }
 
+/// Keys holding more events than this are stored as split snapshots: the head in the key's
+/// record, each event's values in a record of its own, written once (see `core::changelog`).
+/// Smaller keys are cheaper as one record.
+pub const INLINE_EVENTS: usize = 8;
+
+/// A record of a key's state: (pattern hash, key, sub-key; empty for the key's head).
+pub(super) type ChunkedRecord = (String, Key, Vec<u8>);
+
 /// The stored state a partition reads keys from, and what its backings share.
 #[derive(Clone, Debug)]
 pub(super) struct Stored {
     pub(super) raw: Arc<dyn StoredState>,
-    /// Chunked snapshots by (pattern hash, key): their number of parts as last written or read
-    /// (to delete parts a smaller snapshot no longer uses). Only big keys are here.
-    pub(super) chunked: Arc<Mutex<HashMap<(String, Key), u32>>>,
+    /// Chunked records by (pattern hash, key, sub-key; empty for the key's head): their number
+    /// of parts as last written or read (to delete parts a smaller record no longer uses). Only
+    /// big records are here.
+    pub(super) chunked: Arc<Mutex<HashMap<ChunkedRecord, u32>>>,
     /// The first error reading the store; the service stops on it before committing.
     pub(super) error: Arc<Mutex<Option<StateError>>>,
 }
@@ -55,6 +64,8 @@ pub enum StateError {
     MetaVersion(u8),
     #[error("the stored state of key {0} is missing some of its parts")]
     CorruptChunk(String),
+    #[error("a corrupt record of key {0}'s split state in the store")]
+    CorruptSplit(String),
     #[error("a corrupt timer record in the state store")]
     CorruptTimer,
     #[error("the local store holds state format 1, which keeps every key in memory: restore from the changelog")]
