@@ -2,6 +2,8 @@
 //! client settings, the topic administration the service and the tools need, producing one
 //! record, and librdkafka's log lines routed to `tracing`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -240,6 +242,37 @@ impl ProducerContext for Logger {
     type DeliveryOpaque = ();
     // Delivery failures surface as a failed commit of the transaction.
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+/// The transactional producer's context: logs as [`Logger`] does, and raises `connection_lost`
+/// when a connection to the broker fails (see [`is_connection_loss`]).
+#[derive(Clone, Debug, Default)]
+pub struct TxnContext {
+    pub connection_lost: Arc<AtomicBool>,
+}
+
+impl ClientContext for TxnContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_rdkafka(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code().is_some_and(is_connection_loss) {
+            self.connection_lost.store(true, Ordering::SeqCst);
+        }
+        tracing::warn!(target: "librdkafka", "producer: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for TxnContext {
+    type DeliveryOpaque = ();
+    // Delivery failures surface as a failed commit of the transaction.
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+/// Whether an error says a broker connection went down (the broker may have restarted).
+pub fn is_connection_loss(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
 }
 
 /// Logs one of librdkafka's lines at its level, target `librdkafka`.

@@ -28,11 +28,12 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::batch::Batch;
-use super::rebalance::GroupContext;
+use super::rebalance::{GroupContext, Restored};
 use super::{Ended, Output, Worker};
+use crate::core::changelog::{meta_key, meta_position};
 use crate::core::partition::Partition;
 use crate::error::{Error, Kind, Result, ResultExt};
-use crate::io::kafka::{produce, Logger, REQUEST_TIMEOUT};
+use crate::io::kafka::{produce, TxnContext, REQUEST_TIMEOUT};
 use crate::io::store::Changes;
 
 /// How long a transaction operation may take before it counts as failed.
@@ -135,8 +136,9 @@ impl Worker {
     /// A new producer in place of one with a recoverable fatal error.
     fn replace_producer(&mut self, why: &str) -> Result<()> {
         tracing::warn!("the producer cannot go on ({why}): replacing it; its open transaction is aborted and redone");
-        let producer: BaseProducer<Logger> =
-            self.producer_config.create_with_context(Logger).or_fail(Kind::Failed, "cannot create a new producer")?;
+        let context = TxnContext { connection_lost: self.connection_lost.clone() };
+        let producer: BaseProducer<TxnContext> =
+            self.producer_config.create_with_context(context).or_fail(Kind::Failed, "cannot create a new producer")?;
         let started = Instant::now();
         loop {
             match producer.init_transactions(TXN_TIMEOUT) {
@@ -191,10 +193,12 @@ impl Worker {
             .ok_or_else(|| Failure::Abortable("the consumer has no group metadata (not in a group)".into()))?;
         let t0 = started.elapsed();
         self.wait_delivered().map_err(|e| classify("delivering the transaction's records", e))?;
+        self.check_connection()?;
         self.retrying("adding the offsets to the transaction", || {
             self.producer.send_offsets_to_transaction(&offsets, &cgm, TXN_TIMEOUT)
         })?;
         let t1 = started.elapsed();
+        self.check_connection()?;
         self.retrying("committing the transaction", || self.producer.commit_transaction(TXN_TIMEOUT))?;
         tracing::debug!(
             changelog_us = t0.as_micros() as u64,
@@ -203,6 +207,23 @@ impl Worker {
             "commit"
         );
         Ok(changes)
+    }
+
+    /// Fails (abortable) when a broker connection went down since the last rewind: the broker
+    /// may have restarted, and a broker that restarts may have lost records of the open
+    /// transaction that it had acknowledged (a single broker without replicas can; the
+    /// development broker always does) and still commit the rest, or lost transactions it had
+    /// committed. Redoing the transaction from what the broker holds (see [`Worker::rewind`]) is
+    /// always safe; committing it could commit offsets without their outputs.
+    fn check_connection(&self) -> Result<(), Failure> {
+        self.producer.poll(Duration::ZERO);
+        if self.connection_lost.load(Ordering::SeqCst) {
+            return Err(Failure::Abortable(
+                "a broker connection went down since the last rewind (the broker may have lost what it acknowledged)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Runs one transaction step, again while it fails with a retriable error (for up to
@@ -333,17 +354,80 @@ impl Worker {
         self.parts.values().flat_map(HashMap::values).map(Partition::cached_keys).sum()
     }
 
-    /// Rebuilds every partition from the store (the last committed state) and seeks the
-    /// consumer back to match. A failed seek stops the service: the state would rewind and the
-    /// consumer not.
+    /// Rebuilds every partition from the last commit and seeks the consumer back to match. The
+    /// last commit is the local store's, unless the group's committed offset of a partition says
+    /// otherwise: a broker that restarted may have lost transactions it had committed (the
+    /// development broker can; so can a single broker without replicas that crashed), and then
+    /// the partition is restored from the changelog at the group's offset, which the same
+    /// transactions wrote, as a reassigned partition is. A failed seek stops the service: the
+    /// state would rewind and the consumer not.
     pub(super) fn rewind(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
         self.epoch.fetch_add(1, Ordering::Relaxed);
+        // What the broker holds is checked here: a connection lost from now on counts again.
+        self.connection_lost.store(false, Ordering::SeqCst);
         let list: Vec<(String, i32)> =
             self.parts.iter().flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p))).collect();
+        if list.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &list {
+            tpl.add_partition(t, *p);
+        }
+        let started = Instant::now();
+        let committed = loop {
+            match consumer.committed_offsets(tpl.clone(), REQUEST_TIMEOUT) {
+                Ok(c) => break c,
+                Err(e) if started.elapsed() < RETRY_BUDGET => {
+                    tracing::warn!("reading the group's committed offsets to rewind to: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    return Err(Error::failed(format!("cannot read the group's committed offsets to rewind to: {e}")))
+                }
+            }
+        };
+        let mut behind = Vec::new();
+        for (t, p) in &list {
+            let group = committed.find_partition(t, *p).and_then(|e| match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            });
+            let local = self.store.get(&meta_key(t, *p))?.as_deref().and_then(meta_position);
+            let current = match local {
+                Some((at, current)) => current && Some(at) == group,
+                None => group.is_none(),
+            };
+            if !current {
+                behind.push(format!("{t}/{p}: local {:?}, group {group:?}", local.map(|(at, _)| at)));
+            }
+        }
+        self.parts.clear();
+        if !behind.is_empty() {
+            tracing::warn!(
+                partitions = %behind.join("; "),
+                "the group's committed offsets differ from the local state (the broker lost committed transactions?): \
+                 restoring from the changelog"
+            );
+            consumer.context().shared.revoked_while_restoring.store(false, Ordering::Relaxed);
+            match self.assign(consumer, &list)? {
+                Restored::Done => {}
+                // The partitions went (a rebalance) or the service stops: nothing more to rewind.
+                Restored::Revoked | Restored::Interrupted => {
+                    self.parts.clear();
+                    return Ok(());
+                }
+            }
+        } else {
+            for (t, p) in &list {
+                let part = self.load(t, *p)?;
+                self.parts.entry(t.clone()).or_default().insert(*p, part);
+            }
+        }
         for (t, p) in list {
-            let part = self.load(&t, p)?;
-            let at = part.next_offset;
-            self.parts.entry(t.clone()).or_default().insert(p, part);
+            let Some(at) = self.parts.get(&t).and_then(|m| m.get(&p)).map(|part| part.next_offset) else {
+                continue;
+            };
             consumer.seek(&t, p, Offset::Offset(at), REQUEST_TIMEOUT).map_err(|e| {
                 Error::failed(format!(
                     "cannot seek {t}/{p} back to offset {at} after an abort: {e}; stopping (a restart resumes from the last commit)"

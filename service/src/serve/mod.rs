@@ -40,7 +40,7 @@ use crate::core::plan::{build_plans, StreamPlan};
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::avro::AvroIn;
 use crate::io::http::{self, Health};
-use crate::io::kafka::{self, Logger};
+use crate::io::kafka::{self, TxnContext};
 use crate::io::store::{Store, WriteBehind};
 use crate::obs::metrics::Metrics;
 use crate::obs::{init_logging, now_ms, out};
@@ -174,7 +174,9 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
     let txn_id = format!("{}-{}", cfg.kafka.group_id, cfg.service.instance_id);
     let mut pc = client.clone();
     pc.set("transactional.id", &txn_id).set("enable.idempotence", "true").set("linger.ms", "5");
-    let producer: BaseProducer<Logger> = kafka::create(&cfg, &pc, Logger, "producer")?;
+    let txn_context = TxnContext::default();
+    let connection_lost = txn_context.connection_lost.clone();
+    let producer: BaseProducer<TxnContext> = kafka::create(&cfg, &pc, txn_context, "producer")?;
     let producer_config = pc.clone();
     producer.init_transactions(TXN_TIMEOUT).map_err(|e| {
         Error::failed(format!("cannot initialise transactions as `{txn_id}`: {}", kafka::redact(&cfg, &e.to_string())))
@@ -231,12 +233,14 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         failpoints: Failpoints::from_env()?,
         max_record: kafka::max_record_bytes(&cfg)?,
         cache_size: cfg.state.cache_size,
+        connection_lost: connection_lost.clone(),
     };
     let shared = Arc::new(Shared {
         epoch,
         core: Mutex::new(core),
         assigned: Mutex::new(None),
         revoked_while_restoring: AtomicBool::new(false),
+        connection_lost,
     });
 
     let mut cc = client.clone();
@@ -320,6 +324,9 @@ fn main_loop(
                 if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
                     return Err(Error::failed(format!("the consumer failed: {msg}")));
                 }
+                if e.rdkafka_error_code().is_some_and(kafka::is_connection_loss) {
+                    shared.connection_lost.store(true, Ordering::SeqCst);
+                }
                 tracing::warn!("consumer: {msg}");
             }
             Some(Ok(msg)) => {
@@ -332,6 +339,9 @@ fn main_loop(
                         Some(Ok(m)) => msgs.push((epoch(), m)),
                         Some(Err(KafkaError::PartitionEOF(_))) => {}
                         Some(Err(e)) => {
+                            if e.rdkafka_error_code().is_some_and(kafka::is_connection_loss) {
+                                shared.connection_lost.store(true, Ordering::SeqCst);
+                            }
                             tracing::warn!("consumer: {}", kafka::redact(cfg, &e.to_string()));
                             break;
                         }
@@ -472,6 +482,9 @@ struct Shared {
     /// A revocation came while a restore polled the consumer (to stay in the group): the
     /// restore is abandoned and the next assignment taken instead.
     revoked_while_restoring: AtomicBool,
+    /// Raised when a broker connection fails (the producer's or the consumer's): the open
+    /// transaction does not commit (see `Worker::try_commit`).
+    connection_lost: Arc<AtomicBool>,
 }
 
 impl Totals {
@@ -513,7 +526,7 @@ struct Worker {
     epoch: Arc<AtomicU64>,
     /// Threads that step partitions side by side.
     threads: usize,
-    producer: BaseProducer<Logger>,
+    producer: BaseProducer<TxnContext>,
     /// The local state store; written after each commit, off the loop. Partitions read the keys
     /// they do not hold in memory from it.
     store: Arc<WriteBehind>,
@@ -558,6 +571,8 @@ struct Worker {
     max_record: usize,
     /// Keys held in memory over all partitions (`state.cache_size`).
     cache_size: usize,
+    /// A broker connection failed since the last rewind (see [`TxnContext`]).
+    connection_lost: Arc<AtomicBool>,
 }
 
 /// Faults the failure-path tests inject, from `TRIPLINE_FAILPOINTS` (read at start;
