@@ -415,16 +415,31 @@ pub(super) fn put_value<'a>(
 }
 
 fn put_partial(out: &mut Vec<u8>, p: &Partial, base: i64, node_pos: &HashMap<NodeId, u32>) {
-    put_v(out, u64::from(p.state.0));
     let prev = p.prev.and_then(|n| node_pos.get(&n));
+    put_partial_with(out, p, base, prev.is_some(), |out| {
+        if let Some(&i) = prev {
+            put_v(out, u64::from(i));
+        }
+    });
+}
+
+/// Writes a partial match; its previous node, when `has_prev`, is `put_prev`'s to write.
+pub(super) fn put_partial_with(
+    out: &mut Vec<u8>,
+    p: &Partial,
+    base: i64,
+    has_prev: bool,
+    put_prev: impl FnOnce(&mut Vec<u8>),
+) {
+    put_v(out, u64::from(p.state.0));
     let fresh = p.start_ts == -1 && p.prev_ts == -1;
-    let flags = if prev.is_some() { P_PREV } else { 0 }
+    let flags = if has_prev { P_PREV } else { 0 }
         | if p.start_id.is_some() { P_START_ID } else { 0 }
         | if fresh { P_FRESH } else { 0 };
     out.push(flags);
     put_dewey(out, &p.version);
-    if let Some(&i) = prev {
-        put_v(out, u64::from(i));
+    if has_prev {
+        put_prev(out);
     }
     if !fresh {
         put_z(out, p.start_ts.wrapping_sub(base));
@@ -641,6 +656,19 @@ pub(super) fn read_values(
 }
 
 fn read_partial(r: &mut Reader<'_>, nfa: &Nfa, base: i64, nodes: &[NodeId]) -> Result<Partial> {
+    let (mut p, prev) = read_partial_with(r, nfa, base, |r| Ok(nodes[r.index(nodes.len(), "no such node")?]))?;
+    p.prev = prev;
+    Ok(p)
+}
+
+/// Reads a partial match; its previous node, if it has one, is `read_prev`'s to read (and
+/// returned apart: the partial match's `prev` is `None`).
+pub(super) fn read_partial_with<P>(
+    r: &mut Reader<'_>,
+    nfa: &Nfa,
+    base: i64,
+    read_prev: impl FnOnce(&mut Reader<'_>) -> Result<P>,
+) -> Result<(Partial, Option<P>)> {
     let state = StateId(r.index(nfa.states.len(), "no such state")? as u32);
     let at = r.pos;
     let flags = r.u8()?;
@@ -648,7 +676,7 @@ fn read_partial(r: &mut Reader<'_>, nfa: &Nfa, base: i64, nodes: &[NodeId]) -> R
         return Err(SnapshotError::Invalid { offset: at, reason: "unknown partial match flags" });
     }
     let version = read_dewey(r)?;
-    let prev = if flags & P_PREV != 0 { Some(nodes[r.index(nodes.len(), "no such node")?]) } else { None };
+    let prev = if flags & P_PREV != 0 { Some(read_prev(r)?) } else { None };
     let (start_ts, prev_ts) = if flags & P_FRESH != 0 {
         (-1, -1)
     } else {
@@ -661,7 +689,7 @@ fn read_partial(r: &mut Reader<'_>, nfa: &Nfa, base: i64, nodes: &[NodeId]) -> R
     } else {
         None
     };
-    Ok(Partial { state, version, prev, start_ts, prev_ts, start_id })
+    Ok((Partial { state, version, prev: None, start_ts, prev_ts, start_id }, prev))
 }
 
 /// An event's record type and values (after its sequence number and time).

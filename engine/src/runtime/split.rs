@@ -42,11 +42,11 @@ use super::buffer::{Edge, EventId, Node, NodeId, SharedBuffer};
 use super::operator::WindowTimers;
 use super::run::{Partial, RunState};
 use super::snapshot::{
-    fingerprint, put_dewey, put_times, put_v, put_value, put_z, read_dewey, read_event_body, read_times, Asc,
-    AscReader, Decoded, Queue, Reader, Result, SnapshotError, HAS_STATE, NEW_START, P_FRESH, P_PREV, P_START_ID,
+    fingerprint, put_dewey, put_partial_with, put_times, put_v, put_value, put_z, read_dewey, read_event_body,
+    read_partial_with, read_times, Asc, AscReader, Decoded, Queue, Reader, Result, SnapshotError, HAS_STATE, NEW_START,
     SPLIT_VERSION,
 };
-use crate::nfa::{Nfa, StateId, VarId};
+use crate::nfa::{Nfa, VarId};
 use crate::value::Event;
 
 /// A key's state as records: its head (a split snapshot, or a whole one of format 1) and the
@@ -251,26 +251,13 @@ pub(super) fn encode(
 }
 
 fn put_partial(out: &mut Vec<u8>, p: &Partial, base: i64, events: &[(&EventId, &(i32, Arc<Event>))]) {
-    put_v(out, u64::from(p.state.0));
     let prev = p.prev.and_then(|n| events.binary_search_by_key(&n.event, |(id, _)| **id).ok().map(|i| (i, n.var)));
-    let fresh = p.start_ts == -1 && p.prev_ts == -1;
-    let flags = if prev.is_some() { P_PREV } else { 0 }
-        | if p.start_id.is_some() { P_START_ID } else { 0 }
-        | if fresh { P_FRESH } else { 0 };
-    out.push(flags);
-    put_dewey(out, &p.version);
-    if let Some((i, var)) = prev {
-        put_v(out, i as u64);
-        put_v(out, u64::from(var.0));
-    }
-    if !fresh {
-        put_z(out, p.start_ts.wrapping_sub(base));
-        put_z(out, p.prev_ts.wrapping_sub(p.start_ts));
-    }
-    if let Some(id) = p.start_id {
-        put_z(out, id.ts.wrapping_sub(p.start_ts));
-        put_v(out, u64::from(id.id));
-    }
+    put_partial_with(out, p, base, prev.is_some(), |out| {
+        if let Some((i, var)) = prev {
+            put_v(out, i as u64);
+            put_v(out, u64::from(var.0));
+        }
+    });
 }
 
 /// An event's payload record: `seq:v kind:v fields:v value*` (its time is elsewhere).
@@ -367,32 +354,10 @@ fn read_head(nfa: &Nfa, bytes: &[u8]) -> Result<Head> {
 }
 
 fn read_partial(r: &mut Reader<'_>, nfa: &Nfa, base: i64, events: usize) -> Result<HeadPartial> {
-    let state = StateId(r.index(nfa.states.len(), "no such state")? as u32);
-    let at = r.pos;
-    let flags = r.u8()?;
-    if flags & !(P_PREV | P_START_ID | P_FRESH) != 0 {
-        return Err(SnapshotError::Invalid { offset: at, reason: "unknown partial match flags" });
-    }
-    let version = read_dewey(r)?;
-    let prev = if flags & P_PREV != 0 {
+    read_partial_with(r, nfa, base, |r| {
         let i = r.index(events, "no such buffer event")?;
-        Some((i, VarId(r.index(nfa.vars.len(), "no such variable")? as u16)))
-    } else {
-        None
-    };
-    let (start_ts, prev_ts) = if flags & P_FRESH != 0 {
-        (-1, -1)
-    } else {
-        let s = base.wrapping_add(r.z()?);
-        (s, s.wrapping_add(r.z()?))
-    };
-    let start_id = if flags & P_START_ID != 0 {
-        let ts = start_ts.wrapping_add(r.z()?);
-        Some(EventId { ts, id: r.u32("event id out of range")? })
-    } else {
-        None
-    };
-    Ok((Partial { state, version, prev: None, start_ts, prev_ts, start_id }, prev))
+        Ok((i, VarId(r.index(nfa.vars.len(), "no such variable")? as u16)))
+    })
 }
 
 /// The pending timers (ascending) and partial matches of a split head, read alone.
