@@ -28,9 +28,8 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::batch::Batch;
-use super::rebalance::{GroupContext, Restored};
+use super::rebalance::{committed_offset, GroupContext, Restored};
 use super::{Ended, Output, Worker};
-use crate::core::changelog::{meta_key, meta_position};
 use crate::core::partition::Partition;
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::kafka::{produce, TxnContext, REQUEST_TIMEOUT};
@@ -389,17 +388,10 @@ impl Worker {
         };
         let mut behind = Vec::new();
         for (t, p) in &list {
-            let group = committed.find_partition(t, *p).and_then(|e| match e.offset() {
-                Offset::Offset(n) => Some(n),
-                _ => None,
-            });
-            let local = self.store.get(&meta_key(t, *p))?.as_deref().and_then(meta_position);
-            let current = match local {
-                Some((at, current)) => current && Some(at) == group,
-                None => group.is_none(),
-            };
+            let group = committed_offset(&committed, t, *p);
+            let (current, local) = self.store_is_current(t, *p, group)?;
             if !current {
-                behind.push(format!("{t}/{p}: local {:?}, group {group:?}", local.map(|(at, _)| at)));
+                behind.push(format!("{t}/{p}: local {local:?}, group {group:?}"));
             }
         }
         self.parts.clear();

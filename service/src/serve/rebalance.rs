@@ -93,6 +93,18 @@ impl Worker {
         restored
     }
 
+    /// Whether the local store holds the state at the group's committed offset of `t`/`p` (then
+    /// it is the last commit; otherwise the changelog is), and the store's position.
+    pub(super) fn store_is_current(&self, t: &str, p: i32, committed: Option<i64>) -> Result<(bool, Option<i64>)> {
+        let local = self.store.get(&meta_key(t, p))?.as_deref().and_then(meta_position);
+        let current = match local {
+            Some((at, current)) => current && Some(at) == committed,
+            // A new partition: nothing stored, nothing committed.
+            None => committed.is_none(),
+        };
+        Ok((current, local.map(|(at, _)| at)))
+    }
+
     /// Restores each of `list` in turn (see [`Worker::assign`]).
     fn restore_all(
         &mut self,
@@ -104,17 +116,9 @@ impl Worker {
     ) -> Result<Restored> {
         let mut from_changelog = 0;
         for (t, p) in list {
-            let committed_at = committed.find_partition(t, *p).and_then(|e| match e.offset() {
-                Offset::Offset(n) => Some(n),
-                _ => None,
-            });
+            let committed_at = committed_offset(committed, t, *p);
             let prefix = state_prefix(t, *p);
-            let local = self.store.get(&meta_key(t, *p))?;
-            let current = match local.as_deref().and_then(meta_position) {
-                Some((at, current)) => current && Some(at) == committed_at,
-                // A new partition: nothing stored, nothing committed.
-                None => committed_at.is_none(),
-            };
+            let (current, _) = self.store_is_current(t, *p, committed_at)?;
             let mut part = if current {
                 self.metrics.restored_partitions.with_label_values(&["store"]).inc();
                 self.load(t, *p)?
@@ -392,4 +396,12 @@ impl Worker {
         tracing::info!(set = %key, partitions = list.len(), topic = %self.pattern_sets_topic, "pattern set activation recorded");
         Ok(())
     }
+}
+
+/// The group's committed offset of `t`/`p` in `committed` (`None`: nothing committed).
+pub(super) fn committed_offset(committed: &TopicPartitionList, t: &str, p: i32) -> Option<i64> {
+    committed.find_partition(t, p).and_then(|e| match e.offset() {
+        Offset::Offset(n) => Some(n),
+        _ => None,
+    })
 }
