@@ -178,7 +178,17 @@ fn a_broker_restart_while_committing_every_10ms_changes_nothing() {
     assert!(svc.stop().success(), "{}", log_tail(&env, "bounce"));
     assert!(before < 30_000, "restarted mid-run: {before} of 30000 records committed");
     let n = alerts_equal_replay(&env, &cfg, "bounce", 0);
-    eprintln!("broker restarted after {before} committed records; {n} alerts, as the replay");
+    let log = std::fs::read_to_string(env.dir.path().join("bounce.log")).unwrap_or_default();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    eprintln!(
+        "broker restarted after {before} committed records; {n} alerts, as the replay. The service: {} \
+         transaction(s) aborted, {} committed transaction(s) found lost and redone, {} found intact, {} \
+         rewind(s) from the changelog",
+        count("aborting and rewinding"),
+        count("committed transaction was lost"),
+        count("the transaction's records are there"),
+        count("restoring from the changelog"),
+    );
 }
 
 #[test]

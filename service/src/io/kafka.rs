@@ -2,8 +2,9 @@
 //! client settings, the topic administration the service and the tools need, producing one
 //! record, and librdkafka's log lines routed to `tracing`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -11,7 +12,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 use schema_registry_converter::blocking::schema_registry::SrSettings;
@@ -244,11 +245,27 @@ impl ProducerContext for Logger {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
-/// The transactional producer's context: logs as [`Logger`] does, and raises `connection_lost`
-/// when a connection to the broker fails (see [`is_connection_loss`]).
-#[derive(Clone, Debug, Default)]
+/// The transactional producer's context: logs as [`Logger`] does, raises `connection_lost`
+/// when a connection to the broker fails (see [`is_connection_loss`]), and keeps where the
+/// records produced to one topic (the changelog) landed, per partition.
+#[derive(Debug, Default)]
 pub struct TxnContext {
     pub connection_lost: Arc<AtomicBool>,
+    /// The topic whose records' offsets are kept (`delivered`).
+    pub tracked: String,
+    /// Per partition of `tracked`, the offset of the last record delivered since it was cleared.
+    pub delivered: Mutex<HashMap<i32, i64>>,
+}
+
+impl TxnContext {
+    pub fn new(connection_lost: Arc<AtomicBool>, tracked: &str) -> TxnContext {
+        TxnContext { connection_lost, tracked: tracked.to_owned(), delivered: Mutex::default() }
+    }
+
+    /// The delivered offsets kept, emptied.
+    pub fn take_delivered(&self) -> HashMap<i32, i64> {
+        std::mem::take(&mut *self.delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
 }
 
 impl ClientContext for TxnContext {
@@ -267,7 +284,15 @@ impl ClientContext for TxnContext {
 impl ProducerContext for TxnContext {
     type DeliveryOpaque = ();
     // Delivery failures surface as a failed commit of the transaction.
-    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if let Ok(m) = result {
+            if m.topic() == self.tracked {
+                let mut d = self.delivered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let at = d.entry(m.partition()).or_insert(m.offset());
+                *at = (*at).max(m.offset());
+            }
+        }
+    }
 }
 
 /// Whether an error says a broker connection went down (the broker may have restarted).

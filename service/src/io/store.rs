@@ -123,6 +123,10 @@ impl Store {
 /// Point reads ([`WriteBehind::get`]) see queued writes at once, without waiting: the records
 /// of queued transactions are kept in memory (one transaction's worth, usually) until they are
 /// applied. Range reads wait for the queue.
+///
+/// A transaction that is still committing can be staged ([`WriteBehind::stage`]): point reads
+/// see its records, as the partitions that go on processing expect, but nothing of it is
+/// written until it is applied; if it aborts, [`WriteBehind::unstage`] forgets it.
 #[derive(Debug)]
 pub struct WriteBehind {
     store: Arc<Store>,
@@ -137,6 +141,8 @@ pub struct WriteBehind {
 struct Pending {
     next_job: u64,
     records: HashMap<Vec<u8>, Queued>,
+    /// The job of the staged transaction's records, if one is staged.
+    staged: Option<u64>,
 }
 
 /// A queued value (`None` deletes) and the job that queued it.
@@ -164,16 +170,47 @@ impl WriteBehind {
         Ok(WriteBehind { store, jobs: Some(tx), thread: Some(thread), failed, pending })
     }
 
-    /// Queues a transaction's changes to apply, atomically, after those queued before.
+    /// Makes a transaction's changes visible to point reads before it commits; then it is
+    /// either applied ([`WriteBehind::apply`], the same changes) or forgotten
+    /// ([`WriteBehind::unstage`]). One transaction at a time is staged.
+    pub fn stage(&self, changes: &Changes) -> Result<()> {
+        self.check()?;
+        let mut p = lock(&self.pending);
+        p.next_job += 1;
+        let job = p.next_job;
+        p.staged = Some(job);
+        for (k, v) in changes.records.iter().chain(&changes.local) {
+            p.records.insert(k.clone(), (job, v.as_deref().map(Arc::from)));
+        }
+        Ok(())
+    }
+
+    /// Forgets the staged transaction's changes (it aborted): point reads see what was applied
+    /// or queued before it again.
+    pub fn unstage(&self) -> Result<()> {
+        let Some(job) = lock(&self.pending).staged.take() else { return Ok(()) };
+        // What the staged records hid is then in the store.
+        self.sync()?;
+        lock(&self.pending).records.retain(|_, (j, _)| *j != job);
+        Ok(())
+    }
+
+    /// Queues a transaction's changes to apply, atomically, after those queued before (the
+    /// staged transaction's, when one is staged: these are its changes).
     pub fn apply(&self, changes: Changes) -> Result<()> {
         self.check()?;
-        if changes.is_empty() {
-            return Ok(());
-        }
         let job = {
             let mut p = lock(&self.pending);
-            p.next_job += 1;
-            let job = p.next_job;
+            let job = match p.staged.take() {
+                Some(job) => job,
+                None => {
+                    p.next_job += 1;
+                    p.next_job
+                }
+            };
+            if changes.is_empty() {
+                return Ok(());
+            }
             for (k, v) in changes.records.iter().chain(&changes.local) {
                 p.records.insert(k.clone(), (job, v.as_deref().map(Arc::from)));
             }
@@ -311,5 +348,31 @@ mod tests {
         store.apply(records(vec![(b"q".to_vec(), Some(b"1".to_vec()))])).expect("queued");
         drop(store);
         assert_eq!(Store::open(dir.path()).expect("reopened").scan(b"q").expect("scan").len(), 1);
+    }
+
+    #[test]
+    fn a_staged_transaction_is_read_before_its_commit_then_applied_or_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = WriteBehind::new(Store::open(dir.path()).expect("store")).expect("writer");
+        store
+            .apply(records(vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"b".to_vec(), Some(b"1".to_vec()))]))
+            .expect("queued");
+        // Staged, then forgotten: reads see it meanwhile, and what it hid afterwards.
+        let staged = records(vec![(b"a".to_vec(), Some(b"2".to_vec())), (b"b".to_vec(), None)]);
+        store.stage(&staged).expect("staged");
+        assert_eq!(store.get(b"a").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(store.get(b"b").expect("get"), None);
+        store.unstage().expect("forgotten");
+        assert_eq!(store.get(b"a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(store.get(b"b").expect("get"), Some(b"1".to_vec()));
+        store.sync().expect("synced");
+        assert_eq!(store.scan(b"a").expect("scan"), vec![(b"a".to_vec(), b"1".to_vec())], "nothing staged was written");
+        // Staged, then applied: written.
+        store.stage(&staged).expect("staged");
+        store.apply(staged).expect("applied");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopened");
+        assert_eq!(store.scan(b"a").expect("scan"), vec![(b"a".to_vec(), b"2".to_vec())]);
+        assert!(store.scan(b"b").expect("scan").is_empty());
     }
 }

@@ -2,6 +2,15 @@
 //! goes to the changelog, their offsets are added, and the transaction commits; the local store
 //! follows a commit.
 //!
+//! Commits are pipelined: the loop stages a transaction (its changelog records produced, its
+//! offsets taken) and a committer thread waits for its records' delivery, adds the offsets and
+//! commits, while the loop reads and processes the next records. Their outputs wait in the
+//! outbox ([`Worker::outbox`]) until the staged transaction has ended: one producer has one
+//! transaction at a time, and a transaction's records all come after the previous one's. The next
+//! transaction is staged only once the previous one committed ([`Worker::settle`]); if that one
+//! aborts, so does everything processed after it (nothing of it was produced), and the rewind
+//! takes every partition back to the last commit.
+//!
 //! Every way a transaction can end is decided here, by librdkafka's error classes:
 //! - retriable (a timeout, a coordinator moving): the same call again, for up to
 //!   [`RETRY_BUDGET`], as librdkafka asks for `send_offsets_to_transaction` and
@@ -20,10 +29,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -47,8 +58,8 @@ const RETRY_BUDGET: Duration = Duration::from_secs(60);
 pub(super) const MAX_ABORTS_IN_A_ROW: u32 = 10;
 
 impl Worker {
-    /// Commits the open transaction (see the module's documentation for how it can end), and
-    /// rewinds after an abort.
+    /// Commits the open transaction and waits for it (see the module's documentation for how it
+    /// can end), and rewinds after an abort.
     pub(super) fn commit_or_rewind(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<Ended> {
         let ended = self.commit(consumer)?;
         if ended == Ended::Aborted {
@@ -57,42 +68,144 @@ impl Worker {
         Ok(ended)
     }
 
-    /// Commits the open transaction: changelog records of the touched partitions, their
-    /// offsets, then the commit; on success the local store follows. `Aborted` leaves the
-    /// partitions ahead of the last commit: the caller rewinds them (or drops them).
+    /// Commits the open transaction and waits until it has ended, after the staged one before
+    /// it: changelog records of the touched partitions, their offsets, then the commit; on
+    /// success the local store follows. `Aborted` leaves the partitions ahead of the last
+    /// commit: the caller rewinds them (or drops them).
     pub(super) fn commit(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<Ended> {
-        if !self.in_txn {
-            return Ok(Ended::Idle);
+        let before = self.settle(consumer)?;
+        if before == Ended::Aborted || !self.in_txn {
+            return Ok(before);
         }
+        if !self.stage(consumer)? {
+            return Ok(Ended::Aborted);
+        }
+        self.settle(consumer)
+    }
+
+    /// Stages the open transaction to commit behind the loop (see the module's documentation),
+    /// once the staged one before it has ended, and returns how that one ended. `Aborted`: it
+    /// or the staging failed, and everything processed since the last commit is dropped; the
+    /// caller rewinds.
+    pub(super) fn commit_behind(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<Ended> {
+        let before = self.settle(consumer)?;
+        if before == Ended::Aborted || !self.in_txn {
+            return Ok(before);
+        }
+        if !self.stage(consumer)? {
+            return Ok(Ended::Aborted);
+        }
+        Ok(before)
+    }
+
+    /// Ends the staged transaction if its committer is done, then produces what waits in the
+    /// outbox. Never waits for the committer.
+    pub(super) fn pump(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<Ended> {
+        let ended = match &self.pending {
+            Some(p) if !p.committer.is_finished() => return Ok(Ended::Idle),
+            Some(_) => self.settle(consumer)?,
+            None => Ended::Idle,
+        };
+        if ended != Ended::Aborted {
+            self.flush_outbox()?;
+        }
+        Ok(ended)
+    }
+
+    /// Stages the open transaction: its waiting outputs and its changelog records produced,
+    /// its offsets handed with the group's metadata to a committer thread. `false`: it could
+    /// not be staged and has ended (aborted; see [`Worker::fail`]).
+    fn stage(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<bool> {
+        debug_assert!(self.pending.is_none(), "a transaction is staged while another commits");
         let started = Instant::now();
-        match self.try_commit(consumer, started) {
-            Ok(changes) => {
-                self.in_txn = false;
-                self.aborts_in_a_row = 0;
-                self.totals.commits += 1;
-                self.totals.commit_us += started.elapsed().as_micros() as u64;
-                if self.failpoints.kill_after_commit == Some(self.totals.commits) {
-                    super::kill_self(
-                        "failpoint kill-after-commit: the transaction committed, the store is not written",
+        let staged = self.flush_outbox().map_err(Failure::Fatal).and_then(|()| self.try_stage(consumer));
+        // The partitions go on from the staged state: their reads of the store must see it.
+        let staged = staged.and_then(|s| self.store.stage(&s.1).map(|()| s).map_err(Failure::Fatal));
+        let (staged, changes) = match staged {
+            Ok(s) => s,
+            Err(failure) => return self.fail(failure).map(|()| false),
+        };
+        self.in_txn = false;
+        self.begun = false;
+        let producer = self.producer.clone();
+        let committer = std::thread::Builder::new()
+            .name("tripline-commit".into())
+            .spawn(move || commit_staged(&producer, &staged))
+            .or_fail(Kind::Failed, "cannot start the committer thread");
+        let committer = match committer {
+            Ok(c) => c,
+            Err(e) => return self.fail(Failure::Fatal(e)).map(|()| false),
+        };
+        let batch = std::mem::take(&mut self.batch);
+        self.pending = Some(Pending { committer, changes, batch, started });
+        Ok(true)
+    }
+
+    /// Waits for the staged transaction, if any, and ends it: on a commit the local store and
+    /// the metrics follow; on a failure see [`Worker::fail`].
+    pub(super) fn settle(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<Ended> {
+        let ended = self.end_staged()?;
+        if ended == Ended::Committed {
+            self.update_gauges(consumer);
+        }
+        Ok(ended)
+    }
+
+    /// [`Worker::settle`] but for the gauges.
+    fn end_staged(&mut self) -> Result<Ended> {
+        let Some(Pending { committer, changes, batch, started }) = self.pending.take() else {
+            return Ok(Ended::Idle);
+        };
+        let result = committer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if let Err(failure) = result {
+            return self.fail(failure).map(|()| Ended::Aborted);
+        }
+        self.aborts_in_a_row = 0;
+        self.totals.commits += 1;
+        self.totals.commit_us += started.elapsed().as_micros() as u64;
+        if self.failpoints.kill_after_commit == Some(self.totals.commits) {
+            super::kill_self("failpoint kill-after-commit: the transaction committed, the store is not written");
+        }
+        self.store.apply(changes)?;
+        // Its keys can leave memory now; the open transaction's keys could not while it committed.
+        self.evict()?;
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.transactions_committed.inc();
+        batch.fold_into(&self.metrics);
+        Ok(Ended::Committed)
+    }
+
+    /// Ends the producer's transaction after a failure, and with it everything processed since
+    /// the last commit: the outbox and the open transaction are dropped (nothing of them was
+    /// produced while a staged transaction committed), the store forgets the staged changes, and
+    /// the caller rewinds. A fatal failure stops the service unless a new producer recovers from
+    /// it.
+    fn fail(&mut self, failure: Failure) -> Result<()> {
+        self.in_txn = false;
+        self.begun = false;
+        self.outbox.clear();
+        self.store.unstage()?;
+        match failure {
+            Failure::Abortable(why) => self.abort(&why),
+            Failure::Lost(why) => {
+                // Nothing to abort: the producer's transaction is over.
+                self.count_abort();
+                tracing::warn!(
+                    "the committed transaction was lost ({why}): rewinding to the last commit the store has"
+                );
+                Ok(())
+            }
+            Failure::Fatal(e) => {
+                if let Some(why) = self.recoverable_fatal() {
+                    return self.renew_producer(&why);
+                }
+                self.count_abort();
+                tracing::warn!("aborting the transaction: {e}");
+                if let Err(x) = self.producer.abort_transaction(TXN_TIMEOUT) {
+                    tracing::warn!(
+                        "the abort failed too ({x}): the broker aborts the transaction when this instance restarts"
                     );
                 }
-                self.store.apply(changes)?;
-                self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
-                self.metrics.transactions_committed.inc();
-                std::mem::take(&mut self.batch).fold_into(&self.metrics);
-                self.update_gauges(consumer);
-                Ok(Ended::Committed)
-            }
-            Err(Failure::Abortable(why)) => {
-                self.abort(&why)?;
-                Ok(Ended::Aborted)
-            }
-            Err(Failure::Fatal(e)) => {
-                if let Some(why) = self.recoverable_fatal() {
-                    self.renew_producer(&why)?;
-                    return Ok(Ended::Aborted);
-                }
-                self.abort_open(&e);
                 Err(e)
             }
         }
@@ -119,10 +232,9 @@ impl Worker {
     /// the broker aborts its open transaction. Counts as an abort; the caller rewinds.
     pub(super) fn renew_producer(&mut self, why: &str) -> Result<()> {
         self.in_txn = false;
-        self.totals.aborts += 1;
-        self.aborts_in_a_row += 1;
-        self.metrics.transactions_aborted.inc();
-        self.batch = Batch::default();
+        self.begun = false;
+        self.outbox.clear();
+        self.count_abort();
         if self.aborts_in_a_row >= MAX_ABORTS_IN_A_ROW {
             return Err(Error::failed(format!(
                 "{} transactions in a row aborted, the last because of: {why}; stopping",
@@ -132,10 +244,18 @@ impl Worker {
         self.replace_producer(why)
     }
 
+    /// Counts an aborted transaction; what it did is done, and counted, again.
+    fn count_abort(&mut self) {
+        self.totals.aborts += 1;
+        self.aborts_in_a_row += 1;
+        self.metrics.transactions_aborted.inc();
+        self.batch = Batch::default();
+    }
+
     /// A new producer in place of one with a recoverable fatal error.
     fn replace_producer(&mut self, why: &str) -> Result<()> {
         tracing::warn!("the producer cannot go on ({why}): replacing it; its open transaction is aborted and redone");
-        let context = TxnContext { connection_lost: self.connection_lost.clone() };
+        let context = TxnContext::new(self.connection_lost.clone(), &self.changelog);
         let producer: BaseProducer<TxnContext> =
             self.producer_config.create_with_context(context).or_fail(Kind::Failed, "cannot create a new producer")?;
         let started = Instant::now();
@@ -151,13 +271,41 @@ impl Worker {
                 }
             }
         }
-        self.producer = producer;
+        self.producer = Arc::new(producer);
         Ok(())
     }
 
-    /// Everything of the commit that can fail: returns the state records to write to the store.
-    fn try_commit(&mut self, consumer: &BaseConsumer<GroupContext>, started: Instant) -> Result<Changes, Failure> {
+    /// Begins the producer's transaction for the open one, unless it has begun.
+    pub(super) fn begin_producer(&mut self) -> Result<()> {
+        if !self.begun {
+            self.producer.begin_transaction().or_fail(Kind::Failed, "cannot begin a transaction")?;
+            self.begun = true;
+        }
+        Ok(())
+    }
+
+    /// Produces what waits in the outbox, in the open transaction, unless a staged one is still
+    /// committing.
+    pub(super) fn flush_outbox(&mut self) -> Result<()> {
+        if self.pending.is_some() || self.outbox.is_empty() {
+            return Ok(());
+        }
+        self.begin_producer()?;
+        for out in std::mem::take(&mut self.outbox) {
+            if let Some(topic) = self.topic_of(out.to) {
+                produce(&self.producer, topic, None, out.key.as_deref(), out.payload.as_deref(), out.headers)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The part of staging that can fail: the open transaction begun at the producer, the
+    /// changed state of every partition that advanced produced to the changelog, their offsets
+    /// and the group's metadata taken. Returns those, and the state records to write to the
+    /// store once the transaction commits.
+    fn try_stage(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<(Staged, Changes), Failure> {
         let mut offsets = TopicPartitionList::new();
+        self.begin_producer().map_err(Failure::Fatal)?;
         self.evict().map_err(Failure::Fatal)?;
         let mut changes = Changes::default();
         let mut at = Vec::new();
@@ -179,6 +327,8 @@ impl Worker {
         }
         // Every record is at most a chunk (see `core::changelog`) plus its key.
         at.push((changes.records.len(), 0));
+        let _ = self.producer.context().take_delivered();
+        let mut last_keys = HashMap::new();
         for w in at.windows(2) {
             let ((from, cp), (to, _)) = (w[0], w[1]);
             for (k, v) in &changes.records[from..to] {
@@ -186,75 +336,26 @@ impl Worker {
                     .map_err(Failure::Fatal)?;
                 self.batch.produced(Output::Changelog, Some(k), v.as_deref());
             }
+            if let Some((k, _)) = changes.records[from..to].last() {
+                last_keys.insert(cp, k.clone());
+            }
         }
         let cgm = consumer
             .group_metadata()
             .ok_or_else(|| Failure::Abortable("the consumer has no group metadata (not in a group)".into()))?;
-        let t0 = started.elapsed();
-        self.wait_delivered().map_err(|e| classify("delivering the transaction's records", e))?;
-        self.check_connection()?;
-        self.retrying("adding the offsets to the transaction", || {
-            self.producer.send_offsets_to_transaction(&offsets, &cgm, TXN_TIMEOUT)
-        })?;
-        let t1 = started.elapsed();
-        self.check_connection()?;
-        self.retrying("committing the transaction", || self.producer.commit_transaction(TXN_TIMEOUT))?;
-        tracing::debug!(
-            changelog_us = t0.as_micros() as u64,
-            offsets_us = (t1 - t0).as_micros() as u64,
-            commit_us = (started.elapsed() - t1).as_micros() as u64,
-            "commit"
-        );
-        Ok(changes)
+        // Whether the broker holds a record, whatever its transaction markers say yet.
+        let mut reader = self.restore_config.clone();
+        reader.set("isolation.level", "read_uncommitted");
+        let check = Survival { reader, changelog: self.changelog.clone(), last_keys };
+        Ok((Staged { offsets, cgm, check }, changes))
     }
 
-    /// Fails (abortable) when a broker connection went down since the last rewind: the broker
-    /// may have restarted, and a broker that restarts may have lost records of the open
-    /// transaction that it had acknowledged (a single broker without replicas can; the
-    /// development broker always does) and still commit the rest, or lost transactions it had
-    /// committed. Redoing the transaction from what the broker holds (see [`Worker::rewind`]) is
-    /// always safe; committing it could commit offsets without their outputs.
-    fn check_connection(&self) -> Result<(), Failure> {
-        self.producer.poll(Duration::ZERO);
-        if self.connection_lost.load(Ordering::SeqCst) {
-            return Err(Failure::Abortable(
-                "a broker connection went down since the last rewind (the broker may have lost what it acknowledged)"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Runs one transaction step, again while it fails with a retriable error (for up to
-    /// [`RETRY_BUDGET`]).
-    fn retrying(&self, what: &str, step: impl Fn() -> KafkaResult<()>) -> Result<(), Failure> {
-        let started = Instant::now();
-        loop {
-            match step() {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(te))
-                    if te.is_retriable()
-                        && !te.is_fatal()
-                        && !te.txn_requires_abort()
-                        && started.elapsed() < RETRY_BUDGET =>
-                {
-                    tracing::warn!("{what}: {te}; retrying");
-                    self.producer.poll(Duration::from_millis(100));
-                }
-                Err(e) => return Err(classify(what, e)),
-            }
-        }
-    }
-
-    /// Aborts the open transaction after an abortable failure. Fails (the service stops) when
-    /// the abort itself fails, or after [`MAX_ABORTS_IN_A_ROW`].
+    /// Aborts the producer's transaction after an abortable failure. Fails (the service stops)
+    /// when the abort itself fails, or after [`MAX_ABORTS_IN_A_ROW`].
     fn abort(&mut self, why: &str) -> Result<()> {
         self.in_txn = false;
-        self.totals.aborts += 1;
-        self.aborts_in_a_row += 1;
-        self.metrics.transactions_aborted.inc();
-        // Everything in it is done again from the last commit, and counted then.
-        self.batch = Batch::default();
+        self.begun = false;
+        self.count_abort();
         tracing::warn!("the transaction cannot commit ({why}): aborting and rewinding to the last commit");
         if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
             match self.recoverable_fatal() {
@@ -277,57 +378,45 @@ impl Worker {
         Ok(())
     }
 
-    /// Aborts the open transaction, if any, because the service stops with `error`: nothing of
-    /// it may commit. The abort is best effort (a fenced producer cannot abort; the broker
-    /// aborts its transaction when the next instance initialises).
+    /// Ends every transaction because the service stops with `error`: a staged one is waited
+    /// for (it commits or aborts as it would have), and nothing of the open one may commit. The
+    /// abort is best effort (a fenced producer cannot abort; the broker aborts its transaction
+    /// when the next instance initialises).
     pub(super) fn abort_open(&mut self, error: &Error) {
-        if !self.in_txn {
-            return;
+        if self.pending.is_some() {
+            // Its own failure is logged by `fail`; the service stops with `error` anyway.
+            let _ = self.end_staged();
         }
         self.in_txn = false;
-        self.totals.aborts += 1;
-        self.metrics.transactions_aborted.inc();
-        self.batch = Batch::default();
+        self.outbox.clear();
+        if !self.begun {
+            return;
+        }
+        self.begun = false;
+        self.count_abort();
         tracing::warn!("aborting the open transaction: {error}");
         if let Err(e) = self.producer.abort_transaction(TXN_TIMEOUT) {
             tracing::warn!("the abort failed too ({e}): the broker aborts the transaction when this instance restarts");
         }
     }
 
-    /// Runs `produce` in a transaction of its own (none may be open) and commits it; on failure
-    /// the transaction is aborted.
+    /// Runs `produce` in a transaction of its own (none may be open or staged) and commits it;
+    /// on failure the transaction is aborted.
     pub(super) fn transaction_of_its_own(&mut self, produce: impl FnOnce(&Self) -> Result<()>) -> Result<()> {
+        debug_assert!(self.pending.is_none() && !self.begun, "a transaction of its own while another is open");
         let result = self
             .producer
             .begin_transaction()
             .or_fail(Kind::Failed, "cannot begin a transaction")
             .and_then(|()| produce(self))
             .and_then(|()| {
-                self.retrying("committing", || self.producer.commit_transaction(TXN_TIMEOUT))
+                retrying(&self.producer, "committing", || self.producer.commit_transaction(TXN_TIMEOUT))
                     .map_err(Failure::into_error)
             });
         if result.is_err() {
             let _ = self.producer.abort_transaction(TXN_TIMEOUT);
         }
         result
-    }
-
-    /// Serves delivery reports until nothing is in flight. `commit_transaction` flushes too, but
-    /// rdkafka's flush sleeps in steps of 100 ms between checks, which would put a floor of 100 ms
-    /// under every commit.
-    fn wait_delivered(&self) -> KafkaResult<()> {
-        let deadline = Instant::now() + TXN_TIMEOUT;
-        self.producer.flush(Duration::ZERO).or_else(|e| match e {
-            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => Ok(()),
-            e => Err(e),
-        })?;
-        while self.producer.in_flight_count() > 0 {
-            if Instant::now() >= deadline {
-                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
-            }
-            self.producer.poll(Duration::from_millis(1));
-        }
-        Ok(())
     }
 
     /// Drops unchanged keys from memory when more than `state.cache_size` are there, least
@@ -430,11 +519,186 @@ impl Worker {
     }
 }
 
+/// What the committer of a staged transaction needs.
+struct Staged {
+    offsets: TopicPartitionList,
+    cgm: ConsumerGroupMetadata,
+    check: Survival,
+}
+
+/// What tells whether a transaction's records survived a broker restart: the key of the last
+/// record it wrote to each changelog partition, and a reader's settings.
+struct Survival {
+    reader: rdkafka::ClientConfig,
+    changelog: String,
+    last_keys: HashMap<i32, Vec<u8>>,
+}
+
+/// The committer thread's part of a staged transaction: its records delivered, its offsets
+/// added, the commit; then, if a broker connection went down meanwhile, the check that its
+/// records survived ([`check_survived`]).
+fn commit_staged(producer: &BaseProducer<TxnContext>, staged: &Staged) -> Result<(), Failure> {
+    let Staged { offsets, cgm, check } = staged;
+    let started = Instant::now();
+    wait_delivered(producer).map_err(|e| classify("delivering the transaction's records", e))?;
+    let t0 = started.elapsed();
+    check_connection(producer)?;
+    retrying(producer, "adding the offsets to the transaction", || {
+        producer.send_offsets_to_transaction(offsets, cgm, TXN_TIMEOUT)
+    })?;
+    let t1 = started.elapsed();
+    check_connection(producer)?;
+    retrying(producer, "committing the transaction", || producer.commit_transaction(TXN_TIMEOUT))?;
+    if producer.context().connection_lost.load(Ordering::SeqCst) {
+        check_survived(producer, check)?;
+    }
+    tracing::debug!(
+        delivery_us = t0.as_micros() as u64,
+        offsets_us = (t1 - t0).as_micros() as u64,
+        commit_us = (started.elapsed() - t1).as_micros() as u64,
+        "commit"
+    );
+    Ok(())
+}
+
+/// After a commit during which a broker connection went down: whether the broker still holds
+/// the transaction's records. A broker that restarts can lose the records of a transaction it
+/// had acknowledged and still accept the commit afterwards (the development broker does, on a
+/// clean restart: it drops what an open transaction wrote); then the offsets are committed
+/// without their outputs. The last record the transaction wrote to each changelog partition
+/// (where the delivery reports put it) is read back; if any is gone, the transaction is
+/// [lost](Failure::Lost) and is done again from the store, which does not have it.
+fn check_survived(producer: &BaseProducer<TxnContext>, check: &Survival) -> Result<(), Failure> {
+    let delivered = producer.context().take_delivered();
+    let started = Instant::now();
+    for (cp, key) in &check.last_keys {
+        let Some(&at) = delivered.get(cp) else {
+            return Err(Failure::Lost(format!("no delivery report for changelog partition {cp}")));
+        };
+        loop {
+            match read_one(check, *cp, at) {
+                Ok(Some(k)) if k == *key => break,
+                Ok(_) => {
+                    return Err(Failure::Lost(format!(
+                        "the broker no longer holds the record it acknowledged at {}/{cp} offset {at}",
+                        check.changelog
+                    )))
+                }
+                Err(e) if started.elapsed() < RETRY_BUDGET => {
+                    tracing::warn!("checking that the committed transaction's records survived: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    return Err(Failure::Fatal(Error::failed(format!(
+                        "cannot check that the committed transaction's records survived a lost broker connection: {e}; \
+                         stopping (a restart restores from what the broker holds)"
+                    ))))
+                }
+            }
+        }
+    }
+    tracing::info!("a broker connection went down during the commit: the transaction's records are there");
+    Ok(())
+}
+
+/// The key of the committed record at `at` in changelog partition `cp`; `None` when the
+/// partition has another record there, or ends before it.
+fn read_one(check: &Survival, cp: i32, at: i64) -> std::result::Result<Option<Vec<u8>>, String> {
+    let reader: BaseConsumer = check.reader.create().map_err(|e| format!("cannot create a reader: {e}"))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&check.changelog, cp, Offset::Offset(at)).map_err(|e| e.to_string())?;
+    reader.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    while Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.offset() == at => return Ok(Some(m.key().unwrap_or_default().to_vec())),
+            Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => {}
+        }
+    }
+    Err(format!("nothing read from {}/{cp} at offset {at} in {REQUEST_TIMEOUT:?}", check.changelog))
+}
+
+/// Fails (abortable) when a broker connection went down since the last rewind: the broker may
+/// have restarted, and a broker that restarts may have lost records of the open transaction
+/// that it had acknowledged (a single broker without replicas can; the development broker
+/// always does) and still commit the rest, or lost transactions it had committed. Redoing the
+/// transaction from what the broker holds (see [`Worker::rewind`]) is always safe; committing it
+/// could commit offsets without their outputs.
+fn check_connection(producer: &BaseProducer<TxnContext>) -> Result<(), Failure> {
+    producer.poll(Duration::ZERO);
+    if producer.context().connection_lost.load(Ordering::SeqCst) {
+        return Err(Failure::Abortable(
+            "a broker connection went down since the last rewind (the broker may have lost what it acknowledged)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one transaction step, again while it fails with a retriable error (for up to
+/// [`RETRY_BUDGET`]).
+fn retrying(
+    producer: &BaseProducer<TxnContext>,
+    what: &str,
+    step: impl Fn() -> KafkaResult<()>,
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    loop {
+        match step() {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(te))
+                if te.is_retriable()
+                    && !te.is_fatal()
+                    && !te.txn_requires_abort()
+                    && started.elapsed() < RETRY_BUDGET =>
+            {
+                tracing::warn!("{what}: {te}; retrying");
+                producer.poll(Duration::from_millis(100));
+            }
+            Err(e) => return Err(classify(what, e)),
+        }
+    }
+}
+
+/// Serves delivery reports until nothing is in flight. `commit_transaction` flushes too, but
+/// rdkafka's flush sleeps in steps of 100 ms between checks, which would put a floor of 100 ms
+/// under every commit.
+fn wait_delivered(producer: &BaseProducer<TxnContext>) -> KafkaResult<()> {
+    let deadline = Instant::now() + TXN_TIMEOUT;
+    producer.flush(Duration::ZERO).or_else(|e| match e {
+        KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => Ok(()),
+        e => Err(e),
+    })?;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        producer.poll(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// A staged transaction: its committer, and what follows its commit.
+pub(super) struct Pending {
+    committer: std::thread::JoinHandle<Result<(), Failure>>,
+    /// The state records the local store takes once it commits.
+    changes: Changes,
+    /// What it did, for the metrics once it commits.
+    batch: Batch,
+    /// When it was staged.
+    started: Instant,
+}
+
 /// Why a transaction cannot commit.
 #[derive(Debug)]
 enum Failure {
     /// Abort, rewind, and do it again.
     Abortable(String),
+    /// It committed, but the broker lost its records (see [`check_survived`]): rewind to the
+    /// store, which does not have it, and do it again.
+    Lost(String),
     /// Stop the service.
     Fatal(Error),
 }
@@ -442,7 +706,7 @@ enum Failure {
 impl Failure {
     fn into_error(self) -> Error {
         match self {
-            Failure::Abortable(why) => Error::failed(why),
+            Failure::Abortable(why) | Failure::Lost(why) => Error::failed(why),
             Failure::Fatal(e) => e,
         }
     }
@@ -451,7 +715,7 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Abortable(why) => f.write_str(why),
+            Failure::Abortable(why) | Failure::Lost(why) => f.write_str(why),
             Failure::Fatal(e) => e.fmt(f),
         }
     }

@@ -52,11 +52,14 @@ mod records;
 mod reload;
 
 use batch::{init_metrics, Batch};
-use commit::TXN_TIMEOUT;
+use commit::{Pending, TXN_TIMEOUT};
 use rebalance::{GroupContext, Restored};
 
 /// The most records handled as one batch (see [`Worker::handle_batch`]).
 const MAX_BATCH: usize = 2048;
+
+/// How often the loop looks whether a staged transaction has ended, when no records come.
+const PENDING_CHECK: Duration = Duration::from_millis(2);
 
 /// Gauges are set after every commit, and at least this often when nothing is committed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -174,7 +177,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
     let txn_id = format!("{}-{}", cfg.kafka.group_id, cfg.service.instance_id);
     let mut pc = client.clone();
     pc.set("transactional.id", &txn_id).set("enable.idempotence", "true").set("linger.ms", "5");
-    let txn_context = TxnContext::default();
+    let txn_context = TxnContext::new(Arc::default(), &changelog);
     let connection_lost = txn_context.connection_lost.clone();
     let producer: BaseProducer<TxnContext> = kafka::create(&cfg, &pc, txn_context, "producer")?;
     let producer_config = pc.clone();
@@ -200,13 +203,16 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
     let core = Worker {
         epoch: epoch.clone(),
         threads,
-        producer,
+        producer: Arc::new(producer),
         store,
         plans,
         avro,
         op_config,
         parts: HashMap::new(),
         in_txn: false,
+        begun: false,
+        outbox: Vec::new(),
+        pending: None,
         txn_started: Instant::now(),
         changelog,
         changelog_parts,
@@ -310,10 +316,16 @@ fn main_loop(
             if let Some(f) = &core.fatal {
                 return Err(f.clone());
             }
-            if core.in_txn {
+            let wait = if core.in_txn {
                 interval.saturating_sub(core.txn_started.elapsed()).min(Duration::from_millis(100))
             } else {
                 Duration::from_millis(100)
+            };
+            // A staged transaction's end is looked for at least this often.
+            if core.pending.is_some() {
+                wait.min(PENDING_CHECK)
+            } else {
+                wait
             }
         };
         match consumer.poll(wait) {
@@ -352,25 +364,25 @@ fn main_loop(
                 let mut core = lock(shared);
                 // An error after the transaction began aborts it before it is returned.
                 if let Err(e) = core.handle_batch(consumer, &msgs, health) {
-                    match core.recoverable_fatal() {
-                        Some(why) => {
-                            core.renew_producer(&why)?;
-                            core.rewind(consumer)?;
-                        }
-                        None => {
-                            core.abort_open(&e);
-                            return Err(e);
-                        }
-                    }
+                    core.recover(consumer, e)?;
                 }
             }
         }
         let mut core = lock(shared);
-        core.producer.poll(Duration::ZERO);
+        // A staged transaction that has ended lets the outbox out.
+        match core.pump(consumer) {
+            Ok(Ended::Aborted) => core.rewind(consumer)?,
+            Ok(_) => {}
+            Err(e) => core.recover(consumer, e)?,
+        }
+        if core.pending.is_none() {
+            core.producer.poll(Duration::ZERO);
+        }
         // Keys that changed stay in memory until they are committed: commit early rather than
         // let them grow past twice the cache.
-        if core.in_txn && (core.txn_started.elapsed() >= interval || core.cached_keys() > 2 * core.cache_size) {
-            let _ = core.commit_or_rewind(consumer)?;
+        let due = core.in_txn && (core.txn_started.elapsed() >= interval || core.cached_keys() > 2 * core.cache_size);
+        if due && core.commit_behind(consumer)? == Ended::Aborted {
+            core.rewind(consumer)?;
         }
         if core.gauges_at.elapsed() >= GAUGE_INTERVAL {
             core.update_gauges(consumer);
@@ -471,6 +483,51 @@ impl Output {
     }
 }
 
+/// An output record waiting in the outbox: where it goes, its key, value and headers.
+pub(super) struct Out {
+    pub(super) to: Output,
+    pub(super) key: Option<Vec<u8>>,
+    pub(super) payload: Option<Vec<u8>>,
+    pub(super) headers: Option<rdkafka::message::OwnedHeaders>,
+}
+
+impl Worker {
+    /// After an error in the open transaction: the staged one ends first (it commits or
+    /// aborts as it would have), then a new producer takes over and every partition rewinds,
+    /// when the error was the producer's and a new one recovers from it; else the open
+    /// transaction aborts and the error stops the service.
+    fn recover(&mut self, consumer: &BaseConsumer<GroupContext>, e: Error) -> Result<()> {
+        if let Err(f) = self.settle(consumer) {
+            tracing::error!("{e}");
+            self.abort_open(&f);
+            return Err(f);
+        }
+        match self.recoverable_fatal() {
+            Some(why) => {
+                self.renew_producer(&why)?;
+                self.rewind(consumer)
+            }
+            None => {
+                self.abort_open(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The topic of an output (`None`: timeouts, when no topic is configured for them).
+    fn topic_of(&self, out: Output) -> Option<&str> {
+        Some(match out {
+            Output::Alerts => &self.alerts_topic,
+            Output::ShadowAlerts => &self.shadow_alerts_topic,
+            Output::Late => &self.late_topic,
+            Output::DeadLetter => &self.dead_letter_topic,
+            Output::Timeouts => return self.timeouts_topic.as_deref(),
+            Output::Changelog => &self.changelog,
+            Output::PatternSets => &self.pattern_sets_topic,
+        })
+    }
+}
+
 /// State shared between the loop and the rebalance callbacks.
 struct Shared {
     /// Bumped by every rebalance and rewind: a record polled in an earlier epoch is not
@@ -526,7 +583,8 @@ struct Worker {
     epoch: Arc<AtomicU64>,
     /// Threads that step partitions side by side.
     threads: usize,
-    producer: BaseProducer<TxnContext>,
+    /// Shared with the committer thread of a staged transaction.
+    producer: Arc<BaseProducer<TxnContext>>,
     /// The local state store; written after each commit, off the loop. Partitions read the keys
     /// they do not hold in memory from it.
     store: Arc<WriteBehind>,
@@ -535,7 +593,16 @@ struct Worker {
     op_config: OpConfig,
     /// Assigned partitions' state, by topic and partition.
     parts: HashMap<String, HashMap<i32, Partition>>,
+    /// Records were processed since the last transaction was staged: the open transaction.
     in_txn: bool,
+    /// The producer's transaction for the open one has begun (it has not while a staged one
+    /// commits: the open one's outputs wait in the outbox).
+    begun: bool,
+    /// Outputs of the open transaction not produced yet (see [`commit`]).
+    outbox: Vec<Out>,
+    /// The staged transaction, committing behind the loop (see [`commit`]).
+    pending: Option<Pending>,
+    /// When the open transaction took its first record.
     txn_started: Instant,
     changelog: String,
     changelog_parts: i32,

@@ -307,7 +307,7 @@ impl ConsumerContext for GroupContext {
             // still valid here); if that fails, the transaction is aborted and the next owner
             // reprocesses from the last commit.
             let mut aborted = false;
-            if core.in_txn && core.fatal.is_none() {
+            if (core.in_txn || core.pending.is_some()) && core.fatal.is_none() {
                 match core.commit(consumer) {
                     Ok(ended) => aborted = ended == Ended::Aborted,
                     Err(e) => core.fatal = Some(e),

@@ -11,29 +11,25 @@ use std::time::Instant;
 use engine::Event;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::Producer;
 
 use super::rebalance::GroupContext;
 use super::Ended;
-use super::Output;
-use super::Worker;
+use super::{Out, Output, Worker};
 use crate::core::coords::seq_of;
 use crate::core::partition::{Emit, Partition};
 use crate::core::plan::{admit, Reject};
-use crate::error::{Error, Kind, Result, ResultExt};
+use crate::error::{Error, Result};
 use crate::io::avro::{DecodeError, Retried};
 use crate::io::http::Health;
-use crate::io::kafka::produce;
 
 impl Worker {
-    /// Opens a transaction unless one is open.
-    pub(super) fn begin(&mut self) -> Result<()> {
+    /// Opens a transaction unless one is open (the producer's begins with its first output,
+    /// see [`Worker::flush_outbox`]).
+    fn begin(&mut self) {
         if !self.in_txn {
-            self.producer.begin_transaction().or_fail(Kind::Failed, "cannot begin a transaction")?;
             self.in_txn = true;
             self.txn_started = Instant::now();
         }
-        Ok(())
     }
 
     /// Processes a batch of polled records, each tagged with the [epoch](Worker::epoch) it was
@@ -70,7 +66,7 @@ impl Worker {
                     let plan = plan.clone();
                     // Never wait with a transaction open: it would keep read_committed readers
                     // of every output partition it wrote waiting as long as the registry is away.
-                    if self.in_txn || !ready.is_empty() {
+                    if self.in_txn || self.pending.is_some() || !ready.is_empty() {
                         tracing::warn!("{why}: committing what is done before waiting for the schema registry");
                         self.step_and_publish(&mut ready)?;
                         if self.commit_or_rewind(consumer)? == Ended::Aborted {
@@ -92,12 +88,13 @@ impl Worker {
         self.step_and_publish(&mut ready)
     }
 
-    /// Feeds `ready` to their partitions and produces their outputs (then `ready` is empty).
+    /// Feeds `ready` to their partitions and produces their outputs, unless a staged
+    /// transaction is still committing: then they wait in the outbox (then `ready` is empty).
     fn step_and_publish(&mut self, ready: &mut Vec<Ready<'_, '_>>) -> Result<()> {
         if ready.is_empty() {
             return Ok(());
         }
-        self.begin()?;
+        self.begin();
         self.step(ready);
         // A key state the store could not give makes what followed it wrong: nothing of this
         // transaction may commit.
@@ -113,7 +110,7 @@ impl Worker {
             self.publish(r)?;
         }
         ready.clear();
-        Ok(())
+        self.flush_outbox()
     }
 
     /// Feeds each record to its partition's state, partitions side by side.
@@ -182,7 +179,8 @@ impl Worker {
         }
     }
 
-    /// Produces one stepped record's outputs and moves its partition's position past it.
+    /// Puts one stepped record's outputs in the outbox and moves its partition's position past
+    /// it (the offset is committed only with a transaction that produced the outbox).
     fn publish(&mut self, r: &mut Ready<'_, '_>) -> Result<()> {
         let msg = r.msg;
         let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
@@ -207,33 +205,27 @@ impl Worker {
         }
         let ingest = msg.timestamp().to_millis();
         for e in r.emit.drain(..) {
-            let (key, json, out) = match &e {
-                Emit::Alert { key, json, shadow: true, .. } => (key, json, Output::ShadowAlerts),
-                Emit::Alert { key, json, .. } => (key, json, Output::Alerts),
-                Emit::Timeout { key, json } => (key, json, Output::Timeouts),
+            let (key, json, to, ts) = match e {
+                Emit::Alert { key, json, shadow: true, ts } => (key, json, Output::ShadowAlerts, Some(ts)),
+                Emit::Alert { key, json, ts, .. } => (key, json, Output::Alerts, Some(ts)),
+                Emit::Timeout { key, json } => (key, json, Output::Timeouts, None),
             };
-            let to = match out {
-                Output::ShadowAlerts => &self.shadow_alerts_topic,
-                Output::Alerts => &self.alerts_topic,
-                _ => match &self.timeouts_topic {
-                    Some(t) => t,
-                    None => continue,
-                },
-            };
-            let (k, v) = (Some(key.as_bytes()), Some(json.as_bytes()));
+            if self.topic_of(to).is_none() {
+                continue;
+            }
             let size = key.len() + json.len() + RECORD_OVERHEAD;
             if size > self.max_record {
                 return Err(Error::failed(format!(
                     "the {} record of {topic}/{p} at offset {off} is {size} bytes, more than a record may be \
                      (message.max.bytes = {}): raise message.max.bytes (kafka.properties) and the topic's \
                      max.message.bytes, or bound the match with a window or engine.max_partial_matches_per_key",
-                    out.label(),
+                    to.label(),
                     self.max_record
                 )));
             }
-            produce(&self.producer, to, None, k, v, None)?;
-            self.batch.produced(out, k, v);
-            if let Emit::Alert { ts, .. } = e {
+            self.batch.produced(to, Some(key.as_bytes()), Some(json.as_bytes()));
+            self.outbox.push(Out { to, key: Some(key.into_bytes()), payload: Some(json.into_bytes()), headers: None });
+            if let Some(ts) = ts {
                 self.totals.alerts += 1;
                 self.batch.latencies.push((ts, ingest));
             }
@@ -281,9 +273,13 @@ impl Worker {
         for (k, v) in &headers {
             h = h.insert(Header { key: k, value: Some(v.as_str()) });
         }
-        let topic = if out == Output::Late { &self.late_topic } else { &self.dead_letter_topic };
-        produce(&self.producer, topic, None, key, payload, Some(h))?;
         self.batch.produced(out, key, payload);
+        self.outbox.push(Out {
+            to: out,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+            headers: Some(h),
+        });
         Ok(())
     }
 }
