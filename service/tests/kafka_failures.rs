@@ -150,13 +150,16 @@ fn sigkill_between_the_commit_and_the_store_write_restores_from_the_changelog() 
 /// sequence numbers the restarted broker no longer knows.
 #[test]
 fn a_broker_restart_while_committing_every_10ms_changes_nothing() {
+    const RECORDS: usize = 100_000;
     let env = DevEnv::start();
     if !env.can_restart_broker() {
         eprintln!("an external broker cannot be restarted by the test: skipped");
         return;
     }
     let cfg = write_config(env.dir.path(), "bounce", "a", "10ms", "");
-    produce_payments(&env, &cfg, "events.jsonl", &common::payments(30_000, 1_000, 36), "4");
+    // Enough records that the service is still reading them when the broker goes down (it
+    // takes a second or more to stop).
+    produce_payments(&env, &cfg, "events.jsonl", &common::payments(RECORDS, 1_000, 36), "4");
     let mut svc = Service::start(&env, &cfg, "bounce");
     common::wait_ready(&cfg, Duration::from_secs(120));
     let start = Instant::now();
@@ -176,18 +179,25 @@ fn a_broker_restart_while_committing_every_10ms_changes_nothing() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(svc.stop().success(), "{}", log_tail(&env, "bounce"));
-    assert!(before < 30_000, "restarted mid-run: {before} of 30000 records committed");
+    assert!(before < RECORDS as i64, "restarted mid-run: {before} of {RECORDS} records committed");
     let n = alerts_equal_replay(&env, &cfg, "bounce", 0);
     let log = std::fs::read_to_string(env.dir.path().join("bounce.log")).unwrap_or_default();
     let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
-    eprintln!(
-        "broker restarted after {before} committed records; {n} alerts, as the replay. The service: {} \
-         transaction(s) aborted, {} committed transaction(s) found lost and redone, {} found intact, {} \
-         rewind(s) from the changelog",
+    let (aborted, lost, intact) = (
         count("aborting and rewinding"),
         count("committed transaction was lost"),
         count("the transaction's records are there"),
+    );
+    eprintln!(
+        "broker restarted after {before} committed records; {n} alerts, as the replay. The service: {aborted} \
+         transaction(s) aborted, {lost} committed transaction(s) found lost and redone, {intact} found intact, {} \
+         rewind(s) from the changelog",
         count("restoring from the changelog"),
+    );
+    assert!(
+        aborted + lost + intact > 0,
+        "the broker went down while the service was idle:\n{}",
+        log_tail(&env, "bounce")
     );
 }
 

@@ -549,7 +549,10 @@ fn commit_staged(producer: &BaseProducer<TxnContext>, staged: &Staged) -> Result
     let t1 = started.elapsed();
     check_connection(producer)?;
     retrying(producer, "committing the transaction", || producer.commit_transaction(TXN_TIMEOUT))?;
-    if producer.context().connection_lost.load(Ordering::SeqCst) {
+    // The client's error events (a lost connection) are seen only once served.
+    producer.poll(Duration::ZERO);
+    let fatal = producer.client().fatal_error().is_some();
+    if producer.context().connection_lost.load(Ordering::SeqCst) || fatal {
         check_survived(producer, check)?;
     }
     tracing::debug!(
@@ -561,7 +564,8 @@ fn commit_staged(producer: &BaseProducer<TxnContext>, staged: &Staged) -> Result
     Ok(())
 }
 
-/// After a commit during which a broker connection went down: whether the broker still holds
+/// After a commit during which a broker connection went down (or the producer failed, as when a
+/// restarted broker no longer knows its sequence numbers): whether the broker still holds
 /// the transaction's records. A broker that restarts can lose the records of a transaction it
 /// had acknowledged and still accept the commit afterwards (the development broker does, on a
 /// clean restart: it drops what an open transaction wrote); then the offsets are committed
