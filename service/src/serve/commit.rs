@@ -73,12 +73,9 @@ impl Worker {
     /// success the local store follows. `Aborted` leaves the partitions ahead of the last
     /// commit: the caller rewinds them (or drops them).
     pub(super) fn commit(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<Ended> {
-        let before = self.settle(consumer)?;
-        if before == Ended::Aborted || !self.in_txn {
+        let before = self.commit_behind(consumer)?;
+        if before == Ended::Aborted || self.pending.is_none() {
             return Ok(before);
-        }
-        if !self.stage(consumer)? {
-            return Ok(Ended::Aborted);
         }
         self.settle(consumer)
     }

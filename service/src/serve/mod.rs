@@ -14,7 +14,8 @@
 //! in batches (what the consumer holds already, up to [`MAX_BATCH`]); within a batch the
 //! partitions' records are fed to their engine state on up to `service.threads` scoped threads,
 //! one partition per thread at a time and each partition's records in offset order, so the
-//! result is the same as one thread's. Decoding, producing and committing stay on this thread. A
+//! result is the same as one thread's. Decoding and producing stay on this thread; a staged
+//! transaction commits on a committer thread while the loop goes on ([`commit`]). A
 //! small tokio runtime serves `/healthz` and `/readyz` and turns SIGTERM/SIGINT into a shutdown
 //! request.
 //!
