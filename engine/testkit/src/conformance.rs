@@ -115,6 +115,9 @@ pub enum TranslateError {
     /// The skip strategy as the case gives it.
     #[error("unsupported skip {0}")]
     UnsupportedSkip(String),
+    /// FlinkCEP's `until` on a group pattern: the language has `until` on single elements only.
+    #[error("`until` on a group is not supported (the language puts `until` on single elements)")]
+    UntilOnGroup,
 }
 
 /// An output (`what`: matches, timeouts or late events) that differs from the expectation.
@@ -383,6 +386,9 @@ struct Pieces {
 
 fn element(e: &Json, case: &Json, tr: &Translator<'_>, pieces: &mut Pieces) -> Translated {
     let mut s = if let Some(g) = e.get("group") {
+        if !e["until"].is_null() {
+            return Err(TranslateError::UntilOnGroup);
+        }
         format!("({})", sequence(g["seq"].as_array().ok_or(malformed("group without seq"))?, case, tr, pieces)?)
     } else {
         let name = e["name"].as_str().ok_or(malformed("element without name"))?;

@@ -64,6 +64,9 @@ fn cases_that_cannot_run_say_why() {
         {"id": "no-pattern"},
         {"id": "bad-skip", "pattern": {"seq": [{"name": "a", "cond": {"true": true}, "quant": null}]}, "skip": 3},
         {"pattern": {"seq": [{"name": "a", "cond": {"true": true}, "quant": null}]}, "skip": "no_skip"},
+        {"id": "until-on-group", "skip": "no_skip", "pattern": {"seq": [
+            {"group": {"seq": [{"name": "a", "cond": {"true": true}, "quant": null}]},
+             "quant": {"min": 1, "max": null}, "until": {"true": true}}]}},
         {"id": "order", "pattern": {"seq": [{"name": "a", "cond": {"true": true}, "quant": null}]}, "skip": "no_skip",
          "events": [{"ref": 1, "id": 1, "name": "x", "price": 1.0, "type": "Event", "ts": 1},
                     {"ref": 2, "id": 2, "name": "y", "price": 1.0, "type": "Event", "ts": 2}],
@@ -77,6 +80,7 @@ fn cases_that_cannot_run_say_why() {
             "FAIL no-pattern: cannot translate: pattern without seq",
             "FAIL bad-skip: cannot translate: unsupported skip 3",
             "FAIL ?: no events",
+            "FAIL until-on-group: cannot translate: `until` on a group is not supported (the language puts `until` on single elements)",
             "FAIL order: matches differ (expected 2, got 2); same set, wrong order: expected [2] [1] got [1] [2]",
         ]
     );
