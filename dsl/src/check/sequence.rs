@@ -268,7 +268,11 @@ impl Checker<'_> {
                         self.err_hint(
                             *span,
                             "negation-at-group-end",
-                            format!("a group cannot end with `{}`", c.text()),
+                            format!(
+                                "a group cannot end with `{}`: nothing in the group comes after it to bound the \
+                                 negation, so the group could never complete (FlinkCEP accepts it and never matches)",
+                                c.text()
+                            ),
                             "move the negation after the group: `(a next b) not followed by c followed by d`",
                         );
                     }
