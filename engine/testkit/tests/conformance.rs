@@ -107,3 +107,29 @@ fn files_that_cannot_run_are_errors() {
     let report = conformance::run_file(&empty).expect("runs");
     assert_eq!((report.passed(), report.failed()), (0, 0));
 }
+
+/// The deliberate deviations from FlinkCEP (docs/engine.md, "Deliberate deviations"): with the
+/// window each case declares, Tripline gives no match where FlinkCEP 2.3 gives one; with the
+/// window widened, the match FlinkCEP gave is there, so the declared window is the difference.
+#[test]
+fn deliberate_deviations_from_flinkcep_keep_the_declared_window() {
+    let runner = Runner::new().expect("runner");
+    let path = root().join("testdata/conformance/deviations.json");
+    let report = runner.run_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((report.passed(), report.failed()), (2, 0), "{}", failures(&report));
+    let text = std::fs::read_to_string(&path).expect("readable");
+    let cases: Json = serde_json::from_str(&text).expect("JSON");
+    let mut wide = Vec::new();
+    for case in cases.as_array().expect("array") {
+        let flink = case["flinkcep_matches"].as_array().expect("FlinkCEP's matches");
+        assert!(!flink.is_empty() && case["expected_matches"] != case["flinkcep_matches"], "{}", case["id"]);
+        let mut c = case.clone();
+        c["within_ms"] = Json::from(1_000);
+        c["expected_matches"] = case["matches_with_a_wide_window"].clone();
+        let with_wide = c["expected_matches"].as_array().expect("matches with a wide window");
+        assert!(flink.iter().all(|m| with_wide.contains(m)), "{}", case["id"]);
+        wide.push(c);
+    }
+    let report = runner.run_cases(&wide);
+    assert_eq!((report.passed(), report.failed()), (2, 0), "{}", failures(&report));
+}
