@@ -649,7 +649,8 @@ impl Expr {
                 }
             }
             Expr::Call(func, args) => {
-                let vals: Vec<Value> = args.iter().map(|a| a.eval(event, view)).collect();
+                // Calls take one to three arguments: no allocation per evaluation.
+                let vals: smallvec::SmallVec<[Value; 4]> = args.iter().map(|a| a.eval(event, view)).collect();
                 call(*func, &vals)
             }
         }
