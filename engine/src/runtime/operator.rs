@@ -180,6 +180,31 @@ pub trait Backing: Send + fmt::Debug {
     fn corrupt(&mut self, key: &Key, error: SnapshotError);
 }
 
+/// [`Backing::due`] over timers kept in an ordered set: for backings that hold their timer index
+/// in memory (the tests' backings do). A backing over a store scans its own index instead.
+pub fn due_in_set(
+    timers: &BTreeSet<(i64, Key)>,
+    after: i64,
+    until: i64,
+    limit: usize,
+    in_memory: &dyn Fn(&Key) -> bool,
+    out: &mut Vec<(i64, Key)>,
+) -> Option<i64> {
+    for (t, k) in timers.iter().filter(|(t, _)| *t > after) {
+        if out.len() >= limit && out.last().is_some_and(|(last, _)| last != t) {
+            return Some(*t);
+        }
+        if *t > until {
+            if in_memory(k) {
+                continue;
+            }
+            return Some(*t);
+        }
+        out.push((*t, k.clone()));
+    }
+    None
+}
+
 /// Timers read from the backing per step of [`Operator::advance_watermark`].
 const DUE_CHUNK: usize = 4096;
 
@@ -915,19 +940,7 @@ mod tests {
             out: &mut Vec<(i64, Key)>,
         ) -> Option<i64> {
             let m = self.snapshots.lock().expect("lock");
-            for (t, k) in m.1.iter().filter(|(t, _)| *t > after) {
-                if out.len() >= limit && out.last().is_some_and(|(last, _)| last != t) {
-                    return Some(*t);
-                }
-                if *t > until {
-                    if in_memory(k) {
-                        continue;
-                    }
-                    return Some(*t);
-                }
-                out.push((*t, k.clone()));
-            }
-            None
+            due_in_set(&m.1, after, until, limit, in_memory, out)
         }
         fn corrupt(&mut self, key: &Key, error: SnapshotError) {
             panic!("{key}: {error}");

@@ -15,7 +15,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use dsl::{SourceFile, StreamSchema};
-use engine::runtime::{snapshot_summary, Backing, Config, Key, KeyRecords, Operator, Output, SnapshotError, Stats};
+use engine::runtime::{
+    due_in_set, snapshot_summary, Backing, Config, Key, KeyRecords, Operator, Output, SnapshotError, Stats,
+};
 use engine::{Event, FieldId, Nfa, TypeId, Value};
 use proptest::prelude::*;
 use serde_json::Value as Json;
@@ -502,19 +504,7 @@ impl Backing for SplitBacking {
         out: &mut Vec<(i64, Key)>,
     ) -> Option<i64> {
         let s = self.0.lock().expect("lock");
-        for (t, k) in s.timers.iter().filter(|(t, _)| *t > after) {
-            if out.len() >= limit && out.last().is_some_and(|(last, _)| last != t) {
-                return Some(*t);
-            }
-            if *t > until {
-                if in_memory(k) {
-                    continue;
-                }
-                return Some(*t);
-            }
-            out.push((*t, k.clone()));
-        }
-        None
+        due_in_set(&s.timers, after, until, limit, in_memory, out)
     }
     fn corrupt(&mut self, key: &Key, error: SnapshotError) {
         panic!("stored key {key} does not decode: {error}");
