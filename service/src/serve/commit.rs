@@ -122,6 +122,7 @@ impl Worker {
             Ok(s) => s,
             Err(failure) => return self.fail(failure).map(|()| false),
         };
+        let parts = staged.offsets.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         self.in_txn = false;
         self.begun = false;
         let producer = self.producer.clone();
@@ -134,7 +135,7 @@ impl Worker {
             Err(e) => return self.fail(Failure::Fatal(e)).map(|()| false),
         };
         let batch = std::mem::take(&mut self.batch);
-        self.pending = Some(Pending { committer, changes, batch, started });
+        self.pending = Some(Pending { committer, changes, batch, started, parts });
         Ok(true)
     }
 
@@ -150,12 +151,19 @@ impl Worker {
 
     /// [`Worker::settle`] but for the gauges.
     fn end_staged(&mut self) -> Result<Ended> {
-        let Some(Pending { committer, changes, batch, started }) = self.pending.take() else {
+        let Some(Pending { committer, changes, batch, started, parts }) = self.pending.take() else {
             return Ok(Ended::Idle);
         };
         let result = committer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        if let Err(failure) = result {
-            return self.fail(failure).map(|()| Ended::Aborted);
+        match result {
+            Ok(marks) => {
+                self.marks.extend(marks);
+                // Their group offsets are theirs again.
+                for tp in &parts {
+                    self.distrusted.remove(tp);
+                }
+            }
+            Err(failure) => return self.fail(failure).map(|()| Ended::Aborted),
         }
         self.aborts_in_a_row = 0;
         self.totals.commits += 1;
@@ -455,6 +463,7 @@ impl Worker {
         if list.is_empty() {
             return Ok(());
         }
+        let lost = self.lost_commits()?;
         let mut tpl = TopicPartitionList::new();
         for (t, p) in &list {
             tpl.add_partition(t, *p);
@@ -476,19 +485,33 @@ impl Worker {
         for (t, p) in &list {
             let group = committed_offset(&committed, t, *p);
             let (current, local) = self.store_is_current(t, *p, group)?;
-            if !current {
+            if !current || lost.is_some() {
                 behind.push(format!("{t}/{p}: local {local:?}, group {group:?}"));
             }
         }
         self.parts.clear();
         if !behind.is_empty() {
-            tracing::warn!(
-                partitions = %behind.join("; "),
-                "the group's committed offsets differ from the local state (the broker lost committed transactions?): \
-                 restoring from the changelog"
-            );
+            match &lost {
+                Some(why) => tracing::warn!(
+                    partitions = %behind.join("; "),
+                    "the broker lost committed transactions ({why}): restoring from the changelog, each partition \
+                     from where its surviving state ends, whatever the group's offsets say"
+                ),
+                None => tracing::warn!(
+                    partitions = %behind.join("; "),
+                    "the group's committed offsets differ from the local state (the broker lost committed transactions?): \
+                     restoring from the changelog"
+                ),
+            }
+            // What the marks named is gone or restored; the next commits set new ones. Until a
+            // commit of theirs, the group's offsets of these partitions are not theirs: a later
+            // restore must not follow them past a state the broker lost.
+            self.marks.clear();
+            if lost.is_some() {
+                self.distrusted.extend(list.iter().cloned());
+            }
             consumer.context().shared.revoked_while_restoring.store(false, Ordering::Relaxed);
-            match self.assign(consumer, &list)? {
+            match self.assign(consumer, &list, lost.is_some())? {
                 Restored::Done => {}
                 // The partitions went (a rebalance) or the service stops: nothing more to rewind.
                 Restored::Revoked | Restored::Interrupted => {
@@ -516,12 +539,54 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Whether the broker lost transactions it had committed: the last record each of the last
+    /// commits wrote to a changelog partition ([`Worker::marks`]) must still be there, committed.
+    /// A broker that restarts may come back without its last transactions yet with the group
+    /// offsets they committed (the development broker can, when it restarts while transactions
+    /// commit); then the local store, which followed those commits, and the group's offsets agree,
+    /// and only the changelog tells. `Some(why)` when a record is gone.
+    fn lost_commits(&self) -> Result<Option<String>> {
+        let started = Instant::now();
+        let mut marks: Vec<_> = self.marks.iter().collect();
+        marks.sort_by_key(|(cp, _)| **cp);
+        for (cp, (at, key)) in marks {
+            loop {
+                match read_one(&self.restore_config, &self.changelog, *cp, *at) {
+                    Ok(Some(k)) if k == *key => break,
+                    Ok(_) => {
+                        return Ok(Some(format!(
+                            "changelog partition {}/{cp} no longer has, committed, the record it acknowledged at offset {at}",
+                            self.changelog
+                        )))
+                    }
+                    Err(e) if started.elapsed() < RETRY_BUDGET => {
+                        tracing::warn!("checking that the last commits' records are still there: {e}; retrying");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(e) => {
+                        return Err(Error::failed(format!(
+                            "cannot check that the last commits' records are still there: {e}; stopping (a restart \
+                             restores from what the broker holds)"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// What the committer of a staged transaction needs.
 struct Staged {
     offsets: TopicPartitionList,
     cgm: ConsumerGroupMetadata,
     check: Survival,
 }
+
+/// Per changelog partition, the offset and key of the last record the last commit that wrote
+/// to it wrote there: what the broker must still hold (see [`Worker::lost_commits`]).
+pub(super) type Marks = HashMap<i32, (i64, Vec<u8>)>;
 
 /// What tells whether a transaction's records survived a broker restart: the key of the last
 /// record it wrote to each changelog partition, and a reader's settings.
@@ -534,7 +599,7 @@ struct Survival {
 /// The committer thread's part of a staged transaction: its records delivered, its offsets
 /// added, the commit; then, if a broker connection went down meanwhile, the check that its
 /// records survived ([`check_survived`]).
-fn commit_staged(producer: &BaseProducer<TxnContext>, staged: &Staged) -> Result<(), Failure> {
+fn commit_staged(producer: &BaseProducer<TxnContext>, staged: &Staged) -> Result<Marks, Failure> {
     let Staged { offsets, cgm, check } = staged;
     let started = Instant::now();
     wait_delivered(producer).map_err(|e| classify("delivering the transaction's records", e))?;
@@ -548,9 +613,10 @@ fn commit_staged(producer: &BaseProducer<TxnContext>, staged: &Staged) -> Result
     retrying(producer, "committing the transaction", || producer.commit_transaction(TXN_TIMEOUT))?;
     // The client's error events (a lost connection) are seen only once served.
     producer.poll(Duration::ZERO);
+    let delivered = producer.context().take_delivered();
     let fatal = producer.client().fatal_error().is_some();
     if producer.context().connection_lost.load(Ordering::SeqCst) || fatal {
-        check_survived(producer, check)?;
+        check_survived(&delivered, check)?;
     }
     tracing::debug!(
         delivery_us = t0.as_micros() as u64,
@@ -558,7 +624,7 @@ fn commit_staged(producer: &BaseProducer<TxnContext>, staged: &Staged) -> Result
         commit_us = (started.elapsed() - t1).as_micros() as u64,
         "commit"
     );
-    Ok(())
+    Ok(check.last_keys.iter().filter_map(|(cp, key)| delivered.get(cp).map(|&at| (*cp, (at, key.clone())))).collect())
 }
 
 /// After a commit during which a broker connection went down (or the producer failed, as when a
@@ -569,15 +635,14 @@ fn commit_staged(producer: &BaseProducer<TxnContext>, staged: &Staged) -> Result
 /// without their outputs. The last record the transaction wrote to each changelog partition
 /// (where the delivery reports put it) is read back; if any is gone, the transaction is
 /// [lost](Failure::Lost) and is done again from the store, which does not have it.
-fn check_survived(producer: &BaseProducer<TxnContext>, check: &Survival) -> Result<(), Failure> {
-    let delivered = producer.context().take_delivered();
+fn check_survived(delivered: &HashMap<i32, i64>, check: &Survival) -> Result<(), Failure> {
     let started = Instant::now();
     for (cp, key) in &check.last_keys {
         let Some(&at) = delivered.get(cp) else {
             return Err(Failure::Lost(format!("no delivery report for changelog partition {cp}")));
         };
         loop {
-            match read_one(check, *cp, at) {
+            match read_one(&check.reader, &check.changelog, *cp, at) {
                 Ok(Some(k)) if k == *key => break,
                 Ok(_) => {
                     return Err(Failure::Lost(format!(
@@ -604,10 +669,15 @@ fn check_survived(producer: &BaseProducer<TxnContext>, check: &Survival) -> Resu
 
 /// The key of the committed record at `at` in changelog partition `cp`; `None` when the
 /// partition has another record there, or ends before it.
-fn read_one(check: &Survival, cp: i32, at: i64) -> std::result::Result<Option<Vec<u8>>, String> {
-    let reader: BaseConsumer = check.reader.create().map_err(|e| format!("cannot create a reader: {e}"))?;
+fn read_one(
+    reader: &rdkafka::ClientConfig,
+    changelog: &str,
+    cp: i32,
+    at: i64,
+) -> std::result::Result<Option<Vec<u8>>, String> {
+    let reader: BaseConsumer = reader.create().map_err(|e| format!("cannot create a reader: {e}"))?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&check.changelog, cp, Offset::Offset(at)).map_err(|e| e.to_string())?;
+    tpl.add_partition_offset(changelog, cp, Offset::Offset(at)).map_err(|e| e.to_string())?;
     reader.assign(&tpl).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     while Instant::now() < deadline {
@@ -618,7 +688,7 @@ fn read_one(check: &Survival, cp: i32, at: i64) -> std::result::Result<Option<Ve
             None => {}
         }
     }
-    Err(format!("nothing read from {}/{cp} at offset {at} in {REQUEST_TIMEOUT:?}", check.changelog))
+    Err(format!("nothing read from {changelog}/{cp} at offset {at} in {REQUEST_TIMEOUT:?}"))
 }
 
 /// Fails (abortable) when a broker connection went down since the last rewind: the broker may
@@ -683,13 +753,15 @@ fn wait_delivered(producer: &BaseProducer<TxnContext>) -> KafkaResult<()> {
 
 /// A staged transaction: its committer, and what follows its commit.
 pub(super) struct Pending {
-    committer: std::thread::JoinHandle<Result<(), Failure>>,
+    committer: std::thread::JoinHandle<Result<Marks, Failure>>,
     /// The state records the local store takes once it commits.
     changes: Changes,
     /// What it did, for the metrics once it commits.
     batch: Batch,
     /// When it was staged.
     started: Instant,
+    /// The input partitions whose offsets it commits.
+    parts: Vec<(String, i32)>,
 }
 
 /// Why a transaction cannot commit.

@@ -23,7 +23,7 @@
 //! record, [`commit`] the transaction (and the rewind after an abort), [`rebalance`] assignment,
 //! restore and revocation, [`reload`] a SIGHUP, and [`batch`] the metrics of a transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -214,6 +214,8 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         begun: false,
         outbox: Vec::new(),
         pending: None,
+        marks: HashMap::new(),
+        distrusted: HashSet::new(),
         txn_started: Instant::now(),
         changelog,
         changelog_parts,
@@ -411,7 +413,7 @@ fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> 
         core.metrics.restore_in_progress.set(1);
         let started = Instant::now();
         shared.revoked_while_restoring.store(false, Ordering::Relaxed);
-        let result = core.assign(consumer, &list);
+        let result = core.assign(consumer, &list, false);
         core.metrics.restore_in_progress.set(0);
         core.metrics.restore_duration.observe(started.elapsed().as_secs_f64());
         match result? {
@@ -603,6 +605,11 @@ struct Worker {
     outbox: Vec<Out>,
     /// The staged transaction, committing behind the loop (see [`commit`]).
     pending: Option<Pending>,
+    /// What the broker must hold of the last commits (see [`Worker::lost_commits`]).
+    marks: commit::Marks,
+    /// Partitions restored after the broker lost committed transactions, until a commit of
+    /// theirs: their group offsets may be ahead of everything the broker kept.
+    distrusted: HashSet<(String, i32)>,
     /// When the open transaction took its first record.
     txn_started: Instant,
     changelog: String,

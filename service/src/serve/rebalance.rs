@@ -64,8 +64,15 @@ impl Worker {
     }
 
     /// Takes over newly assigned partitions: their state from the store when it is current,
-    /// else from the changelog.
-    pub(super) fn assign(&mut self, consumer: &BaseConsumer<GroupContext>, list: &[(String, i32)]) -> Result<Restored> {
+    /// else from the changelog. `lost`: the broker lost committed transactions (see
+    /// [`Worker::rewind`]): every partition comes from the changelog and resumes where its
+    /// surviving state ends, whatever the group's offsets say.
+    pub(super) fn assign(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        list: &[(String, i32)],
+        lost: bool,
+    ) -> Result<Restored> {
         let started = Instant::now();
         let mut tpl = TopicPartitionList::new();
         for (t, p) in list {
@@ -78,9 +85,20 @@ impl Worker {
         // may come back meanwhile.
         consumer.pause(&tpl).or_fail(Kind::Failed, "cannot pause the assigned partitions for their restore")?;
         let mut dropped = Vec::new();
-        let restored = self.restore_all(consumer, list, &committed, &mut dropped, started);
+        let restored = self.restore_all(consumer, list, &committed, &mut dropped, started, lost);
         // Records polled meanwhile (of partitions this instance already held) are read again.
         let revoked = matches!(restored, Ok(Restored::Revoked));
+        // The consumer starts a new partition at the group's committed offset: one whose state
+        // resumes elsewhere (the broker lost transactions whose offsets it kept) is sought there.
+        if matches!(restored, Ok(Restored::Done)) {
+            for (t, p) in list {
+                let Some(at) = self.parts.get(t).and_then(|m| m.get(p)).map(|part| part.next_offset) else { continue };
+                let group = committed_offset(&committed, t, *p);
+                if group != Some(at) && (at > 0 || group.is_some()) {
+                    dropped.push((t.clone(), *p, at));
+                }
+            }
+        }
         for (t, p, off) in dropped.into_iter().filter(|_| !revoked) {
             consumer
                 .seek(&t, p, Offset::Offset(off), REQUEST_TIMEOUT)
@@ -113,13 +131,14 @@ impl Worker {
         committed: &TopicPartitionList,
         dropped: &mut Vec<(String, i32, i64)>,
         started: Instant,
+        lost: bool,
     ) -> Result<Restored> {
         let mut from_changelog = 0;
         for (t, p) in list {
             let committed_at = committed_offset(committed, t, *p);
             let prefix = state_prefix(t, *p);
             let (current, _) = self.store_is_current(t, *p, committed_at)?;
-            let mut part = if current {
+            let mut part = if current && !lost {
                 self.metrics.restored_partitions.with_label_values(&["store"]).inc();
                 self.load(t, *p)?
             } else {
@@ -138,15 +157,22 @@ impl Worker {
                 self.load(t, *p)?
             };
             self.metrics.restore_remaining.with_label_values(&[t.as_str(), &p.to_string()]).set(0);
-            if let Some(c) = committed_at {
-                if part.next_offset != c {
+            // A partition with no state at all starts at the group's offset (offsets set by hand
+            // for a fresh start), unless the broker lost transactions of it; one with state goes
+            // on from where its state is (the consumer is sought there, see `assign`).
+            let trusted = !lost && !self.distrusted.contains(&(t.clone(), *p));
+            if let Some(c) = committed_at.filter(|&c| c != part.next_offset) {
+                if part.next_offset == 0 && trusted {
+                    tracing::warn!(
+                        topic = %t, partition = p, committed = c,
+                        "no state, and a committed offset (set by hand?): starting at the committed offset"
+                    );
+                    part.next_offset = c;
+                } else {
                     tracing::warn!(
                         topic = %t, partition = p, state_at = part.next_offset, committed = c,
-                        "the state and the committed offset disagree (offsets reset by hand?): following the committed offset"
+                        "the state and the group's committed offset disagree: going on from the state"
                     );
-                    if part.next_offset == 0 {
-                        part.next_offset = c;
-                    }
                 }
             }
             self.parts.entry(t.clone()).or_default().insert(*p, part);

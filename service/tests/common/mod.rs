@@ -143,6 +143,12 @@ impl Drop for DevEnv {
                 .stdout(Stdio::null())
                 .status();
         }
+        // A failed test's files (logs, configs, the broker's data) are kept for a look when
+        // TRIPLINE_KEEP_FAILED is set.
+        if std::thread::panicking() && std::env::var_os("TRIPLINE_KEEP_FAILED").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("TRIPLINE_KEEP_FAILED: the failed test's files are kept in {}", dir.keep().display());
+        }
     }
 }
 
