@@ -261,11 +261,19 @@ impl Cond {
                 match cache.known.get(i).copied().unwrap_or(UNKNOWN) {
                     TRUE => true,
                     FALSE => false,
-                    _ => {
-                        let r = conditions[i].eval(Some(event), view).is_true();
-                        if cache.pure.get(i).copied().unwrap_or(false) {
-                            cache.known[i] = if r { TRUE } else { FALSE };
+                    GATE_PASSED => conditions[i].eval(Some(event), view).is_true(),
+                    _ if !cache.pure.get(i).copied().unwrap_or(false) => {
+                        // Read the event-only part first: when it fails, no partial match passes.
+                        if !conditions[i].gate(event) {
+                            cache.known[i] = FALSE;
+                            return false;
                         }
+                        cache.known[i] = GATE_PASSED;
+                        conditions[i].eval(Some(event), view).is_true()
+                    }
+                    _ => {
+                        let r = conditions[i].eval(Some(event), &EmptyMatch).is_true();
+                        cache.known[i] = if r { TRUE } else { FALSE };
                         r
                     }
                 }
@@ -277,11 +285,50 @@ impl Cond {
             }
         }
     }
+
+    /// Whether the guard lets `event` pass whatever the partial match holds: `Some` when that
+    /// is decided by the event alone (the guard reads no event of the match, or an event-only
+    /// conjunct of a condition that does fails), `None` when it depends on the match. Results
+    /// are kept in `cache` as [`Cond::holds_cached`] keeps them, and agree with them.
+    pub fn holds_for_any(&self, conditions: &[Expr], event: &Event, cache: &mut ConditionCache) -> Option<bool> {
+        match self {
+            Cond::True => Some(true),
+            Cond::IsType(t) => Some(event.kind == *t),
+            Cond::Holds(id) => {
+                let i = id.index();
+                let pure = cache.pure.get(i).copied().unwrap_or(false);
+                match cache.known.get(i).copied().unwrap_or(UNKNOWN) {
+                    TRUE => Some(true),
+                    FALSE => Some(false),
+                    GATE_PASSED => None,
+                    _ if pure => Some(self.holds_cached(conditions, event, &EmptyMatch, cache)),
+                    _ if !conditions[i].gate(event) => {
+                        cache.known[i] = FALSE;
+                        Some(false)
+                    }
+                    _ => {
+                        cache.known[i] = GATE_PASSED;
+                        None
+                    }
+                }
+            }
+            Cond::Not(c) => c.holds_for_any(conditions, event, cache).map(|b| !b),
+            Cond::And(a, b) => {
+                match (a.holds_for_any(conditions, event, cache), b.holds_for_any(conditions, event, cache)) {
+                    (Some(false), _) | (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                }
+            }
+        }
+    }
 }
 
 const UNKNOWN: u8 = 0;
 const FALSE: u8 = 1;
 const TRUE: u8 = 2;
+/// A condition that reads the match, whose event-only conjuncts all hold for this event.
+const GATE_PASSED: u8 = 3;
 
 /// Per-event results of the conditions that do not depend on the partial match.
 #[derive(Clone, Debug, Default)]
@@ -563,6 +610,17 @@ impl Expr {
     }
 
     /// Whether the value depends on the events the match has taken (variables, aggregates).
+    /// `false` when a conjunct of this condition's top-level `and` chain that reads no event of
+    /// the match does not hold for `event`: then the condition holds for no partial match
+    /// (`and` is false or null once one side is not true). `true` otherwise (it may hold).
+    pub fn gate(&self, event: &Event) -> bool {
+        match self {
+            Expr::Binary(BinOp::And, a, b) => a.gate(event) && b.gate(event),
+            e if !e.reads_match() => e.eval(Some(event), &EmptyMatch).is_true(),
+            _ => true,
+        }
+    }
+
     pub fn reads_match(&self) -> bool {
         match self {
             Expr::Lit(_) | Expr::Field(_) => false,
@@ -680,6 +738,37 @@ mod tests {
 
     fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
         Expr::Binary(op, Box::new(a), Box::new(b))
+    }
+
+    #[test]
+    fn a_failing_event_only_conjunct_decides_a_condition_that_reads_the_match() {
+        // field 0 == 1 and field 1 > (the first event of var 0).field 1
+        let own = bin(BinOp::Eq, Expr::Field(FieldId(0)), Expr::Lit(Value::Int(1)));
+        let reads = bin(BinOp::Gt, Expr::Field(FieldId(1)), Expr::VarField(VarId(0), FieldId(1)));
+        let conds = [bin(BinOp::And, reads.clone(), own.clone()), own];
+        let cond = Cond::Holds(CondId(0));
+        let mut cache = ConditionCache::new(&conds);
+        let earlier = OneVar(vec![ev(vec![Value::Int(1), Value::Int(5)])]);
+        for (x, y, decided, holds) in [(2, 9, Some(false), false), (1, 9, None, true), (1, 3, None, false)] {
+            let e = ev(vec![Value::Int(x), Value::Int(y)]);
+            assert_eq!(conds[0].gate(&e), x == 1, "{x} {y}");
+            cache.reset();
+            assert_eq!(cond.holds_for_any(&conds, &e, &mut cache), decided, "{x} {y}");
+            // Agrees with the evaluation against a match, before and after the cache knows.
+            assert_eq!(cond.holds_cached(&conds, &e, &earlier, &mut cache), holds, "{x} {y}");
+            cache.reset();
+            assert_eq!(cond.holds_cached(&conds, &e, &earlier, &mut cache), holds, "{x} {y}");
+            assert_eq!(cond.holds(&conds, &e, &earlier), holds, "{x} {y}");
+        }
+        // A null event-only conjunct fails too (`and` is null or false, never true).
+        let e = ev(vec![Value::Null, Value::Int(9)]);
+        cache.reset();
+        assert_eq!(cond.holds_for_any(&conds, &e, &mut cache), Some(false));
+        assert!(!cond.holds(&conds, &e, &earlier));
+        // A pure condition is decided either way.
+        let e = ev(vec![Value::Int(1), Value::Int(0)]);
+        cache.reset();
+        assert_eq!(Cond::Holds(CondId(1)).holds_for_any(&conds, &e, &mut cache), Some(true));
     }
 
     #[test]

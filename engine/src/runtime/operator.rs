@@ -76,6 +76,10 @@ pub struct Config {
     /// split snapshot (its events' values in records of their own, each written once); `None`
     /// writes every key in one record.
     pub inline_events: Option<usize>,
+    /// Every event takes FlinkCEP's full step, even one that leaves every partial match of its
+    /// key as it is (the default skips those steps: same output, same state). For differential
+    /// tests; slower.
+    pub exact_steps: bool,
 }
 
 /// Counters of the operator's work.
@@ -505,6 +509,7 @@ impl Operator {
         let wm = self.watermark;
         let (tie_break, budget) = (self.config.tie_break, self.config.max_partial_matches_per_key);
         let emit_timeouts = self.config.timeouts;
+        let exact_steps = self.config.exact_steps;
         self.tick += 1;
         let tick = self.tick;
         let Some(state) = self.store.get_mut(&key) else {
@@ -547,7 +552,7 @@ impl Operator {
                 batch.sort_by(|a, b| a.field(f).compare(b.field(f)).unwrap_or(std::cmp::Ordering::Equal));
             }
             for e in batch {
-                let matches = state.run.process_counting(&nfa, e, ts, reached);
+                let matches = state.run.step(&nfa, e, ts, reached, !exact_steps);
                 if window > 0 && state.run.new_start {
                     new_timers.push(ts.saturating_add(window));
                 }

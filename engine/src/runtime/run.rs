@@ -266,29 +266,29 @@ fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>, cache: &
     out
 }
 
-/// Whether every partial match waiting in `state` stays exactly as it is for this event: the
-/// state's guards read no event of the match and only its self-IGNORE edge passes (no branch, so
-/// FlinkCEP re-creates the partial match unchanged). `None` when a guard reads the match.
+/// Whether every partial match waiting in `state` stays exactly as it is for this event, decided
+/// by the event alone (`None` when a guard's result depends on the match). A started partial
+/// match stays when only its state's self-IGNORE edge passes (no branch: FlinkCEP re-creates it
+/// with the same version); the fresh start state stays when no TAKE or IGNORE edge passes (it is
+/// re-offered with the same version, and no run starts).
 fn stays(nfa: &Nfa, state: StateId, event: &Event, cache: &mut ConditionCache) -> Option<bool> {
+    let start = state == nfa.start;
     let mut stack: SmallVec<[StateId; 8]> = smallvec::smallvec![state];
     let mut only_self_ignore = true;
     let mut edges = 0;
     while let Some(s) = stack.pop() {
         for e in &nfa.state(s).edges {
-            if !e.cond.is_pure(cache) {
-                return None;
-            }
-            if !e.cond.holds_cached(&nfa.conditions, event, &crate::expr::EmptyMatch, cache) {
+            if !e.cond.holds_for_any(&nfa.conditions, event, cache)? {
                 continue;
             }
             match e.action {
                 Action::Proceed => stack.push(e.target),
-                Action::Ignore if e.target == state => edges += 1,
+                Action::Ignore if e.target == state && !start => edges += 1,
                 _ => only_self_ignore = false,
             }
         }
     }
-    Some(only_self_ignore && edges == 1)
+    Some(only_self_ignore && (start || edges == 1))
 }
 
 fn final_after_proceed(
@@ -420,17 +420,52 @@ impl RunState {
     /// that took their first event into each variable: the pattern's funnel. Negated variables
     /// are not counted; a shorter slice counts only the variables it covers.
     pub fn process_counting(&mut self, nfa: &Nfa, event: Arc<Event>, ts: i64, reached: &mut [u64]) -> Vec<Match> {
+        self.step(nfa, event, ts, reached, true)
+    }
+
+    /// [`RunState::process_counting`]; with `skip_unchanged` false, FlinkCEP's full step is taken
+    /// even for an event that leaves every partial match as it is (same result, more work: for
+    /// differential tests of the skip).
+    pub fn step(
+        &mut self,
+        nfa: &Nfa,
+        event: Arc<Event>,
+        ts: i64,
+        reached: &mut [u64],
+        skip_unchanged: bool,
+    ) -> Vec<Match> {
         let mut cache = self.cond_cache.take().unwrap_or_else(|| ConditionCache::new(&nfa.conditions));
         cache.reset();
+        let mut stay = std::mem::take(&mut self.stay);
+        stay.clear();
+        stay.resize(nfa.states.len(), UNKNOWN);
+        // Skip what cannot change anything: when every partial match (the fresh start state
+        // included) stays as it is, FlinkCEP's step would rebuild the same queue (re-offering a
+        // heap's elements in array order gives the same array), release nothing (the queue's
+        // head is the same as after the last step) and take no event.
+        let unchanged = skip_unchanged
+            && self.partial.iter().all(|p| {
+                let s = &mut stay[p.state.index()];
+                if *s == UNKNOWN {
+                    *s = match stays(nfa, p.state, &event, &mut cache) {
+                        Some(true) => STAYS,
+                        Some(false) => MOVES,
+                        None => DEPENDS,
+                    };
+                }
+                *s == STAYS
+            });
+        if unchanged {
+            self.stay = stay;
+            self.cond_cache = Some(cache);
+            return Vec::new();
+        }
         let mut ev = Incoming { event, ts, id: None, cache };
         let mut new_partial = JavaPq::reusing(std::mem::take(&mut self.spare));
         let mut potential = JavaPq::new();
         let current = std::mem::take(&mut self.partial).into_vec();
         let mut next = std::mem::take(&mut self.scratch);
         let mut retain = Vec::new();
-        let mut stay = std::mem::take(&mut self.stay);
-        stay.clear();
-        stay.resize(nfa.states.len(), UNKNOWN);
         for p in &current {
             if p.state != nfa.start {
                 let s = &mut stay[p.state.index()];

@@ -94,6 +94,10 @@ pub enum CaseFailure {
     /// The case ran, and its output is not what the case expects.
     #[error("{0}")]
     Differs(#[from] Mismatch),
+    /// The engine's skip of steps that change nothing changed something: the output or the
+    /// state differ from those of FlinkCEP's full step for every event.
+    #[error("skipping unchanged steps changed the run: {0}")]
+    SkipChanged(String),
 }
 
 /// A case whose pattern is not in the corpus format, or uses something the translation does
@@ -229,7 +233,7 @@ impl Runner {
         let feed = build_events(case, &self.schema, self.fields)?;
         let outcome = match case["time"].as_str() {
             Some("event") => run_event_time(case, nfa, &feed, &self.schema)?,
-            _ => run_processing_free(case, nfa, &feed, &self.schema),
+            _ => run_processing_free(case, nfa, &feed, &self.schema)?,
         };
         Ok(compare(case, &outcome, &feed)?)
     }
@@ -555,8 +559,10 @@ fn partition(case: &Json, e: &Event, schema: &StreamSchema) -> String {
     }
 }
 
-fn run_processing_free(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) -> Outcome {
-    let mut states: BTreeMap<String, RunState> = BTreeMap::new();
+/// Processing-free, every event through FlinkCEP's full step in a twin run beside the engine's
+/// default one: their matches, timeouts and partial matches must agree.
+fn run_processing_free(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) -> Result<Outcome, CaseFailure> {
+    let mut states: BTreeMap<String, (RunState, RunState)> = BTreeMap::new();
     let mut outcome = Outcome::default();
     let comparator = case["same_timestamp_order"].as_str() == Some("price ascending");
     let mut order: Vec<usize> = (0..feed.events.len()).collect();
@@ -569,14 +575,20 @@ fn run_processing_free(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchem
     }
     for i in order {
         let (event, _) = &feed.events[i];
-        let st = states.entry(partition(case, event, schema)).or_insert_with(|| RunState::new(nfa));
+        let (st, full) =
+            states.entry(partition(case, event, schema)).or_insert_with(|| (RunState::new(nfa), RunState::new(nfa)));
         let (pending, timeouts, _) = st.advance_time(nfa, event.ts, true);
+        let twin = full.advance_time(nfa, event.ts, true);
         record_timeouts(nfa, feed, &timeouts, &mut outcome);
         let mut out = st.process(nfa, event.clone(), event.ts);
+        let full_out = full.step(nfa, event.clone(), event.ts, &mut [], false);
+        if (&pending, &timeouts, &out) != (&twin.0, &twin.1, &full_out) || st.partial_views() != full.partial_views() {
+            return Err(CaseFailure::SkipChanged(format!("after event {}", feed.events[i].1)));
+        }
         out.extend(pending);
         record(nfa, feed, &out, &mut outcome);
     }
-    outcome
+    Ok(outcome)
 }
 
 fn price(e: &Event) -> f64 {
@@ -596,10 +608,44 @@ fn record_timeouts(nfa: &Nfa, feed: &Feed, ts: &[Timeout], outcome: &mut Outcome
 }
 
 /// Event time, through the engine's operator (FlinkCEP's `CepOperator` semantics).
+/// Event time, through the engine's operator, run twice: as configured by default and with
+/// every event through FlinkCEP's full step; the outputs (in order) and every key's snapshot
+/// bytes must agree.
 fn run_event_time(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) -> Result<Outcome, CaseFailure> {
+    let (out, snapshots) = drive_event_time(case, nfa, feed, schema, false)?;
+    let (full_out, full_snapshots) = drive_event_time(case, nfa, feed, schema, true)?;
+    if out != full_out {
+        return Err(CaseFailure::SkipChanged(format!("outputs {out:?}\nvs {full_out:?}")));
+    }
+    if snapshots != full_snapshots {
+        return Err(CaseFailure::SkipChanged("the keys' snapshots differ".to_owned()));
+    }
+    let mut outcome = Outcome::default();
+    for o in out {
+        match o {
+            Output::Match { events, .. } => outcome.matches.push(named(nfa, feed, &events)),
+            Output::Timeout { events, ts, .. } => outcome.timeouts.push((named(nfa, feed, &events), ts)),
+            Output::Late { event, .. } => outcome.late.push(feed.events[event.seq as usize].1.clone()),
+        }
+    }
+    Ok(outcome)
+}
+
+/// Every key's snapshot bytes, in key order.
+type Snapshots = Vec<(Key, Vec<u8>)>;
+
+/// The outputs of one run of a case through the operator, and the snapshot of every key it
+/// touched at the end.
+fn drive_event_time(
+    case: &Json,
+    nfa: &Nfa,
+    feed: &Feed,
+    schema: &StreamSchema,
+    exact_steps: bool,
+) -> Result<(Vec<Output>, Snapshots), CaseFailure> {
     let tie_break =
         (case["same_timestamp_order"].as_str() == Some("price ascending")).then(|| schema.field("price")).flatten();
-    let config = engine::runtime::Config { tie_break, timeouts: true, ..Default::default() };
+    let config = engine::runtime::Config { tie_break, timeouts: true, exact_steps, ..Default::default() };
     let mut op = Operator::new(Arc::new(nfa.clone()), config);
     let wm_value = |w: &Json| -> Result<i64, CaseFailure> {
         match w {
@@ -625,15 +671,16 @@ fn run_event_time(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) ->
     for w in marks.get("END").into_iter().flatten() {
         op.advance_watermark(*w, &mut out);
     }
-    let mut outcome = Outcome::default();
-    for o in out {
-        match o {
-            Output::Match { events, .. } => outcome.matches.push(named(nfa, feed, &events)),
-            Output::Timeout { events, ts, .. } => outcome.timeouts.push((named(nfa, feed, &events), ts)),
-            Output::Late { event, .. } => outcome.late.push(feed.events[event.seq as usize].1.clone()),
-        }
-    }
-    Ok(outcome)
+    let snapshots = op
+        .take_dirty()
+        .into_iter()
+        .map(|k| {
+            let mut bytes = Vec::new();
+            op.snapshot_key(&k, &mut bytes);
+            (k, bytes)
+        })
+        .collect();
+    Ok((out, snapshots))
 }
 
 // ---------------------------------------------------------------------------------------------
