@@ -347,3 +347,30 @@ fn audit_commands_refuse_bad_arguments_before_doing_anything() {
         assert!(err.contains(says), "{args:?} should say {says:?}: {err}");
     }
 }
+
+#[test]
+fn the_scaling_bench_prints_a_line_per_window_and_key_count() {
+    let o = tripline(&["bench", "scale", "--events", "5000", "--windows", "1m,1h", "--keys", "10,1000"]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let out = text(&o).0;
+    for (w, k) in [("1m", 10), ("1h", 10), ("1m", 1000), ("1h", 1000)] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("window={w} keys={k} ")))
+            .unwrap_or_else(|| panic!("no line for {w}, {k}: {out}"));
+        assert!(line.contains("events=5000 ") && line.contains("ns_per_event="), "{line}");
+    }
+    // A longer window holds at least as many partial matches at the end.
+    let held = |w: &str| -> u64 {
+        let line = out.lines().find(|l| l.starts_with(&format!("window={w} keys=1000 "))).unwrap_or_default();
+        line.split("partial_matches=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(held("1h") >= held("1m") && held("1h") > 0, "{out}");
+    let o = tripline(&["bench", "scale", "--windows", "forever"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert_no_panic(&o);
+}

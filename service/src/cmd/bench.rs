@@ -1,6 +1,7 @@
 //! `tripline bench`: the engine's throughput on the FlinkCEP benchmark's input
-//! ([`crate::tools::bench`]; `scripts/bench-flinkcep` runs both engines), and `tripline bench
-//! kafka`, the service end to end against a broker and a registry
+//! ([`crate::tools::bench`]; `scripts/bench-flinkcep` runs both engines), `tripline bench scale`,
+//! the engine's per-event cost as windows and keys grow ([`crate::tools::bench_scale`]), and
+//! `tripline bench kafka`, the service end to end against a broker and a registry
 //! ([`crate::tools::bench_kafka`]; `scripts/bench-kafka` starts them and runs it).
 
 use std::path::PathBuf;
@@ -34,6 +35,25 @@ enum Mode {
     /// rate, the service's rate per commit interval, alert latency, rebalance and restore times.
     /// scripts/bench-kafka starts a local broker and registry and runs this.
     Kafka(KafkaArgs),
+    /// The engine's per-event cost as the window and the number of keys grow, at a fixed event
+    /// rate (P1 with each window, generated events as the FlinkCEP harness makes them).
+    Scale(ScaleArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ScaleArgs {
+    /// Events per run (about one per millisecond of event time).
+    #[arg(long, default_value_t = 2_000_000)]
+    events: usize,
+    /// Windows of P1, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1m,10m,1h,24h", value_name = "DURATION,...")]
+    windows: Vec<String>,
+    /// Numbers of keys, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000", value_name = "N,...")]
+    keys: Vec<u64>,
+    /// Seed of the generated events.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 /// The parts of `bench kafka`.
@@ -97,8 +117,15 @@ struct KafkaArgs {
 }
 
 pub fn run(args: Args) -> Result<Status> {
-    if let Some(Mode::Kafka(k)) = args.mode {
-        return kafka(k);
+    match args.mode {
+        Some(Mode::Kafka(k)) => return kafka(k),
+        Some(Mode::Scale(s)) => {
+            let scale =
+                crate::tools::bench_scale::Scale { events: s.events, windows: s.windows, keys: s.keys, seed: s.seed };
+            crate::tools::bench_scale::run(&scale)?;
+            return Ok(Status::Ok);
+        }
+        None => {}
     }
     let (Some(input), Some(pattern)) = (args.input, args.pattern) else {
         return Err(Error::usage("bench needs --input and --pattern (or the subcommand `kafka`)"));

@@ -22,6 +22,15 @@ const P2: &str = include_str!("../../../testdata/bench/P2.tl");
 const OUT_OF_ORDERNESS_MS: i64 = 1000;
 
 fn compile(pattern: &str) -> Result<(Arc<Nfa>, StreamSchema)> {
+    compile_text(pattern, None)
+}
+
+/// P1 or P2 with its whole-pattern window replaced by `window` (as the language writes it).
+pub(crate) fn compile_with_window(pattern: &str, window: &str) -> Result<Arc<Nfa>> {
+    compile_text(pattern, Some(window)).map(|(nfa, _)| nfa)
+}
+
+fn compile_text(pattern: &str, window: Option<&str>) -> Result<(Arc<Nfa>, StreamSchema)> {
     let schema =
         StreamSchema::from_avro_json("bench", SCHEMA, Some("ts")).or_fail(Kind::Usage, "the benchmark schema")?;
     let mut catalog = Catalog::default();
@@ -31,9 +40,19 @@ fn compile(pattern: &str) -> Result<(Arc<Nfa>, StreamSchema)> {
         "P2" => P2,
         other => return Err(Error::usage(format!("unknown pattern `{other}`: use P1 or P2"))),
     };
+    let text = match window {
+        Some(w) => text
+            .lines()
+            .map(|l| if l.trim_start().starts_with("within ") { format!("  within {w}") } else { l.to_owned() })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => text.to_owned(),
+    };
     let compiled = dsl::compile_source(&SourceFile::new(format!("testdata/bench/{pattern}.tl"), text), &catalog);
-    let p =
-        compiled.patterns.into_iter().next().ok_or_else(|| Error::usage("the benchmark pattern does not compile"))?;
+    let p = compiled.patterns.into_iter().next().ok_or_else(|| {
+        let why: Vec<String> = compiled.diagnostics.iter().map(|d| d.render()).collect();
+        Error::usage(format!("the benchmark pattern does not compile: {}", why.join("; ")))
+    })?;
     Ok((Arc::new(p.nfa), schema))
 }
 

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod bench_env;
 pub mod bench_kafka;
+pub mod bench_scale;
 pub mod export;
 pub mod produce;
 pub mod tail;
