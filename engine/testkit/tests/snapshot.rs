@@ -4,6 +4,8 @@
 //!   outputs, in the same order, and the stats of one that ran straight through: over the
 //!   library's examples and over random streams for library and test patterns (windows, loops,
 //!   negations, skip strategies, budgets, timeouts, tie-breaks);
+//! - the skip of steps that change nothing: the same runs with every event through FlinkCEP's
+//!   full step (`Config::exact_steps`) give the same outputs, stats and snapshot bytes;
 //! - corruption: every truncation and many byte flips of real snapshots give an error or a state
 //!   the operator runs, never a panic; foreign bytes give an error;
 //! - the size of snapshots (printed: `cargo test -p tripline-testkit --test snapshot -- --nocapture`).
@@ -653,6 +655,69 @@ fn plans(seed: u64) -> Vec<Plan> {
 // ---------------------------------------------------------------------------------------------
 // Differential tests
 
+/// The run again with every event through FlinkCEP's full step (`Config::exact_steps`): the same
+/// outputs in the same order, the same stats, and after every step the same changed keys with
+/// the same snapshot bytes. Checks the engine's skip of steps that change nothing.
+fn skip_is_exact(nfa: &Arc<Nfa>, config: Config, steps: &[Step]) -> Result<(), String> {
+    let run = |exact_steps: bool| {
+        let mut op = Operator::new(nfa.clone(), Config { exact_steps, ..config });
+        let mut out = Vec::new();
+        let mut snapshots = Vec::new();
+        for s in steps {
+            apply(&mut op, s, &mut out);
+            for k in op.take_dirty() {
+                let mut bytes = Vec::new();
+                op.snapshot_key(&k, &mut bytes);
+                snapshots.push((k, bytes));
+            }
+        }
+        (out, op.stats(), snapshots)
+    };
+    let (skipping, exact) = (run(false), run(true));
+    let name = &nfa.meta.name;
+    if skipping.0 != exact.0 {
+        let at =
+            skipping.0.iter().zip(&exact.0).position(|(a, b)| a != b).unwrap_or(skipping.0.len().min(exact.0.len()));
+        return Err(format!(
+            "{name}: output {at} differs: {} vs {}",
+            describe(skipping.0.get(at)),
+            describe(exact.0.get(at))
+        ));
+    }
+    if skipping.1 != exact.1 {
+        return Err(format!("{name}: stats differ: {:?} vs {:?}", skipping.1, exact.1));
+    }
+    if skipping.2 != exact.2 {
+        return Err(format!("{name}: the snapshots of the changed keys differ"));
+    }
+    Ok(())
+}
+
+#[test]
+fn skipping_unchanged_steps_is_exact_on_library_streams() {
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for lib in library() {
+        for seed in 0..4 {
+            let steps = library_steps(lib, seed, 400);
+            for config in configs() {
+                runs += 1;
+                if let Err(e) = skip_is_exact(&lib.nfa, config, &steps) {
+                    failures.push(format!("seed {seed}: {e}"));
+                }
+            }
+        }
+        for config in configs() {
+            runs += 1;
+            if let Err(e) = skip_is_exact(&lib.nfa, config, &replay_steps(lib)) {
+                failures.push(format!("examples: {e}"));
+            }
+        }
+    }
+    eprintln!("skip of unchanged steps: {runs} library runs compared with full steps");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
 #[test]
 fn library_examples_restore_exactly() {
     let mut failures = Vec::new();
@@ -697,6 +762,19 @@ proptest! {
         let nfa = &pats[pattern % pats.len()];
         let steps = cep_steps(&events);
         if let Err(e) = differential(nfa, configs()[config], &steps, Plan { checkpoint, crash, seed }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+
+    #[test]
+    fn random_cep_streams_skip_unchanged_steps_exactly(
+        pattern in 0usize..64,
+        config in 0usize..4,
+        events in proptest::collection::vec(any::<CepEvent>(), 1..70),
+    ) {
+        let pats = cep_patterns();
+        let nfa = &pats[pattern % pats.len()];
+        if let Err(e) = skip_is_exact(nfa, configs()[config], &cep_steps(&events)) {
             prop_assert!(false, "{}", e);
         }
     }
