@@ -551,25 +551,19 @@ impl Worker {
         let mut marks: Vec<_> = self.marks.iter().collect();
         marks.sort_by_key(|(cp, _)| **cp);
         for (cp, (at, key)) in marks {
-            loop {
-                match read_one(&self.restore_config, &self.changelog, *cp, *at) {
-                    Ok(Some(k)) if k == *key => break,
-                    Ok(_) => {
-                        return Ok(Some(format!(
-                            "changelog partition {}/{cp} no longer has, committed, the record it acknowledged at offset {at}",
-                            self.changelog
-                        )))
-                    }
-                    Err(e) if started.elapsed() < RETRY_BUDGET => {
-                        tracing::warn!("checking that the last commits' records are still there: {e}; retrying");
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
-                    Err(e) => {
-                        return Err(Error::failed(format!(
-                            "cannot check that the last commits' records are still there: {e}; stopping (a restart \
-                             restores from what the broker holds)"
-                        )))
-                    }
+            match still_there(&self.restore_config, &self.changelog, *cp, *at, key, started) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Ok(Some(format!(
+                    "changelog partition {}/{cp} no longer has, committed, the record it acknowledged at offset {at}",
+                    self.changelog
+                )))
+                }
+                Err(e) => {
+                    return Err(Error::failed(format!(
+                        "cannot check that the last commits' records are still there: {e}; stopping (a restart \
+                         restores from what the broker holds)"
+                    )))
                 }
             }
         }
@@ -641,30 +635,46 @@ fn check_survived(delivered: &HashMap<i32, i64>, check: &Survival) -> Result<(),
         let Some(&at) = delivered.get(cp) else {
             return Err(Failure::Lost(format!("no delivery report for changelog partition {cp}")));
         };
-        loop {
-            match read_one(&check.reader, &check.changelog, *cp, at) {
-                Ok(Some(k)) if k == *key => break,
-                Ok(_) => {
-                    return Err(Failure::Lost(format!(
-                        "the broker no longer holds the record it acknowledged at {}/{cp} offset {at}",
-                        check.changelog
-                    )))
-                }
-                Err(e) if started.elapsed() < RETRY_BUDGET => {
-                    tracing::warn!("checking that the committed transaction's records survived: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => {
-                    return Err(Failure::Fatal(Error::failed(format!(
-                        "cannot check that the committed transaction's records survived a lost broker connection: {e}; \
-                         stopping (a restart restores from what the broker holds)"
-                    ))))
-                }
+        match still_there(&check.reader, &check.changelog, *cp, at, key, started) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Failure::Lost(format!(
+                    "the broker no longer holds the record it acknowledged at {}/{cp} offset {at}",
+                    check.changelog
+                )))
+            }
+            Err(e) => {
+                return Err(Failure::Fatal(Error::failed(format!(
+                    "cannot check that the committed transaction's records survived a lost broker connection: {e}; \
+                     stopping (a restart restores from what the broker holds)"
+                ))))
             }
         }
     }
     tracing::info!("a broker connection went down during the commit: the transaction's records are there");
     Ok(())
+}
+
+/// Whether changelog partition `cp` holds the record with `key` at `at`, as `reader` reads it;
+/// read errors (a broker still coming back) are retried until [`RETRY_BUDGET`] after `started`.
+fn still_there(
+    reader: &rdkafka::ClientConfig,
+    changelog: &str,
+    cp: i32,
+    at: i64,
+    key: &[u8],
+    started: Instant,
+) -> std::result::Result<bool, String> {
+    loop {
+        match read_one(reader, changelog, cp, at) {
+            Ok(found) => return Ok(found.as_deref() == Some(key)),
+            Err(e) if started.elapsed() < RETRY_BUDGET => {
+                tracing::warn!("reading back {changelog}/{cp} at offset {at}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The key of the committed record at `at` in changelog partition `cp`; `None` when the
