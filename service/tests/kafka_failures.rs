@@ -12,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_same, by_id, log_tail, records, write_config, DevEnv, Service};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
@@ -238,4 +239,51 @@ fn a_restore_longer_than_the_poll_interval_keeps_the_group() {
     assert!(ms >= 12_000, "the restore took longer than the poll interval: {}", restores[0]);
     assert!(!log.contains("maximum poll interval"), "{}", log_tail(&env, "slow"));
     alerts_equal_replay(&env, &cfg, "slow", 0);
+}
+
+/// The group's offsets moved ahead of the state while no instance ran (as a broker that lost
+/// transactions but kept their offsets leaves them, or by hand): the partitions go on from
+/// their state, the consumer sought there, and no record is skipped.
+#[test]
+fn offsets_ahead_of_the_state_do_not_skip_records() {
+    let env = DevEnv::start();
+    let cfg = write_config(env.dir.path(), "ahead", "a", "50ms", "");
+    produce_payments(&env, &cfg, "first.jsonl", &common::payments(3_000, 100, 39), "2");
+    let mut svc = Service::start(&env, &cfg, "ahead-first");
+    env.wait_caught_up("ahead", "payments", Duration::from_secs(300));
+    assert!(svc.stop().success(), "{}", log_tail(&env, "ahead-first"));
+    produce_payments(
+        &env,
+        &cfg,
+        "second.jsonl",
+        &common::payments_from(3_000, 100, 40, common::START + 300_000, "S"),
+        "2",
+    );
+    // The group's offsets jump to the end of the topic, past the second batch.
+    let c = env.consumer("ahead");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..2 {
+        let (_, hi) = c.fetch_watermarks("payments", p, Duration::from_secs(10)).expect("watermarks");
+        tpl.add_partition_offset("payments", p, rdkafka::Offset::Offset(hi)).expect("offset");
+    }
+    c.assign(&tpl).expect("assigned");
+    c.commit(&tpl, CommitMode::Sync).expect("offsets moved ahead");
+    drop(c);
+    let mut svc = Service::start(&env, &cfg, "ahead");
+    common::wait_ready(&cfg, Duration::from_secs(120));
+    // Caught up means committed to the end, which the moved offsets already say: wait until
+    // the second batch's alerts are in instead.
+    let start = Instant::now();
+    let log = || std::fs::read_to_string(env.dir.path().join("ahead.log")).unwrap_or_default();
+    while !log().contains("going on from the state") {
+        assert!(start.elapsed() < Duration::from_secs(120), "{}", log_tail(&env, "ahead"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let expected = common::export_and_replay(&env, &cfg, 0).len();
+    while env.committed(&cfg, "ahead.alerts").len() < expected {
+        assert!(start.elapsed() < Duration::from_secs(300), "{}", log_tail(&env, "ahead"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(svc.stop().success(), "{}", log_tail(&env, "ahead"));
+    alerts_equal_replay(&env, &cfg, "ahead", 0);
 }

@@ -100,9 +100,15 @@ impl Worker {
             }
         }
         for (t, p, off) in dropped.into_iter().filter(|_| !revoked) {
-            consumer
-                .seek(&t, p, Offset::Offset(off), REQUEST_TIMEOUT)
-                .map_err(|e| Error::failed(format!("cannot seek {t}/{p} back to offset {off} after a restore: {e}")))?;
+            // A partition just assigned can be sought once its fetcher has started (after the
+            // client has read the group's offset): until then the seek fails, and is retried.
+            let started = Instant::now();
+            while let Err(e) = consumer.seek(&t, p, Offset::Offset(off), REQUEST_TIMEOUT) {
+                if started.elapsed() >= REQUEST_TIMEOUT {
+                    return Err(Error::failed(format!("cannot seek {t}/{p} to offset {off} after a restore: {e}")));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         // Revoked: the next assignment is not paused.
         if !revoked {
