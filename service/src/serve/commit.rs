@@ -534,6 +534,7 @@ impl Worker {
                     "cannot seek {t}/{p} back to offset {at} after an abort: {e}; stopping (a restart resumes from the last commit)"
                 ))
             })?;
+            self.sought.insert((t, p), (at, 0, None));
         }
         Ok(())
     }

@@ -109,6 +109,7 @@ impl Worker {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+            self.sought.insert((t, p), (off, 0, None));
         }
         // Revoked: the next assignment is not paused.
         if !revoked {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use engine::Event;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 
 use super::rebalance::GroupContext;
@@ -46,18 +46,31 @@ impl Worker {
         health: &Health,
     ) -> Result<()> {
         let mut ready: Vec<Ready<'_, '_>> = Vec::with_capacity(msgs.len());
+        let mut resought: Vec<(&str, i32)> = Vec::new();
         for (epoch, msg) in msgs {
             if *epoch != self.epoch.load(Ordering::Relaxed) {
                 continue;
             }
             let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
-            let Some(plan) = self.plans.get(topic) else { continue };
+            if !self.plans.contains_key(topic) {
+                continue;
+            }
             match self.parts.get(topic).and_then(|m| m.get(&p)) {
                 // Not (or no longer) ours, or already in the restored state.
                 None => continue,
                 Some(part) if off < part.next_offset => continue,
                 Some(_) => {}
             }
+            if !self.sought.is_empty() || !resought.is_empty() {
+                if resought.contains(&(topic, p)) {
+                    continue;
+                }
+                if !self.check_sought(consumer, topic, p, off)? {
+                    resought.push((topic, p));
+                    continue;
+                }
+            }
+            let Some(plan) = self.plans.get(topic) else { continue };
             let seq = seq_of(p, off);
             let decoded = match self.avro.decode(plan, msg.payload(), seq) {
                 Ok(event) => Ok(event),
@@ -86,6 +99,34 @@ impl Worker {
             ready.push(Ready { msg, decoded: Some(decoded), decode_failed: false, outcome: None, emit: Vec::new() });
         }
         self.step_and_publish(&mut ready)
+    }
+
+    /// Whether the first record of a partition the consumer was sought on comes from where it
+    /// was sought. A seek can lose a race with the consumer's own start of a partition just
+    /// assigned (from the group's offset), and records polled before a seek on assignment are
+    /// past it; then the record is past the offset sought, and the seek is done again (`false`:
+    /// this batch's records of the partition are dropped). A record past the offset can also be
+    /// legitimate (the offset held a transaction marker, or a record compacted away): the same
+    /// record coming first again after the new seek, or a third miss, is taken as it is.
+    fn check_sought(&mut self, consumer: &BaseConsumer<GroupContext>, topic: &str, p: i32, off: i64) -> Result<bool> {
+        let key = (topic.to_owned(), p);
+        let Some(&(want, tries, got)) = self.sought.get(&key) else { return Ok(true) };
+        if off <= want || got == Some(off) || tries >= 3 {
+            self.sought.remove(&key);
+            return Ok(true);
+        }
+        tracing::warn!(
+            topic,
+            partition = p,
+            sought = want,
+            got = off,
+            "the consumer did not start where it was sought: seeking again"
+        );
+        consumer
+            .seek(topic, p, rdkafka::Offset::Offset(want), crate::io::kafka::REQUEST_TIMEOUT)
+            .map_err(|e| Error::failed(format!("cannot seek {topic}/{p} to offset {want} again: {e}")))?;
+        self.sought.insert(key, (want, tries + 1, Some(off)));
+        Ok(false)
     }
 
     /// Feeds `ready` to their partitions and produces their outputs, unless a staged
