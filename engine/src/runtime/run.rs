@@ -463,10 +463,10 @@ impl RunState {
         let mut ev = Incoming { event, ts, id: None, cache };
         let mut new_partial = JavaPq::reusing(std::mem::take(&mut self.spare));
         let mut potential = JavaPq::new();
-        let current = std::mem::take(&mut self.partial).into_vec();
+        let mut current = std::mem::take(&mut self.partial).into_vec();
         let mut next = std::mem::take(&mut self.scratch);
         let mut retain = Vec::new();
-        for p in &current {
+        for p in current.drain(..) {
             if p.state != nfa.start {
                 let s = &mut stay[p.state.index()];
                 if *s == UNKNOWN {
@@ -477,12 +477,12 @@ impl RunState {
                     };
                 }
                 if *s == STAYS {
-                    new_partial.offer(p.clone(), cmp);
+                    new_partial.offer(p, cmp);
                     continue;
                 }
             }
             next.clear();
-            next_states(nfa, &mut self.buffer, p, &mut ev, &mut next, reached);
+            next_states(nfa, &mut self.buffer, &p, &mut ev, &mut next, reached);
             retain.clear();
             let mut discard = false;
             for n in next.drain(..) {
@@ -513,9 +513,7 @@ impl RunState {
             }
         }
         self.scratch = next;
-        // Keep the allocation, not the old partial matches.
-        let mut current = current;
-        current.clear();
+        // Keep the allocation (drained: the old partial matches moved on or were dropped).
         self.spare = current;
         self.stay = stay;
         self.cond_cache = Some(std::mem::take(&mut ev.cache));
