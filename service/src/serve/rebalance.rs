@@ -85,6 +85,10 @@ impl Worker {
         // may come back meanwhile.
         consumer.pause(&tpl).or_fail(Kind::Failed, "cannot pause the assigned partitions for their restore")?;
         let mut dropped = Vec::new();
+        // A seek of an earlier assignment of these partitions no longer says where they start.
+        for (t, p) in list {
+            self.sought.remove(&(t.clone(), *p));
+        }
         let restored = self.restore_all(consumer, list, &committed, &mut dropped, started, lost);
         // Records polled meanwhile (of partitions this instance already held) are read again.
         let revoked = matches!(restored, Ok(Restored::Revoked));
