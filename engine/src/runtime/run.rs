@@ -445,6 +445,11 @@ impl RunState {
         // head is the same as after the last step) and take no event.
         let unchanged = skip_unchanged
             && self.partial.iter().all(|p| {
+                // The start state's rule is for its fresh partial match (a started one there
+                // would be replaced by a fresh one): anything else takes the full step.
+                if p.state == nfa.start && p.start_id.is_some() {
+                    return false;
+                }
                 let s = &mut stay[p.state.index()];
                 if *s == UNKNOWN {
                     *s = match stays(nfa, p.state, &event, &mut cache) {
