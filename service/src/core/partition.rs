@@ -42,6 +42,23 @@ pub enum Emit {
     Timeout { key: String, json: String },
 }
 
+/// A seek of the consumer on a partition, until the partition's first record after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sought {
+    /// The offset sought.
+    pub offset: i64,
+    /// How often it was sought again because the first record came from further on.
+    pub again: u8,
+    /// That first record's offset, the last time.
+    pub first: Option<i64>,
+}
+
+impl Sought {
+    pub fn at(offset: i64) -> Sought {
+        Sought { offset, again: 0, first: None }
+    }
+}
+
 /// The engine state of one input partition.
 #[derive(Debug)]
 pub struct Partition {
@@ -54,6 +71,9 @@ pub struct Partition {
     pub next_offset: i64,
     /// Records were read since the last commit (the service's bookkeeping; not state).
     pub advanced: bool,
+    /// The consumer was sought on this partition and its first record since has not come: where
+    /// it was sought (the service checks that record, see `serve::records`).
+    pub sought: Option<Sought>,
     pub counts: Counts,
     /// What was read since the service's last commit (for the metrics; not state).
     pub reads: Reads,
@@ -104,6 +124,7 @@ impl Partition {
             max_ts: i64::MIN,
             next_offset: 0,
             advanced: false,
+            sought: None,
             counts: Counts::default(),
             reads: Reads::default(),
             outs: Vec::new(),

@@ -41,7 +41,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::batch::Batch;
 use super::rebalance::{committed_offset, GroupContext, Restored};
 use super::{Ended, Output, Worker};
-use crate::core::partition::Partition;
+use crate::core::partition::{Partition, Sought};
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::kafka::{produce, TxnContext, REQUEST_TIMEOUT};
 use crate::io::store::Changes;
@@ -534,7 +534,9 @@ impl Worker {
                     "cannot seek {t}/{p} back to offset {at} after an abort: {e}; stopping (a restart resumes from the last commit)"
                 ))
             })?;
-            self.sought.insert((t, p), (at, 0, None));
+            if let Some(part) = self.parts.get_mut(&t).and_then(|m| m.get_mut(&p)) {
+                part.sought = Some(Sought::at(at));
+            }
         }
         Ok(())
     }

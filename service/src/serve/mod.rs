@@ -216,7 +216,6 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
         pending: None,
         marks: HashMap::new(),
         distrusted: HashSet::new(),
-        sought: HashMap::new(),
         txn_started: Instant::now(),
         changelog,
         changelog_parts,
@@ -611,10 +610,6 @@ struct Worker {
     /// Partitions restored after the broker lost committed transactions, until a commit of
     /// theirs: their group offsets may be ahead of everything the broker kept.
     distrusted: HashSet<(String, i32)>,
-    /// Partitions the consumer was sought on, until their first record: the offset sought, how
-    /// often it was sought again, and the first record's offset then (see
-    /// [`Worker::check_sought`]).
-    sought: HashMap<(String, i32), (i64, u8, Option<i64>)>,
     /// When the open transaction took its first record.
     txn_started: Instant,
     changelog: String,

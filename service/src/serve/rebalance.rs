@@ -17,7 +17,7 @@ use super::Ended;
 use super::Output;
 use super::{Shared, Worker};
 use crate::core::changelog::{meta_key, meta_position, state_prefix, StateRecords};
-use crate::core::partition::Partition;
+use crate::core::partition::{Partition, Sought};
 use crate::core::pattern_sets::{PatternSet, Position};
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::kafka::{log_rdkafka, produce, REQUEST_TIMEOUT};
@@ -85,10 +85,6 @@ impl Worker {
         // may come back meanwhile.
         consumer.pause(&tpl).or_fail(Kind::Failed, "cannot pause the assigned partitions for their restore")?;
         let mut dropped = Vec::new();
-        // A seek of an earlier assignment of these partitions no longer says where they start.
-        for (t, p) in list {
-            self.sought.remove(&(t.clone(), *p));
-        }
         let restored = self.restore_all(consumer, list, &committed, &mut dropped, started, lost);
         // Records polled meanwhile (of partitions this instance already held) are read again.
         let revoked = matches!(restored, Ok(Restored::Revoked));
@@ -113,7 +109,9 @@ impl Worker {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            self.sought.insert((t, p), (off, 0, None));
+            if let Some(part) = self.parts.get_mut(&t).and_then(|m| m.get_mut(&p)) {
+                part.sought = Some(Sought::at(off));
+            }
         }
         // Revoked: the next assignment is not paused.
         if !revoked {

@@ -16,7 +16,7 @@ use super::rebalance::GroupContext;
 use super::Ended;
 use super::{Out, Output, Worker};
 use crate::core::coords::seq_of;
-use crate::core::partition::{Emit, Partition};
+use crate::core::partition::{Emit, Partition, Sought};
 use crate::core::plan::{admit, Reject};
 use crate::error::{Error, Result};
 use crate::io::avro::{DecodeError, Retried};
@@ -55,19 +55,18 @@ impl Worker {
             if !self.plans.contains_key(topic) {
                 continue;
             }
-            match self.parts.get(topic).and_then(|m| m.get(&p)) {
+            match self.parts.get_mut(topic).and_then(|m| m.get_mut(&p)) {
                 // Not (or no longer) ours, or already in the restored state.
                 None => continue,
                 Some(part) if off < part.next_offset => continue,
-                Some(_) => {}
-            }
-            if !self.sought.is_empty() || !resought.is_empty() {
-                if resought.contains(&(topic, p)) {
-                    continue;
-                }
-                if !self.check_sought(consumer, topic, p, off)? {
-                    resought.push((topic, p));
-                    continue;
+                Some(part) => {
+                    if !resought.is_empty() && resought.contains(&(topic, p)) {
+                        continue;
+                    }
+                    if part.sought.is_some() && !check_sought(consumer, part, topic, p, off)? {
+                        resought.push((topic, p));
+                        continue;
+                    }
                 }
             }
             let Some(plan) = self.plans.get(topic) else { continue };
@@ -99,34 +98,6 @@ impl Worker {
             ready.push(Ready { msg, decoded: Some(decoded), decode_failed: false, outcome: None, emit: Vec::new() });
         }
         self.step_and_publish(&mut ready)
-    }
-
-    /// Whether the first record of a partition the consumer was sought on comes from where it
-    /// was sought. A seek can lose a race with the consumer's own start of a partition just
-    /// assigned (from the group's offset), and records polled before a seek on assignment are
-    /// past it; then the record is past the offset sought, and the seek is done again (`false`:
-    /// this batch's records of the partition are dropped). A record past the offset can also be
-    /// legitimate (the offset held a transaction marker, or a record compacted away): the same
-    /// record coming first again after the new seek, or a third miss, is taken as it is.
-    fn check_sought(&mut self, consumer: &BaseConsumer<GroupContext>, topic: &str, p: i32, off: i64) -> Result<bool> {
-        let key = (topic.to_owned(), p);
-        let Some(&(want, tries, got)) = self.sought.get(&key) else { return Ok(true) };
-        if off <= want || got == Some(off) || tries >= 3 {
-            self.sought.remove(&key);
-            return Ok(true);
-        }
-        tracing::warn!(
-            topic,
-            partition = p,
-            sought = want,
-            got = off,
-            "the consumer did not start where it was sought: seeking again"
-        );
-        consumer
-            .seek(topic, p, rdkafka::Offset::Offset(want), crate::io::kafka::REQUEST_TIMEOUT)
-            .map_err(|e| Error::failed(format!("cannot seek {topic}/{p} to offset {want} again: {e}")))?;
-        self.sought.insert(key, (want, tries + 1, Some(off)));
-        Ok(false)
     }
 
     /// Feeds `ready` to their partitions and produces their outputs, unless a staged
@@ -413,4 +384,37 @@ fn source_headers(msg: &BorrowedMessage<'_>) -> Vec<(&'static str, String)> {
         h.push(("tripline.source.timestamp", ts.to_string()));
     }
     h
+}
+
+/// Whether the first record of a partition the consumer was sought on comes from where it was
+/// sought. A seek can lose a race with the consumer's own start of a partition just assigned
+/// (from the group's offset), and records polled before a seek on assignment are past it; then
+/// the record is past the offset sought, and the seek is done again (`false`: this batch's
+/// records of the partition are dropped). A record past the offset can also be legitimate (the
+/// offset held a transaction marker, or a record compacted away): the same record coming first
+/// again after the new seek, or a third miss, is taken as it is.
+fn check_sought(
+    consumer: &BaseConsumer<GroupContext>,
+    part: &mut Partition,
+    topic: &str,
+    p: i32,
+    off: i64,
+) -> Result<bool> {
+    let Some(sought) = part.sought else { return Ok(true) };
+    if off <= sought.offset || sought.first == Some(off) || sought.again >= 3 {
+        part.sought = None;
+        return Ok(true);
+    }
+    tracing::warn!(
+        topic,
+        partition = p,
+        sought = sought.offset,
+        got = off,
+        "the consumer did not start where it was sought: seeking again"
+    );
+    consumer
+        .seek(topic, p, rdkafka::Offset::Offset(sought.offset), crate::io::kafka::REQUEST_TIMEOUT)
+        .map_err(|e| Error::failed(format!("cannot seek {topic}/{p} to offset {} again: {e}", sought.offset)))?;
+    part.sought = Some(Sought { again: sought.again + 1, first: Some(off), ..sought });
+    Ok(false)
 }
