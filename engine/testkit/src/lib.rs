@@ -7,6 +7,7 @@
 //! invalid: they are for tests.
 
 pub mod conformance;
+pub mod streams;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
