@@ -2,12 +2,14 @@
 
 pub mod buffer;
 pub mod dewey;
+pub mod multi;
 pub mod operator;
 pub mod pq;
 pub mod run;
 pub mod snapshot;
 pub mod split;
 
+pub use multi::{MultiOperator, MultiOutput, StartIndex};
 pub use operator::{due_in_set, snapshot_summary, Backing, Config, Key, KeyState, Operator, Output, Stats};
 pub use run::{Match, MatchEvents, PartialView, RunState, Timeout};
 pub use snapshot::SnapshotError;

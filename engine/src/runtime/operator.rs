@@ -127,7 +127,7 @@ impl KeyState {
 pub(super) type WindowTimers = VecDeque<i64>;
 
 /// Adds `t` to an ascending list of timers (usually at the end).
-fn add_timer(timers: &mut WindowTimers, t: i64) {
+pub(super) fn add_timer(timers: &mut WindowTimers, t: i64) {
     if timers.back().is_none_or(|&last| last < t) {
         timers.push_back(t);
     } else if let Err(i) = timers.binary_search(&t) {
@@ -144,7 +144,7 @@ fn take_orphans(orphans: &mut HashMap<Key, WindowTimers>, key: &Key) -> WindowTi
 }
 
 /// Forgets the timers up to `t`, which just fired (a key's timers fire in ascending order).
-fn remove_fired(timers: &mut WindowTimers, t: i64) {
+pub(super) fn remove_fired(timers: &mut WindowTimers, t: i64) {
     while timers.front().is_some_and(|&first| first <= t) {
         timers.pop_front();
     }

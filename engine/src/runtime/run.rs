@@ -291,6 +291,14 @@ fn stays(nfa: &Nfa, state: StateId, event: &Event, cache: &mut ConditionCache) -
     Some(only_self_ignore && (start || edges == 1))
 }
 
+/// Whether `event` leaves a key that holds nothing for the pattern (only the fresh start state)
+/// as it is: no partial match starts (decided by the event alone; `false` when a start guard
+/// reads the match). `cache` is reset here.
+pub(super) fn starts_nothing(nfa: &Nfa, event: &Event, cache: &mut ConditionCache) -> bool {
+    cache.reset();
+    stays(nfa, nfa.start, event, cache) == Some(true)
+}
+
 fn final_after_proceed(
     nfa: &Nfa,
     from: StateId,
