@@ -349,6 +349,40 @@ fn audit_commands_refuse_bad_arguments_before_doing_anything() {
 }
 
 #[test]
+fn the_patterns_bench_prints_a_line_per_fleet_and_count() {
+    let o = tripline(&[
+        "bench",
+        "patterns",
+        "--events",
+        "3000",
+        "--keys",
+        "20",
+        "--counts",
+        "1,12",
+        "--separate-max",
+        "12",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let out = text(&o).0;
+    for fleet in ["merchant", "shared"] {
+        for n in [1, 12] {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&format!("fleet={fleet} patterns={n} ")))
+                .unwrap_or_else(|| panic!("no line for {fleet}, {n}: {out}"));
+            // One operator per rule ran too, and found the same matches (else the bench fails).
+            assert!(line.contains("multi_eps=") && line.contains("separate_eps="), "{line}");
+        }
+    }
+    let o = tripline(&["bench", "patterns", "--print-rules", "2", "--fleets", "merchant"]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    assert_eq!(text(&o).0.matches("pattern fleet_").count(), 2);
+    let o = tripline(&["bench", "patterns", "--counts", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert_no_panic(&o);
+}
+
+#[test]
 fn the_scaling_bench_prints_a_line_per_window_and_key_count() {
     let o = tripline(&["bench", "scale", "--events", "5000", "--windows", "1m,1h", "--keys", "10,1000"]);
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));

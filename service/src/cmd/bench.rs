@@ -1,6 +1,7 @@
 //! `tripline bench`: the engine's throughput on the FlinkCEP benchmark's input
 //! ([`crate::tools::bench`]; `scripts/bench-flinkcep` runs both engines), `tripline bench scale`,
-//! the engine's per-event cost as windows and keys grow ([`crate::tools::bench_scale`]), and
+//! the engine's per-event cost as windows and keys grow ([`crate::tools::bench_scale`]),
+//! `tripline bench patterns`, many patterns on one stream ([`crate::tools::bench_patterns`]), and
 //! `tripline bench kafka`, the service end to end against a broker and a registry
 //! ([`crate::tools::bench_kafka`]; `scripts/bench-kafka` starts them and runs it).
 
@@ -38,6 +39,44 @@ enum Mode {
     /// The engine's per-event cost as the window and the number of keys grow, at a fixed event
     /// rate (P1 with each window, generated events as the FlinkCEP harness makes them).
     Scale(ScaleArgs),
+    /// Many patterns on one stream: a fleet of generated rules (1, 10, 100, 1,000 by default)
+    /// over the same generated events, through the multi-pattern operator and, for smaller
+    /// fleets, through one operator per rule.
+    Patterns(PatternsArgs),
+}
+
+/// The fleets of `bench patterns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FleetArg {
+    /// Each rule watches one merchant.
+    Merchant,
+    /// Every rule watches every merchant.
+    Shared,
+}
+
+#[derive(clap::Args, Debug)]
+struct PatternsArgs {
+    /// Events per run (about one per millisecond of event time).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Accounts (the key) the events are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Numbers of rules, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000", value_name = "N,...")]
+    counts: Vec<usize>,
+    /// Which fleets, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "merchant,shared", value_name = "FLEET,...")]
+    fleets: Vec<FleetArg>,
+    /// Also run one operator per rule (as the service does) for fleets up to this many rules.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    separate_max: usize,
+    /// Seed of the events and the rules.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print the first N rules of each fleet and exit.
+    #[arg(long, value_name = "N")]
+    print_rules: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -123,6 +162,33 @@ pub fn run(args: Args) -> Result<Status> {
             let scale =
                 crate::tools::bench_scale::Scale { events: s.events, windows: s.windows, keys: s.keys, seed: s.seed };
             crate::tools::bench_scale::run(&scale)?;
+            return Ok(Status::Ok);
+        }
+        Some(Mode::Patterns(p)) => {
+            use crate::tools::bench_patterns::{self as bp, Fleet};
+            let fleets: Vec<Fleet> = p
+                .fleets
+                .iter()
+                .map(|f| match f {
+                    FleetArg::Merchant => Fleet::Merchant,
+                    FleetArg::Shared => Fleet::Shared,
+                })
+                .collect();
+            if let Some(n) = p.print_rules {
+                for &f in &fleets {
+                    bp::print_rules(f, n, p.seed);
+                }
+                return Ok(Status::Ok);
+            }
+            let run = bp::Patterns {
+                events: p.events,
+                keys: p.keys,
+                counts: p.counts,
+                fleets,
+                separate_max: p.separate_max,
+                seed: p.seed,
+            };
+            bp::run(&run)?;
             return Ok(Status::Ok);
         }
         None => {}

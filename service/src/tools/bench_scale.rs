@@ -30,10 +30,10 @@ pub struct Scale {
 }
 
 /// The harness's random numbers (SplitMix64), for the same mix of events.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -45,13 +45,13 @@ impl SplitMix64 {
         (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         (self.unit() * n as f64) as u64
     }
 }
 
 /// `n` events over `keys` keys, as the harness generates its base input (without hot keys).
-fn generate(n: usize, keys: u64, seed: u64) -> Vec<(Key, Arc<Event>)> {
+pub(crate) fn generate(n: usize, keys: u64, seed: u64) -> Vec<(Key, Arc<Event>)> {
     let mut rng = SplitMix64(seed);
     let types = TYPES.map(|t| Value::Str(Arc::from(t)));
     let mut base: i64 = 1_700_000_000_000;

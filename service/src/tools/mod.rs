@@ -1,12 +1,13 @@
 //! Tools around the service: `tripline produce` (JSON-lines events to Avro records, schemas
 //! registered), `tail` (a topic's committed records), `export` (a stream's committed records,
 //! decoded, as JSON lines with their coordinates: the input of a replay), `bench` (the
-//! engine's throughput on the FlinkCEP benchmark's input) and `bench kafka` (the service end to
+//! engine's throughput on the FlinkCEP benchmark's input; `bench scale` and `bench patterns`) and `bench kafka` (the service end to
 //! end against a broker: [`bench_kafka`], with its harness in [`bench_env`]).
 
 pub mod bench;
 pub mod bench_env;
 pub mod bench_kafka;
+pub mod bench_patterns;
 pub mod bench_scale;
 pub mod export;
 pub mod produce;
