@@ -16,9 +16,10 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use super::run::{MatchEvents, PartialView, RunState};
+use super::run::{self as run, MatchEvents, PartialView, RunState};
 use super::snapshot::{self, SnapshotError};
 use super::split::{self, KeyRecords};
+use crate::expr::ConditionCache;
 use crate::nfa::{FieldId, Nfa};
 use crate::value::{Event, Value};
 
@@ -103,7 +104,9 @@ pub struct Stats {
 /// Everything one key holds.
 #[derive(Clone, Debug)]
 pub struct KeyState {
-    pub run: RunState,
+    /// `None`: only the fresh start state (no partial match started, nothing held back), made
+    /// when an event starts something.
+    pub run: Option<RunState>,
     /// Buffered events by timestamp, in arrival order.
     pub queue: BTreeMap<i64, Vec<Arc<Event>>>,
     /// The key's pending window timers, ascending. Its other timers are the timestamps of
@@ -117,8 +120,20 @@ pub struct KeyState {
 }
 
 impl KeyState {
-    fn new(nfa: &Nfa, windows: WindowTimers) -> Self {
-        KeyState { run: RunState::new(nfa), queue: BTreeMap::new(), windows, dirty: false, used: 0 }
+    fn new(windows: WindowTimers) -> Self {
+        KeyState { run: None, queue: BTreeMap::new(), windows, dirty: false, used: 0 }
+    }
+
+    fn partial_count(&self) -> usize {
+        self.run.as_ref().map_or(0, RunState::partial_count)
+    }
+
+    /// Calls `f` with the key's run (a fresh one when it holds none).
+    fn with_run<R>(&self, nfa: &Nfa, f: impl FnOnce(&RunState) -> R) -> R {
+        match &self.run {
+            Some(run) => f(run),
+            None => f(&RunState::new(nfa)),
+        }
     }
 }
 
@@ -248,11 +263,14 @@ pub struct Operator {
     /// With a backing: no stored timer of a key out of memory is before this time (`None`: not
     /// known yet). The backing is asked for due timers only once the watermark reaches it.
     stored_floor: Option<i64>,
+    /// Reused to decide whether an event starts a partial match at a key that holds none.
+    start_cache: ConditionCache,
 }
 
 impl Operator {
     pub fn new(nfa: Arc<Nfa>, config: Config) -> Self {
         let nfa_vars = nfa.vars.len();
+        let start_cache = ConditionCache::new(&nfa.conditions);
         Operator {
             nfa,
             store: HashMap::default(),
@@ -271,6 +289,7 @@ impl Operator {
             scratch: Vec::new(),
             split: HashMap::default(),
             stored_floor: None,
+            start_cache,
         }
     }
 
@@ -314,14 +333,10 @@ impl Operator {
         let event = 128 + 40 * fields;
         let mut bytes = self.orphan_timers.len() * (KEY + 96);
         for s in self.store.values() {
-            let (events, nodes) = s.run.buffer.size();
+            let (events, nodes) = s.run.as_ref().map_or((0, 0), |r| r.buffer.size());
             let queued: usize = s.queue.values().map(Vec::len).sum();
-            bytes += KEY
-                + 1024
-                + (events + queued) * event
-                + nodes * 128
-                + s.run.partial_count() * 160
-                + s.windows.len() * 64;
+            bytes +=
+                KEY + 1024 + (events + queued) * event + nodes * 128 + s.partial_count() * 160 + s.windows.len() * 64;
         }
         // What split keys remember of their stored records: per event an id, a held pointer,
         // and its shared-buffer record's bytes.
@@ -352,7 +367,7 @@ impl Operator {
     /// key holds no state in memory), ordered by first event: [`RunState::partial_views`].
     /// Read-only.
     pub fn partial_matches(&self, key: &Key) -> Vec<PartialView> {
-        self.store.get(key).map(|s| s.run.partial_views()).unwrap_or_default()
+        self.store.get(key).and_then(|s| s.run.as_ref()).map(RunState::partial_views).unwrap_or_default()
     }
 
     /// Events of `key` waiting in its time-order queue for the watermark to pass them (not yet
@@ -417,6 +432,7 @@ impl Operator {
                     self.timers.insert((t, key.clone()));
                 }
                 self.tick += 1;
+                let run = (!run.is_idle()).then_some(run);
                 self.store.insert(key, KeyState { run, queue, windows, dirty: false, used: self.tick });
             }
             _ if !windows.is_empty() => {
@@ -443,7 +459,7 @@ impl Operator {
             std::collections::hash_map::Entry::Vacant(v) => {
                 self.keys += 1;
                 let windows = take_orphans(&mut self.orphan_timers, &key);
-                v.insert(KeyState::new(&self.nfa, windows))
+                v.insert(KeyState::new(windows))
             }
         };
         state.used = tick;
@@ -488,11 +504,8 @@ impl Operator {
                     }
                 }
             }
-            while let Some((t, key)) = self.timers.first().cloned() {
-                if t > until {
-                    break;
-                }
-                self.timers.remove(&(t, key.clone()));
+            while self.timers.first().is_some_and(|(t, _)| *t <= until) {
+                let Some((t, key)) = self.timers.pop_first() else { break };
                 self.on_timer(t, key, out);
             }
             if until >= wm {
@@ -504,7 +517,7 @@ impl Operator {
 
     /// The timer `(t, key)` fired (it is out of the timer set).
     fn on_timer(&mut self, t: i64, key: Key, out: &mut Vec<Output>) {
-        let nfa = self.nfa.clone();
+        let nfa = &*self.nfa;
         let window = nfa.window_ms.unwrap_or(0);
         let wm = self.watermark;
         let (tie_break, budget) = (self.config.tie_break, self.config.max_partial_matches_per_key);
@@ -527,7 +540,7 @@ impl Operator {
         };
         state.used = tick;
         remove_fired(&mut state.windows, t);
-        let partials_before = state.run.partial_count();
+        let partials_before = state.partial_count();
         if self.track_changes && !state.dirty {
             state.dirty = true;
             self.dirty.insert(key.clone());
@@ -535,8 +548,10 @@ impl Operator {
         let mut new_timers = Vec::new();
         let stats = &mut self.stats;
         let reached = &mut self.reached;
+        let start_cache = &mut self.start_cache;
         let emit_time = |state: &mut KeyState, ts: i64, out: &mut Vec<Output>, stats: &mut Stats| {
-            let (matches, timeouts, timed_out) = state.run.advance_time(&nfa, ts, emit_timeouts);
+            let Some(run) = state.run.as_mut() else { return };
+            let (matches, timeouts, timed_out) = run.advance_time(nfa, ts, emit_timeouts);
             stats.matches += matches.len() as u64;
             stats.timeouts += timed_out as u64;
             out.extend(matches.into_iter().map(|m| Output::Match { key: key.clone(), ts, events: m.events }));
@@ -552,21 +567,33 @@ impl Operator {
                 batch.sort_by(|a, b| a.field(f).compare(b.field(f)).unwrap_or(std::cmp::Ordering::Equal));
             }
             for e in batch {
-                let matches = state.run.step(&nfa, e, ts, reached, !exact_steps);
-                if window > 0 && state.run.new_start {
+                let run = match state.run.as_mut() {
+                    Some(run) => run,
+                    // The fresh start state stays as it is for an event that starts nothing:
+                    // its step would change nothing (see `RunState::step`).
+                    None if !exact_steps && run::starts_nothing(nfa, &e, start_cache) => continue,
+                    None => state.run.insert(RunState::new(nfa)),
+                };
+                let matches = run.step(nfa, e, ts, reached, !exact_steps);
+                if window > 0 && run.new_start {
                     new_timers.push(ts.saturating_add(window));
                 }
-                state.run.new_start = false;
+                run.new_start = false;
                 stats.matches += matches.len() as u64;
                 out.extend(matches.into_iter().map(|m| Output::Match { key: key.clone(), ts, events: m.events }));
                 if let Some(max) = budget {
-                    stats.dropped_partial_matches += state.run.enforce_budget(max) as u64;
+                    stats.dropped_partial_matches += run.enforce_budget(max) as u64;
                 }
             }
         }
         emit_time(state, wm, out, stats);
-        self.partials = (self.partials + state.run.partial_count()).saturating_sub(partials_before);
-        let idle = state.queue.is_empty() && state.run.is_idle();
+        self.partials = (self.partials + state.partial_count()).saturating_sub(partials_before);
+        // A run holding nothing is the fresh start state again (as when the key's state is
+        // dropped: it then starts afresh too).
+        if state.run.as_ref().is_some_and(RunState::is_idle) {
+            state.run = None;
+        }
+        let idle = state.queue.is_empty() && state.run.is_none();
         for t in new_timers {
             // A timer at or below the watermark fires in this pass, as in Flink.
             if self.timers.insert((t, key.clone())) {
@@ -679,9 +706,9 @@ impl Operator {
     /// [`super::snapshot`].
     pub fn snapshot_key(&self, key: &Key, out: &mut Vec<u8>) -> bool {
         match (self.store.get(key), self.orphan_timers.get(key)) {
-            (Some(state), _) => {
-                snapshot::encode(&self.nfa, Some((&state.run, &state.queue)), state.windows.iter().copied(), out)
-            }
+            (Some(state), _) => state.with_run(&self.nfa, |run| {
+                snapshot::encode(&self.nfa, Some((run, &state.queue)), state.windows.iter().copied(), out)
+            }),
             (None, Some(windows)) => snapshot::encode(&self.nfa, None, windows.iter().copied(), out),
             (None, None) => return false,
         }
@@ -705,21 +732,21 @@ impl Operator {
         let stored = self.split.remove(key);
         let held = match (self.store.get(key), self.orphan_timers.get(key)) {
             (Some(state), _) => {
-                let events = state.queue.values().map(Vec::len).sum::<usize>() + state.run.buffer.events.len();
+                let held = state.run.as_ref().map_or(0, |r| r.buffer.events.len());
+                let events = state.queue.values().map(Vec::len).sum::<usize>() + held;
                 let as_split =
                     events > 0 && self.config.inline_events.is_some_and(|max| events > max || stored.is_some());
                 if as_split {
                     let mut stored = stored.unwrap_or_default();
-                    split::encode(&self.nfa, &state.run, &state.queue, state.windows.iter().copied(), &mut stored, out);
+                    state.with_run(&self.nfa, |run| {
+                        split::encode(&self.nfa, run, &state.queue, state.windows.iter().copied(), &mut stored, out)
+                    });
                     self.split.insert(key.clone(), stored);
                     return true;
                 }
-                snapshot::encode(
-                    &self.nfa,
-                    Some((&state.run, &state.queue)),
-                    state.windows.iter().copied(),
-                    &mut out.head,
-                );
+                state.with_run(&self.nfa, |run| {
+                    snapshot::encode(&self.nfa, Some((run, &state.queue)), state.windows.iter().copied(), &mut out.head)
+                });
                 true
             }
             (None, Some(windows)) => {
@@ -789,7 +816,7 @@ impl Operator {
             for &t in state.queue.keys().chain(state.windows.iter()) {
                 self.timers.remove(&(t, key.clone()));
             }
-            self.partials = self.partials.saturating_sub(state.run.partial_count());
+            self.partials = self.partials.saturating_sub(state.partial_count());
             self.keys = self.keys.saturating_sub(1);
         }
         for t in self.orphan_timers.remove(key).unwrap_or_default() {
