@@ -278,7 +278,8 @@ impl NfaBuilder {
             return Err(BuildError::new(Site::Pattern, Kind::NoFinalState));
         }
 
-        Ok(Nfa { meta, vars, fields, types, conditions, states, start, window_ms, skip, outputs, message })
+        let reads = crate::nfa::reads_of(&conditions);
+        Ok(Nfa { meta, vars, fields, types, conditions, states, start, window_ms, skip, outputs, message, reads })
     }
 }
 

@@ -367,6 +367,12 @@ impl ConditionCache {
 pub trait MatchView {
     /// Calls `f` on each event `var` has taken, in order, until `f` returns `false`.
     fn visit(&self, var: VarId, f: &mut dyn FnMut(&Event) -> bool);
+
+    /// The aggregate `func` of `field` over `var`'s events if the view keeps it at hand (a
+    /// partial match's registers); `None`: it is computed by [`MatchView::visit`].
+    fn folded(&self, _func: AggFunc, _var: VarId, _field: Option<FieldId>) -> Option<Value> {
+        None
+    }
 }
 
 /// A match with nothing taken yet.
@@ -440,97 +446,122 @@ fn text_op(op: BinOp, a: &Value, b: &Value) -> Value {
 }
 
 fn aggregate(func: AggFunc, var: VarId, field: Option<FieldId>, view: &dyn MatchView) -> Value {
-    let get = |e: &Event| field.map_or(Value::Null, |f| e.field(f).clone());
-    match func {
-        AggFunc::Count => {
-            let mut n = 0i64;
-            view.visit(var, &mut |_| {
-                n += 1;
-                true
-            });
-            Value::Int(n)
+    if let Some(v) = view.folded(func, var, field) {
+        return v;
+    }
+    let mut fold = Fold::default();
+    view.visit(var, &mut |e| fold.add(func, field.map_or(Value::Null, |f| e.field(f).clone())));
+    fold.result(func)
+}
+
+/// An aggregate over a variable's events, fed oldest first ([`Fold::add`]): what a condition's
+/// `count(b)`, `avg(b.price)`, `first(b.price)` or `a.price` reads. The same fold serves the
+/// walk over a match's events and the registers a partial match keeps as it takes events.
+#[derive(Clone, Debug)]
+pub struct Fold {
+    /// Events (count), or values summed.
+    n: i64,
+    int_sum: i64,
+    float_sum: f64,
+    floats: bool,
+    overflow: bool,
+    /// First, last, min or max so far.
+    value: Value,
+    distinct: Vec<Value>,
+}
+
+impl Default for Fold {
+    fn default() -> Self {
+        Fold {
+            n: 0,
+            int_sum: 0,
+            float_sum: 0.0,
+            floats: false,
+            overflow: false,
+            value: Value::Null,
+            distinct: Vec::new(),
         }
-        AggFunc::CountDistinct => {
-            let mut seen: Vec<Value> = Vec::new();
-            view.visit(var, &mut |e| {
-                let v = get(e);
-                if !v.is_null() && !seen.iter().any(|s| s.sql_eq(&v) == Some(true)) {
-                    seen.push(v);
+    }
+}
+
+impl PartialEq for Fold {
+    fn eq(&self, other: &Self) -> bool {
+        self.n == other.n
+            && self.int_sum == other.int_sum
+            && self.float_sum.to_bits() == other.float_sum.to_bits()
+            && self.floats == other.floats
+            && self.overflow == other.overflow
+            && self.value == other.value
+            && self.distinct == other.distinct
+    }
+}
+
+impl Eq for Fold {}
+
+impl Fold {
+    /// Adds the value of the next event (`v`: the field read, null when none is); `false` when
+    /// later events cannot change the result.
+    pub fn add(&mut self, func: AggFunc, v: Value) -> bool {
+        match func {
+            AggFunc::Count => self.n += 1,
+            AggFunc::CountDistinct => {
+                if !v.is_null() && !self.distinct.iter().any(|s| s.sql_eq(&v) == Some(true)) {
+                    self.distinct.push(v);
                 }
-                true
-            });
-            Value::Int(seen.len() as i64)
-        }
-        AggFunc::Sum | AggFunc::Avg => {
-            // The sum of no values is 0 (as in FlinkCEP's iterative conditions); their average is null.
-            let (mut int_sum, mut float_sum, mut floats, mut n) = (0i64, 0f64, false, 0usize);
-            let mut overflow = false;
-            view.visit(var, &mut |e| {
-                match get(e) {
-                    Value::Int(i) => match int_sum.checked_add(i) {
-                        Some(s) => int_sum = s,
-                        None => overflow = true,
-                    },
-                    Value::Float(f) => {
-                        floats = true;
-                        float_sum += f;
+            }
+            AggFunc::Sum | AggFunc::Avg => match v {
+                Value::Int(i) => {
+                    match self.int_sum.checked_add(i) {
+                        Some(s) => self.int_sum = s,
+                        None => self.overflow = true,
                     }
-                    _ => return true,
+                    self.n += 1;
                 }
-                n += 1;
-                true
-            });
-            if overflow {
-                return Value::Null;
-            }
-            if func == AggFunc::Avg {
-                if n == 0 {
-                    return Value::Null;
+                Value::Float(f) => {
+                    self.floats = true;
+                    self.float_sum += f;
+                    self.n += 1;
                 }
-                return Value::Float((int_sum as f64 + float_sum) / n as f64);
-            }
-            if floats {
-                Value::Float(int_sum as f64 + float_sum)
-            } else {
-                Value::Int(int_sum)
-            }
-        }
-        AggFunc::Min | AggFunc::Max => {
-            let mut best = Value::Null;
-            view.visit(var, &mut |e| {
-                let v = get(e);
-                if v.is_null() {
-                    return true;
-                }
-                let better = match best.compare(&v) {
-                    None => best.is_null(),
-                    Some(o) => {
-                        (func == AggFunc::Min && o == Ordering::Greater)
-                            || (func == AggFunc::Max && o == Ordering::Less)
+                _ => {}
+            },
+            AggFunc::Min | AggFunc::Max => {
+                if !v.is_null() {
+                    let better = match self.value.compare(&v) {
+                        None => self.value.is_null(),
+                        Some(o) => {
+                            (func == AggFunc::Min && o == Ordering::Greater)
+                                || (func == AggFunc::Max && o == Ordering::Less)
+                        }
+                    };
+                    if better {
+                        self.value = v;
                     }
-                };
-                if better {
-                    best = v;
                 }
-                true
-            });
-            best
+            }
+            AggFunc::First => {
+                if self.n == 0 {
+                    self.value = v;
+                }
+                self.n += 1;
+                return false;
+            }
+            AggFunc::Last => self.value = v,
         }
-        AggFunc::First => {
-            let mut out = Value::Null;
-            view.visit(var, &mut |e| {
-                out = get(e);
-                false
-            });
-            out
-        }
-        AggFunc::Last => {
-            let mut out = Value::Null;
-            view.visit(var, &mut |e| {
-                out = get(e);
-                true
-            });
-            out
+        true
+    }
+
+    pub fn result(&self, func: AggFunc) -> Value {
+        match func {
+            AggFunc::Count => Value::Int(self.n),
+            AggFunc::CountDistinct => Value::Int(self.distinct.len() as i64),
+            // The sum of no values is 0 (as in FlinkCEP's iterative conditions); their average
+            // is null.
+            AggFunc::Sum | AggFunc::Avg if self.overflow => Value::Null,
+            AggFunc::Avg if self.n == 0 => Value::Null,
+            AggFunc::Avg => Value::Float((self.int_sum as f64 + self.float_sum) / self.n as f64),
+            AggFunc::Sum if self.floats => Value::Float(self.int_sum as f64 + self.float_sum),
+            AggFunc::Sum => Value::Int(self.int_sum),
+            AggFunc::Min | AggFunc::Max | AggFunc::First | AggFunc::Last => self.value.clone(),
         }
     }
 }
@@ -632,6 +663,27 @@ impl Expr {
             Expr::Binary(_, a, b) => a.reads_match() || b.reads_match(),
             Expr::If(c, t, e) => c.reads_match() || t.reads_match() || e.reads_match(),
             Expr::Call(_, args) => args.iter().any(Expr::reads_match),
+        }
+    }
+
+    /// Calls `f` on each direct subexpression.
+    pub fn for_each_child(&self, f: &mut dyn FnMut(&Expr)) {
+        match self {
+            Expr::Lit(_) | Expr::Field(_) | Expr::VarField(..) | Expr::Agg(..) => {}
+            Expr::Unary(_, e)
+            | Expr::IsNull { expr: e, .. }
+            | Expr::In { expr: e, .. }
+            | Expr::Like { expr: e, .. } => f(e),
+            Expr::Binary(_, a, b) => {
+                f(a);
+                f(b);
+            }
+            Expr::If(c, t, e) => {
+                f(c);
+                f(t);
+                f(e);
+            }
+            Expr::Call(_, args) => args.iter().for_each(f),
         }
     }
 

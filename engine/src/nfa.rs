@@ -179,6 +179,33 @@ pub struct Nfa {
     pub skip: SkipStrategy,
     pub outputs: Vec<OutputField>,
     pub message: Template,
+    /// What the conditions read of earlier events, `(function, variable, field)`: `a.price` is
+    /// `(First, a, price)`. Derived from `conditions`; partial matches keep these as registers.
+    pub(crate) reads: Vec<Read>,
+}
+
+/// An aggregate a condition reads over a variable's events (`a.price` is the first).
+pub(crate) type Read = (crate::expr::AggFunc, VarId, Option<FieldId>);
+
+/// The reads of `conditions`, each once, in order of appearance.
+pub(crate) fn reads_of(conditions: &[Expr]) -> Vec<Read> {
+    use crate::expr::AggFunc;
+    fn walk(e: &Expr, out: &mut Vec<Read>) {
+        let read = match e {
+            Expr::VarField(var, f) => Some((AggFunc::First, *var, Some(*f))),
+            Expr::Agg(func, var, field) => Some((*func, *var, *field)),
+            _ => None,
+        };
+        if let Some(r) = read.filter(|r| !out.contains(r)) {
+            out.push(r);
+        }
+        e.for_each_child(&mut |c| walk(c, out));
+    }
+    let mut out = Vec::new();
+    for c in conditions {
+        walk(c, &mut out);
+    }
+    out
 }
 
 impl Nfa {

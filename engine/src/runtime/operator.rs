@@ -78,8 +78,9 @@ pub struct Config {
     /// writes every key in one record.
     pub inline_events: Option<usize>,
     /// Every event takes FlinkCEP's full step, even one that leaves every partial match of its
-    /// key as it is (the default skips those steps: same output, same state). For differential
-    /// tests; slower.
+    /// key as it is, and conditions read earlier events by walking the match's path (the
+    /// default skips those steps and reads registers: same output, same state). For
+    /// differential tests; slower.
     pub exact_steps: bool,
 }
 

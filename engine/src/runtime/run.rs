@@ -10,9 +10,9 @@ use std::sync::Arc;
 use super::buffer::{EventId, EventPath, NodeId, SharedBuffer};
 use super::dewey::Dewey;
 use super::pq::JavaPq;
-use crate::expr::{ConditionCache, MatchView};
-use crate::nfa::{Action, Nfa, SkipStrategy, StateId, StateKind, VarId};
-use crate::value::Event;
+use crate::expr::{AggFunc, ConditionCache, Fold, MatchView};
+use crate::nfa::{Action, FieldId, Nfa, Read, SkipStrategy, StateId, StateKind, VarId};
+use crate::value::{Event, Value};
 use smallvec::SmallVec;
 
 /// A partial match (or a completed match waiting to be released).
@@ -25,6 +25,43 @@ pub struct Partial {
     pub start_ts: i64,
     pub prev_ts: i64,
     pub start_id: Option<EventId>,
+    /// What the conditions read of the events taken so far ([`Nfa::reads`](crate::Nfa), in
+    /// order), folded as the events were taken: the same values as a walk over the partial
+    /// match's path, without the walk. `None`: nothing read has been taken yet. Derived: not
+    /// in snapshots, rebuilt from the path when a snapshot is read.
+    pub regs: Option<Arc<[Fold]>>,
+}
+
+/// The registers after taking `event` into `var`: those reading `var` fold its value in (a new
+/// array), the others are shared.
+fn take_regs(reads: &[Read], regs: &Option<Arc<[Fold]>>, var: VarId, event: &Event) -> Option<Arc<[Fold]>> {
+    if !reads.iter().any(|r| r.1 == var) {
+        return regs.clone();
+    }
+    let mut folds: Vec<Fold> = match regs {
+        Some(r) => r.to_vec(),
+        None => vec![Fold::default(); reads.len()],
+    };
+    for (fold, (func, v, field)) in folds.iter_mut().zip(reads) {
+        if *v == var {
+            fold.add(*func, field.map_or(Value::Null, |f| event.field(f).clone()));
+        }
+    }
+    Some(folds.into())
+}
+
+/// The registers of a partial match whose last taken event is `prev`, rebuilt from its path.
+fn regs_from_path(nfa: &Nfa, buffer: &SharedBuffer, prev: Option<NodeId>, version: &Dewey) -> Option<Arc<[Fold]>> {
+    let (Some(prev), false) = (prev, nfa.reads.is_empty()) else { return None };
+    let mut nodes = Vec::new();
+    buffer.first_path(prev, version, &mut nodes);
+    let mut regs = None;
+    for n in nodes.iter().rev() {
+        if let Some(e) = buffer.event(n.event) {
+            regs = take_regs(&nfa.reads, &regs, n.var, e);
+        }
+    }
+    regs
 }
 
 fn key(p: &Partial) -> (i64, u32) {
@@ -154,12 +191,17 @@ impl RunState {
     /// A run state from what [`RunState::queues`], `new_start` and `buffer` held; `None` unless
     /// both queues are heaps in FlinkCEP's order. The scratch space starts empty (it holds nothing
     /// between events).
+    /// The partial matches' registers are rebuilt from their paths.
     pub(super) fn from_parts(
-        partial: Vec<Partial>,
-        completed: Vec<Partial>,
+        nfa: &Nfa,
+        mut partial: Vec<Partial>,
+        mut completed: Vec<Partial>,
         new_start: bool,
         buffer: SharedBuffer,
     ) -> Option<Self> {
+        for p in partial.iter_mut().chain(completed.iter_mut()) {
+            p.regs = regs_from_path(nfa, &buffer, p.prev, &p.version);
+        }
         Some(RunState {
             partial: JavaPq::from_heap(partial, cmp)?,
             completed: JavaPq::from_heap(completed, cmp)?,
@@ -174,24 +216,35 @@ impl RunState {
 }
 
 fn start_state(state: StateId, version: Dewey) -> Partial {
-    Partial { state, version, prev: None, start_ts: -1, prev_ts: -1, start_id: None }
+    Partial { state, version, prev: None, start_ts: -1, prev_ts: -1, start_id: None, regs: None }
 }
 
-/// Condition context: the events the partial match has taken so far (never the candidate),
-/// found on first use by walking the match's path in the shared buffer (newest first).
+/// Condition context: the events the partial match has taken so far (never the candidate):
+/// what conditions read of them from its registers, or (without `reads`) found on first use by
+/// walking the match's path in the shared buffer (newest first).
 struct Ctx<'a> {
     buffer: &'a SharedBuffer,
     partial: &'a Partial,
     path: RefCell<Option<Vec<NodeId>>>,
+    /// The pattern's reads, when the registers answer them.
+    reads: Option<&'a [Read]>,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(buffer: &'a SharedBuffer, partial: &'a Partial) -> Self {
-        Ctx { buffer, partial, path: RefCell::new(None) }
+    fn new(buffer: &'a SharedBuffer, partial: &'a Partial, reads: Option<&'a [Read]>) -> Self {
+        Ctx { buffer, partial, path: RefCell::new(None), reads }
     }
 }
 
 impl MatchView for Ctx<'_> {
+    fn folded(&self, func: AggFunc, var: VarId, field: Option<FieldId>) -> Option<Value> {
+        let i = self.reads?.iter().position(|r| *r == (func, var, field))?;
+        Some(match &self.partial.regs {
+            Some(regs) => regs.get(i)?.result(func),
+            None => Fold::default().result(func),
+        })
+    }
+
     fn visit(&self, var: VarId, f: &mut dyn FnMut(&Event) -> bool) {
         let mut path = self.path.borrow_mut();
         let nodes = path.get_or_insert_with(|| {
@@ -222,6 +275,8 @@ struct Incoming {
     event: Arc<Event>,
     ts: i64,
     id: Option<EventId>,
+    /// Conditions read earlier events from the registers (else by walking the path).
+    registers: bool,
     /// Results of the conditions that do not depend on the partial match, for this event.
     cache: ConditionCache,
 }
@@ -350,8 +405,9 @@ fn next_states(
     out: &mut Vec<Partial>,
     reached: &mut [u64],
 ) {
+    let reads = ev.registers.then_some(&nfa.reads[..]);
     let og = {
-        let ctx = Ctx::new(buffer, p);
+        let ctx = Ctx::new(buffer, p, reads);
         decision_graph(nfa, p, &ev.event, &ctx, &mut ev.cache)
     };
     let is_start = p.state == nfa.start;
@@ -397,10 +453,11 @@ fn next_states(
                     start_ts,
                     prev_ts: ev.ts,
                     start_id,
+                    regs: take_regs(&nfa.reads, &p.regs, var, &ev.event),
                 };
                 add_partial(out, buffer, n.clone(), p, &mut inherited);
                 let fin = {
-                    let ctx = Ctx::new(buffer, p);
+                    let ctx = Ctx::new(buffer, p, reads);
                     final_after_proceed(nfa, edge.target, &ev.event, &ctx, &mut ev.cache)
                 };
                 if let Some(f) = fin {
@@ -432,8 +489,8 @@ impl RunState {
     }
 
     /// [`RunState::process_counting`]; with `skip_unchanged` false, FlinkCEP's full step is taken
-    /// even for an event that leaves every partial match as it is (same result, more work: for
-    /// differential tests of the skip).
+    /// even for an event that leaves every partial match as it is, and conditions walk the path
+    /// instead of reading registers (same result, more work: for differential tests).
     pub fn step(
         &mut self,
         nfa: &Nfa,
@@ -473,7 +530,7 @@ impl RunState {
             self.cond_cache = Some(cache);
             return Vec::new();
         }
-        let mut ev = Incoming { event, ts, id: None, cache };
+        let mut ev = Incoming { event, ts, id: None, cache, registers: skip_unchanged };
         let mut new_partial = JavaPq::reusing(std::mem::take(&mut self.spare));
         let mut potential = JavaPq::new();
         let mut current = std::mem::take(&mut self.partial).into_vec();

@@ -689,7 +689,7 @@ pub(super) fn read_partial_with<P>(
     } else {
         None
     };
-    Ok((Partial { state, version, prev: None, start_ts, prev_ts, start_id }, prev))
+    Ok((Partial { state, version, prev: None, start_ts, prev_ts, start_id, regs: None }, prev))
 }
 
 /// An event's record type and values (after its sequence number and time).
@@ -852,7 +852,7 @@ pub(super) fn decode(nfa: &Nfa, bytes: &[u8]) -> Result<Decoded> {
         return Err(SnapshotError::Invalid { offset: at, reason: "an event nothing refers to" });
     }
     let [partial, completed] = queues;
-    let run = RunState::from_parts(partial, completed, flags & NEW_START != 0, buffer)
+    let run = RunState::from_parts(nfa, partial, completed, flags & NEW_START != 0, buffer)
         .ok_or(SnapshotError::Invalid { offset: at, reason: "partial matches out of heap order" })?;
     Ok((Some((run, queue)), windows))
 }

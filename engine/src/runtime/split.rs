@@ -478,7 +478,7 @@ pub(super) fn decode(nfa: &Nfa, head: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> 
             .collect::<Result<Vec<_>>>()
     });
     let (partial, completed) = (partial?, completed?);
-    let run = RunState::from_parts(partial, completed, h.flags & NEW_START != 0, buffer)
+    let run = RunState::from_parts(nfa, partial, completed, h.flags & NEW_START != 0, buffer)
         .ok_or(invalid("partial matches out of heap order"))?;
     let mut stored = SplitState { by_addr: HashMap::default(), next: h.next, events: stored_events };
     for (rec, e) in payload_records.iter().zip(events.into_iter().flatten()) {
