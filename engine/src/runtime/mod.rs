@@ -9,7 +9,7 @@ pub mod run;
 pub mod snapshot;
 pub mod split;
 
-pub use multi::{MultiOperator, MultiOutput, StartIndex};
+pub use multi::{MultiError, MultiOperator, MultiOutput, StartIndex};
 pub use operator::{due_in_set, snapshot_summary, Backing, Config, Key, KeyState, Operator, Output, Stats};
 pub use run::{Match, MatchEvents, PartialView, RunState, Timeout};
 pub use snapshot::SnapshotError;

@@ -313,16 +313,44 @@ struct Patterns {
     checks: u64,
 }
 
+/// Patterns that cannot run in one [`MultiOperator`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MultiError {
+    #[error("pattern `{pattern}` reads stream `{stream}`, the first pattern reads `{first}`")]
+    OtherStream { pattern: String, stream: String, first: String },
+    #[error("pattern `{pattern}` is keyed by `{key}`, the first pattern by `{first}`: group patterns by key field")]
+    OtherKey { pattern: String, key: String, first: String },
+}
+
 impl MultiOperator {
-    /// The patterns must share their stream and key field (the caller keys events by it).
-    pub fn new(patterns: Vec<Arc<Nfa>>, config: Config) -> Self {
+    /// The patterns must read the same stream with the same key field (the caller keys events
+    /// by it); group them by key field, one operator per group.
+    pub fn new(patterns: Vec<Arc<Nfa>>, config: Config) -> Result<Self, MultiError> {
+        if let Some(first) = patterns.first() {
+            for p in &patterns[1..] {
+                if p.meta.stream != first.meta.stream {
+                    return Err(MultiError::OtherStream {
+                        pattern: p.meta.name.clone(),
+                        stream: p.meta.stream.clone(),
+                        first: first.meta.stream.clone(),
+                    });
+                }
+                if p.meta.key != first.meta.key {
+                    return Err(MultiError::OtherKey {
+                        pattern: p.meta.name.clone(),
+                        key: p.field_name(p.meta.key).to_owned(),
+                        first: first.field_name(first.meta.key).to_owned(),
+                    });
+                }
+            }
+        }
         let index = StartIndex::new(&patterns);
         let caches = patterns.iter().map(|n| ConditionCache::new(&n.conditions)).collect();
         let counts = patterns
             .iter()
             .map(|n| PatternCounts { stats: Stats::default(), reached: vec![0; n.vars.len()] })
             .collect();
-        MultiOperator {
+        Ok(MultiOperator {
             work: Patterns {
                 nfas: patterns,
                 index,
@@ -337,7 +365,7 @@ impl MultiOperator {
             timers: BTreeSet::new(),
             watermark: i64::MIN,
             stats: Stats::default(),
-        }
+        })
     }
 
     pub fn patterns(&self) -> &[Arc<Nfa>] {

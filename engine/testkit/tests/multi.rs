@@ -29,7 +29,7 @@ fn key_of(o: &Output) -> String {
 fn multi_is_exact(patterns: &[Arc<Nfa>], config: Config, steps: &[Step]) -> Result<(u64, u64), String> {
     let mut singles: Vec<Operator> = patterns.iter().map(|n| Operator::new(n.clone(), config)).collect();
     let mut outs: Vec<Vec<Output>> = vec![Vec::new(); patterns.len()];
-    let mut multi = MultiOperator::new(patterns.to_vec(), config);
+    let mut multi = MultiOperator::new(patterns.to_vec(), config).map_err(|e| e.to_string())?;
     let mut multi_out = Vec::new();
     for s in steps {
         for (op, out) in singles.iter_mut().zip(&mut outs) {
@@ -205,9 +205,35 @@ fn the_start_index_finds_patterns_by_the_equalities_of_their_start() {
 }
 
 #[test]
+fn patterns_of_other_streams_or_keys_are_refused_by_name() {
+    let by_customer = compile_one(
+        r#"pattern c from payments key customer_id
+  match a followed by b
+  where a: channel == "CARD"  b: channel == "CHEQUE"
+  within 10m"#,
+    );
+    let by_account = compile_one(
+        r#"pattern k from payments key account_id
+  match a followed by b
+  where a: channel == "CARD"  b: channel == "CHEQUE"
+  within 10m"#,
+    );
+    let cep = cep_patterns()[0].clone();
+    let err = |p: Vec<Arc<Nfa>>| MultiOperator::new(p, Config::default()).err().map(|e| e.to_string());
+    assert_eq!(
+        err(vec![by_customer.clone(), by_account]).as_deref(),
+        Some("pattern `k` is keyed by `account_id`, the first pattern by `customer_id`: group patterns by key field")
+    );
+    let msg = err(vec![by_customer.clone(), cep]).unwrap_or_default();
+    assert!(msg.contains("reads stream `cep_events`, the first pattern reads `payments`"), "{msg}");
+    assert!(err(vec![by_customer]).is_none());
+    assert!(err(Vec::new()).is_none(), "no pattern: an operator that does nothing");
+}
+
+#[test]
 fn a_late_event_is_reported_once_whatever_the_number_of_patterns() {
     let patterns = cep_patterns().to_vec();
-    let mut multi = MultiOperator::new(patterns, Config::default());
+    let mut multi = MultiOperator::new(patterns, Config::default()).expect("one stream, one key");
     let mut out = Vec::new();
     multi.advance_watermark(100, &mut out);
     let e = Arc::new(Event {

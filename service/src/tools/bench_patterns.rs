@@ -139,8 +139,8 @@ struct Figures {
     matches: u64,
 }
 
-fn run_multi(patterns: &[Arc<Nfa>], events: &[(Key, Arc<Event>)]) -> (Figures, MultiOperator) {
-    let mut op = MultiOperator::new(patterns.to_vec(), Config::default());
+fn run_multi(patterns: &[Arc<Nfa>], events: &[(Key, Arc<Event>)]) -> Result<(Figures, MultiOperator)> {
+    let mut op = MultiOperator::new(patterns.to_vec(), Config::default()).or_fail(Kind::Failed, "the fleet")?;
     let mut outputs = Vec::new();
     let (mut matches, mut max_ts) = (0u64, i64::MIN);
     let start = Instant::now();
@@ -153,7 +153,7 @@ fn run_multi(patterns: &[Arc<Nfa>], events: &[(Key, Arc<Event>)]) -> (Figures, M
     }
     op.advance_watermark(i64::MAX, &mut outputs);
     matches += outputs.iter().filter(|o| matches!(o, MultiOutput::Pattern(_, Output::Match { .. }))).count() as u64;
-    (Figures { secs: start.elapsed().as_secs_f64(), matches }, op)
+    Ok((Figures { secs: start.elapsed().as_secs_f64(), matches }, op))
 }
 
 fn run_separate(patterns: &[Arc<Nfa>], events: &[(Key, Arc<Event>)]) -> Figures {
@@ -204,7 +204,7 @@ pub fn run(p: &Patterns) -> Result<()> {
         let mut single_eps = None;
         for &count in &p.counts {
             let patterns = compile(fleet, count, p.seed, &schema)?;
-            let (multi, op) = run_multi(&patterns, &events);
+            let (multi, op) = run_multi(&patterns, &events)?;
             let eps = n / multi.secs.max(1e-9);
             let single = *single_eps.get_or_insert(eps);
             let (steps, checks) = op.work();
@@ -258,7 +258,7 @@ mod tests {
         for fleet in [Fleet::Merchant, Fleet::Shared] {
             let patterns = compile(fleet, 200, 42, &schema).expect("compiles");
             assert_eq!(patterns.len(), 200);
-            let op = MultiOperator::new(patterns, Config::default());
+            let op = MultiOperator::new(patterns, Config::default()).expect("one key");
             assert_eq!(op.index().unindexed(), 0, "every rule starts with an equality");
             // An authorisation at merchant m0002: rules that start with one, there or anywhere.
             let fields = vec![Value::Int(1), Value::Int(1), Value::Int(1), Value::str("auth"), Value::Float(0.0)];
@@ -285,7 +285,7 @@ mod tests {
         let events = events(&p);
         for fleet in [Fleet::Merchant, Fleet::Shared] {
             let patterns = compile(fleet, 40, 42, &schema).expect("compiles");
-            let (multi, _) = run_multi(&patterns, &events);
+            let (multi, _) = run_multi(&patterns, &events).expect("one key");
             let separate = run_separate(&patterns, &events);
             assert_eq!(multi.matches, separate.matches, "{}", fleet.name());
             assert!(multi.matches > 0, "{}: the rules match", fleet.name());
