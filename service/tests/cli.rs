@@ -361,6 +361,8 @@ fn the_patterns_bench_prints_a_line_per_fleet_and_count() {
         "1,12",
         "--separate-max",
         "12",
+        "--fleets",
+        "merchant,shared",
     ]);
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
     let out = text(&o).0;
