@@ -27,7 +27,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap as HashMap;
 
 use super::operator::{add_timer, remove_fired, Config, Key, Output, Stats, WindowTimers};
-use super::run::{self as run, RunState};
+use super::run::{self as run, RunState, Summary};
 use crate::expr::{BinOp, Cond, ConditionCache, Expr};
 use crate::nfa::{Action, FieldId, Nfa, StateId, TypeId};
 use crate::value::{Event, Value};
@@ -265,6 +265,9 @@ struct Slot {
     windows: WindowTimers,
     /// Set while a visit advances this pattern.
     visit: bool,
+    /// The run's summary, kept up to date: events and advances of time that leave the run as
+    /// it is are told from it without touching the run.
+    summary: Summary,
 }
 
 /// Everything one key holds, for all patterns.
@@ -483,9 +486,7 @@ impl Patterns {
                 }
                 let mut batch = state.queue.remove(&ts).unwrap_or_default();
                 for slot in &mut state.slots {
-                    if let Some(run) = slot.run.as_mut() {
-                        self.emit_time(slot.pattern, run, key, ts, out);
-                    }
+                    self.emit_time(slot, key, ts, out);
                 }
                 if let Some(f) = self.config.tie_break {
                     batch.sort_by(|a, b| a.field(f).compare(b.field(f)).unwrap_or(std::cmp::Ordering::Equal));
@@ -500,12 +501,10 @@ impl Patterns {
         }
         for slot in &mut state.slots {
             if std::mem::take(&mut slot.visit) {
-                if let Some(run) = slot.run.as_mut() {
-                    self.emit_time(slot.pattern, run, key, wm, out);
-                }
+                self.emit_time(slot, key, wm, out);
             }
             // A run holding nothing is the fresh start state again.
-            if slot.run.as_ref().is_some_and(RunState::is_idle) {
+            if slot.run.is_some() && slot.summary.idle {
                 slot.run = None;
             }
         }
@@ -534,10 +533,17 @@ impl Patterns {
             if !self.config.exact_steps && run::starts_nothing(nfa, &e, &mut self.caches[p as usize]) {
                 continue;
             }
-            let run = Some(RunState::new(nfa));
+            let run = RunState::new(nfa);
+            let summary = run.summary(nfa);
             match at {
-                Ok(i) => state.slots[i].run = run,
-                Err(i) => state.slots.insert(i, Slot { pattern: p, run, windows: WindowTimers::new(), visit: false }),
+                Ok(i) => {
+                    state.slots[i].run = Some(run);
+                    state.slots[i].summary = summary;
+                }
+                Err(i) => state.slots.insert(
+                    i,
+                    Slot { pattern: p, run: Some(run), windows: WindowTimers::new(), visit: false, summary },
+                ),
             }
         }
         let skip = !self.config.exact_steps;
@@ -545,6 +551,9 @@ impl Patterns {
             let Some(run) = slot.run.as_mut() else { continue };
             let p = slot.pattern as usize;
             let nfa = &self.nfas[p];
+            if skip && run::step_changes_nothing(nfa, &slot.summary, &e, &mut self.caches[p]) {
+                continue;
+            }
             let counts = &mut self.counts[p];
             self.steps += 1;
             let matches = run.step(nfa, e.clone(), ts, &mut counts.reached, skip);
@@ -563,13 +572,20 @@ impl Patterns {
             if let Some(max) = self.config.max_partial_matches_per_key {
                 counts.stats.dropped_partial_matches += run.enforce_budget(max) as u64;
             }
+            slot.summary = run.summary(nfa);
         }
     }
 
-    /// Advances pattern `p`'s run at `key` to `ts`: what time releases and times out.
-    fn emit_time(&mut self, p: u32, run: &mut RunState, key: &Key, ts: i64, out: &mut Vec<MultiOutput>) {
-        let p = p as usize;
-        let (matches, timeouts, timed_out) = run.advance_time(&self.nfas[p], ts, self.config.timeouts);
+    /// Advances a pattern's run at `key` to `ts`: what time releases and times out.
+    fn emit_time(&mut self, slot: &mut Slot, key: &Key, ts: i64, out: &mut Vec<MultiOutput>) {
+        let p = slot.pattern as usize;
+        let Some(run) = slot.run.as_mut() else { return };
+        let nfa = &self.nfas[p];
+        if !self.config.exact_steps && run::time_changes_nothing(nfa, &slot.summary, ts) {
+            return;
+        }
+        let (matches, timeouts, timed_out) = run.advance_time(nfa, ts, self.config.timeouts);
+        slot.summary = run.summary(nfa);
         let stats = &mut self.counts[p].stats;
         stats.matches += matches.len() as u64;
         stats.timeouts += timed_out as u64;

@@ -354,6 +354,66 @@ pub(super) fn starts_nothing(nfa: &Nfa, event: &Event, cache: &mut ConditionCach
     stays(nfa, nfa.start, event, cache) == Some(true)
 }
 
+/// A run as seen from outside, enough to tell without touching it that an event or an advance
+/// of time leaves it as it is ([`step_changes_nothing`], [`time_changes_nothing`]): for the
+/// multi-pattern operator, which keeps one per pattern and key beside the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Summary {
+    /// The states its partial matches wait in (bit `i`: state `i`); `None` when unknown (more
+    /// than 64 states) or when a started partial match waits in the start state (it takes the
+    /// full step).
+    states: Option<u64>,
+    /// When the queue's head (the earliest start) started, if it is a started partial match.
+    head_start: Option<i64>,
+    /// Completed matches are held back.
+    completed: bool,
+    /// [`RunState::is_idle`].
+    pub idle: bool,
+}
+
+impl RunState {
+    pub(super) fn summary(&self, nfa: &Nfa) -> Summary {
+        let mut states = Some(0u64);
+        for p in self.partial.iter() {
+            let i = p.state.index();
+            states = match states {
+                Some(m) if i < 64 && !(p.start_id.is_some() && p.state == nfa.start) => Some(m | 1 << i),
+                _ => None,
+            };
+        }
+        let head_start = self.partial.peek().and_then(|p| p.start_id.map(|_| p.start_ts));
+        Summary { states, head_start, completed: !self.completed.is_empty(), idle: self.is_idle() }
+    }
+}
+
+/// Whether [`RunState::step`] (skipping unchanged steps) would leave a run with this summary as
+/// it is for `event`: every state its partial matches wait in stays, by the event alone (the
+/// same decision as the step's). `cache` is reset here.
+pub(super) fn step_changes_nothing(nfa: &Nfa, s: &Summary, event: &Event, cache: &mut ConditionCache) -> bool {
+    let Some(mut mask) = s.states else { return false };
+    cache.reset();
+    while mask != 0 {
+        let i = mask.trailing_zeros();
+        mask &= mask - 1;
+        if stays(nfa, StateId(i), event, cache) != Some(true) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether [`RunState::advance_time`] to `ts` would release and time out nothing for a run with
+/// this summary (its early exit: nothing held back, the earliest start within the window, no
+/// windows to the previous event).
+pub(super) fn time_changes_nothing(nfa: &Nfa, s: &Summary, ts: i64) -> bool {
+    !s.completed
+        && !nfa.has_state_windows()
+        && match (nfa.window_ms, s.head_start) {
+            (Some(w), Some(start)) if w > 0 => ts.wrapping_sub(start) < w,
+            _ => true,
+        }
+}
+
 fn final_after_proceed(
     nfa: &Nfa,
     from: StateId,
