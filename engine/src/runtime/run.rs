@@ -190,8 +190,7 @@ impl RunState {
 
     /// A run state from what [`RunState::queues`], `new_start` and `buffer` held; `None` unless
     /// both queues are heaps in FlinkCEP's order. The scratch space starts empty (it holds nothing
-    /// between events).
-    /// The partial matches' registers are rebuilt from their paths.
+    /// between events), and the partial matches' registers are rebuilt from their paths.
     pub(super) fn from_parts(
         nfa: &Nfa,
         mut partial: Vec<Partial>,
