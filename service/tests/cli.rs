@@ -349,6 +349,24 @@ fn audit_commands_refuse_bad_arguments_before_doing_anything() {
 }
 
 #[test]
+fn the_flinkcep_bench_prints_its_figures_and_the_matches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("events.csv");
+    // Key 7: an authorisation, then a withdrawal over 1000 within 10 minutes (P1 matches).
+    let csv = "seq,key,ts,type,amount\n0,7,1000,auth,0.00\n1,7,2000,login,0.00\n2,7,3000,withdraw,1500.00\n\
+               3,8,4000,withdraw,2000.00\n";
+    std::fs::write(&input, csv).expect("input");
+    let matches = dir.path().join("matches.txt");
+    let (input, matches_arg) = (input.to_string_lossy().into_owned(), matches.to_string_lossy().into_owned());
+    let o = tripline(&["bench", "--input", &input, "--pattern", "P1", "--matches", &matches_arg]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let line = text(&o).0;
+    assert!(line.starts_with("tripline P1 events=4 matches=1 "), "{line}");
+    assert!(line.contains(" eps=") && line.contains(" event_bytes="), "{line}");
+    assert_eq!(std::fs::read_to_string(&matches).expect("matches"), "P1,7,0,2\n");
+}
+
+#[test]
 fn the_patterns_bench_prints_a_line_per_fleet_and_count() {
     let o = tripline(&[
         "bench",

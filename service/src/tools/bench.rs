@@ -89,13 +89,18 @@ fn load(path: &Path, schema: &StreamSchema) -> Result<Vec<(Key, Arc<Event>)>> {
     Ok(events)
 }
 
-fn peak_rss_mb() -> f64 {
+/// A memory figure of this process from /proc/self/status (`VmHWM`, `VmRSS`), in kB.
+fn status_kb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn peak_rss_mb() -> f64 {
+    status_kb("VmHWM:") / 1024.0
 }
 
 fn line(pattern: &str, nfa: &Nfa, key: &Key, events: &MatchEvents) -> String {
@@ -116,8 +121,12 @@ fn line(pattern: &str, nfa: &Nfa, key: &Key, events: &MatchEvents) -> String {
 pub fn run(input: &Path, pattern: &str, matches_out: Option<&Path>) -> Result<()> {
     let (nfa, schema) = compile(pattern)?;
     let t0 = Instant::now();
+    let rss_before = status_kb("VmRSS:");
     let events = load(input, &schema)?;
     let parse_secs = t0.elapsed().as_secs_f64();
+    // What a preloaded event costs in memory: the events, their field values, keys and the
+    // vector holding them (the process's resident growth while loading).
+    let event_bytes = (status_kb("VmRSS:") - rss_before).max(0.0) * 1024.0 / events.len().max(1) as f64;
 
     let mut op = Operator::new(nfa.clone(), Config::default());
     let mut outputs: Vec<Output> = Vec::new();
@@ -154,7 +163,7 @@ pub fn run(input: &Path, pattern: &str, matches_out: Option<&Path>) -> Result<()
     }
     let stats = op.stats();
     out(&format!(
-        "tripline {pattern} events={} matches={} secs={secs:.3} eps={:.0} rss_mb={:.0} parse_secs={parse_secs:.3} late={} timeouts={}\n",
+        "tripline {pattern} events={} matches={} secs={secs:.3} eps={:.0} rss_mb={:.0} parse_secs={parse_secs:.3} late={} timeouts={} event_bytes={event_bytes:.0}\n",
         events.len(),
         lines.len(),
         events.len() as f64 / secs.max(1e-9),
