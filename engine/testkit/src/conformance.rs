@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dsl::{Catalog, SchemaError, SourceFile, StreamSchema};
-use engine::runtime::{Key, Match, Operator, Output, RunState, Timeout};
+use engine::runtime::{Config, Key, Match, MultiOperator, MultiOutput, Operator, Output, RunState, Timeout};
 use engine::{Event, FieldId, Nfa, TypeId, Value};
 use serde_json::Value as Json;
 
@@ -98,6 +98,10 @@ pub enum CaseFailure {
     /// state differ from those of FlinkCEP's full step for every event.
     #[error("skipping unchanged steps changed the run: {0}")]
     SkipChanged(String),
+    /// The multi-pattern operator, running the case's pattern alone, gave other outputs than
+    /// the operator.
+    #[error("the multi-pattern operator differs from the operator: {0}")]
+    MultiDiffers(String),
 }
 
 /// A case whose pattern is not in the corpus format, or uses something the translation does
@@ -609,16 +613,22 @@ fn record_timeouts(nfa: &Nfa, feed: &Feed, ts: &[Timeout], outcome: &mut Outcome
 
 /// Event time, through the engine's operator (FlinkCEP's `CepOperator` semantics).
 /// Event time, through the engine's operator, run twice: as configured by default and with
-/// every event through FlinkCEP's full step; the outputs (in order) and every key's snapshot
-/// bytes must agree.
+/// every event through FlinkCEP's full step (the outputs, in order, and every key's snapshot
+/// bytes must agree); and through the multi-pattern operator with the case's pattern alone (the
+/// outputs, in order, must agree).
 fn run_event_time(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) -> Result<Outcome, CaseFailure> {
-    let (out, snapshots) = drive_event_time(case, nfa, feed, schema, false)?;
-    let (full_out, full_snapshots) = drive_event_time(case, nfa, feed, schema, true)?;
+    let (out, snapshots) = drive_event_time(case, nfa, feed, schema, Config::default())?;
+    let full_steps = Config { exact_steps: true, ..Config::default() };
+    let (full_out, full_snapshots) = drive_event_time(case, nfa, feed, schema, full_steps)?;
     if out != full_out {
         return Err(CaseFailure::SkipChanged(format!("outputs {out:?}\nvs {full_out:?}")));
     }
     if snapshots != full_snapshots {
         return Err(CaseFailure::SkipChanged("the keys' snapshots differ".to_owned()));
+    }
+    let multi_out = drive_multi(case, nfa, feed, schema)?;
+    if out != multi_out {
+        return Err(CaseFailure::MultiDiffers(format!("outputs {out:?}\nvs {multi_out:?}")));
     }
     let mut outcome = Outcome::default();
     for o in out {
@@ -634,19 +644,32 @@ fn run_event_time(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) ->
 /// Every key's snapshot bytes, in key order.
 type Snapshots = Vec<(Key, Vec<u8>)>;
 
-/// The outputs of one run of a case through the operator, and the snapshot of every key it
-/// touched at the end.
-fn drive_event_time(
-    case: &Json,
-    nfa: &Nfa,
-    feed: &Feed,
-    schema: &StreamSchema,
-    exact_steps: bool,
-) -> Result<(Vec<Output>, Snapshots), CaseFailure> {
-    let tie_break =
-        (case["same_timestamp_order"].as_str() == Some("price ascending")).then(|| schema.field("price")).flatten();
-    let config = engine::runtime::Config { tie_break, timeouts: true, exact_steps, ..Default::default() };
-    let mut op = Operator::new(Arc::new(nfa.clone()), config);
+/// An operator a case drives: events and watermarks in.
+trait Driven {
+    fn event(&mut self, key: Key, event: Arc<Event>);
+    fn watermark(&mut self, wm: i64);
+}
+
+impl Driven for (Operator, Vec<Output>) {
+    fn event(&mut self, key: Key, event: Arc<Event>) {
+        self.0.process(key, event, &mut self.1);
+    }
+    fn watermark(&mut self, wm: i64) {
+        self.0.advance_watermark(wm, &mut self.1);
+    }
+}
+
+impl Driven for (MultiOperator, Vec<MultiOutput>) {
+    fn event(&mut self, key: Key, event: Arc<Event>) {
+        self.0.process(key, event, &mut self.1);
+    }
+    fn watermark(&mut self, wm: i64) {
+        self.0.advance_watermark(wm, &mut self.1);
+    }
+}
+
+/// Feeds a case's events and watermarks to `op`.
+fn drive(case: &Json, feed: &Feed, schema: &StreamSchema, op: &mut dyn Driven) -> Result<(), CaseFailure> {
     let wm_value = |w: &Json| -> Result<i64, CaseFailure> {
         match w {
             Json::String(s) if s == "MIN" => Ok(i64::MIN),
@@ -658,19 +681,40 @@ fn drive_event_time(
     for w in case["watermarks"].as_array().into_iter().flatten() {
         marks.entry(ref_of(&w["after_ref"])).or_default().push(wm_value(&w["wm"])?);
     }
-    let mut out = Vec::new();
     for w in marks.get("START").into_iter().flatten() {
-        op.advance_watermark(*w, &mut out);
+        op.watermark(*w);
     }
     for (event, r) in &feed.events {
-        op.process(Key::Str(partition(case, event, schema).into()), event.clone(), &mut out);
+        op.event(Key::Str(partition(case, event, schema).into()), event.clone());
         for w in marks.get(r).into_iter().flatten() {
-            op.advance_watermark(*w, &mut out);
+            op.watermark(*w);
         }
     }
     for w in marks.get("END").into_iter().flatten() {
-        op.advance_watermark(*w, &mut out);
+        op.watermark(*w);
     }
+    Ok(())
+}
+
+/// The configuration a case asks for.
+fn case_config(case: &Json, schema: &StreamSchema, config: Config) -> Config {
+    let tie_break =
+        (case["same_timestamp_order"].as_str() == Some("price ascending")).then(|| schema.field("price")).flatten();
+    Config { tie_break, timeouts: true, ..config }
+}
+
+/// The outputs of one run of a case through the operator, and the snapshot of every key it
+/// touched at the end.
+fn drive_event_time(
+    case: &Json,
+    nfa: &Nfa,
+    feed: &Feed,
+    schema: &StreamSchema,
+    config: Config,
+) -> Result<(Vec<Output>, Snapshots), CaseFailure> {
+    let mut run = (Operator::new(Arc::new(nfa.clone()), case_config(case, schema, config)), Vec::new());
+    drive(case, feed, schema, &mut run)?;
+    let (mut op, out) = run;
     let snapshots = op
         .take_dirty()
         .into_iter()
@@ -681,6 +725,23 @@ fn drive_event_time(
         })
         .collect();
     Ok((out, snapshots))
+}
+
+/// The outputs of one run of a case through the multi-pattern operator with the case's pattern
+/// alone, as an operator's outputs.
+fn drive_multi(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) -> Result<Vec<Output>, CaseFailure> {
+    let multi = MultiOperator::new(vec![Arc::new(nfa.clone())], case_config(case, schema, Config::default()))
+        .map_err(|e| CaseFailure::MultiDiffers(e.to_string()))?;
+    let mut run = (multi, Vec::new());
+    drive(case, feed, schema, &mut run)?;
+    Ok(run
+        .1
+        .into_iter()
+        .map(|o| match o {
+            MultiOutput::Pattern(_, o) => o,
+            MultiOutput::Late { key, event, watermark } => Output::Late { key, event, watermark },
+        })
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------
