@@ -437,9 +437,9 @@ fn arith(op: BinOp, a: &Value, b: &Value) -> Value {
 fn text_op(op: BinOp, a: &Value, b: &Value) -> Value {
     match (a, b) {
         (Value::Str(s), Value::Str(t)) => Value::Bool(match op {
-            BinOp::Contains => s.contains(t.as_ref()),
-            BinOp::StartsWith => s.starts_with(t.as_ref()),
-            _ => s.ends_with(t.as_ref()),
+            BinOp::Contains => s.contains(t.as_str()),
+            BinOp::StartsWith => s.starts_with(t.as_str()),
+            _ => s.ends_with(t.as_str()),
         }),
         _ => Value::Null,
     }

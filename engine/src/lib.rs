@@ -20,4 +20,4 @@ pub use nfa::{
     Action, CondId, Edge, FieldId, Mode, Nfa, OutputField, PatternMeta, Severity, SkipStrategy, State, StateId,
     StateKind, Template, TemplatePart, TypeId, VarId, VarInfo,
 };
-pub use value::{Event, Value};
+pub use value::{Event, Text, Value};

@@ -1,10 +1,12 @@
 //! Run-time values and events.
 
+use crate::nfa::TypeId;
 use std::cmp::Ordering;
 use std::fmt;
-use std::sync::Arc;
 
-use crate::nfa::TypeId;
+/// A text value: up to 23 bytes are stored inline (no heap allocation per field value); longer
+/// texts share one reference-counted allocation, so a clone never copies bytes.
+pub type Text = smol_str::SmolStr;
 
 /// A field value. Timestamps and durations are `Int` milliseconds; the checker knows which is which.
 #[derive(Clone, Debug, Default)]
@@ -14,12 +16,12 @@ pub enum Value {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(Arc<str>),
+    Str(Text),
 }
 
 impl Value {
     pub fn str(s: &str) -> Self {
-        Value::Str(Arc::from(s))
+        Value::Str(Text::new(s))
     }
 
     pub fn is_null(&self) -> bool {
@@ -39,7 +41,7 @@ impl Value {
     pub fn compare(&self, other: &Value) -> Option<Ordering> {
         match (self, other) {
             (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
-            (Value::Str(a), Value::Str(b)) => Some(a.as_ref().cmp(b.as_ref())),
+            (Value::Str(a), Value::Str(b)) => Some(a.as_str().cmp(b.as_str())),
             (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
             (a, b) => match (a.as_f64(), b.as_f64()) {
                 (Some(x), Some(y)) => x.partial_cmp(&y),
@@ -53,7 +55,7 @@ impl Value {
         match (self, other) {
             (Value::Null, _) | (_, Value::Null) => None,
             // Texts of different lengths differ without comparing bytes (`type == "auth"`).
-            (Value::Str(a), Value::Str(b)) => Some(Arc::ptr_eq(a, b) || a.as_bytes() == b.as_bytes()),
+            (Value::Str(a), Value::Str(b)) => Some(a.as_bytes() == b.as_bytes()),
             _ => self.compare(other).map(|o| o == Ordering::Equal),
         }
     }

@@ -158,7 +158,7 @@ fn a_partial_match_times_out_when_its_window_passes() {
         b.window(10);
     });
     let mut op = Operator::new(nfa.clone(), Config { timeouts: true, ..Config::default() });
-    let key = Key::Str(Arc::from("k"));
+    let key = Key::Str("k".into());
     let mut out = Vec::new();
     op.process(key.clone(), event(1, 100, "a"), &mut out);
     op.advance_watermark(109, &mut out);
@@ -178,7 +178,7 @@ fn a_partial_match_times_out_when_its_window_passes() {
 fn events_at_or_behind_the_watermark_are_late() {
     let nfa = a_then_b(true, |_| {});
     let mut op = Operator::new(nfa.clone(), Config::default());
-    let key = Key::Str(Arc::from("k"));
+    let key = Key::Str("k".into());
     let mut out = Vec::new();
     op.process(key.clone(), event(1, 40, "a"), &mut out);
     op.advance_watermark(50, &mut out);

@@ -30,7 +30,7 @@ use super::operator::{add_timer, remove_fired, Config, Key, Output, Stats, Windo
 use super::run::{self as run, RunState, Summary};
 use crate::expr::{BinOp, Cond, ConditionCache, Expr};
 use crate::nfa::{Action, FieldId, Nfa, StateId, TypeId};
-use crate::value::{Event, Value};
+use crate::value::{Event, Text, Value};
 
 /// What a [`MultiOperator`] emits.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,7 +52,7 @@ pub struct StartIndex {
 }
 
 /// Patterns by the text a field must equal for them to start.
-type TextIndex = HashMap<Arc<str>, Vec<u32>>;
+type TextIndex = HashMap<Text, Vec<u32>>;
 
 /// Where an equality looks: the record type or a field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ enum Dim {
 struct Required {
     dim: Dim,
     kinds: Vec<TypeId>,
-    texts: Vec<Arc<str>>,
+    texts: Vec<Text>,
 }
 
 impl StartIndex {
@@ -74,7 +74,7 @@ impl StartIndex {
         let options: Vec<Vec<Required>> = patterns.iter().map(|n| start_requirements(n)).collect();
         // The more distinct values the patterns require of a dimension, the fewer patterns an
         // event's value finds: each pattern is indexed by its option on the most selective one.
-        let mut distinct: Vec<(Dim, Vec<Arc<str>>, Vec<TypeId>)> = Vec::new();
+        let mut distinct: Vec<(Dim, Vec<Text>, Vec<TypeId>)> = Vec::new();
         for r in options.iter().flatten() {
             let at = match distinct.iter().position(|(d, _, _)| *d == r.dim) {
                 Some(at) => at,
@@ -244,7 +244,7 @@ fn expr_requirements(e: &Expr, out: &mut Vec<Required>) {
         }
         Expr::In { expr, list, negated: false } => {
             if let Expr::Field(f) = &**expr {
-                let texts: Option<Vec<Arc<str>>> = list.iter().map(text).collect();
+                let texts: Option<Vec<Text>> = list.iter().map(text).collect();
                 if let Some(texts) = texts {
                     out.push(Required { dim: Dim::Field(*f), kinds: Vec::new(), texts });
                 }

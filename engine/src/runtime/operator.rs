@@ -21,13 +21,13 @@ use super::snapshot::{self, SnapshotError};
 use super::split::{self, KeyRecords};
 use crate::expr::ConditionCache;
 use crate::nfa::{FieldId, Nfa};
-use crate::value::{Event, Value};
+use crate::value::{Event, Text, Value};
 
 /// A key of the stream (the pattern's `key` field): text or a whole number.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
     Int(i64),
-    Str(Arc<str>),
+    Str(Text),
     /// The key field was null.
     Null,
 }
@@ -37,8 +37,8 @@ impl Key {
         match v {
             Value::Int(i) => Key::Int(*i),
             Value::Str(s) => Key::Str(s.clone()),
-            Value::Float(f) => Key::Str(Arc::from(f.to_string().as_str())),
-            Value::Bool(b) => Key::Str(Arc::from(b.to_string().as_str())),
+            Value::Float(f) => Key::Str(Text::new(f.to_string())),
+            Value::Bool(b) => Key::Str(Text::new(b.to_string())),
             Value::Null => Key::Null,
         }
     }
@@ -913,7 +913,7 @@ mod tests {
     #[test]
     fn partial_matches_and_buffered_events_are_visible_per_key() {
         let mut op = Operator::new(nfa(), Config::default());
-        let (k1, k2) = (Key::Str(Arc::from("k1")), Key::Str(Arc::from("k2")));
+        let (k1, k2) = (Key::Str(Text::new("k1")), Key::Str(Text::new("k2")));
         let mut out = Vec::new();
         assert!(op.partial_matches(&k1).is_empty(), "no state yet");
         assert_eq!(op.buffered_events(&k1), 0);

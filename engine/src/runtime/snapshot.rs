@@ -72,7 +72,7 @@ use super::dewey::Dewey;
 use super::operator::{Key, WindowTimers};
 use super::run::{Partial, RunState};
 use crate::nfa::{Nfa, StateId, TypeId, VarId};
-use crate::value::{Event, Value};
+use crate::value::{Event, Text, Value};
 
 /// The format version, the first byte of every snapshot.
 pub const FORMAT_VERSION: u8 = 1;
@@ -398,13 +398,13 @@ pub(super) fn put_value<'a>(
         },
         Value::Str(s) => {
             let next = strings.len() as u32;
-            match strings.get(s.as_ref()) {
+            match strings.get(s.as_str()) {
                 Some(&i) => {
                     out.push(V_STR_REF);
                     put_v(out, u64::from(i));
                 }
                 None => {
-                    strings.insert(s.as_ref(), next);
+                    strings.insert(s.as_str(), next);
                     out.push(V_STR);
                     put_v(out, s.len() as u64);
                     out.extend_from_slice(s.as_bytes());
@@ -610,7 +610,7 @@ pub(super) fn read_values(
     n: usize,
     ts: i64,
     before: Option<&Event>,
-    strings: &mut Vec<Arc<str>>,
+    strings: &mut Vec<Text>,
 ) -> Result<Box<[Value]>> {
     let mut fields = Vec::with_capacity(n);
     for i in 0..n {
@@ -643,7 +643,7 @@ pub(super) fn read_values(
                 let len = r.count(1)?;
                 let s = std::str::from_utf8(r.bytes(len)?)
                     .map_err(|_| SnapshotError::Invalid { offset: at, reason: "text is not UTF-8" })?;
-                let s: Arc<str> = Arc::from(s);
+                let s = Text::new(s);
                 strings.push(s.clone());
                 Value::Str(s)
             }
@@ -698,7 +698,7 @@ pub(super) fn read_event_body(
     nfa: &Nfa,
     ts: i64,
     before: Option<&Event>,
-    strings: &mut Vec<Arc<str>>,
+    strings: &mut Vec<Text>,
 ) -> Result<(TypeId, Box<[Value]>)> {
     let kind = TypeId(r.index(nfa.types.len(), "no such record type")? as u16);
     let at = r.pos;
@@ -738,7 +738,7 @@ pub(super) fn decode(nfa: &Nfa, bytes: &[u8]) -> Result<Decoded> {
     // The events.
     let n = r.count(4)?;
     let mut table: Vec<Arc<Event>> = Vec::with_capacity(n);
-    let mut strings: Vec<Arc<str>> = Vec::new();
+    let mut strings: Vec<Text> = Vec::new();
     let (mut seq, mut ts) = (0u64, base);
     for _ in 0..n {
         seq = seq.wrapping_add(r.z()? as u64);
@@ -889,7 +889,7 @@ impl Key {
                 Err(_) => Err(invalid(9, "bytes after the key")),
             },
             Some((&K_STR, rest)) => match std::str::from_utf8(rest) {
-                Ok(s) => Ok(Key::Str(Arc::from(s))),
+                Ok(s) => Ok(Key::Str(Text::new(s))),
                 Err(e) => Err(invalid(1 + e.valid_up_to(), "text is not UTF-8")),
             },
             Some((&K_NULL, [])) => Ok(Key::Null),
@@ -930,10 +930,10 @@ mod tests {
             Key::Int(0),
             Key::Int(7),
             Key::Int(i64::MAX),
-            Key::Str(Arc::from("")),
-            Key::Str(Arc::from("CARD-1")),
-            Key::Str(Arc::from("CARD-10")),
-            Key::Str(Arc::from("é")),
+            Key::Str(Text::new("")),
+            Key::Str(Text::new("CARD-1")),
+            Key::Str(Text::new("CARD-10")),
+            Key::Str(Text::new("é")),
             Key::Null,
         ];
         let bytes: Vec<Vec<u8>> = keys

@@ -43,8 +43,7 @@ fn events(n: usize, keys: i64) -> Vec<(Key, Arc<Event>)> {
             let key = (r % keys as u64) as i64;
             let t = types[((r >> 20) % 5) as usize].clone();
             price *= 1.0 + (((r >> 40) % 401) as f64 - 200.0) / 10_000.0;
-            let amount =
-                if matches!(&t, Value::Str(s) if s.as_ref() == "trade") { price } else { ((r >> 8) % 3000) as f64 };
+            let amount = if matches!(&t, Value::Str(s) if s == "trade") { price } else { ((r >> 8) % 3000) as f64 };
             let ts = i as i64;
             let fields = vec![Value::Int(i as i64), Value::Int(key), Value::Int(ts), t, Value::Float(amount)];
             (Key::Int(key), Arc::new(Event { seq: i as u64, ts, kind: TypeId(0), fields: fields.into() }))

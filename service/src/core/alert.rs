@@ -16,7 +16,7 @@ fn json_value(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Float(x) => serde_json::Number::from_f64(*x).map_or_else(|| "null".to_owned(), |n| n.to_string()),
-        Value::Str(s) => serde_json::to_string(s.as_ref()).unwrap_or_default(),
+        Value::Str(s) => serde_json::to_string(s.as_str()).unwrap_or_default(),
     }
 }
 

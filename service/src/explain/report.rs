@@ -336,12 +336,8 @@ mod tests {
     fn trace(name: &str, key: &str, open_end: bool, golden: Expect) {
         let plan = plan(name);
         let events = events(&plan, name);
-        let mut t = KeyTrace::new(
-            plan.patterns[0].clone(),
-            Key::Str(Arc::from(key)),
-            plan.out_of_orderness,
-            OpConfig::default(),
-        );
+        let mut t =
+            KeyTrace::new(plan.patterns[0].clone(), Key::Str(key.into()), plan.out_of_orderness, OpConfig::default());
         for e in events {
             t.feed(0, e);
         }
@@ -631,7 +627,7 @@ mod tests {
         let events = events(&plan, "rapid_movement");
         let mut t = KeyTrace::new(
             plan.patterns[0].clone(),
-            Key::Str(Arc::from("ACC-2002")),
+            Key::Str("ACC-2002".into()),
             plan.out_of_orderness,
             OpConfig::default(),
         );
@@ -686,7 +682,7 @@ mod tests {
         let events = events(&plan, "rapid_movement");
         let mut t = KeyTrace::new(
             plan.patterns[0].clone(),
-            Key::Str(Arc::from("ACC-9999")),
+            Key::Str("ACC-9999".into()),
             plan.out_of_orderness,
             OpConfig::default(),
         );
@@ -706,7 +702,7 @@ mod tests {
         let cash = self::events(&plan, "structuring");
         let mut t = KeyTrace::new(
             plan.patterns[0].clone(),
-            Key::Str(Arc::from("ACC-1001")),
+            Key::Str("ACC-1001".into()),
             plan.out_of_orderness,
             OpConfig::default(),
         );
@@ -773,7 +769,7 @@ mod tests {
         let events = events(&plan, "rapid_movement");
         let mut t = KeyTrace::new(
             plan.patterns[0].clone(),
-            Key::Str(Arc::from("ACC-2001")),
+            Key::Str("ACC-2001".into()),
             plan.out_of_orderness,
             OpConfig::default(),
         );

@@ -22,7 +22,6 @@
 //! ([`reader_branch`]): both paths take it from here.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use apache_avro::schema::{
     EnumSchema, InnerDecimalSchema, NamesRef, RecordField, RecordSchema, ResolvedSchema, SchemaKind, UnionSchema,
@@ -309,7 +308,7 @@ fn run(op: &Op, r: &mut Cursor<'_>, out: &mut [Value]) -> Result<(), Defer> {
             let s = r.str()?;
             match to {
                 StrTo::Discard => {}
-                StrTo::Alloc(slot) => out[*slot] = Value::Str(Arc::from(s)),
+                StrTo::Alloc(slot) => out[*slot] = Value::str(s),
                 StrTo::Lookup(table, other) => {
                     match table.iter().find(|(k, _)| **k == *s).map_or(other, |(_, to)| to) {
                         EnumTo::Discard => {}

@@ -53,7 +53,7 @@ impl SplitMix64 {
 /// `n` events over `keys` keys, as the harness generates its base input (without hot keys).
 pub(crate) fn generate(n: usize, keys: u64, seed: u64) -> Vec<(Key, Arc<Event>)> {
     let mut rng = SplitMix64(seed);
-    let types = TYPES.map(|t| Value::Str(Arc::from(t)));
+    let types = TYPES.map(Value::str);
     let mut base: i64 = 1_700_000_000_000;
     let mut events = Vec::with_capacity(n);
     for seq in 0..n as u64 {
