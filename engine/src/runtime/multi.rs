@@ -556,22 +556,24 @@ impl Patterns {
             }
             let counts = &mut self.counts[p];
             self.steps += 1;
-            let matches = run.step(nfa, e.clone(), ts, &mut counts.reached, skip);
+            let mut matches = run.step(nfa, e.clone(), ts, &mut counts.reached, skip);
             if let Some(window) = nfa.window_ms.filter(|&w| w > 0 && run.new_start) {
                 let t = ts.saturating_add(window);
                 add_timer(&mut slot.windows, t);
                 new_timers.push(t);
             }
             run.new_start = false;
+            if let Some(max) = self.config.max_partial_matches_per_key {
+                let (dropped, released) = run.enforce_budget(nfa, max);
+                counts.stats.dropped_partial_matches += dropped as u64;
+                matches.extend(released);
+            }
             counts.stats.matches += matches.len() as u64;
             out.extend(
                 matches
                     .into_iter()
                     .map(|m| MultiOutput::Pattern(p, Output::Match { key: key.clone(), ts, events: m.events })),
             );
-            if let Some(max) = self.config.max_partial_matches_per_key {
-                counts.stats.dropped_partial_matches += run.enforce_budget(max) as u64;
-            }
             slot.summary = run.summary(nfa);
         }
     }

@@ -575,16 +575,18 @@ impl Operator {
                     None if !exact_steps && run::starts_nothing(nfa, &e, start_cache) => continue,
                     None => state.run.insert(RunState::new(nfa)),
                 };
-                let matches = run.step(nfa, e, ts, reached, !exact_steps);
+                let mut matches = run.step(nfa, e, ts, reached, !exact_steps);
                 if window > 0 && run.new_start {
                     new_timers.push(ts.saturating_add(window));
                 }
                 run.new_start = false;
+                if let Some(max) = budget {
+                    let (dropped, released) = run.enforce_budget(nfa, max);
+                    stats.dropped_partial_matches += dropped as u64;
+                    matches.extend(released);
+                }
                 stats.matches += matches.len() as u64;
                 out.extend(matches.into_iter().map(|m| Output::Match { key: key.clone(), ts, events: m.events }));
-                if let Some(max) = budget {
-                    stats.dropped_partial_matches += run.enforce_budget(max) as u64;
-                }
             }
         }
         emit_time(state, wm, out, stats);

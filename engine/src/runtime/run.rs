@@ -145,11 +145,13 @@ impl RunState {
     }
 
     /// Keeps at most `max` partial matches, dropping those that started earliest; returns how
-    /// many were dropped.
-    pub fn enforce_budget(&mut self, max: usize) -> usize {
+    /// many were dropped, and the held-back matches that this releases: a completed match waits
+    /// only for partial matches that started before it (FlinkCEP's skip strategies), and when
+    /// the budget drops those, it is released now, not at the next step that changes something.
+    pub fn enforce_budget(&mut self, nfa: &Nfa, max: usize) -> (usize, Vec<Match>) {
         let started: Vec<&Partial> = self.partial.iter().filter(|p| p.start_id.is_some()).collect();
         if started.len() <= max {
-            return 0;
+            return (0, Vec::new());
         }
         let mut doomed: Vec<Partial> = started.into_iter().cloned().collect();
         doomed.sort_by(cmp);
@@ -160,7 +162,13 @@ impl RunState {
             }
         }
         self.partial.remove_if(|p| doomed.contains(p), cmp);
-        doomed.len()
+        let mut released = Vec::new();
+        if !self.completed.is_empty() {
+            let mut partial = std::mem::take(&mut self.partial);
+            self.release_completed(nfa, JavaPq::new(), &mut partial, &mut released);
+            self.partial = partial;
+        }
+        (doomed.len(), released)
     }
 
     /// Number of partial matches (the fresh start state not counted). Constant time: the queue

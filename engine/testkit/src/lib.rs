@@ -7,6 +7,8 @@
 //! invalid: they are for tests.
 
 pub mod conformance;
+pub mod differential;
+pub mod gen;
 pub mod streams;
 
 use std::path::{Path, PathBuf};

@@ -10,88 +10,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use engine::runtime::{Config, Key, MultiOperator, MultiOutput, Operator, Output, StartIndex};
+use engine::runtime::{Config, Key, MultiOperator, MultiOutput, StartIndex};
 use engine::{Event, Nfa, Value};
 use proptest::prelude::*;
 use testkit::compile_one;
-use testkit::streams::{apply, cep_patterns, cep_steps, configs, library, library_steps, replay_steps, CepEvent, Step};
-
-/// Per (pattern, key): its outputs in order.
-type PerKey = BTreeMap<(usize, String), Vec<Output>>;
-
-fn key_of(o: &Output) -> String {
-    match o {
-        Output::Match { key, .. } | Output::Timeout { key, .. } | Output::Late { key, .. } => key.to_string(),
-    }
-}
-
-/// Runs `patterns` both ways over `steps`; `Err` says what differs.
-fn multi_is_exact(patterns: &[Arc<Nfa>], config: Config, steps: &[Step]) -> Result<(u64, u64), String> {
-    let mut singles: Vec<Operator> = patterns.iter().map(|n| Operator::new(n.clone(), config)).collect();
-    let mut outs: Vec<Vec<Output>> = vec![Vec::new(); patterns.len()];
-    let mut multi = MultiOperator::new(patterns.to_vec(), config).map_err(|e| e.to_string())?;
-    let mut multi_out = Vec::new();
-    for s in steps {
-        for (op, out) in singles.iter_mut().zip(&mut outs) {
-            apply(op, s, out);
-        }
-        match s {
-            Step::Event(k, e) => multi.process(k.clone(), e.clone(), &mut multi_out),
-            Step::Watermark(wm) => multi.advance_watermark(*wm, &mut multi_out),
-        }
-    }
-    let mut want = PerKey::new();
-    let mut want_late: Vec<Vec<u64>> = vec![Vec::new(); patterns.len()];
-    for (p, out) in outs.iter().enumerate() {
-        for o in out {
-            match o {
-                Output::Late { event, .. } => want_late[p].push(event.seq),
-                o => want.entry((p, key_of(o))).or_default().push(o.clone()),
-            }
-        }
-    }
-    let mut got = PerKey::new();
-    let mut got_late = Vec::new();
-    for o in multi_out {
-        match o {
-            MultiOutput::Pattern(_, Output::Late { .. }) => return Err("a pattern output a late event".into()),
-            MultiOutput::Pattern(p, o) => got.entry((p, key_of(&o))).or_default().push(o),
-            MultiOutput::Late { event, .. } => got_late.push(event.seq),
-        }
-    }
-    for (p, nfa) in patterns.iter().enumerate() {
-        let name = &nfa.meta.name;
-        if want_late[p] != got_late {
-            return Err(format!("{name}: late events {:?} vs {got_late:?}", want_late[p]));
-        }
-        let mut ks: Vec<&String> = want.keys().chain(got.keys()).filter(|(q, _)| *q == p).map(|(_, k)| k).collect();
-        ks.sort();
-        ks.dedup();
-        for k in ks {
-            let (w, g) = (want.get(&(p, k.clone())), got.get(&(p, k.clone())));
-            if w != g {
-                return Err(format!("{name}, key {k}: outputs\n{w:?}\nvs multi\n{g:?}"));
-            }
-        }
-        if singles[p].stats() != multi.pattern_stats(p) {
-            return Err(format!("{name}: stats {:?} vs multi {:?}", singles[p].stats(), multi.pattern_stats(p)));
-        }
-        if singles[p].funnel() != multi.funnel(p) {
-            return Err(format!("{name}: funnel {:?} vs multi {:?}", singles[p].funnel(), multi.funnel(p)));
-        }
-    }
-    let held: usize = singles.iter().map(Operator::active_partial_matches).sum();
-    if multi.active_partial_matches() != held {
-        return Err(format!("{} partial matches held vs multi {}", held, multi.active_partial_matches()));
-    }
-    Ok(multi.work())
-}
-
-fn all_configs() -> Vec<Config> {
-    let mut v = configs().to_vec();
-    v.push(Config { exact_steps: true, timeouts: true, ..Config::default() });
-    v
-}
+use testkit::differential::{all_configs, multi_is_exact};
+use testkit::streams::{cep_patterns, cep_steps, library, library_steps, replay_steps, CepEvent, Step};
 
 proptest! {
     // A fixed seed: CI sees the same cases on every run.

@@ -22,176 +22,13 @@ use engine::runtime::{
 use engine::{Event, Nfa, TypeId, Value};
 use proptest::prelude::*;
 use testkit::compile_one;
+use testkit::differential::{add, describe, differential, skip_is_exact, straight, with_restarts, Plan};
 use testkit::streams::{
     apply, cep_patterns, cep_steps, configs, library, library_steps, replay_steps, CepEvent, Rng, Step,
 };
 
 // ---------------------------------------------------------------------------------------------
 // Running
-
-fn add(a: Stats, b: Stats) -> Stats {
-    Stats {
-        events: a.events + b.events,
-        late: a.late + b.late,
-        matches: a.matches + b.matches,
-        timeouts: a.timeouts + b.timeouts,
-        dropped_partial_matches: a.dropped_partial_matches + b.dropped_partial_matches,
-        state_hits: a.state_hits + b.state_hits,
-        state_misses: a.state_misses + b.state_misses,
-    }
-}
-
-fn straight(nfa: &Arc<Nfa>, config: Config, steps: &[Step]) -> (Vec<Output>, Stats) {
-    let mut op = Operator::new(nfa.clone(), config);
-    let mut out = Vec::new();
-    for s in steps {
-        apply(&mut op, s, &mut out);
-    }
-    (out, op.stats())
-}
-
-/// The durable copy: encoded key to snapshot.
-type Store = BTreeMap<Vec<u8>, Vec<u8>>;
-
-fn key_bytes(k: &Key) -> Vec<u8> {
-    let mut b = Vec::new();
-    k.encode(&mut b);
-    b
-}
-
-/// Writes the changed keys to the store; checks that then the store holds exactly what a full
-/// snapshot of every key would (no change went unrecorded). Returns the sizes written.
-fn checkpoint(op: &mut Operator, store: &mut Store, all_keys: &BTreeSet<Key>) -> Result<Vec<usize>, String> {
-    let dirty = op.take_dirty();
-    if !dirty.windows(2).all(|w| w[0] < w[1]) {
-        return Err(format!("take_dirty is not sorted: {dirty:?}"));
-    }
-    let mut sizes = Vec::new();
-    for key in dirty {
-        let mut snap = Vec::new();
-        if op.snapshot_key(&key, &mut snap) {
-            sizes.push(snap.len());
-            store.insert(key_bytes(&key), snap);
-        } else if !snap.is_empty() {
-            return Err("snapshot_key returned false but wrote bytes".into());
-        } else {
-            store.remove(&key_bytes(&key));
-        }
-    }
-    if !op.take_dirty().is_empty() {
-        return Err("take_dirty twice in a row".into());
-    }
-    for key in all_keys {
-        let mut snap = Vec::new();
-        let held = op.snapshot_key(key, &mut snap).then_some(snap);
-        if held.as_ref() != store.get(&key_bytes(key)) {
-            return Err(format!("key {key}: the store is stale (a change was not recorded)"));
-        }
-    }
-    Ok(sizes)
-}
-
-/// A fresh operator restored from the store; every key's snapshot re-encodes to the same bytes.
-fn restore(nfa: &Arc<Nfa>, config: Config, store: &Store, wm: i64) -> Result<Operator, String> {
-    let mut op = Operator::new(nfa.clone(), config);
-    for (kb, snap) in store {
-        let key = Key::decode(kb).map_err(|e| format!("key: {e}"))?;
-        op.restore_key(key.clone(), snap).map_err(|e| format!("key {key}: {e}"))?;
-        let mut again = Vec::new();
-        if !op.snapshot_key(&key, &mut again) || &again != snap {
-            return Err(format!("key {key}: the restored state snapshots differently"));
-        }
-    }
-    op.set_watermark(wm);
-    if !op.take_dirty().is_empty() {
-        return Err("restoring recorded changes".into());
-    }
-    Ok(op)
-}
-
-/// How often (in percent per step) the operator is checkpointed and replaced.
-#[derive(Clone, Copy, Debug)]
-struct Plan {
-    checkpoint: u64,
-    crash: u64,
-    seed: u64,
-}
-
-/// Runs `steps` with checkpoints and crashes: a crash loses everything since the last
-/// checkpoint (outputs included) and the steps from there are replayed into an operator restored
-/// from the store. Returns the outputs, the stats and the snapshot sizes written.
-fn with_restarts(
-    nfa: &Arc<Nfa>,
-    config: Config,
-    steps: &[Step],
-    plan: Plan,
-) -> Result<(Vec<Output>, Stats, Vec<usize>, Store), String> {
-    let all_keys: BTreeSet<Key> = steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Event(k, _) => Some(k.clone()),
-            Step::Watermark(_) => None,
-        })
-        .collect();
-    let mut rng = Rng(plan.seed);
-    let mut op = Operator::new(nfa.clone(), config);
-    let mut store = Store::new();
-    let mut out = Vec::new();
-    let mut sizes = Vec::new();
-    // (step, outputs, stats, watermark) at the last checkpoint.
-    let mut saved = (0usize, 0usize, Stats::default(), i64::MIN);
-    let mut base = Stats::default();
-    let (mut i, mut furthest_crash) = (0, 0);
-    while i < steps.len() {
-        apply(&mut op, &steps[i], &mut out);
-        i += 1;
-        if rng.below(100) < plan.checkpoint {
-            sizes.extend(checkpoint(&mut op, &mut store, &all_keys)?);
-            saved = (i, out.len(), add(base, op.stats()), op.watermark());
-        }
-        if i > furthest_crash && rng.below(100) < plan.crash {
-            furthest_crash = i;
-            i = saved.0;
-            out.truncate(saved.1);
-            base = saved.2;
-            op = restore(nfa, config, &store, saved.3)?;
-        }
-    }
-    sizes.extend(checkpoint(&mut op, &mut store, &all_keys)?);
-    Ok((out, add(base, op.stats()), sizes, store))
-}
-
-fn describe(o: Option<&Output>) -> String {
-    match o {
-        None => "nothing".into(),
-        Some(Output::Match { key, ts, events }) => format!("match {key}@{ts} {:?}", seqs(events)),
-        Some(Output::Timeout { key, ts, events }) => format!("timeout {key}@{ts} {:?}", seqs(events)),
-        Some(Output::Late { key, event, watermark }) => format!("late {key} seq {} wm {watermark}", event.seq),
-    }
-}
-
-fn seqs(events: &engine::runtime::MatchEvents) -> Vec<(u16, Vec<u64>)> {
-    events.iter().map(|(v, l)| (v.0, l.iter().map(|e| e.seq).collect())).collect()
-}
-
-/// Straight through vs with restarts: the same outputs in the same order, the same stats.
-fn differential(nfa: &Arc<Nfa>, config: Config, steps: &[Step], plan: Plan) -> Result<Vec<usize>, String> {
-    let (want, want_stats) = straight(nfa, config, steps);
-    let (got, got_stats, sizes, _) = with_restarts(nfa, config, steps, plan)?;
-    if let Some(i) = (0..want.len().max(got.len())).find(|&i| want.get(i) != got.get(i)) {
-        return Err(format!(
-            "{} ({config:?}, {plan:?}): output {i} of {}: expected {}, got {}",
-            nfa.meta.name,
-            want.len(),
-            describe(want.get(i)),
-            describe(got.get(i))
-        ));
-    }
-    if want_stats != got_stats {
-        return Err(format!("{}: stats {got_stats:?}, expected {want_stats:?}", nfa.meta.name));
-    }
-    Ok(sizes)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Split records through a backing
@@ -381,44 +218,6 @@ fn plans(seed: u64) -> Vec<Plan> {
 // ---------------------------------------------------------------------------------------------
 // Differential tests
 
-/// The run again with every event through FlinkCEP's full step (`Config::exact_steps`): the same
-/// outputs in the same order, the same stats, and after every step the same changed keys with
-/// the same snapshot bytes. Checks the engine's skip of steps that change nothing.
-fn skip_is_exact(nfa: &Arc<Nfa>, config: Config, steps: &[Step]) -> Result<(), String> {
-    let run = |exact_steps: bool| {
-        let mut op = Operator::new(nfa.clone(), Config { exact_steps, ..config });
-        let mut out = Vec::new();
-        let mut snapshots = Vec::new();
-        for s in steps {
-            apply(&mut op, s, &mut out);
-            for k in op.take_dirty() {
-                let mut bytes = Vec::new();
-                op.snapshot_key(&k, &mut bytes);
-                snapshots.push((k, bytes));
-            }
-        }
-        (out, op.stats(), snapshots)
-    };
-    let (skipping, exact) = (run(false), run(true));
-    let name = &nfa.meta.name;
-    if skipping.0 != exact.0 {
-        let at =
-            skipping.0.iter().zip(&exact.0).position(|(a, b)| a != b).unwrap_or(skipping.0.len().min(exact.0.len()));
-        return Err(format!(
-            "{name}: output {at} differs: {} vs {}",
-            describe(skipping.0.get(at)),
-            describe(exact.0.get(at))
-        ));
-    }
-    if skipping.1 != exact.1 {
-        return Err(format!("{name}: stats differ: {:?} vs {:?}", skipping.1, exact.1));
-    }
-    if skipping.2 != exact.2 {
-        return Err(format!("{name}: the snapshots of the changed keys differ"));
-    }
-    Ok(())
-}
-
 #[test]
 fn skipping_unchanged_steps_is_exact_on_library_streams() {
     let mut failures = Vec::new();
@@ -457,7 +256,7 @@ fn library_examples_restore_exactly() {
             for plan in plans(lib.examples.len() as u64) {
                 runs += 1;
                 if let Err(e) = differential(&lib.nfa, config, &steps, plan) {
-                    failures.push(e);
+                    failures.push(e.to_string());
                 }
             }
         }
@@ -1051,7 +850,7 @@ fn snapshot_sizes() {
             op.advance_watermark(1_000 + i as i64, &mut out);
             run.process(&nfa, e, 1_000 + i as i64);
             if let Some(max) = budget {
-                run.enforce_budget(max);
+                run.enforce_budget(&nfa, max);
             }
         }
         let mut snap = Vec::new();
