@@ -35,9 +35,12 @@ pub(super) struct Edge {
     pub(super) refs: i32,
 }
 
+/// A node's edges: most nodes have one (a run that took the event), kept inline.
+pub(super) type Edges = smallvec::SmallVec<[Edge; 1]>;
+
 #[derive(Clone, Debug, Default)]
 pub(super) struct Node {
-    pub(super) edges: Vec<Edge>,
+    pub(super) edges: Edges,
     pub(super) refs: i32,
 }
 
@@ -123,7 +126,8 @@ impl SharedBuffer {
     }
 
     pub fn release_node(&mut self, node: NodeId, version: &Dewey) {
-        let mut stack: Vec<(NodeId, Dewey)> = vec![(node, version.clone())];
+        // Mostly one chain: the stack stays inline.
+        let mut stack: smallvec::SmallVec<[(NodeId, Dewey); 2]> = smallvec::smallvec![(node, version.clone())];
         while let Some((cur, v)) = stack.pop() {
             let Some(n) = self.nodes.get_mut(&cur) else { break };
             let mut i = 0;

@@ -5,6 +5,7 @@ pub mod dewey;
 pub mod multi;
 pub mod operator;
 pub mod pq;
+pub mod queue;
 pub mod run;
 pub mod snapshot;
 pub mod split;

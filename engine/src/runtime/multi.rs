@@ -21,12 +21,13 @@
 //! Not yet: a backing store, snapshots and eviction (the service runs one
 //! [`Operator`](super::Operator) per pattern, which has them).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
 use super::operator::{add_timer, remove_fired, Config, Key, Output, Stats, WindowTimers};
+use super::queue::Queue;
 use super::run::{self as run, RunState, Summary};
 use crate::expr::{BinOp, Cond, ConditionCache, Expr};
 use crate::nfa::{Action, FieldId, Nfa, StateId, TypeId};
@@ -274,7 +275,7 @@ struct Slot {
 #[derive(Debug, Default)]
 struct MultiKey {
     /// Buffered events by timestamp, in arrival order (once for every pattern).
-    queue: BTreeMap<i64, Vec<Arc<Event>>>,
+    queue: Queue,
     /// Ascending by pattern; only patterns with a run or pending window timers.
     slots: Vec<Slot>,
 }
@@ -429,11 +430,9 @@ impl MultiOperator {
         }
         let ts = event.ts;
         let state = self.keys.entry(key.clone()).or_default();
-        let list = state.queue.entry(ts).or_default();
-        if list.is_empty() {
+        if state.queue.push(ts, event) {
             self.timers.insert((ts, key));
         }
-        list.push(event);
     }
 
     /// Moves the watermark to `wm` (never backwards) and processes what it releases.
@@ -477,14 +476,14 @@ impl Patterns {
             slot.visit = slot.windows.front().is_some_and(|&w| w <= t) && (slot.run.is_some() || has_queue);
             remove_fired(&mut slot.windows, t);
         }
-        if state.queue.first_key_value().is_some_and(|(&ts, _)| ts <= wm) {
+        if state.queue.first_ts().is_some_and(|ts| ts <= wm) {
             // Due events: every pattern's operator processes them (now or at their timestamp's
             // timer, later in this advance with the same watermark: the same steps).
-            while let Some((&ts, _)) = state.queue.first_key_value() {
+            while let Some(ts) = state.queue.first_ts() {
                 if ts > wm {
                     break;
                 }
-                let mut batch = state.queue.remove(&ts).unwrap_or_default();
+                let Some((_, mut batch)) = state.queue.pop_first() else { break };
                 for slot in &mut state.slots {
                     self.emit_time(slot, key, ts, out);
                 }

@@ -10,12 +10,13 @@
 //! ([`Operator::take_dirty`]) and writes and restores one key at a time
 //! ([`Operator::snapshot_key`], [`Operator::restore_key`]; the format is in [`super::snapshot`]).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+use super::queue::Queue;
 use super::run::{self as run, MatchEvents, PartialView, RunState};
 use super::snapshot::{self, SnapshotError};
 use super::split::{self, KeyRecords};
@@ -109,7 +110,7 @@ pub struct KeyState {
     /// when an event starts something.
     pub run: Option<RunState>,
     /// Buffered events by timestamp, in arrival order.
-    pub queue: BTreeMap<i64, Vec<Arc<Event>>>,
+    pub queue: Queue,
     /// The key's pending window timers, ascending. Its other timers are the timestamps of
     /// `queue` (a buffered timestamp always has one): together they are the key's entries in the
     /// operator's timer set.
@@ -122,7 +123,7 @@ pub struct KeyState {
 
 impl KeyState {
     fn new(windows: WindowTimers) -> Self {
-        KeyState { run: None, queue: BTreeMap::new(), windows, dirty: false, used: 0 }
+        KeyState { run: None, queue: Queue::new(), windows, dirty: false, used: 0 }
     }
 
     fn partial_count(&self) -> usize {
@@ -335,7 +336,7 @@ impl Operator {
         let mut bytes = self.orphan_timers.len() * (KEY + 96);
         for s in self.store.values() {
             let (events, nodes) = s.run.as_ref().map_or((0, 0), |r| r.buffer.size());
-            let queued: usize = s.queue.values().map(Vec::len).sum();
+            let queued: usize = s.queue.events();
             bytes +=
                 KEY + 1024 + (events + queued) * event + nodes * 128 + s.partial_count() * 160 + s.windows.len() * 64;
         }
@@ -374,7 +375,7 @@ impl Operator {
     /// Events of `key` waiting in its time-order queue for the watermark to pass them (not yet
     /// seen by its partial matches), in memory. Read-only.
     pub fn buffered_events(&self, key: &Key) -> usize {
-        self.store.get(key).map_or(0, |s| s.queue.values().map(Vec::len).sum())
+        self.store.get(key).map_or(0, |s| s.queue.events())
     }
 
     /// The stored state of a key that is not in memory (and did not change since the commit).
@@ -423,7 +424,7 @@ impl Operator {
     }
 
     /// Puts a decoded state in memory with its timers (counts unchanged: they include it).
-    fn install(&mut self, key: Key, state: Option<(RunState, snapshot::Queue)>, windows: WindowTimers) {
+    fn install(&mut self, key: Key, state: Option<(RunState, Queue)>, windows: WindowTimers) {
         for &t in &windows {
             self.timers.insert((t, key.clone()));
         }
@@ -468,11 +469,9 @@ impl Operator {
             state.dirty = true;
             self.dirty.insert(key.clone());
         }
-        let list = state.queue.entry(ts).or_default();
-        if list.is_empty() {
+        if state.queue.push(ts, event) {
             self.timers.insert((ts, key));
         }
-        list.push(event);
     }
 
     /// Moves the watermark to `wm` (never backwards) and processes what it releases.
@@ -558,11 +557,11 @@ impl Operator {
             out.extend(matches.into_iter().map(|m| Output::Match { key: key.clone(), ts, events: m.events }));
             out.extend(timeouts.into_iter().map(|t| Output::Timeout { key: key.clone(), ts: t.ts, events: t.events }));
         };
-        while let Some((&ts, _)) = state.queue.first_key_value() {
+        while let Some(ts) = state.queue.first_ts() {
             if ts > wm {
                 break;
             }
-            let mut batch = state.queue.remove(&ts).unwrap_or_default();
+            let Some((_, mut batch)) = state.queue.pop_first() else { break };
             emit_time(state, ts, out, stats);
             if let Some(f) = tie_break {
                 batch.sort_by(|a, b| a.field(f).compare(b.field(f)).unwrap_or(std::cmp::Ordering::Equal));
@@ -736,7 +735,7 @@ impl Operator {
         let held = match (self.store.get(key), self.orphan_timers.get(key)) {
             (Some(state), _) => {
                 let held = state.run.as_ref().map_or(0, |r| r.buffer.events.len());
-                let events = state.queue.values().map(Vec::len).sum::<usize>() + held;
+                let events = state.queue.events() + held;
                 let as_split =
                     events > 0 && self.config.inline_events.is_some_and(|max| events > max || stored.is_some());
                 if as_split {

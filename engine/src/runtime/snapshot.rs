@@ -61,13 +61,12 @@
 //! [`Operator::restore_key`]: super::Operator::restore_key
 //! [`Operator::set_watermark`]: super::Operator::set_watermark
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::buffer::{Edge, EventId, Node, NodeId, SharedBuffer};
+use super::buffer::{Edge, Edges, EventId, Node, NodeId, SharedBuffer};
 use super::dewey::Dewey;
 use super::operator::{Key, WindowTimers};
 use super::run::{Partial, RunState};
@@ -81,7 +80,7 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const SPLIT_VERSION: u8 = 2;
 
 /// Buffered events by timestamp, in arrival order (a key's queue).
-pub(super) type Queue = BTreeMap<i64, Vec<Arc<Event>>>;
+pub(super) use super::queue::Queue;
 
 /// Why bytes are not a snapshot (or a [`Key`]) this operator can restore.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,7 +259,7 @@ pub(super) fn encode(
     put_times(out, base, windows);
 
     // The events, each distinct `Arc` once.
-    let queued: usize = queue.values().map(Vec::len).sum();
+    let queued: usize = queue.events();
     let n = queued + events.len();
     out.reserve(16 + 40 * n + 24 * (nodes.len() + run.queues().0.len()));
     let mut table: Vec<&Arc<Event>> = Vec::with_capacity(n);
@@ -289,7 +288,7 @@ pub(super) fn encode(
     put_v(out, queue.len() as u64);
     let mut asc = Asc::new(base);
     let mut refs = queue_refs.iter();
-    for (&ts, list) in queue {
+    for (ts, list) in queue.iter() {
         asc.put(out, ts);
         put_v(out, list.len() as u64);
         for i in refs.by_ref().take(list.len()) {
@@ -816,7 +815,7 @@ pub(super) fn decode(nfa: &Nfa, bytes: &[u8]) -> Result<Decoded> {
         }
         let refs = r.i32("reference count out of range")?;
         let m = r.count(3)?;
-        let mut edges = Vec::with_capacity(m);
+        let mut edges = Edges::with_capacity(m);
         for _ in 0..m {
             let at = r.pos;
             let target = match r.index(nodes.len() + 1, "no such node")? {

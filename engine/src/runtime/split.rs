@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::buffer::{Edge, EventId, Node, NodeId, SharedBuffer};
+use super::buffer::{Edge, Edges, EventId, Node, NodeId, SharedBuffer};
 use super::operator::WindowTimers;
 use super::run::{Partial, RunState};
 use super::snapshot::{
@@ -431,7 +431,7 @@ pub(super) fn decode(nfa: &Nfa, head: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> 
             last_var = Some(var);
             let refs = r.i32("reference count out of range")?;
             let m = r.count(3)?;
-            let mut edges = Vec::with_capacity(m);
+            let mut edges = Edges::with_capacity(m);
             for _ in 0..m {
                 let at = r.pos;
                 let target = match r.u8()? {
