@@ -419,7 +419,25 @@ fn float_to(to: NumTo, x: f64, out: &mut [Value]) -> Result<(), Defer> {
 /// the JSON path refuse every record (a conflict between record types in the field table, a
 /// field with no place in it); a reader default that does not convert (or that names a type
 /// without a namespace); a stream without a timestamp field.
-pub fn compile(writer: &Schema, reader: &Schema, catalog: &StreamSchema) -> Result<Program, String> {
+/// Why the direct decoder does not take a pair of schemas (their records then go through the
+/// generic path): the first construct it met that it does not handle, for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
+impl From<&str> for Unsupported {
+    fn from(why: &str) -> Self {
+        Unsupported(why.to_owned())
+    }
+}
+
+impl From<String> for Unsupported {
+    fn from(why: String) -> Self {
+        Unsupported(why)
+    }
+}
+
+pub fn compile(writer: &Schema, reader: &Schema, catalog: &StreamSchema) -> Result<Program, Unsupported> {
     let wres = ResolvedSchema::try_from(writer).map_err(|e| format!("the writer schema: {e}"))?;
     let rres = ResolvedSchema::try_from(reader).map_err(|e| format!("the stream's schema: {e}"))?;
     let ts = catalog.timestamp_field.ok_or("the stream has no timestamp field")?.index();
@@ -441,7 +459,7 @@ pub fn compile(writer: &Schema, reader: &Schema, catalog: &StreamSchema) -> Resu
     for wv in wvariants {
         let (wv, wns) = c.wderef(wv, None)?;
         if !matches!(wv, Schema::Record(_)) {
-            return Err("the writer schema has a branch that is not a record".into());
+            return Err(Unsupported::from("the writer schema has a branch that is not a record"));
         }
         branches.push(c.root(wv, wns, reader)?);
     }
@@ -512,14 +530,14 @@ struct Compiler<'s> {
 impl<'s> Compiler<'s> {
     /// The branch of writer record `w`: the record type it reads as (the stream's record type of
     /// its name, [`reader_branch`]), and its program (`None`: it never resolves).
-    fn root(&mut self, w: &'s Schema, wns: Ns, reader: &'s Schema) -> Result<Option<Branch>, String> {
+    fn root(&mut self, w: &'s Schema, wns: Ns, reader: &'s Schema) -> Result<Option<Branch>, Unsupported> {
         let catalog = self.catalog;
-        let Schema::Record(wrec) = w else { return Err("a writer branch that is not a record".into()) };
+        let Schema::Record(wrec) = w else { return Err(Unsupported::from("a writer branch that is not a record")) };
         let (rrec, kind) = match reader {
             Schema::Record(rrec) => {
                 let full = rrec.name.fullname(None);
                 if catalog.types.len() != 1 || catalog.types[0].full_name != full {
-                    return Err("the field table's record types are not the stream schema's".into());
+                    return Err(Unsupported::from("the field table's record types are not the stream schema's"));
                 }
                 (rrec, 0)
             }
@@ -527,22 +545,22 @@ impl<'s> Compiler<'s> {
                 // The stream's record type of the writer's name, as the generic path takes it.
                 let Some(i) = reader_branch(wrec, reader) else { return Ok(None) };
                 let Schema::Record(rrec) = &ru.variants()[i] else {
-                    return Err("a stream schema branch that is not a record".into());
+                    return Err(Unsupported::from("a stream schema branch that is not a record"));
                 };
                 let full = rrec.name.fullname(None);
                 let kind = if ru.variants().len() > 1 {
                     match catalog.record_type(&full) {
                         Some(k) if catalog.types[k.index()].full_name == full => k.index(),
-                        _ => return Err(format!("record type `{full}` is ambiguous in the field table")),
+                        _ => return Err(Unsupported(format!("record type `{full}` is ambiguous in the field table"))),
                     }
                 } else if catalog.types.len() == 1 {
                     0
                 } else {
-                    return Err("the field table's record types are not the stream schema's".into());
+                    return Err(Unsupported::from("the field table's record types are not the stream schema's"));
                 };
                 (rrec, kind)
             }
-            _ => return Err("the stream schema is not a record or a union".into()),
+            _ => return Err(Unsupported::from("the stream schema is not a record or a union")),
         };
         self.kind = kind;
         self.covered = vec![false; catalog.fields.len()];
@@ -550,7 +568,7 @@ impl<'s> Compiler<'s> {
         // record: `UnknownField`).
         for f in &rrec.fields {
             if !catalog.fields.iter().any(|c| c.in_types[kind] && c.path.split('.').next() == Some(f.name.as_str())) {
-                return Err(format!("field `{}` has no place in the field table", f.name));
+                return Err(Unsupported(format!("field `{}` has no place in the field table", f.name)));
             }
         }
         let (op, tri) = self.record(wrec, wns, rrec, None, Some(("", 0)))?;
@@ -559,31 +577,31 @@ impl<'s> Compiler<'s> {
         }
         for (i, f) in catalog.fields.iter().enumerate() {
             if f.in_types[kind] && !self.covered[i] && !f.nullable {
-                return Err(format!("field `{}` would be missing", f.path));
+                return Err(Unsupported(format!("field `{}` would be missing", f.path)));
             }
         }
         Ok(Some(Branch { kind: TypeId(kind as u16), op }))
     }
 
-    fn wderef(&self, s: &'s Schema, ns: Ns) -> Result<(&'s Schema, Ns), String> {
+    fn wderef(&self, s: &'s Schema, ns: Ns) -> Result<(&'s Schema, Ns), Unsupported> {
         deref(&self.wnames, s, ns)
     }
 
-    fn rderef(&self, s: &'s Schema, ns: Ns) -> Result<(&'s Schema, Ns), String> {
+    fn rderef(&self, s: &'s Schema, ns: Ns) -> Result<(&'s Schema, Ns), Unsupported> {
         deref(&self.rnames, s, ns)
     }
 
-    fn enter(&mut self) -> Result<(), String> {
+    fn enter(&mut self) -> Result<(), Unsupported> {
         self.nesting += 1;
         self.steps += 1;
         if self.nesting > MAX_NESTING || self.steps > MAX_STEPS {
-            return Err("the schema is recursive or too large".into());
+            return Err(Unsupported::from("the schema is recursive or too large"));
         }
         Ok(())
     }
 
     /// The slot of field `path` of the current record type.
-    fn slot(&mut self, path: &str) -> Result<usize, String> {
+    fn slot(&mut self, path: &str) -> Result<usize, Unsupported> {
         let kind = self.kind;
         let i = self
             .catalog
@@ -601,7 +619,14 @@ impl<'s> Compiler<'s> {
 
     /// A writer value `w` (namespace `wns`) resolved to reader schema `r` (namespace `rns`),
     /// going to `dest`.
-    fn resolve(&mut self, w: &'s Schema, wns: Ns, r: &'s Schema, rns: Ns, dest: &Dest) -> Result<(Op, Tri), String> {
+    fn resolve(
+        &mut self,
+        w: &'s Schema,
+        wns: Ns,
+        r: &'s Schema,
+        rns: Ns,
+        dest: &Dest,
+    ) -> Result<(Op, Tri), Unsupported> {
         self.enter()?;
         let out = self.resolve_inner(w, wns, r, rns, dest);
         self.nesting -= 1;
@@ -615,12 +640,12 @@ impl<'s> Compiler<'s> {
         r: &'s Schema,
         rns: Ns,
         dest: &Dest,
-    ) -> Result<(Op, Tri), String> {
+    ) -> Result<(Op, Tri), Unsupported> {
         let (w, wns) = self.wderef(w, wns)?;
         // A writer union: the value is its branch's, whatever the reader's schema.
         if let Schema::Union(u) = w {
             if u.variants().is_empty() {
-                return Err("an empty union".into());
+                return Err(Unsupported::from("an empty union"));
             }
             let mut ops = Vec::new();
             let mut tris = Vec::new();
@@ -644,7 +669,7 @@ impl<'s> Compiler<'s> {
                     // A union of several types: a field patterns cannot read.
                     let slot = self.slot(path)?;
                     if self.catalog.fields[slot].ty != FieldType::Unsupported {
-                        return Err(format!("field `{path}` is a union of several types"));
+                        return Err(Unsupported(format!("field `{path}` is a union of several types")));
                     }
                     Dest::Discard
                 }
@@ -663,7 +688,7 @@ impl<'s> Compiler<'s> {
                     if *depth < MAX_DEPTH {
                         return match w {
                             Schema::Record(wrec) => self.record(wrec, wns, rrec, rns, Some((path, depth + 1))),
-                            Schema::Map(_) => Err("a map resolved to a record".into()),
+                            Schema::Map(_) => Err(Unsupported::from("a map resolved to a record")),
                             _ => Ok((Op::Fail, Tri::Never)),
                         };
                     }
@@ -688,11 +713,11 @@ impl<'s> Compiler<'s> {
         r: &'s RecordSchema,
         rns: Ns,
         at: Option<(&str, usize)>,
-    ) -> Result<(Op, Tri), String> {
+    ) -> Result<(Op, Tri), Unsupported> {
         let w_child: Ns = w.name.fully_qualified_name(wns.as_deref()).namespace().map(str::to_owned);
         let r_child: Ns = r.name.namespace().map(str::to_owned).or(rns);
         if has_duplicates(&w.fields) || has_duplicates(&r.fields) {
-            return Err("a record with two fields of one name".into());
+            return Err(Unsupported::from("a record with two fields of one name"));
         }
         let mut tri = Tri::Always;
         let mut ops = Vec::with_capacity(w.fields.len());
@@ -749,15 +774,15 @@ impl<'s> Compiler<'s> {
 
     /// The JSON form of reader field `rf`'s default, resolved as apache_avro resolves a missing
     /// field (`None`: it has none, or it does not resolve).
-    fn default(&self, rf: &'s RecordField, ns: &Ns) -> Result<Option<Json>, String> {
+    fn default(&self, rf: &'s RecordField, ns: &Ns) -> Result<Option<Json>, Unsupported> {
         let Some(json) = &rf.default else { return Ok(None) };
         if ns.is_some() && has_unqualified_ref(&rf.schema) {
-            return Err(format!("the default of `{}` names a type without a namespace", rf.name));
+            return Err(Unsupported(format!("the default of `{}` names a type without a namespace", rf.name)));
         }
         let names = &self.rnames;
         let value = match &rf.schema {
             Schema::Union(u) => match u.variants().first() {
-                None => return Err("an empty union".into()),
+                None => return Err(Unsupported::from("an empty union")),
                 Some(Schema::Null) => Ok(AvroValue::Union(0, Box::new(AvroValue::Null))),
                 Some(first) => AvroValue::try_from(json.clone())
                     .and_then(|v| v.resolve_with_names(first, names))
@@ -767,22 +792,22 @@ impl<'s> Compiler<'s> {
         };
         match value.and_then(|v| v.resolve_with_names(&rf.schema, names)) {
             Err(_) => Ok(None),
-            Ok(v) => {
-                Json::try_from(v).map(Some).map_err(|e| format!("the default of `{}` does not convert: {e}", rf.name))
-            }
+            Ok(v) => Json::try_from(v)
+                .map(Some)
+                .map_err(|e| Unsupported(format!("the default of `{}` does not convert: {e}", rf.name))),
         }
     }
 
     /// A writer value read and dropped (a field the reader does not have), checked as
     /// apache_avro decodes it.
-    fn skip(&mut self, w: &'s Schema, ns: Ns) -> Result<Op, String> {
+    fn skip(&mut self, w: &'s Schema, ns: Ns) -> Result<Op, Unsupported> {
         self.enter()?;
         let out = self.skip_inner(w, ns);
         self.nesting -= 1;
         out
     }
 
-    fn skip_inner(&mut self, w: &'s Schema, ns: Ns) -> Result<Op, String> {
+    fn skip_inner(&mut self, w: &'s Schema, ns: Ns) -> Result<Op, Unsupported> {
         let (w, ns) = self.wderef(w, ns)?;
         Ok(match w {
             Schema::Null => Op::Nothing,
@@ -824,7 +849,7 @@ impl<'s> Compiler<'s> {
                 InnerDecimalSchema::Fixed(f) => Op::Fixed(f.size),
             },
             Schema::Duration(f) if f.size == 12 => Op::Fixed(12),
-            other => return Err(format!("a writer field of type {:?}", SchemaKind::from(other))),
+            other => return Err(Unsupported(format!("a writer field of type {:?}", SchemaKind::from(other)))),
         })
     }
 
@@ -838,16 +863,20 @@ impl<'s> Compiler<'s> {
         r: &'s Schema,
         rns: Ns,
         slot: Option<(usize, &'s StreamField)>,
-    ) -> Result<(Op, Tri), String> {
+    ) -> Result<(Op, Tri), Unsupported> {
         use Schema as S;
         const NEVER: (Op, Tri) = (Op::Fail, Tri::Never);
         if matches!(w, S::Decimal(_) | S::BigDecimal | S::Uuid(_) | S::Duration(_)) {
-            return Err(format!("a resolved value of type {:?}", SchemaKind::from(w)));
+            return Err(Unsupported(format!("a resolved value of type {:?}", SchemaKind::from(w))));
         }
-        let mismatch =
-            || format!("field `{}`: its Avro type is not its type in the field table", slot.map_or("", |s| &s.1.path));
+        let mismatch = || {
+            Unsupported(format!(
+                "field `{}`: its Avro type is not its type in the field table",
+                slot.map_or("", |s| &s.1.path)
+            ))
+        };
         // The number conversion of a reader numeric type.
-        let num = |repr: Repr| -> Result<Num, String> {
+        let num = |repr: Repr| -> Result<Num, Unsupported> {
             let to = match (slot, repr) {
                 (None, _) => NumTo::Discard,
                 (Some((s, f)), Repr::I64) => match f.ty {
@@ -861,7 +890,7 @@ impl<'s> Compiler<'s> {
             };
             Ok(Num { repr, to })
         };
-        let int_like = |w: &Schema, accept: &[SchemaKind]| -> Result<(Op, Tri), String> {
+        let int_like = |w: &Schema, accept: &[SchemaKind]| -> Result<(Op, Tri), Unsupported> {
             let k = SchemaKind::from(w);
             if !accept.contains(&k) {
                 return Ok(NEVER);
@@ -884,7 +913,7 @@ impl<'s> Compiler<'s> {
                 _ => NEVER,
             },
             S::Int => match w {
-                S::Long => return Err("a long resolved to an int".into()),
+                S::Long => return Err(Unsupported::from("a long resolved to an int")),
                 w => int_like(w, &[K::Int])?,
             },
             S::Long => int_like(w, &[K::Int, K::Long])?,
@@ -904,7 +933,7 @@ impl<'s> Compiler<'s> {
                     S::Long => (Op::Long(n), Tri::Always),
                     S::Float => (Op::Float(n), Tri::Always),
                     S::Double => (Op::Double(n), Tri::Always),
-                    S::String => return Err("a string resolved to a float".into()),
+                    S::String => return Err(Unsupported::from("a string resolved to a float")),
                     _ => NEVER,
                 }
             }
@@ -928,7 +957,7 @@ impl<'s> Compiler<'s> {
                     S::String => (Op::Str(to), Tri::Always),
                     // Bytes that must be UTF-8.
                     S::Bytes => (Op::Str(to), Tri::Sometimes),
-                    S::Fixed(_) => return Err("a fixed resolved to a string".into()),
+                    S::Fixed(_) => return Err(Unsupported::from("a fixed resolved to a string")),
                     _ => NEVER,
                 }
             }
@@ -959,13 +988,13 @@ impl<'s> Compiler<'s> {
             S::Bytes => match w {
                 S::Bytes => (Op::Bytes, Tri::Always),
                 S::String => (Op::Str(StrTo::Discard), Tri::Always),
-                S::Array(_) => return Err("an array resolved to bytes".into()),
+                S::Array(_) => return Err(Unsupported::from("an array resolved to bytes")),
                 _ => NEVER,
             },
             S::Fixed(rf) => match w {
                 S::Fixed(wf) if wf.size == rf.size => (Op::Fixed(wf.size), Tri::Always),
                 S::String => (Op::Str(StrTo::Discard), Tri::Always),
-                S::Bytes => return Err("bytes resolved to a fixed".into()),
+                S::Bytes => return Err(Unsupported::from("bytes resolved to a fixed")),
                 _ => NEVER,
             },
             S::Array(ra) => match w {
@@ -985,13 +1014,13 @@ impl<'s> Compiler<'s> {
             },
             S::Record(rr) => match w {
                 S::Record(wr) => self.record(wr, wns, rr, rns, None)?,
-                S::Map(_) => return Err("a map resolved to a record".into()),
+                S::Map(_) => return Err(Unsupported::from("a map resolved to a record")),
                 _ => NEVER,
             },
             S::Decimal(_) | S::BigDecimal | S::Uuid(_) | S::Duration(_) => {
-                return Err(format!("a reader value of type {:?}", SchemaKind::from(r)));
+                return Err(Unsupported(format!("a reader value of type {:?}", SchemaKind::from(r))));
             }
-            S::Union(_) | S::Ref { .. } => return Err("an unresolved reader schema".into()),
+            S::Union(_) | S::Ref { .. } => return Err(Unsupported::from("an unresolved reader schema")),
         })
     }
 
@@ -1041,7 +1070,7 @@ impl<'s> Compiler<'s> {
     /// takes the first candidate the value resolves to: a candidate that resolves for some
     /// values only is taken here, and its program fails (the record goes to the generic path,
     /// which tries the next candidates) exactly where its resolution would.
-    fn pick(&mut self, w: &'s Schema, wns: &Ns, ru: &'s UnionSchema, rns: &Ns) -> Result<Option<usize>, String> {
+    fn pick(&mut self, w: &'s Schema, wns: &Ns, ru: &'s UnionSchema, rns: &Ns) -> Result<Option<usize>, Unsupported> {
         let (unnamed, named) = value_kinds(w)?;
         let variants = ru.variants();
         let mut index: HashMap<SchemaKind, usize> = HashMap::new();
@@ -1053,7 +1082,7 @@ impl<'s> Compiler<'s> {
                 index.entry(base_kind(v)).or_insert(i);
             }
         }
-        let trial = |c: &mut Self, i: usize| -> Result<Tri, String> {
+        let trial = |c: &mut Self, i: usize| -> Result<Tri, Unsupported> {
             let v = &variants[i];
             let ns = v.namespace().map(str::to_owned).or(rns.clone());
             Ok(c.resolve(w, wns.clone(), v, ns, &Dest::Discard)?.1)
@@ -1113,7 +1142,7 @@ pub fn reader_branch(writer: &RecordSchema, reader: &Schema) -> Option<usize> {
     }
 }
 
-fn deref<'s>(names: &NamesRef<'s>, s: &'s Schema, ns: Ns) -> Result<(&'s Schema, Ns), String> {
+fn deref<'s>(names: &NamesRef<'s>, s: &'s Schema, ns: Ns) -> Result<(&'s Schema, Ns), Unsupported> {
     match s {
         Schema::Ref { name } => {
             let full = name.fully_qualified_name(ns.as_deref());
@@ -1127,7 +1156,7 @@ fn deref<'s>(names: &NamesRef<'s>, s: &'s Schema, ns: Ns) -> Result<(&'s Schema,
 
 /// The kinds of apache_avro's value of writer schema `w`, as union branches are looked up:
 /// unnamed and named (`UnionSchema::value_to_base_schemakind`).
-fn value_kinds(w: &Schema) -> Result<(Option<SchemaKind>, Option<SchemaKind>), String> {
+fn value_kinds(w: &Schema) -> Result<(Option<SchemaKind>, Option<SchemaKind>), Unsupported> {
     use Schema as S;
     use SchemaKind as K;
     Ok(match w {
@@ -1144,7 +1173,7 @@ fn value_kinds(w: &Schema) -> Result<(Option<SchemaKind>, Option<SchemaKind>), S
         S::Null | S::Boolean | S::Int | S::Long | S::Float | S::Double | S::Bytes | S::String | S::Array(_) => {
             (Some(SchemaKind::from(w)), None)
         }
-        other => return Err(format!("a value of type {:?} in a union", SchemaKind::from(other))),
+        other => return Err(Unsupported(format!("a value of type {:?} in a union", SchemaKind::from(other)))),
     })
 }
 

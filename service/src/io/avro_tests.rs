@@ -660,7 +660,7 @@ fn check_case(
     let program = compile(&writer, reader, &plan.schema);
     match &program {
         Ok(_) => stats.schemas_compiled += 1,
-        Err(why) => *stats.declined.entry(why.clone()).or_default() += 1,
+        Err(why) => *stats.declined.entry(why.0.clone()).or_default() += 1,
     }
     let resolved = ResolvedSchema::try_from(&writer).map_err(|e| TestCaseError::fail(e.to_string()))?;
     for n in 0..8u64 {
