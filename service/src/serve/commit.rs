@@ -667,7 +667,7 @@ fn still_there(
     at: i64,
     key: &[u8],
     started: Instant,
-) -> std::result::Result<bool, String> {
+) -> Result<bool> {
     loop {
         match read_one(reader, changelog, cp, at) {
             Ok(found) => return Ok(found.as_deref() == Some(key)),
@@ -682,26 +682,21 @@ fn still_there(
 
 /// The key of the committed record at `at` in changelog partition `cp`; `None` when the
 /// partition has another record there, or ends before it.
-fn read_one(
-    reader: &rdkafka::ClientConfig,
-    changelog: &str,
-    cp: i32,
-    at: i64,
-) -> std::result::Result<Option<Vec<u8>>, String> {
-    let reader: BaseConsumer = reader.create().map_err(|e| format!("cannot create a reader: {e}"))?;
+fn read_one(reader: &rdkafka::ClientConfig, changelog: &str, cp: i32, at: i64) -> Result<Option<Vec<u8>>> {
+    let reader: BaseConsumer = reader.create().map_err(|e| Error::failed(format!("cannot create a reader: {e}")))?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(changelog, cp, Offset::Offset(at)).map_err(|e| e.to_string())?;
-    reader.assign(&tpl).map_err(|e| e.to_string())?;
+    tpl.add_partition_offset(changelog, cp, Offset::Offset(at)).map_err(Error::failed)?;
+    reader.assign(&tpl).map_err(Error::failed)?;
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     while Instant::now() < deadline {
         match reader.poll(Duration::from_millis(100)) {
             Some(Ok(m)) if m.offset() == at => return Ok(Some(m.key().unwrap_or_default().to_vec())),
             Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
-            Some(Err(e)) => return Err(e.to_string()),
+            Some(Err(e)) => return Err(Error::failed(e)),
             None => {}
         }
     }
-    Err(format!("nothing read from {changelog}/{cp} at offset {at} in {REQUEST_TIMEOUT:?}"))
+    Err(Error::failed(format!("nothing read from {changelog}/{cp} at offset {at} in {REQUEST_TIMEOUT:?}")))
 }
 
 /// Fails (abortable) when a broker connection went down since the last rewind: the broker may
