@@ -3,8 +3,6 @@
 //! runs share their common prefixes. Reference counts free what no run can reach any more.
 //! Counts and ids wrap as Java's `int`s do (a state restored from a snapshot may hold any value).
 
-use std::collections::BTreeMap;
-
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
@@ -53,6 +51,54 @@ fn release(refs: &mut i32) -> bool {
     *refs == 0
 }
 
+/// Per timestamp, the next event id (FlinkCEP's `eventsCount`), ascending by timestamp. A key's
+/// events are registered in time order and old counters are forgotten as time passes, so this
+/// holds a timestamp or two: a short sorted vector, inline, not a map.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Counts(smallvec::SmallVec<[(i64, u32); 2]>);
+
+impl Counts {
+    /// The next id at `ts`, counted.
+    fn next(&mut self, ts: i64) -> u32 {
+        let i = match self.0.last() {
+            Some((t, _)) if *t == ts => self.0.len() - 1,
+            Some((t, _)) if *t < ts => self.0.len(),
+            None => 0,
+            _ => self.0.partition_point(|(t, _)| *t < ts),
+        };
+        if self.0.get(i).is_none_or(|(t, _)| *t != ts) {
+            self.0.insert(i, (ts, 0));
+        }
+        let id = self.0[i].1;
+        self.0[i].1 = id.wrapping_add(1);
+        id
+    }
+
+    /// Sets the counter of `ts` (restoring a snapshot).
+    pub(super) fn insert(&mut self, ts: i64, next: u32) {
+        match self.0.binary_search_by_key(&ts, |(t, _)| *t) {
+            Ok(i) => self.0[i].1 = next,
+            Err(i) => self.0.insert(i, (ts, next)),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// (timestamp, next id), ascending.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (i64, u32)> + '_ {
+        self.0.iter().copied()
+    }
+
+    fn forget_before(&mut self, ts: i64) {
+        let n = self.0.partition_point(|(t, _)| *t < ts);
+        if n > 0 {
+            self.0.drain(..n);
+        }
+    }
+}
+
 /// The events of one match, per variable in order of their first event, each list in order.
 pub type EventPath = Vec<(VarId, Vec<EventId>)>;
 
@@ -61,7 +107,7 @@ pub struct SharedBuffer {
     /// Taken events with their reference counts.
     pub(super) events: HashMap<EventId, (i32, Arc<Event>)>,
     /// Per timestamp, the next event id.
-    pub(super) counts: BTreeMap<i64, u32>,
+    pub(super) counts: Counts,
     pub(super) nodes: HashMap<NodeId, Node>,
 }
 
@@ -76,9 +122,7 @@ impl SharedBuffer {
     }
 
     pub fn register_event(&mut self, event: Arc<Event>, ts: i64) -> EventId {
-        let c = self.counts.entry(ts).or_insert(0);
-        let id = EventId { ts, id: *c };
-        *c = c.wrapping_add(1);
+        let id = EventId { ts, id: self.counts.next(ts) };
         self.events.insert(id, (1, event));
         id
     }
@@ -216,8 +260,6 @@ impl SharedBuffer {
 
     /// Forgets the per-timestamp id counters older than `ts`.
     pub fn advance_time(&mut self, ts: i64) {
-        while self.counts.first_key_value().is_some_and(|(&k, _)| k < ts) {
-            self.counts.pop_first();
-        }
+        self.counts.forget_before(ts);
     }
 }

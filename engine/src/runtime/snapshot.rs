@@ -299,7 +299,7 @@ pub(super) fn encode(
     // The shared buffer.
     put_v(out, buffer.counts.len() as u64);
     let mut asc = Asc::new(base);
-    for (&ts, &next) in &buffer.counts {
+    for (ts, next) in buffer.counts.iter() {
         asc.put(out, ts);
         put_v(out, u64::from(next));
     }

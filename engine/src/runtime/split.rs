@@ -184,7 +184,7 @@ pub(super) fn encode(
     }
     put_v(head, buffer.counts.len() as u64);
     let mut asc = Asc::new(base);
-    for (&ts, &next) in &buffer.counts {
+    for (ts, next) in buffer.counts.iter() {
         asc.put(head, ts);
         put_v(head, u64::from(next));
     }
@@ -410,7 +410,9 @@ pub(super) fn decode(nfa: &Nfa, head: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> 
     }
 
     let mut buffer = SharedBuffer::default();
-    buffer.counts.extend(h.counts.iter().copied());
+    for &(t, next) in &h.counts {
+        buffer.counts.insert(t, next);
+    }
     let mut stored_events = HashMap::with_capacity_and_hasher(h.buffer.len(), Default::default());
     for (&id, (k, bytes)) in h.buffer.iter().zip(event_records) {
         if *k != event_sub_key(id) {
