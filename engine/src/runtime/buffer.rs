@@ -51,6 +51,103 @@ fn release(refs: &mut i32) -> bool {
     *refs == 0
 }
 
+/// A map for the few entries a key's buffer mostly holds: a vector searched in order (one
+/// allocation, entries side by side) up to [`SmallMap::SMALL`] entries, a hash map beyond.
+/// Iteration order is unspecified (encoders sort).
+#[derive(Clone, Debug)]
+pub(super) enum SmallMap<K, V> {
+    Small(Vec<(K, V)>),
+    Large(HashMap<K, V>),
+}
+
+impl<K, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        SmallMap::Small(Vec::new())
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash, V> SmallMap<K, V> {
+    const SMALL: usize = 8;
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            SmallMap::Small(v) => v.len(),
+            SmallMap::Large(m) => m.len(),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(super) fn get(&self, k: &K) -> Option<&V> {
+        match self {
+            SmallMap::Small(v) => v.iter().find(|(x, _)| x == k).map(|(_, v)| v),
+            SmallMap::Large(m) => m.get(k),
+        }
+    }
+
+    pub(super) fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        match self {
+            SmallMap::Small(v) => v.iter_mut().find(|(x, _)| x == k).map(|(_, v)| v),
+            SmallMap::Large(m) => m.get_mut(k),
+        }
+    }
+
+    pub(super) fn contains_key(&self, k: &K) -> bool {
+        self.get(k).is_some()
+    }
+
+    /// Inserts or replaces.
+    pub(super) fn insert(&mut self, k: K, value: V) {
+        match self {
+            SmallMap::Small(v) => {
+                if let Some(slot) = v.iter_mut().find(|(x, _)| *x == k) {
+                    slot.1 = value;
+                } else if v.len() < Self::SMALL {
+                    v.push((k, value));
+                } else {
+                    let mut m: HashMap<K, V> = std::mem::take(v).into_iter().collect();
+                    m.insert(k, value);
+                    *self = SmallMap::Large(m);
+                }
+            }
+            SmallMap::Large(m) => {
+                m.insert(k, value);
+            }
+        }
+    }
+
+    /// The value of `k`, inserted with `make` if absent; `true` if it was.
+    pub(super) fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> (&mut V, bool) {
+        if !self.contains_key(&k) {
+            self.insert(k, make());
+            let v = self.get_mut(&k).unwrap_or_else(|| unreachable!("just inserted"));
+            return (v, true);
+        }
+        (self.get_mut(&k).unwrap_or_else(|| unreachable!("present")), false)
+    }
+
+    pub(super) fn remove(&mut self, k: &K) -> Option<V> {
+        match self {
+            SmallMap::Small(v) => v.iter().position(|(x, _)| x == k).map(|i| v.swap_remove(i).1),
+            SmallMap::Large(m) => m.remove(k),
+        }
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        let (small, large) = match self {
+            SmallMap::Small(v) => (Some(v.iter().map(|(k, v)| (k, v))), None),
+            SmallMap::Large(m) => (None, Some(m.iter())),
+        };
+        small.into_iter().flatten().chain(large.into_iter().flatten())
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+}
+
 /// Per timestamp, the next event id (FlinkCEP's `eventsCount`), ascending by timestamp. A key's
 /// events are registered in time order and old counters are forgotten as time passes, so this
 /// holds a timestamp or two: a short sorted vector, inline, not a map.
@@ -105,10 +202,10 @@ pub type EventPath = Vec<(VarId, Vec<EventId>)>;
 #[derive(Clone, Debug, Default)]
 pub struct SharedBuffer {
     /// Taken events with their reference counts.
-    pub(super) events: HashMap<EventId, (i32, Arc<Event>)>,
+    pub(super) events: SmallMap<EventId, (i32, Arc<Event>)>,
     /// Per timestamp, the next event id.
     pub(super) counts: Counts,
-    pub(super) nodes: HashMap<NodeId, Node>,
+    pub(super) nodes: SmallMap<NodeId, Node>,
 }
 
 impl SharedBuffer {
@@ -156,16 +253,13 @@ impl SharedBuffer {
             self.lock_node(p, version);
         }
         let id = NodeId { event, var };
-        let node = match self.nodes.entry(id) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                if let Some(e) = self.events.get_mut(&event) {
-                    e.0 = e.0.wrapping_add(1);
-                }
-                v.insert(Node::default())
-            }
-        };
+        let (node, new) = self.nodes.get_or_insert_with(id, Node::default);
         node.edges.push(Edge { target: prev, version: version.clone(), refs: 0 });
+        if new {
+            if let Some(e) = self.events.get_mut(&event) {
+                e.0 = e.0.wrapping_add(1);
+            }
+        }
         id
     }
 
