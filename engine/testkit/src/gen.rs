@@ -286,10 +286,18 @@ pub fn case(c: &mut impl Choices) -> Case {
             None => refused += 1,
         }
     }
-    // `allow combinations` and `followed by any` keep every subset of the matching events: without
-    // a budget on partial matches, a long stream would take for ever (in FlinkCEP too).
-    let combinatorial = sources.iter().any(|s| s.contains("allow combinations") || s.contains("followed by any"));
-    let steps = stream(c, if combinatorial && config.max_partial_matches_per_key.is_none() { 24 } else { 80 });
+    // `allow combinations`, `followed by any` and repeated groups keep many combinations of the
+    // matching events: without a budget on partial matches, a long stream would take for ever
+    // (in FlinkCEP too).
+    let combinatorial = sources.iter().any(|s| {
+        s.contains("allow combinations") || s.contains("followed by any") || s.contains(")+") || s.contains("){")
+    });
+    let max = match (config.max_partial_matches_per_key, combinatorial) {
+        (Some(_), _) => 80,
+        (None, false) => 40,
+        (None, true) => 8,
+    };
+    let steps = stream(c, max);
     let plan = Plan { checkpoint: 10 + c.below(90), crash: c.below(40), seed: c.below(1 << 16) };
     Case { sources, patterns, refused, steps, config, plan }
 }

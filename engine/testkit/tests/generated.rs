@@ -92,3 +92,30 @@ fn the_generator_writes_mostly_valid_patterns_of_every_kind() {
     let missing: Vec<&&str> = constructs.iter().filter(|c| !seen.contains(*c)).collect();
     assert!(missing.is_empty(), "no compiled generated pattern has {missing:?}");
 }
+
+/// The fuzz target's committed corpus (`engine/fuzz/corpus/differential/`, grown and minimized by
+/// `scripts/fuzz differential`): every input a case whose tiers agree. An input that once showed
+/// a difference stays a regression test.
+#[test]
+fn the_fuzz_corpus_gives_the_same_output_in_every_tier() {
+    let dir = testkit::root().join("engine/fuzz/corpus/differential");
+    let mut paths: Vec<_> =
+        std::fs::read_dir(&dir).expect("the fuzz corpus is committed").map(|e| e.expect("entry").path()).collect();
+    paths.sort();
+    let mut failures = Vec::new();
+    let mut sum = testkit::gen::Checked::default();
+    for path in &paths {
+        let bytes = std::fs::read(path).expect("readable");
+        match testkit::gen::check_bytes(&bytes) {
+            Ok(c) => {
+                sum.matches += c.matches;
+                sum.timeouts += c.timeouts;
+                sum.late += c.late;
+            }
+            Err(e) => failures.push(format!("{}: {e}", path.display())),
+        }
+    }
+    eprintln!("fuzz corpus: {} inputs; {sum:?}", paths.len());
+    assert!(paths.len() >= 50, "the fuzz corpus has only {} inputs", paths.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
