@@ -78,7 +78,8 @@ fn sigkill_and_broker_restart_change_nothing() {
         }
         svc = Service::start(&env, &crash_cfg, "crash");
     }
-    assert!(svc.stop().success(), "crash run did not stop cleanly:\n{}", log_tail(&env, "crash"));
+    let status = svc.stop();
+    assert!(status.success(), "crash run did not stop cleanly ({status}):\n{}", log_tail(&env, "crash"));
     let crashed = by_id(&env.committed(&crash_cfg, "crash.alerts"), "killed run");
     eprintln!(
         "killed {kills} times ({kills_before_done} before the input was done), broker restarted: {broker_restarted}; {} alerts in {:?}",
