@@ -294,21 +294,29 @@ pub fn with_restarts(
     Ok((out, add(base, op.stats()), sizes, store))
 }
 
-/// Straight through vs with restarts (the snapshot tier): the same outputs in the same order, the same stats.
-pub fn differential(nfa: &Arc<Nfa>, config: Config, steps: &[Step], plan: Plan) -> Result<Vec<usize>, Differs> {
-    let (want, want_stats) = straight(nfa, config, steps);
-    let (got, got_stats, sizes, _) = with_restarts(nfa, config, steps, plan)?;
+/// The first difference between two runs' outputs (in order) and stats; `what` names the runs.
+pub fn same_run(what: &str, want: (&[Output], &Stats), got: (&[Output], &Stats)) -> Result<(), Differs> {
+    let ((want, want_stats), (got, got_stats)) = (want, got);
     if let Some(i) = (0..want.len().max(got.len())).find(|&i| want.get(i) != got.get(i)) {
         return Err(Differs(format!(
-            "{} ({config:?}, {plan:?}): output {i} of {}: expected {}, got {}",
-            nfa.meta.name,
+            "{what}: output {i} of {}: expected {}, got {}",
             want.len(),
             describe(want.get(i)),
             describe(got.get(i))
         )));
     }
     if want_stats != got_stats {
-        return Err(Differs(format!("{}: stats {got_stats:?}, expected {want_stats:?}", nfa.meta.name)));
+        return Err(Differs(format!("{what}: stats {got_stats:?}, expected {want_stats:?}")));
     }
+    Ok(())
+}
+
+/// Straight through vs with restarts (the snapshot tier): the same outputs in the same order,
+/// the same stats.
+pub fn differential(nfa: &Arc<Nfa>, config: Config, steps: &[Step], plan: Plan) -> Result<Vec<usize>, Differs> {
+    let (want, want_stats) = straight(nfa, config, steps);
+    let (got, got_stats, sizes, _) = with_restarts(nfa, config, steps, plan)?;
+    let what = format!("{} ({config:?}, {plan:?})", nfa.meta.name);
+    same_run(&what, (&want, &want_stats), (&got, &got_stats))?;
     Ok(sizes)
 }

@@ -22,7 +22,7 @@ use engine::runtime::{
 use engine::{Event, Nfa, TypeId, Value};
 use proptest::prelude::*;
 use testkit::compile_one;
-use testkit::differential::{add, describe, differential, skip_is_exact, straight, with_restarts, Plan};
+use testkit::differential::{add, differential, same_run, skip_is_exact, straight, with_restarts, Plan};
 use testkit::streams::{
     apply, cep_patterns, cep_steps, configs, library, library_steps, replay_steps, CepEvent, Rng, Step,
 };
@@ -164,18 +164,8 @@ fn differential_split(nfa: &Arc<Nfa>, config: Config, steps: &[Step], plan: Plan
     for s in [&mut want_stats, &mut got_stats] {
         (s.state_hits, s.state_misses) = (0, 0);
     }
-    if let Some(i) = (0..want.len().max(out.len())).find(|&i| want.get(i) != out.get(i)) {
-        return Err(format!(
-            "{} split ({config:?}, {plan:?}): output {i} of {}: expected {}, got {}",
-            nfa.meta.name,
-            want.len(),
-            describe(want.get(i)),
-            describe(out.get(i))
-        ));
-    }
-    if want_stats != got_stats {
-        return Err(format!("{} split: stats {got_stats:?}, expected {want_stats:?}", nfa.meta.name));
-    }
+    let what = format!("{} split ({config:?}, {plan:?})", nfa.meta.name);
+    same_run(&what, (&want, &want_stats), (&out, &got_stats)).map_err(|e| e.to_string())?;
     Ok(written)
 }
 
