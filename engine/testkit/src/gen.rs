@@ -7,9 +7,10 @@
 //!
 //! The decisions come from a [`Choices`]: the bytes of a fuzzer's input ([`Bytes`], the
 //! `engine/fuzz` target) or a seeded generator ([`crate::streams::Rng`], the proptest in
-//! `tests/generated.rs`). A pattern the compiler refuses is skipped and counted, not an error:
-//! the generator writes some combinations the language rejects (its messages are tested
-//! elsewhere); [`check`] reports how many compiled.
+//! `tests/generated.rs`). The generator keeps the language's rules, so what it writes compiles
+//! (`tests/generated.rs` checks that most does); a pattern the compiler refuses anyway is left
+//! out of the case and counted in [`Case::refused`], not an error (the compiler's messages are
+//! tested elsewhere).
 
 use std::sync::Arc;
 
