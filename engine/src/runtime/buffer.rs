@@ -120,12 +120,11 @@ impl<K: Copy + Eq + std::hash::Hash, V> SmallMap<K, V> {
 
     /// The value of `k`, inserted with `make` if absent; `true` if it was.
     pub(super) fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> (&mut V, bool) {
-        if !self.contains_key(&k) {
+        let new = !self.contains_key(&k);
+        if new {
             self.insert(k, make());
-            let v = self.get_mut(&k).unwrap_or_else(|| unreachable!("just inserted"));
-            return (v, true);
         }
-        (self.get_mut(&k).unwrap_or_else(|| unreachable!("present")), false)
+        (self.get_mut(&k).unwrap_or_else(|| unreachable!("present or just inserted")), new)
     }
 
     pub(super) fn remove(&mut self, k: &K) -> Option<V> {

@@ -149,11 +149,11 @@ impl RunState {
     /// only for partial matches that started before it (FlinkCEP's skip strategies), and when
     /// the budget drops those, it is released now, not at the next step that changes something.
     pub fn enforce_budget(&mut self, nfa: &Nfa, max: usize) -> (usize, Vec<Match>) {
-        let started: Vec<&Partial> = self.partial.iter().filter(|p| p.start_id.is_some()).collect();
-        if started.len() <= max {
+        // Counted first: under the budget (every event, when one is set) nothing is allocated.
+        if self.partial.iter().filter(|p| p.start_id.is_some()).count() <= max {
             return (0, Vec::new());
         }
-        let mut doomed: Vec<Partial> = started.into_iter().cloned().collect();
+        let mut doomed: Vec<Partial> = self.partial.iter().filter(|p| p.start_id.is_some()).cloned().collect();
         doomed.sort_by(cmp);
         doomed.truncate(doomed.len() - max);
         for d in &doomed {
