@@ -32,37 +32,57 @@ pub struct Health {
     pub reload: AtomicBool,
 }
 
-/// A running server; dropping it stops the runtime.
+/// The endpoints' runtime; dropping it stops the server and the signal handling.
 #[derive(Debug)]
 pub struct Server {
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
-/// Binds `addr` and serves in the background.
-pub fn start(addr: &str, health: Arc<Health>, metrics: Arc<Metrics>) -> Result<Server, Error> {
-    let addr: SocketAddr = addr
-        .parse()
-        .or_fail_with(Kind::Usage, || format!("service.http_addr `{addr}` is not an address (host:port)"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("tripline-http")
-        .enable_all()
-        .build()
-        .or_fail(Kind::Usage, "cannot start the HTTP runtime")?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(addr))
-        .or_fail_with(Kind::Usage, || format!("cannot listen on {addr} (service.http_addr)"))?;
-    let bound = listener.local_addr().or_fail(Kind::Usage, "the HTTP listener's address")?;
-    let probes = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health.clone());
-    let app = probes.merge(Router::new().route("/metrics", get(serve_metrics)).with_state(metrics));
-    runtime.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server: {e}");
-        }
-    });
-    runtime.spawn(signals(health));
-    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
-    Ok(Server { _runtime: runtime })
+impl Server {
+    /// Starts the runtime and installs the SIGTERM, SIGINT and SIGHUP handlers before it returns:
+    /// the service calls it first thing, so that from then on SIGTERM is a clean stop (the
+    /// service loop sees `shutdown`), never the default action's death, even during start-up.
+    pub fn start(health: Arc<Health>) -> Result<Server, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tripline-http")
+            .enable_all()
+            .build()
+            .or_fail(Kind::Usage, "cannot start the HTTP runtime")?;
+        let handlers = runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        });
+        let (term, int, hup) = match handlers {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return Err(Error::new(Kind::Usage, format!("cannot handle SIGTERM/SIGINT/SIGHUP: {e}")))
+            }
+        };
+        runtime.spawn(signals(health, term, int, hup));
+        Ok(Server { runtime })
+    }
+
+    /// Binds `addr` and serves the endpoints in the background.
+    pub fn serve(&self, addr: &str, health: Arc<Health>, metrics: Arc<Metrics>) -> Result<(), Error> {
+        let addr: SocketAddr = addr
+            .parse()
+            .or_fail_with(Kind::Usage, || format!("service.http_addr `{addr}` is not an address (host:port)"))?;
+        let listener = self
+            .runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .or_fail_with(Kind::Usage, || format!("cannot listen on {addr} (service.http_addr)"))?;
+        let bound = listener.local_addr().or_fail(Kind::Usage, "the HTTP listener's address")?;
+        let probes = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(health);
+        let app = probes.merge(Router::new().route("/metrics", get(serve_metrics)).with_state(metrics));
+        self.runtime.spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("HTTP server: {e}");
+            }
+        });
+        tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
+        Ok(())
+    }
 }
 
 async fn healthz(State(h): State<Arc<Health>>) -> (StatusCode, &'static str) {
@@ -85,19 +105,16 @@ async fn serve_metrics(State(m): State<Arc<Metrics>>) -> ([(axum::http::header::
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render())
 }
 
-async fn signals(health: Arc<Health>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
-        (Ok(t), Ok(h)) => (t, h),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!("cannot handle SIGTERM/SIGHUP: {e}");
-            return;
-        }
-    };
+async fn signals(
+    health: Arc<Health>,
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    mut hup: tokio::signal::unix::Signal,
+) {
     loop {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+            _ = int.recv() => tracing::info!("SIGINT"),
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the patterns");
                 health.reload.store(true, Ordering::Relaxed);

@@ -69,7 +69,9 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
     let health = Arc::new(Health::default());
-    serve(config, health).inspect_err(|e| tracing::error!("{e}"))
+    // Signals first: a SIGTERM during start-up stops the service cleanly once it is up.
+    let server = http::Server::start(health.clone()).inspect_err(|e| tracing::error!("{e}"))?;
+    serve(config, health, &server).inspect_err(|e| tracing::error!("{e}"))
 }
 
 /// Everything `run` derives from the configuration before touching Kafka.
@@ -123,14 +125,14 @@ fn setup(config: Option<&Path>) -> Result<Setup> {
     Ok(Setup { cfg, plans, avro, op_config, base, sources, set })
 }
 
-fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
+fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> Result<()> {
     let Setup { cfg, plans, avro, op_config, base, sources, set } = setup(config)?;
     let patterns: usize = plans.values().map(|p| p.patterns.len()).sum();
     tracing::info!(patterns, streams = plans.len(), group = %cfg.kafka.group_id, instance = %cfg.service.instance_id, "starting");
 
     let metrics = Arc::new(Metrics::new());
     init_metrics(&metrics, &plans, cfg.outputs.timeouts_topic.is_some());
-    let http = http::start(&cfg.service.http_addr, health.clone(), metrics.clone())?;
+    server.serve(&cfg.service.http_addr, health.clone(), metrics.clone())?;
 
     // Topics: inputs must exist to size the changelog; outputs are created when missing.
     let client = kafka::client_config(&cfg)?;
@@ -296,7 +298,6 @@ fn serve(config: Option<&Path>, health: Arc<Health>) -> Result<()> {
     }
     consumer.unsubscribe();
     drop(consumer);
-    drop(http);
     result
 }
 
