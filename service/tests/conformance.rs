@@ -16,6 +16,7 @@ fn conformance(file: &Path) -> (Option<i32>, String) {
 fn flinkcep_public_corpus_passes() {
     let (code, out) = conformance(&root().join("testdata/conformance/flinkcep-public.json"));
     assert_eq!(out.lines().last(), Some("148 passed, 0 failed"), "{out}");
+    assert!(out.contains("8 cases ran on the fast tier too"), "{out}");
     assert_eq!(code, Some(0));
 }
 

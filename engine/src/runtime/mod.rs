@@ -2,6 +2,7 @@
 
 pub mod buffer;
 pub mod dewey;
+pub mod fast;
 pub mod multi;
 pub mod operator;
 pub mod pq;
@@ -11,7 +12,9 @@ pub mod snapshot;
 pub mod split;
 
 pub use multi::{MultiError, MultiOperator, MultiOutput, StartIndex};
-pub use operator::{due_in_set, snapshot_summary, Backing, Config, Key, KeyState, Operator, Output, Stats};
+pub use operator::{
+    due_in_set, snapshot_summary, Backing, Config, FastTier, Key, KeyState, Operator, Output, Stats, TierCounts,
+};
 pub use run::{Match, MatchEvents, PartialView, RunState, Timeout};
 pub use snapshot::SnapshotError;
 pub use split::KeyRecords;

@@ -16,6 +16,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+use super::fast::{self, Chain, FastRun, Run};
 use super::queue::Queue;
 use super::run::{self as run, MatchEvents, PartialView, RunState};
 use super::snapshot::{self, SnapshotError};
@@ -83,6 +84,32 @@ pub struct Config {
     /// default skips those steps and reads registers: same output, same state). For
     /// differential tests; slower.
     pub exact_steps: bool,
+    /// Whether keys of a chain pattern run on the fast tier ([`super::fast`]; off with
+    /// `exact_steps`).
+    pub fast_tier: FastTier,
+}
+
+/// [`Config::fast_tier`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FastTier {
+    /// On; a key falls back to the exact runtime after [`fast::LOG_MAX`] changes until it goes
+    /// idle.
+    #[default]
+    On,
+    Off,
+    /// On, falling back after this many changes (for tests of the fall-back).
+    FallBackAfter(usize),
+}
+
+/// How keys ran on the tiers ([`Operator::tier_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TierCounts {
+    /// Runs made on the fast tier (one each time a key starts from idle).
+    pub fast_runs: u64,
+    /// Runs made on the exact runtime.
+    pub exact_runs: u64,
+    /// Fast runs that fell back to the exact runtime (their log outgrew its bound).
+    pub fallbacks: u64,
 }
 
 /// Counters of the operator's work.
@@ -108,7 +135,7 @@ pub struct Stats {
 pub struct KeyState {
     /// `None`: only the fresh start state (no partial match started, nothing held back), made
     /// when an event starts something.
-    pub run: Option<RunState>,
+    pub run: Option<Run>,
     /// Buffered events by timestamp, in arrival order.
     pub queue: Queue,
     /// The key's pending window timers, ascending. Its other timers are the timestamps of
@@ -127,13 +154,14 @@ impl KeyState {
     }
 
     fn partial_count(&self) -> usize {
-        self.run.as_ref().map_or(0, RunState::partial_count)
+        self.run.as_ref().map_or(0, Run::partial_count)
     }
 
-    /// Calls `f` with the key's run (a fresh one when it holds none).
+    /// Calls `f` with the key's run as the exact runtime holds it (a fresh one when it holds
+    /// none; replayed from a fast run).
     fn with_run<R>(&self, nfa: &Nfa, f: impl FnOnce(&RunState) -> R) -> R {
         match &self.run {
-            Some(run) => f(run),
+            Some(run) => run.with_exact(nfa, f),
             None => f(&RunState::new(nfa)),
         }
     }
@@ -265,14 +293,25 @@ pub struct Operator {
     /// With a backing: no stored timer of a key out of memory is before this time (`None`: not
     /// known yet). The backing is asked for due timers only once the watermark reaches it.
     stored_floor: Option<i64>,
-    /// Reused to decide whether an event starts a partial match at a key that holds none.
+    /// Reused to decide whether an event starts a partial match at a key that holds none, and
+    /// by fast runs.
     start_cache: ConditionCache,
+    /// The pattern as the fast tier runs it, if it is a chain and the tier is on.
+    chain: Option<Chain>,
+    tiers: TierCounts,
 }
 
 impl Operator {
     pub fn new(nfa: Arc<Nfa>, config: Config) -> Self {
         let nfa_vars = nfa.vars.len();
         let start_cache = ConditionCache::new(&nfa.conditions);
+        let log_max = match config.fast_tier {
+            _ if config.exact_steps => None,
+            FastTier::Off => None,
+            FastTier::On => Some(fast::LOG_MAX),
+            FastTier::FallBackAfter(n) => Some(n),
+        };
+        let chain = log_max.and_then(|max| Chain::of(&nfa, max));
         Operator {
             nfa,
             store: HashMap::default(),
@@ -292,7 +331,19 @@ impl Operator {
             split: HashMap::default(),
             stored_floor: None,
             start_cache,
+            chain,
+            tiers: TierCounts::default(),
         }
+    }
+
+    /// Whether the pattern runs on the fast tier (a chain, with the tier on).
+    pub fn fast_tier(&self) -> bool {
+        self.chain.is_some()
+    }
+
+    /// How keys ran on the tiers since the operator was made.
+    pub fn tier_counts(&self) -> TierCounts {
+        self.tiers
     }
 
     /// Keeps the states of keys that are not in memory in `backing` (which holds the states of
@@ -335,7 +386,7 @@ impl Operator {
         let event = 128 + 40 * fields;
         let mut bytes = self.orphan_timers.len() * (KEY + 96);
         for s in self.store.values() {
-            let (events, nodes) = s.run.as_ref().map_or((0, 0), |r| r.buffer.size());
+            let (events, nodes) = s.run.as_ref().map_or((0, 0), Run::size);
             let queued: usize = s.queue.events();
             bytes +=
                 KEY + 1024 + (events + queued) * event + nodes * 128 + s.partial_count() * 160 + s.windows.len() * 64;
@@ -369,7 +420,10 @@ impl Operator {
     /// key holds no state in memory), ordered by first event: [`RunState::partial_views`].
     /// Read-only.
     pub fn partial_matches(&self, key: &Key) -> Vec<PartialView> {
-        self.store.get(key).and_then(|s| s.run.as_ref()).map(RunState::partial_views).unwrap_or_default()
+        match self.store.get(key) {
+            Some(s) if s.run.is_some() => s.with_run(&self.nfa, RunState::partial_views),
+            _ => Vec::new(),
+        }
     }
 
     /// Events of `key` waiting in its time-order queue for the watermark to pass them (not yet
@@ -434,7 +488,7 @@ impl Operator {
                     self.timers.insert((t, key.clone()));
                 }
                 self.tick += 1;
-                let run = (!run.is_idle()).then_some(run);
+                let run = (!run.is_idle()).then_some(Run::Exact(run));
                 self.store.insert(key, KeyState { run, queue, windows, dirty: false, used: self.tick });
             }
             _ if !windows.is_empty() => {
@@ -549,9 +603,15 @@ impl Operator {
         let stats = &mut self.stats;
         let reached = &mut self.reached;
         let start_cache = &mut self.start_cache;
+        let chain = self.chain.as_ref();
+        let tiers = &mut self.tiers;
         let emit_time = |state: &mut KeyState, ts: i64, out: &mut Vec<Output>, stats: &mut Stats| {
-            let Some(run) = state.run.as_mut() else { return };
-            let (matches, timeouts, timed_out) = run.advance_time(nfa, ts, emit_timeouts);
+            let (matches, timeouts, timed_out) = match (state.run.as_mut(), chain) {
+                (None, _) => return,
+                (Some(Run::Exact(run)), _) => run.advance_time(nfa, ts, emit_timeouts),
+                (Some(Run::Fast(run)), Some(chain)) => run.advance_time(chain, ts, emit_timeouts),
+                (Some(Run::Fast(_)), None) => unreachable!("a fast run needs the chain"),
+            };
             stats.matches += matches.len() as u64;
             stats.timeouts += timed_out as u64;
             out.extend(matches.into_iter().map(|m| Output::Match { key: key.clone(), ts, events: m.events }));
@@ -572,17 +632,36 @@ impl Operator {
                     // The fresh start state stays as it is for an event that starts nothing:
                     // its step would change nothing (see `RunState::step`).
                     None if !exact_steps && run::starts_nothing(nfa, &e, start_cache) => continue,
-                    None => state.run.insert(RunState::new(nfa)),
+                    None => match chain {
+                        Some(c) => {
+                            tiers.fast_runs += 1;
+                            state.run.insert(Run::Fast(FastRun::new(c)))
+                        }
+                        None => {
+                            tiers.exact_runs += 1;
+                            state.run.insert(Run::Exact(RunState::new(nfa)))
+                        }
+                    },
                 };
-                let mut matches = run.step(nfa, e, ts, reached, !exact_steps);
-                if window > 0 && run.new_start {
+                let mut matches = match (&mut *run, chain) {
+                    (Run::Exact(r), _) => r.step(nfa, e, ts, reached, !exact_steps),
+                    (Run::Fast(r), Some(c)) => r.step(c, nfa, e, ts, reached, start_cache),
+                    (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
+                };
+                if run.take_new_start() && window > 0 {
                     new_timers.push(ts.saturating_add(window));
                 }
-                run.new_start = false;
                 if let Some(max) = budget {
-                    let (dropped, released) = run.enforce_budget(nfa, max);
+                    let (dropped, released) = match (&mut *run, chain) {
+                        (Run::Exact(r), _) => r.enforce_budget(nfa, max),
+                        (Run::Fast(r), Some(c)) => r.enforce_budget(c, max),
+                        (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
+                    };
                     stats.dropped_partial_matches += dropped as u64;
                     matches.extend(released);
+                }
+                if run.fall_back_if_due(chain, nfa) {
+                    tiers.fallbacks += 1;
                 }
                 stats.matches += matches.len() as u64;
                 out.extend(matches.into_iter().map(|m| Output::Match { key: key.clone(), ts, events: m.events }));
@@ -592,7 +671,7 @@ impl Operator {
         self.partials = (self.partials + state.partial_count()).saturating_sub(partials_before);
         // A run holding nothing is the fresh start state again (as when the key's state is
         // dropped: it then starts afresh too).
-        if state.run.as_ref().is_some_and(RunState::is_idle) {
+        if state.run.as_ref().is_some_and(Run::is_idle) {
             state.run = None;
         }
         let idle = state.queue.is_empty() && state.run.is_none();
@@ -734,7 +813,7 @@ impl Operator {
         let stored = self.split.remove(key);
         let held = match (self.store.get(key), self.orphan_timers.get(key)) {
             (Some(state), _) => {
-                let held = state.run.as_ref().map_or(0, |r| r.buffer.events.len());
+                let held = state.with_run(&self.nfa, |r| r.buffer.events.len());
                 let events = state.queue.events() + held;
                 let as_split =
                     events > 0 && self.config.inline_events.is_some_and(|max| events > max || stored.is_some());

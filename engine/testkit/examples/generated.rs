@@ -39,9 +39,7 @@ fn main() {
         patterns += c.patterns.len();
         match catch_unwind(AssertUnwindSafe(|| check(&c))) {
             Ok(Ok(k)) => {
-                sum.matches += k.matches;
-                sum.timeouts += k.timeouts;
-                sum.late += k.late;
+                sum += k;
             }
             Ok(Err(e)) => {
                 failures += 1;
@@ -54,11 +52,14 @@ fn main() {
         }
     }
     eprintln!(
-        "{count} cases ({patterns} patterns) in {:.1}s: {failures} failed; {} matches, {} timeouts, {} late events",
+        "{count} cases ({patterns} patterns) in {:.1}s: {failures} failed; {} matches, {} timeouts, {} late events; \
+         {} key runs on the fast tier, {} fell back",
         start.elapsed().as_secs_f64(),
         sum.matches,
         sum.timeouts,
-        sum.late
+        sum.late,
+        sum.fast_runs,
+        sum.fallbacks
     );
     if failures > 0 {
         std::process::exit(1);

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dsl::{Catalog, SchemaError, SourceFile, StreamSchema};
-use engine::runtime::{Config, Key, Match, MultiOperator, MultiOutput, Operator, Output, RunState, Timeout};
+use engine::expr::ConditionCache;
+use engine::runtime::fast::{Chain, FastRun};
+use engine::runtime::{Config, FastTier, Key, Match, MultiOperator, MultiOutput, Operator, Output, RunState, Timeout};
 use engine::{Event, FieldId, Nfa, TypeId, Value};
 use serde_json::Value as Json;
 
@@ -55,6 +57,11 @@ impl CorpusReport {
         self.cases.len() - self.passed()
     }
 
+    /// The cases whose pattern the fast tier runs (each also ran with the tier off).
+    pub fn fast_tier(&self) -> usize {
+        self.cases.iter().filter(|c| c.fast_tier).count()
+    }
+
     /// The failing cases: id and what went wrong.
     pub fn failures(&self) -> impl Iterator<Item = (&str, &CaseFailure)> {
         self.cases.iter().filter_map(|c| c.outcome.as_ref().err().map(|f| (c.id.as_str(), f)))
@@ -66,6 +73,9 @@ impl CorpusReport {
 pub struct CaseReport {
     pub id: String,
     pub outcome: Result<(), CaseFailure>,
+    /// Its pattern is one the fast tier runs ([`engine::runtime::fast`]): the case ran with the
+    /// tier on, off and falling back after every change, with the same outputs and states.
+    pub fast_tier: bool,
 }
 
 /// The runner's line for the case: `ok   <id>` or `FAIL <id>: <failure>`.
@@ -98,6 +108,9 @@ pub enum CaseFailure {
     /// state differ from those of FlinkCEP's full step for every event.
     #[error("skipping unchanged steps changed the run: {0}")]
     SkipChanged(String),
+    /// The fast tier's output or state differ from FlinkCEP's full step.
+    #[error("the fast tier differs from the exact runtime: {0}")]
+    FastDiffers(String),
     /// The multi-pattern operator, running the case's pattern alone, gave other outputs than
     /// the operator.
     #[error("the multi-pattern operator differs from the operator: {0}")]
@@ -219,13 +232,17 @@ impl Runner {
     pub fn run_cases(&self, cases: &[Json]) -> CorpusReport {
         let cases = cases
             .iter()
-            .map(|case| CaseReport { id: case["id"].as_str().unwrap_or("?").to_owned(), outcome: self.run_case(case) })
+            .map(|case| {
+                let mut fast_tier = false;
+                let outcome = self.run_case(case, &mut fast_tier);
+                CaseReport { id: case["id"].as_str().unwrap_or("?").to_owned(), outcome, fast_tier }
+            })
             .collect();
         CorpusReport { cases }
     }
 
-    /// Runs one case.
-    pub fn run_case(&self, case: &Json) -> Result<(), CaseFailure> {
+    /// Runs one case; sets `fast_tier` when its pattern is one the fast tier runs.
+    pub fn run_case(&self, case: &Json, fast_tier: &mut bool) -> Result<(), CaseFailure> {
         let text = translate(case)?;
         let src = SourceFile::new("case.tl", text.clone());
         let compiled = dsl::compile_source(&src, &self.catalog);
@@ -234,6 +251,7 @@ impl Runner {
             return Err(CaseFailure::Compile { text, diagnostics });
         };
         let nfa = &p.nfa;
+        *fast_tier = Chain::of(nfa, usize::MAX).is_some();
         let feed = build_events(case, &self.schema, self.fields)?;
         let outcome = match case["time"].as_str() {
             Some("event") => run_event_time(case, nfa, &feed, &self.schema)?,
@@ -564,8 +582,12 @@ fn partition(case: &Json, e: &Event, schema: &StreamSchema) -> String {
 }
 
 /// Processing-free, every event through FlinkCEP's full step in a twin run beside the engine's
-/// default one: their matches, timeouts and partial matches must agree.
+/// default one, and (for a chain) through the fast tier: their matches, timeouts and partial
+/// matches must agree.
 fn run_processing_free(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) -> Result<Outcome, CaseFailure> {
+    let chain = Chain::of(nfa, usize::MAX);
+    let mut fast: BTreeMap<String, FastRun> = BTreeMap::new();
+    let mut cache = ConditionCache::new(&nfa.conditions);
     let mut states: BTreeMap<String, (RunState, RunState)> = BTreeMap::new();
     let mut outcome = Outcome::default();
     let comparator = case["same_timestamp_order"].as_str() == Some("price ascending");
@@ -588,6 +610,17 @@ fn run_processing_free(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchem
         let full_out = full.step(nfa, event.clone(), event.ts, &mut [], false);
         if (&pending, &timeouts, &out) != (&twin.0, &twin.1, &full_out) || st.partial_views() != full.partial_views() {
             return Err(CaseFailure::SkipChanged(format!("after event {}", feed.events[i].1)));
+        }
+        if let Some(chain) = &chain {
+            let run = fast.entry(partition(case, event, schema)).or_insert_with(|| FastRun::new(chain));
+            let fast_time = run.advance_time(chain, event.ts, true);
+            let fast_out = run.step(chain, nfa, event.clone(), event.ts, &mut [], &mut cache);
+            run.new_start = false;
+            if (&fast_time.0, &fast_time.1, &fast_out) != (&twin.0, &twin.1, &full_out)
+                || run.to_exact(nfa).partial_views() != full.partial_views()
+            {
+                return Err(CaseFailure::FastDiffers(format!("after event {}", feed.events[i].1)));
+            }
         }
         out.extend(pending);
         record(nfa, feed, &out, &mut outcome);
@@ -620,11 +653,24 @@ fn run_event_time(case: &Json, nfa: &Nfa, feed: &Feed, schema: &StreamSchema) ->
     let (out, snapshots) = drive_event_time(case, nfa, feed, schema, Config::default())?;
     let full_steps = Config { exact_steps: true, ..Config::default() };
     let (full_out, full_snapshots) = drive_event_time(case, nfa, feed, schema, full_steps)?;
-    if out != full_out {
-        return Err(CaseFailure::SkipChanged(format!("outputs {out:?}\nvs {full_out:?}")));
+    // The skip tier without the fast tier, and the fast tier falling back after every change.
+    let no_fast = Config { fast_tier: FastTier::Off, ..Config::default() };
+    let (skip_out, skip_snapshots) = drive_event_time(case, nfa, feed, schema, no_fast)?;
+    let fall_back = Config { fast_tier: FastTier::FallBackAfter(1), ..Config::default() };
+    let (back_out, back_snapshots) = drive_event_time(case, nfa, feed, schema, fall_back)?;
+    if skip_out != full_out {
+        return Err(CaseFailure::SkipChanged(format!("outputs {skip_out:?}\nvs {full_out:?}")));
     }
-    if snapshots != full_snapshots {
+    if skip_snapshots != full_snapshots {
         return Err(CaseFailure::SkipChanged("the keys' snapshots differ".to_owned()));
+    }
+    for (o, s) in [(&out, &snapshots), (&back_out, &back_snapshots)] {
+        if *o != full_out {
+            return Err(CaseFailure::FastDiffers(format!("outputs {o:?}\nvs {full_out:?}")));
+        }
+        if *s != full_snapshots {
+            return Err(CaseFailure::FastDiffers("the keys' snapshots differ".to_owned()));
+        }
     }
     let multi_out = drive_multi(case, nfa, feed, schema)?;
     if out != multi_out {

@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use engine::runtime::{Config, Key, MatchEvents, MultiOperator, MultiOutput, Operator, Output, Stats};
+use engine::runtime::{
+    Config, FastTier, Key, MatchEvents, MultiOperator, MultiOutput, Operator, Output, Stats, TierCounts,
+};
 use engine::Nfa;
 
 use crate::streams::{apply, configs, Rng, Step};
@@ -29,6 +31,14 @@ pub struct Differs(pub String);
 pub fn all_configs() -> Vec<Config> {
     let mut v = configs().to_vec();
     v.push(Config { exact_steps: true, timeouts: true, ..Config::default() });
+    // The skip tier alone, and the fast tier falling back to the exact runtime early.
+    v.push(Config { fast_tier: FastTier::Off, timeouts: true, ..Config::default() });
+    v.push(Config {
+        fast_tier: FastTier::FallBackAfter(3),
+        timeouts: true,
+        max_partial_matches_per_key: Some(3),
+        ..Config::default()
+    });
     v
 }
 
@@ -48,9 +58,9 @@ pub fn seqs(events: &MatchEvents) -> Vec<(u16, Vec<u64>)> {
 
 /// The run again with every event through FlinkCEP's full step (`Config::exact_steps`): the same
 /// outputs in the same order, the same stats, and after every step the same changed keys with
-/// the same snapshot bytes. Checks the engine's skip of steps that change nothing. Returns the
-/// outputs.
-pub fn skip_is_exact(nfa: &Arc<Nfa>, config: Config, steps: &[Step]) -> Result<Vec<Output>, Differs> {
+/// the same snapshot bytes. Checks the engine's skip of steps that change nothing and its fast
+/// tier (as `config` sets it). Returns the outputs, and how the keys ran on the tiers.
+pub fn skip_is_exact(nfa: &Arc<Nfa>, config: Config, steps: &[Step]) -> Result<(Vec<Output>, TierCounts), Differs> {
     let run = |exact_steps: bool| {
         let mut op = Operator::new(nfa.clone(), Config { exact_steps, ..config });
         let mut out = Vec::new();
@@ -63,7 +73,7 @@ pub fn skip_is_exact(nfa: &Arc<Nfa>, config: Config, steps: &[Step]) -> Result<V
                 snapshots.push((k, bytes));
             }
         }
-        (out, op.stats(), snapshots)
+        (out, op.stats(), snapshots, op.tier_counts())
     };
     let (skipping, exact) = (run(false), run(true));
     let name = &nfa.meta.name;
@@ -82,7 +92,7 @@ pub fn skip_is_exact(nfa: &Arc<Nfa>, config: Config, steps: &[Step]) -> Result<V
     if skipping.2 != exact.2 {
         return Err(Differs(format!("{name}: the snapshots of the changed keys differ")));
     }
-    Ok(skipping.0)
+    Ok((skipping.0, skipping.3))
 }
 
 /// Per (pattern, key): its outputs in order.

@@ -18,6 +18,8 @@ fn failures(report: &conformance::CorpusReport) -> String {
 fn flinkcep_public_corpus_passes() {
     let report = conformance::run_file(&public_corpus()).expect("the corpus runs");
     assert_eq!((report.passed(), report.failed()), (148, 0), "{}", failures(&report));
+    // Every case whose pattern is a chain ran with the fast tier forced on and off.
+    assert_eq!(report.fast_tier(), 8);
     let first = &report.cases[0];
     assert_eq!(first.to_string(), "ok   NFAITCase.testNoConditionLoopingNFA");
 }

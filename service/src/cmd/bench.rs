@@ -28,6 +28,19 @@ pub struct Args {
     /// Write the matches here, in the harness's line format, sorted.
     #[arg(long, value_name = "FILE")]
     matches: Option<PathBuf>,
+    /// Which of the engine's tiers run the pattern: `fast` (the default: the fast tier where
+    /// the pattern is a chain, the exact runtime skipping unchanged steps elsewhere), `skip`
+    /// (no fast tier) or `exact` (FlinkCEP's full step for every event).
+    #[arg(long, value_enum, default_value_t = TierArg::Fast)]
+    tier: TierArg,
+}
+
+/// `bench --tier`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TierArg {
+    Fast,
+    Skip,
+    Exact,
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,7 +211,12 @@ pub fn run(args: Args) -> Result<Status> {
     let (Some(input), Some(pattern)) = (args.input, args.pattern) else {
         return Err(Error::usage("bench needs --input and --pattern (or the subcommand `kafka`)"));
     };
-    crate::tools::bench::run(&input, &pattern, args.matches.as_deref())?;
+    let config = match args.tier {
+        TierArg::Fast => engine::runtime::Config::default(),
+        TierArg::Skip => engine::runtime::Config { fast_tier: engine::runtime::FastTier::Off, ..Default::default() },
+        TierArg::Exact => engine::runtime::Config { exact_steps: true, ..Default::default() },
+    };
+    crate::tools::bench::run(&input, &pattern, args.matches.as_deref(), config)?;
     Ok(Status::Ok)
 }
 

@@ -110,7 +110,7 @@ fn line(pattern: &str, nfa: &Nfa, key: &Key, events: &MatchEvents) -> String {
 }
 
 /// Runs the benchmark; prints one line of figures.
-pub fn run(input: &Path, pattern: &str, matches_out: Option<&Path>) -> Result<()> {
+pub fn run(input: &Path, pattern: &str, matches_out: Option<&Path>, config: Config) -> Result<()> {
     let (nfa, schema) = compile(pattern)?;
     let t0 = Instant::now();
     let rss_before = status_kb("VmRSS:");
@@ -120,7 +120,7 @@ pub fn run(input: &Path, pattern: &str, matches_out: Option<&Path>) -> Result<()
     // vector holding them (the process's resident growth while loading).
     let event_bytes = (status_kb("VmRSS:") - rss_before).max(0.0) * 1024.0 / events.len().max(1) as f64;
 
-    let mut op = Operator::new(nfa.clone(), Config::default());
+    let mut op = Operator::new(nfa.clone(), config);
     let mut outputs: Vec<Output> = Vec::new();
     let mut max_ts = i64::MIN;
     let mut progress = Progress::new("bench", "events", Some(events.len() as u64));
@@ -153,15 +153,18 @@ pub fn run(input: &Path, pattern: &str, matches_out: Option<&Path>) -> Result<()
         };
         write().or_fail_with(Kind::Usage, || format!("cannot write {}", path.display()))?;
     }
-    let stats = op.stats();
+    let (stats, tiers) = (op.stats(), op.tier_counts());
     out(&format!(
-        "tripline {pattern} events={} matches={} secs={secs:.3} eps={:.0} rss_mb={:.0} parse_secs={parse_secs:.3} late={} timeouts={} event_bytes={event_bytes:.0}\n",
+        "tripline {pattern} events={} matches={} secs={secs:.3} eps={:.0} rss_mb={:.0} parse_secs={parse_secs:.3} late={} timeouts={} event_bytes={event_bytes:.0} fast_runs={} exact_runs={} fallbacks={}\n",
         events.len(),
         lines.len(),
         events.len() as f64 / secs.max(1e-9),
         peak_rss_mb(),
         stats.late,
         stats.timeouts,
+        tiers.fast_runs,
+        tiers.exact_runs,
+        tiers.fallbacks,
     ));
     Ok(())
 }
