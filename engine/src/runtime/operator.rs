@@ -135,7 +135,7 @@ pub struct Stats {
 pub struct KeyState {
     /// `None`: only the fresh start state (no partial match started, nothing held back), made
     /// when an event starts something.
-    pub run: Option<Run>,
+    pub run: Option<Box<Run>>,
     /// Buffered events by timestamp, in arrival order.
     pub queue: Queue,
     /// The key's pending window timers, ascending. Its other timers are the timestamps of
@@ -154,7 +154,7 @@ impl KeyState {
     }
 
     fn partial_count(&self) -> usize {
-        self.run.as_ref().map_or(0, Run::partial_count)
+        self.run.as_deref().map_or(0, Run::partial_count)
     }
 
     /// Calls `f` with the key's run as the exact runtime holds it (a fresh one when it holds
@@ -386,7 +386,7 @@ impl Operator {
         let event = 128 + 40 * fields;
         let mut bytes = self.orphan_timers.len() * (KEY + 96);
         for s in self.store.values() {
-            let (events, nodes) = s.run.as_ref().map_or((0, 0), Run::size);
+            let (events, nodes) = s.run.as_deref().map_or((0, 0), Run::size);
             let queued: usize = s.queue.events();
             bytes +=
                 KEY + 1024 + (events + queued) * event + nodes * 128 + s.partial_count() * 160 + s.windows.len() * 64;
@@ -488,7 +488,7 @@ impl Operator {
                     self.timers.insert((t, key.clone()));
                 }
                 self.tick += 1;
-                let run = (!run.is_idle()).then_some(Run::Exact(run));
+                let run = (!run.is_idle()).then(|| Box::new(Run::Exact(run)));
                 self.store.insert(key, KeyState { run, queue, windows, dirty: false, used: self.tick });
             }
             _ if !windows.is_empty() => {
@@ -606,7 +606,7 @@ impl Operator {
         let chain = self.chain.as_ref();
         let tiers = &mut self.tiers;
         let emit_time = |state: &mut KeyState, ts: i64, out: &mut Vec<Output>, stats: &mut Stats| {
-            let (matches, timeouts, timed_out) = match (state.run.as_mut(), chain) {
+            let (matches, timeouts, timed_out) = match (state.run.as_deref_mut(), chain) {
                 (None, _) => return,
                 (Some(Run::Exact(run)), _) => run.advance_time(nfa, ts, emit_timeouts),
                 (Some(Run::Fast(run)), Some(chain)) => run.advance_time(chain, ts, emit_timeouts),
@@ -635,15 +635,15 @@ impl Operator {
                     None => match chain {
                         Some(c) => {
                             tiers.fast_runs += 1;
-                            state.run.insert(Run::Fast(FastRun::new(c)))
+                            state.run.insert(Box::new(Run::Fast(FastRun::new(c))))
                         }
                         None => {
                             tiers.exact_runs += 1;
-                            state.run.insert(Run::Exact(RunState::new(nfa)))
+                            state.run.insert(Box::new(Run::Exact(RunState::new(nfa))))
                         }
                     },
                 };
-                let mut matches = match (&mut *run, chain) {
+                let mut matches = match (&mut **run, chain) {
                     (Run::Exact(r), _) => r.step(nfa, e, ts, reached, !exact_steps),
                     (Run::Fast(r), Some(c)) => r.step(c, nfa, e, ts, reached, start_cache),
                     (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
@@ -652,7 +652,7 @@ impl Operator {
                     new_timers.push(ts.saturating_add(window));
                 }
                 if let Some(max) = budget {
-                    let (dropped, released) = match (&mut *run, chain) {
+                    let (dropped, released) = match (&mut **run, chain) {
                         (Run::Exact(r), _) => r.enforce_budget(nfa, max),
                         (Run::Fast(r), Some(c)) => r.enforce_budget(c, max),
                         (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
@@ -671,7 +671,7 @@ impl Operator {
         self.partials = (self.partials + state.partial_count()).saturating_sub(partials_before);
         // A run holding nothing is the fresh start state again (as when the key's state is
         // dropped: it then starts afresh too).
-        if state.run.as_ref().is_some_and(Run::is_idle) {
+        if state.run.as_deref().is_some_and(Run::is_idle) {
             state.run = None;
         }
         let idle = state.queue.is_empty() && state.run.is_none();
