@@ -45,16 +45,17 @@
 //! (the replayed state) until it goes idle. The differential harness compares every output and,
 //! after every call, the snapshot bytes of every changed key against FlinkCEP's full step.
 //!
-//! The multi-pattern operator runs the exact runtime only.
+//! The multi-pattern operator runs it too (without snapshots: a key's log only bounds how long
+//! it stays on this tier).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::run::{Match, MatchEvents, RunState, Timeout};
+use super::run::{Match, MatchEvents, RunState, Summary, Timeout};
 use crate::expr::{Cond, ConditionCache, MatchView};
-use crate::nfa::{Action, Nfa, SkipStrategy, StateKind, VarId};
+use crate::nfa::{Action, Nfa, SkipStrategy, StateId, StateKind, VarId};
 use crate::value::Event;
 
 /// A key's run falls back to the exact runtime after this many logged calls by default.
@@ -62,6 +63,8 @@ pub const LOG_MAX: usize = 256;
 
 #[derive(Clone, Debug)]
 struct Element {
+    /// The state that waits for it.
+    state: StateId,
     var: VarId,
     take: Cond,
     /// `followed by` (a partial match waiting for it ignores other events); else `next`.
@@ -110,7 +113,7 @@ impl Chain {
                 Some(i) if i.target == s && i.cond == Cond::negate(take.cond.clone()) => true,
                 Some(_) => return None,
             };
-            elements.push(Element { var, take: take.cond.clone(), relaxed });
+            elements.push(Element { state: s, var, take: take.cond.clone(), relaxed });
             let next = nfa.state(take.target);
             if next.kind == StateKind::Final {
                 if !next.edges.is_empty() {
@@ -202,6 +205,19 @@ impl FastRun {
     /// Events held (counted once per line that holds them), for memory estimates.
     pub fn held_events(&self) -> usize {
         self.runs.iter().chain(&self.completed).map(|l| l.taken.len()).sum()
+    }
+
+    /// What [`RunState::summary`] gives for the same run: the states its partial matches wait
+    /// in (the fresh start state's, always there, included), the earliest start, whether
+    /// matches are held back.
+    pub(super) fn summary(&self, chain: &Chain) -> Summary {
+        let mut states = Some(0u64);
+        let waiting = chain.elements.iter().zip(&self.waiting).enumerate().filter(|(k, (_, &w))| *k == 0 || w > 0);
+        for (_, (el, _)) in waiting {
+            let i = el.state.index();
+            states = states.filter(|_| i < 64).map(|m| m | 1 << i);
+        }
+        Summary::of(states, self.runs.front().map(|l| l.start_ts), !self.completed.is_empty(), self.is_idle())
     }
 
     /// Whether the key has logged more calls than the chain allows: it should fall back.
@@ -444,6 +460,67 @@ impl Run {
         match self {
             Run::Exact(r) => f(r),
             Run::Fast(r) => f(&r.to_exact(nfa)),
+        }
+    }
+
+    /// [`RunState::summary`].
+    pub(super) fn summary(&self, nfa: &Nfa, chain: Option<&Chain>) -> Summary {
+        match (self, chain) {
+            (Run::Exact(r), _) => r.summary(nfa),
+            (Run::Fast(r), Some(c)) => r.summary(c),
+            (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
+        }
+    }
+
+    /// [`RunState::step`] on either tier (`skip_unchanged` for the exact runtime; `cache` for
+    /// the fast tier, reset there).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn step(
+        &mut self,
+        nfa: &Nfa,
+        chain: Option<&Chain>,
+        event: Arc<Event>,
+        ts: i64,
+        reached: &mut [u64],
+        skip_unchanged: bool,
+        cache: &mut ConditionCache,
+    ) -> Vec<Match> {
+        match (self, chain) {
+            (Run::Exact(r), _) => r.step(nfa, event, ts, reached, skip_unchanged),
+            (Run::Fast(r), Some(c)) => r.step(c, nfa, event, ts, reached, cache),
+            (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
+        }
+    }
+
+    /// [`RunState::advance_time`] on either tier.
+    pub(super) fn advance_time(
+        &mut self,
+        nfa: &Nfa,
+        chain: Option<&Chain>,
+        ts: i64,
+        timeouts_wanted: bool,
+    ) -> (Vec<Match>, Vec<Timeout>, usize) {
+        match (self, chain) {
+            (Run::Exact(r), _) => r.advance_time(nfa, ts, timeouts_wanted),
+            (Run::Fast(r), Some(c)) => r.advance_time(c, ts, timeouts_wanted),
+            (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
+        }
+    }
+
+    /// [`RunState::enforce_budget`] on either tier.
+    pub(super) fn enforce_budget(&mut self, nfa: &Nfa, chain: Option<&Chain>, max: usize) -> (usize, Vec<Match>) {
+        match (self, chain) {
+            (Run::Exact(r), _) => r.enforce_budget(nfa, max),
+            (Run::Fast(r), Some(c)) => r.enforce_budget(c, max),
+            (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
+        }
+    }
+
+    /// A fresh run: on the fast tier for a chain.
+    pub(super) fn new(nfa: &Nfa, chain: Option<&Chain>) -> Self {
+        match chain {
+            Some(c) => Run::Fast(FastRun::new(c)),
+            None => Run::Exact(RunState::new(nfa)),
         }
     }
 

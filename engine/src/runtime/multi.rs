@@ -26,9 +26,10 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::operator::{add_timer, remove_fired, Config, Key, Output, Stats, WindowTimers};
+use super::fast::{Chain, Run};
+use super::operator::{add_timer, remove_fired, Config, Key, Output, Stats, TierCounts, WindowTimers};
 use super::queue::Queue;
-use super::run::{self as run, RunState, Summary};
+use super::run::{self as run, Summary};
 use crate::expr::{BinOp, Cond, ConditionCache, Expr};
 use crate::nfa::{Action, FieldId, Nfa, StateId, TypeId};
 use crate::value::{Event, Text, Value};
@@ -260,7 +261,7 @@ fn expr_requirements(e: &Expr, out: &mut Vec<Required>) {
 struct Slot {
     pattern: u32,
     /// `None`: only the fresh start state (the key holds nothing for the pattern).
-    run: Option<RunState>,
+    run: Option<Run>,
     /// The pattern's pending window timers at this key, ascending (they outlive its run, as
     /// an operator's do: see [`super::Operator`]).
     windows: WindowTimers,
@@ -307,8 +308,11 @@ pub struct MultiOperator {
 struct Patterns {
     nfas: Vec<Arc<Nfa>>,
     index: StartIndex,
-    /// Per pattern, reused to decide whether an event starts it.
+    /// Per pattern, reused to decide whether an event starts it, and by its fast runs.
     caches: Vec<ConditionCache>,
+    /// Per pattern, as the fast tier runs it (a chain, with the tier on).
+    chains: Vec<Option<Chain>>,
+    tiers: TierCounts,
     config: Config,
     counts: Vec<PatternCounts>,
     candidates: Vec<u32>,
@@ -350,6 +354,7 @@ impl MultiOperator {
         }
         let index = StartIndex::new(&patterns);
         let caches = patterns.iter().map(|n| ConditionCache::new(&n.conditions)).collect();
+        let chains = patterns.iter().map(|n| config.fast_chain(n)).collect();
         let counts = patterns
             .iter()
             .map(|n| PatternCounts { stats: Stats::default(), reached: vec![0; n.vars.len()] })
@@ -359,6 +364,8 @@ impl MultiOperator {
                 nfas: patterns,
                 index,
                 caches,
+                chains,
+                tiers: TierCounts::default(),
                 config,
                 counts,
                 candidates: Vec::new(),
@@ -404,6 +411,11 @@ impl MultiOperator {
         &self.work.counts[i].reached
     }
 
+    /// How the patterns' runs at keys ran on the tiers ([`super::Operator::tier_counts`]).
+    pub fn tier_counts(&self) -> TierCounts {
+        self.work.tiers
+    }
+
     /// Pattern steps taken and start checks made so far: how much per-pattern work the events
     /// caused (an operator per pattern takes one step per pattern and event).
     pub fn work(&self) -> (u64, u64) {
@@ -417,7 +429,7 @@ impl MultiOperator {
 
     /// Started partial matches over all keys and patterns.
     pub fn active_partial_matches(&self) -> usize {
-        self.keys.values().flat_map(|k| &k.slots).filter_map(|s| s.run.as_ref()).map(RunState::partial_count).sum()
+        self.keys.values().flat_map(|k| &k.slots).filter_map(|s| s.run.as_ref()).map(Run::partial_count).sum()
     }
 
     /// Takes an event of `key` (its event time is `event.ts`).
@@ -532,8 +544,10 @@ impl Patterns {
             if !self.config.exact_steps && run::starts_nothing(nfa, &e, &mut self.caches[p as usize]) {
                 continue;
             }
-            let run = RunState::new(nfa);
-            let summary = run.summary(nfa);
+            let chain = self.chains[p as usize].as_ref();
+            self.tiers.count_new(chain);
+            let run = Run::new(nfa, chain);
+            let summary = run.summary(nfa, chain);
             match at {
                 Ok(i) => {
                     state.slots[i].run = Some(run);
@@ -554,16 +568,17 @@ impl Patterns {
                 continue;
             }
             let counts = &mut self.counts[p];
+            let chain = self.chains[p].as_ref();
             self.steps += 1;
-            let mut matches = run.step(nfa, e.clone(), ts, &mut counts.reached, skip);
-            if let Some(window) = nfa.window_ms.filter(|&w| w > 0 && run.new_start) {
+            let mut matches = run.step(nfa, chain, e.clone(), ts, &mut counts.reached, skip, &mut self.caches[p]);
+            let started = run.take_new_start();
+            if let Some(window) = nfa.window_ms.filter(|&w| w > 0 && started) {
                 let t = ts.saturating_add(window);
                 add_timer(&mut slot.windows, t);
                 new_timers.push(t);
             }
-            run.new_start = false;
             if let Some(max) = self.config.max_partial_matches_per_key {
-                let (dropped, released) = run.enforce_budget(nfa, max);
+                let (dropped, released) = run.enforce_budget(nfa, chain, max);
                 counts.stats.dropped_partial_matches += dropped as u64;
                 matches.extend(released);
             }
@@ -573,7 +588,10 @@ impl Patterns {
                     .into_iter()
                     .map(|m| MultiOutput::Pattern(p, Output::Match { key: key.clone(), ts, events: m.events })),
             );
-            slot.summary = run.summary(nfa);
+            if run.fall_back_if_due(chain, nfa) {
+                self.tiers.fallbacks += 1;
+            }
+            slot.summary = run.summary(nfa, chain);
         }
     }
 
@@ -585,8 +603,9 @@ impl Patterns {
         if !self.config.exact_steps && run::time_changes_nothing(nfa, &slot.summary, ts) {
             return;
         }
-        let (matches, timeouts, timed_out) = run.advance_time(nfa, ts, self.config.timeouts);
-        slot.summary = run.summary(nfa);
+        let chain = self.chains[p].as_ref();
+        let (matches, timeouts, timed_out) = run.advance_time(nfa, chain, ts, self.config.timeouts);
+        slot.summary = run.summary(nfa, chain);
         let stats = &mut self.counts[p].stats;
         stats.matches += matches.len() as u64;
         stats.timeouts += timed_out as u64;

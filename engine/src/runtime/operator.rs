@@ -16,7 +16,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use super::fast::{self, Chain, FastRun, Run};
+use super::fast::{self, Chain, Run};
 use super::queue::Queue;
 use super::run::{self as run, MatchEvents, PartialView, RunState};
 use super::snapshot::{self, SnapshotError};
@@ -89,6 +89,19 @@ pub struct Config {
     pub fast_tier: FastTier,
 }
 
+impl Config {
+    /// The pattern as the fast tier runs it: `None` unless it is a chain and the tier is on.
+    pub(super) fn fast_chain(&self, nfa: &Nfa) -> Option<Chain> {
+        let log_max = match self.fast_tier {
+            _ if self.exact_steps => return None,
+            FastTier::Off => return None,
+            FastTier::On => fast::LOG_MAX,
+            FastTier::FallBackAfter(n) => n,
+        };
+        Chain::of(nfa, log_max)
+    }
+}
+
 /// [`Config::fast_tier`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FastTier {
@@ -110,6 +123,16 @@ pub struct TierCounts {
     pub exact_runs: u64,
     /// Fast runs that fell back to the exact runtime (their log outgrew its bound).
     pub fallbacks: u64,
+}
+
+impl TierCounts {
+    /// Counts a run made by [`Run::new`].
+    pub(super) fn count_new(&mut self, chain: Option<&Chain>) {
+        match chain {
+            Some(_) => self.fast_runs += 1,
+            None => self.exact_runs += 1,
+        }
+    }
 }
 
 /// Counters of the operator's work.
@@ -305,13 +328,7 @@ impl Operator {
     pub fn new(nfa: Arc<Nfa>, config: Config) -> Self {
         let nfa_vars = nfa.vars.len();
         let start_cache = ConditionCache::new(&nfa.conditions);
-        let log_max = match config.fast_tier {
-            _ if config.exact_steps => None,
-            FastTier::Off => None,
-            FastTier::On => Some(fast::LOG_MAX),
-            FastTier::FallBackAfter(n) => Some(n),
-        };
-        let chain = log_max.and_then(|max| Chain::of(&nfa, max));
+        let chain = config.fast_chain(&nfa);
         Operator {
             nfa,
             store: HashMap::default(),
@@ -606,12 +623,8 @@ impl Operator {
         let chain = self.chain.as_ref();
         let tiers = &mut self.tiers;
         let emit_time = |state: &mut KeyState, ts: i64, out: &mut Vec<Output>, stats: &mut Stats| {
-            let (matches, timeouts, timed_out) = match (state.run.as_deref_mut(), chain) {
-                (None, _) => return,
-                (Some(Run::Exact(run)), _) => run.advance_time(nfa, ts, emit_timeouts),
-                (Some(Run::Fast(run)), Some(chain)) => run.advance_time(chain, ts, emit_timeouts),
-                (Some(Run::Fast(_)), None) => unreachable!("a fast run needs the chain"),
-            };
+            let Some(run) = state.run.as_deref_mut() else { return };
+            let (matches, timeouts, timed_out) = run.advance_time(nfa, chain, ts, emit_timeouts);
             stats.matches += matches.len() as u64;
             stats.timeouts += timed_out as u64;
             out.extend(matches.into_iter().map(|m| Output::Match { key: key.clone(), ts, events: m.events }));
@@ -632,31 +645,17 @@ impl Operator {
                     // The fresh start state stays as it is for an event that starts nothing:
                     // its step would change nothing (see `RunState::step`).
                     None if !exact_steps && run::starts_nothing(nfa, &e, start_cache) => continue,
-                    None => match chain {
-                        Some(c) => {
-                            tiers.fast_runs += 1;
-                            state.run.insert(Box::new(Run::Fast(FastRun::new(c))))
-                        }
-                        None => {
-                            tiers.exact_runs += 1;
-                            state.run.insert(Box::new(Run::Exact(RunState::new(nfa))))
-                        }
-                    },
+                    None => {
+                        tiers.count_new(chain);
+                        state.run.insert(Box::new(Run::new(nfa, chain)))
+                    }
                 };
-                let mut matches = match (&mut **run, chain) {
-                    (Run::Exact(r), _) => r.step(nfa, e, ts, reached, !exact_steps),
-                    (Run::Fast(r), Some(c)) => r.step(c, nfa, e, ts, reached, start_cache),
-                    (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
-                };
+                let mut matches = run.step(nfa, chain, e, ts, reached, !exact_steps, start_cache);
                 if run.take_new_start() && window > 0 {
                     new_timers.push(ts.saturating_add(window));
                 }
                 if let Some(max) = budget {
-                    let (dropped, released) = match (&mut **run, chain) {
-                        (Run::Exact(r), _) => r.enforce_budget(nfa, max),
-                        (Run::Fast(r), Some(c)) => r.enforce_budget(c, max),
-                        (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
-                    };
+                    let (dropped, released) = run.enforce_budget(nfa, chain, max);
                     stats.dropped_partial_matches += dropped as u64;
                     matches.extend(released);
                 }

@@ -378,6 +378,14 @@ pub(super) struct Summary {
     pub idle: bool,
 }
 
+impl Summary {
+    /// A run's summary from its parts: the states its partial matches wait in (the fresh start
+    /// state's included; `None`: unknown), the earliest start, whether matches are held back.
+    pub(super) fn of(states: Option<u64>, head_start: Option<i64>, completed: bool, idle: bool) -> Self {
+        Summary { states, head_start, completed, idle }
+    }
+}
+
 impl RunState {
     pub(super) fn summary(&self, nfa: &Nfa) -> Summary {
         let mut states = Some(0u64);
