@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the hot paths: compiling a pattern, evaluating a condition, and the
-//! runtime (one key's run, and the keyed event-time operator) on the FlinkCEP benchmark's P1/P2.
+//! runtime (one key's run on the exact runtime and on the fast tier, and the keyed event-time
+//! operator with and without the fast tier) on the FlinkCEP benchmark's P1/P2.
 //!
 //!     cargo bench -p tripline-testkit --bench hot_paths
 
@@ -8,7 +9,9 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dsl::{Catalog, SourceFile, StreamSchema};
-use engine::runtime::{Config, Key, Operator, RunState};
+use engine::expr::ConditionCache;
+use engine::runtime::fast::{Chain, FastRun};
+use engine::runtime::{Config, FastTier, Key, Operator, RunState};
 use engine::{Event, Nfa, TypeId, Value};
 
 const SCHEMA: &str = include_str!("../../../testdata/bench/bench_events.avsc");
@@ -89,13 +92,32 @@ fn runtime(c: &mut Criterion) {
             })
         });
     }
-    for (file, keys) in [("P1.tl", 100), ("P2.tl", 100)] {
+    // The fast tier's run of the same chain (P1), one key.
+    let nfa = compile("P1.tl");
+    let chain = Chain::of(&nfa, usize::MAX).expect("P1 is a chain");
+    let evs = events(20_000, 1);
+    g.throughput(Throughput::Elements(evs.len() as u64));
+    g.bench_function("FastRun::step P1.tl, one key", |b| {
+        let mut cache = ConditionCache::new(&nfa.conditions);
+        b.iter(|| {
+            let mut st = FastRun::new(&chain);
+            let mut n = 0;
+            for (_, e) in &evs {
+                n += st.advance_time(&chain, e.ts, false).0.len();
+                n += st.step(&chain, &nfa, e.clone(), e.ts, &mut [], &mut cache).len();
+            }
+            n
+        })
+    });
+    let tiers =
+        [("", Config::default()), (" (fast tier off)", Config { fast_tier: FastTier::Off, ..Config::default() })];
+    for (file, keys, (tier, config)) in [("P1.tl", 100, tiers[0]), ("P1.tl", 100, tiers[1]), ("P2.tl", 100, tiers[0])] {
         let nfa = compile(file);
         let evs = events(50_000, keys);
         g.throughput(Throughput::Elements(evs.len() as u64));
-        g.bench_function(format!("Operator {file}, {keys} keys, watermark per event"), |b| {
+        g.bench_function(format!("Operator {file}, {keys} keys, watermark per event{tier}"), |b| {
             b.iter(|| {
-                let mut op = Operator::new(nfa.clone(), Config::default());
+                let mut op = Operator::new(nfa.clone(), config);
                 let mut out = Vec::new();
                 for (k, e) in &evs {
                     op.process(k.clone(), e.clone(), &mut out);
