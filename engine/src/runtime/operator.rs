@@ -809,24 +809,28 @@ impl Operator {
     /// last call.
     pub fn take_key_records(&mut self, key: &Key, out: &mut KeyRecords) -> bool {
         out.clear();
-        let stored = self.split.remove(key);
+        let mut stored = self.split.remove(key);
         let held = match (self.store.get(key), self.orphan_timers.get(key)) {
             (Some(state), _) => {
-                let held = state.with_run(&self.nfa, |r| r.buffer.events.len());
-                let events = state.queue.events() + held;
-                let as_split =
-                    events > 0 && self.config.inline_events.is_some_and(|max| events > max || stored.is_some());
-                if as_split {
-                    let mut stored = stored.unwrap_or_default();
-                    state.with_run(&self.nfa, |run| {
-                        split::encode(&self.nfa, run, &state.queue, state.windows.iter().copied(), &mut stored, out)
-                    });
-                    self.split.insert(key.clone(), stored);
+                // One look at the run (a fast run's is replayed): its held events decide the form.
+                let (nfa, inline) = (&self.nfa, self.config.inline_events);
+                let split = state.with_run(nfa, |run| {
+                    let events = state.queue.events() + run.buffer.events.len();
+                    let as_split = events > 0 && inline.is_some_and(|max| events > max || stored.is_some());
+                    let windows = state.windows.iter().copied();
+                    if as_split {
+                        let mut split = stored.take().unwrap_or_default();
+                        split::encode(nfa, run, &state.queue, windows, &mut split, out);
+                        Some(split)
+                    } else {
+                        snapshot::encode(nfa, Some((run, &state.queue)), windows, &mut out.head);
+                        None
+                    }
+                });
+                if let Some(split) = split {
+                    self.split.insert(key.clone(), split);
                     return true;
                 }
-                state.with_run(&self.nfa, |run| {
-                    snapshot::encode(&self.nfa, Some((run, &state.queue)), state.windows.iter().copied(), &mut out.head)
-                });
                 true
             }
             (None, Some(windows)) => {
