@@ -207,6 +207,11 @@ impl FastRun {
         self.runs.iter().chain(&self.completed).map(|l| l.taken.len()).sum()
     }
 
+    /// Events the log holds (an event the runs no longer hold may still be logged).
+    pub fn logged_events(&self) -> usize {
+        self.log.iter().filter(|c| matches!(c, Call::Step(..))).count()
+    }
+
     /// What [`RunState::summary`] gives for the same run: the states its partial matches wait
     /// in (the fresh start state's, always there, included), the earliest start, whether
     /// matches are held back.
@@ -438,11 +443,12 @@ impl Run {
         }
     }
 
-    /// (events, nodes) held, for memory estimates.
+    /// (events, nodes) held, for memory estimates: a fast run's lines count as nodes, and its
+    /// logged events as events (mostly the same events, shared: an upper bound).
     pub fn size(&self) -> (usize, usize) {
         match self {
             Run::Exact(r) => r.buffer.size(),
-            Run::Fast(r) => (r.held_events(), r.held_events()),
+            Run::Fast(r) => (r.held_events() + r.logged_events(), r.held_events()),
         }
     }
 
