@@ -203,13 +203,8 @@ impl FastRun {
     }
 
     /// Events held (counted once per line that holds them), for memory estimates.
-    pub fn held_events(&self) -> usize {
+    fn held_events(&self) -> usize {
         self.runs.iter().chain(&self.completed).map(|l| l.taken.len()).sum()
-    }
-
-    /// Events the log holds (an event the runs no longer hold may still be logged).
-    pub fn logged_events(&self) -> usize {
-        self.log.iter().filter(|c| matches!(c, Call::Step(..))).count()
     }
 
     /// What [`RunState::summary`] gives for the same run: the states its partial matches wait
@@ -226,7 +221,7 @@ impl FastRun {
     }
 
     /// Whether the key has logged more calls than the chain allows: it should fall back.
-    pub fn over_budget(&self, chain: &Chain) -> bool {
+    fn over_budget(&self, chain: &Chain) -> bool {
         self.log.len() > chain.log_max
     }
 
@@ -443,12 +438,16 @@ impl Run {
         }
     }
 
-    /// (events, nodes) held, for memory estimates: a fast run's lines count as nodes, and its
-    /// logged events as events (mostly the same events, shared: an upper bound).
+    /// (events, nodes) held, for memory estimates: a fast run's lines count as nodes, and as
+    /// events with one more per logged call (an upper bound: a logged event is mostly one its
+    /// lines hold, and not every call logs one).
     pub fn size(&self) -> (usize, usize) {
         match self {
             Run::Exact(r) => r.buffer.size(),
-            Run::Fast(r) => (r.held_events() + r.logged_events(), r.held_events()),
+            Run::Fast(r) => {
+                let held = r.held_events();
+                (held + r.log.len(), held)
+            }
         }
     }
 

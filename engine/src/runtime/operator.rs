@@ -353,11 +353,6 @@ impl Operator {
         }
     }
 
-    /// Whether the pattern runs on the fast tier (a chain, with the tier on).
-    pub fn fast_tier(&self) -> bool {
-        self.chain.is_some()
-    }
-
     /// How keys ran on the tiers since the operator was made.
     pub fn tier_counts(&self) -> TierCounts {
         self.tiers
