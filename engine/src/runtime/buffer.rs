@@ -17,18 +17,36 @@ pub struct EventId {
     pub id: u32,
 }
 
-/// A node: an event as taken by a variable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A node's identity: an event as taken by a variable (what snapshots write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId {
     pub event: EventId,
     pub var: VarId,
+}
+
+/// A handle to a node in the buffer's arena: its slot, the slot's generation when the node was
+/// made (a handle to a node that is gone finds nothing, even when the slot is reused), and the
+/// node's variable. Partial matches and edges hold these, so walking a path indexes a vector
+/// instead of looking nodes up by identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeRef {
+    slot: u32,
+    gen: u32,
+    var: VarId,
+}
+
+impl NodeRef {
+    /// The variable that took the node's event.
+    pub fn var(self) -> VarId {
+        self.var
+    }
 }
 
 /// An edge to the node of the previous event (`None`: the match starts here), for the runs of
 /// compatible versions. Fields are visible to `snapshot`, which writes and rebuilds them.
 #[derive(Clone, Debug)]
 pub(super) struct Edge {
-    pub(super) target: Option<NodeId>,
+    pub(super) target: Option<NodeRef>,
     pub(super) version: Dewey,
     pub(super) refs: i32,
 }
@@ -36,10 +54,17 @@ pub(super) struct Edge {
 /// A node's edges: most nodes have one (a run that took the event), kept inline.
 pub(super) type Edges = smallvec::SmallVec<[Edge; 1]>;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(super) struct Node {
+    pub(super) id: NodeId,
     pub(super) edges: Edges,
     pub(super) refs: i32,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    gen: u32,
+    node: Option<Node>,
 }
 
 /// `Lockable.release`: frees when the count reaches zero (or was already not positive).
@@ -94,10 +119,6 @@ impl<K: Copy + Eq + std::hash::Hash, V> SmallMap<K, V> {
         }
     }
 
-    pub(super) fn contains_key(&self, k: &K) -> bool {
-        self.get(k).is_some()
-    }
-
     /// Inserts or replaces.
     pub(super) fn insert(&mut self, k: K, value: V) {
         match self {
@@ -118,15 +139,6 @@ impl<K: Copy + Eq + std::hash::Hash, V> SmallMap<K, V> {
         }
     }
 
-    /// The value of `k`, inserted with `make` if absent; `true` if it was.
-    pub(super) fn get_or_insert_with(&mut self, k: K, make: impl FnOnce() -> V) -> (&mut V, bool) {
-        let new = !self.contains_key(&k);
-        if new {
-            self.insert(k, make());
-        }
-        (self.get_mut(&k).unwrap_or_else(|| unreachable!("present or just inserted")), new)
-    }
-
     pub(super) fn remove(&mut self, k: &K) -> Option<V> {
         match self {
             SmallMap::Small(v) => v.iter().position(|(x, _)| x == k).map(|i| v.swap_remove(i).1),
@@ -140,10 +152,6 @@ impl<K: Copy + Eq + std::hash::Hash, V> SmallMap<K, V> {
             SmallMap::Large(m) => (None, Some(m.iter())),
         };
         small.into_iter().flatten().chain(large.into_iter().flatten())
-    }
-
-    pub(super) fn values(&self) -> impl Iterator<Item = &V> + '_ {
-        self.iter().map(|(_, v)| v)
     }
 }
 
@@ -198,23 +206,28 @@ impl Counts {
 /// The events of one match, per variable in order of their first event, each list in order.
 pub type EventPath = Vec<(VarId, Vec<EventId>)>;
 
+/// The buffer: events by id (with their reference counts), nodes in an arena of slots (freed
+/// slots are reused under a new generation), and an index from a node's identity to its slot,
+/// used only where identities come from outside (a new node's event and variable, snapshots).
 #[derive(Clone, Debug, Default)]
 pub struct SharedBuffer {
     /// Taken events with their reference counts.
     pub(super) events: SmallMap<EventId, (i32, Arc<Event>)>,
     /// Per timestamp, the next event id.
     pub(super) counts: Counts,
-    pub(super) nodes: SmallMap<NodeId, Node>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    index: SmallMap<NodeId, NodeRef>,
 }
 
 impl SharedBuffer {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.nodes.is_empty()
+        self.events.is_empty() && self.index.is_empty()
     }
 
     /// Number of stored events and nodes (for memory accounting).
     pub fn size(&self) -> (usize, usize) {
-        (self.events.len(), self.nodes.len())
+        (self.events.len(), self.index.len())
     }
 
     pub fn register_event(&mut self, event: Arc<Event>, ts: i64) -> EventId {
@@ -235,8 +248,64 @@ impl SharedBuffer {
         }
     }
 
-    pub fn lock_node(&mut self, node: NodeId, version: &Dewey) {
-        if let Some(n) = self.nodes.get_mut(&node) {
+    pub(super) fn node(&self, r: NodeRef) -> Option<&Node> {
+        self.slots.get(r.slot as usize).filter(|s| s.gen == r.gen).and_then(|s| s.node.as_ref())
+    }
+
+    fn node_mut(&mut self, r: NodeRef) -> Option<&mut Node> {
+        self.slots.get_mut(r.slot as usize).filter(|s| s.gen == r.gen).and_then(|s| s.node.as_mut())
+    }
+
+    /// The identity of a node that is still stored.
+    pub fn node_id(&self, r: NodeRef) -> Option<NodeId> {
+        self.node(r).map(|n| n.id)
+    }
+
+    /// The stored node with this identity.
+    pub(super) fn find(&self, id: NodeId) -> Option<NodeRef> {
+        self.index.get(&id).copied()
+    }
+
+    /// The stored nodes, in no particular order.
+    pub(super) fn nodes(&self) -> impl Iterator<Item = (NodeRef, &Node)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            let n = s.node.as_ref()?;
+            Some((NodeRef { slot: i as u32, gen: s.gen, var: n.id.var }, n))
+        })
+    }
+
+    /// Stores a node with identity `id` (replacing one stored under it) and returns its handle.
+    pub(super) fn insert_node(&mut self, id: NodeId, edges: Edges, refs: i32) -> NodeRef {
+        if let Some(old) = self.find(id) {
+            self.free_node(old);
+        }
+        let node = Node { id, edges, refs };
+        let r = match self.free.pop() {
+            Some(slot) => {
+                let s = &mut self.slots[slot as usize];
+                s.node = Some(node);
+                NodeRef { slot, gen: s.gen, var: id.var }
+            }
+            None => {
+                self.slots.push(Slot { gen: 0, node: Some(node) });
+                NodeRef { slot: (self.slots.len() - 1) as u32, gen: 0, var: id.var }
+            }
+        };
+        self.index.insert(id, r);
+        r
+    }
+
+    fn free_node(&mut self, r: NodeRef) -> Option<Node> {
+        let s = self.slots.get_mut(r.slot as usize).filter(|s| s.gen == r.gen)?;
+        let node = s.node.take()?;
+        s.gen = s.gen.wrapping_add(1);
+        self.free.push(r.slot);
+        self.index.remove(&node.id);
+        Some(node)
+    }
+
+    pub fn lock_node(&mut self, node: NodeRef, version: &Dewey) {
+        if let Some(n) = self.node_mut(node) {
             n.refs = n.refs.wrapping_add(1);
             for e in &mut n.edges {
                 if version.is_compatible_with(&e.version) {
@@ -247,26 +316,29 @@ impl SharedBuffer {
     }
 
     /// Records that `var` took `event` after `prev` (in the run of `version`).
-    pub fn put(&mut self, var: VarId, event: EventId, prev: Option<NodeId>, version: &Dewey) -> NodeId {
+    pub fn put(&mut self, var: VarId, event: EventId, prev: Option<NodeRef>, version: &Dewey) -> NodeRef {
         if let Some(p) = prev {
             self.lock_node(p, version);
         }
         let id = NodeId { event, var };
-        let (node, new) = self.nodes.get_or_insert_with(id, Node::default);
-        node.edges.push(Edge { target: prev, version: version.clone(), refs: 0 });
-        if new {
-            if let Some(e) = self.events.get_mut(&event) {
-                e.0 = e.0.wrapping_add(1);
+        let edge = Edge { target: prev, version: version.clone(), refs: 0 };
+        if let Some(r) = self.find(id) {
+            if let Some(n) = self.node_mut(r) {
+                n.edges.push(edge);
+                return r;
             }
         }
-        id
+        if let Some(e) = self.events.get_mut(&event) {
+            e.0 = e.0.wrapping_add(1);
+        }
+        self.insert_node(id, smallvec::smallvec![edge], 0)
     }
 
-    pub fn release_node(&mut self, node: NodeId, version: &Dewey) {
+    pub fn release_node(&mut self, node: NodeRef, version: &Dewey) {
         // Mostly one chain: the stack stays inline.
-        let mut stack: smallvec::SmallVec<[(NodeId, Dewey); 2]> = smallvec::smallvec![(node, version.clone())];
+        let mut stack: smallvec::SmallVec<[(NodeRef, Dewey); 2]> = smallvec::smallvec![(node, version.clone())];
         while let Some((cur, v)) = stack.pop() {
-            let Some(n) = self.nodes.get_mut(&cur) else { break };
+            let Some(n) = self.node_mut(cur) else { break };
             let mut i = 0;
             while i < n.edges.len() {
                 let e = &mut n.edges[i];
@@ -280,20 +352,21 @@ impl SharedBuffer {
                 i += 1;
             }
             if release(&mut n.refs) {
-                self.nodes.remove(&cur);
-                self.release_event(cur.event);
+                let event = n.id.event;
+                self.free_node(cur);
+                self.release_event(event);
             }
         }
     }
 
     /// Every path of `version` ending at `node`, earliest event first; the first path is the one
     /// that follows the last compatible edge at each node.
-    pub fn extract(&self, node: NodeId, version: &Dewey) -> Vec<EventPath> {
+    pub fn extract(&self, node: NodeRef, version: &Dewey) -> Vec<EventPath> {
         let mut out = Vec::new();
-        if !self.nodes.contains_key(&node) {
+        if self.node(node).is_none() {
             return out;
         }
-        let mut stack: Vec<(Option<NodeId>, Dewey, Vec<NodeId>)> = vec![(Some(node), version.clone(), Vec::new())];
+        let mut stack: Vec<(Option<NodeRef>, Dewey, Vec<NodeId>)> = vec![(Some(node), version.clone(), Vec::new())];
         while let Some((entry, v, mut path)) = stack.pop() {
             match entry {
                 None => {
@@ -306,9 +379,9 @@ impl SharedBuffer {
                     }
                     out.push(m);
                 }
-                Some(id) => {
-                    path.push(id);
-                    if let Some(n) = self.nodes.get(&id) {
+                Some(r) => {
+                    if let Some(n) = self.node(r) {
+                        path.push(n.id);
                         for e in &n.edges {
                             if v.is_compatible_with(&e.version) {
                                 stack.push((e.target, e.version.clone(), path.clone()));
@@ -323,19 +396,19 @@ impl SharedBuffer {
 
     /// The first path `extract` would return (the last compatible edge at every node), pushed
     /// newest first into `out`, without building the others.
-    pub fn first_path(&self, node: NodeId, version: &Dewey, out: &mut Vec<NodeId>) {
+    pub fn first_path(&self, node: NodeRef, version: &Dewey, out: &mut Vec<NodeId>) {
         let mut cur = Some(node);
-        let mut v = version.clone();
-        while let Some(id) = cur {
-            let Some(n) = self.nodes.get(&id) else {
+        let mut v = version;
+        while let Some(r) = cur {
+            let Some(n) = self.node(r) else {
                 out.clear();
                 return;
             };
-            out.push(id);
+            out.push(n.id);
             match n.edges.iter().rev().find(|e| v.is_compatible_with(&e.version)) {
                 Some(e) => {
                     cur = e.target;
-                    v = e.version.clone();
+                    v = &e.version;
                 }
                 None => {
                     // A dead end: `extract` finds no path through it.

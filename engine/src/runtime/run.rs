@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use super::buffer::{EventId, EventPath, NodeId, SharedBuffer};
+use super::buffer::{EventId, EventPath, NodeId, NodeRef, SharedBuffer};
 use super::dewey::Dewey;
 use super::pq::JavaPq;
 use crate::expr::{AggFunc, ConditionCache, Fold, MatchView};
@@ -21,7 +21,7 @@ pub struct Partial {
     pub state: StateId,
     pub version: Dewey,
     /// Node of the last taken event; `None` for the fresh start state.
-    pub prev: Option<NodeId>,
+    pub prev: Option<NodeRef>,
     pub start_ts: i64,
     pub prev_ts: i64,
     pub start_id: Option<EventId>,
@@ -51,7 +51,7 @@ fn take_regs(reads: &[Read], regs: &Option<Arc<[Fold]>>, var: VarId, event: &Eve
 }
 
 /// The registers of a partial match whose last taken event is `prev`, rebuilt from its path.
-fn regs_from_path(nfa: &Nfa, buffer: &SharedBuffer, prev: Option<NodeId>, version: &Dewey) -> Option<Arc<[Fold]>> {
+fn regs_from_path(nfa: &Nfa, buffer: &SharedBuffer, prev: Option<NodeRef>, version: &Dewey) -> Option<Arc<[Fold]>> {
     let (Some(prev), false) = (prev, nfa.reads.is_empty()) else { return None };
     let mut nodes = Vec::new();
     buffer.first_path(prev, version, &mut nodes);
@@ -513,7 +513,7 @@ fn next_states(
                 let next = current.add_stage();
                 take_to_visit = take_to_visit.saturating_sub(1);
                 let var = nfa.state(src).var.unwrap_or(VarId(0));
-                if p.prev.is_none_or(|n| n.var != var) {
+                if p.prev.is_none_or(|n| n.var() != var) {
                     if let Some(r) = reached.get_mut(var.index()).filter(|_| !nfa.vars[var.index()].negated) {
                         *r += 1;
                     }

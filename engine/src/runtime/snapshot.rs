@@ -66,7 +66,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::buffer::{Edge, Edges, EventId, Node, NodeId, SharedBuffer};
+use super::buffer::{Edge, Edges, EventId, Node, NodeId, NodeRef, SharedBuffer};
 use super::dewey::Dewey;
 use super::operator::{Key, WindowTimers};
 use super::run::{Partial, RunState};
@@ -247,8 +247,8 @@ pub(super) fn encode(
     let buffer = &run.buffer;
     let mut events: Vec<(&EventId, &(i32, Arc<Event>))> = buffer.events.iter().collect();
     events.sort_unstable_by_key(|(id, _)| **id);
-    let mut nodes: Vec<(&NodeId, &Node)> = buffer.nodes.iter().collect();
-    nodes.sort_unstable_by_key(|(id, _)| (id.event, id.var));
+    let mut nodes: Vec<(NodeRef, &Node)> = buffer.nodes().collect();
+    nodes.sort_unstable_by_key(|(_, n)| n.id);
     let base = [queue.keys().next().copied(), events.first().map(|(id, _)| id.ts), windows.clone().next()]
         .into_iter()
         .flatten()
@@ -314,9 +314,10 @@ pub(super) fn encode(
         event_pos.insert(**id, pos as u32);
     }
     put_v(out, nodes.len() as u64);
-    let node_pos: HashMap<NodeId, u32> = nodes.iter().enumerate().map(|(i, (id, _))| (**id, i as u32)).collect();
+    let node_pos: HashMap<NodeRef, u32> = nodes.iter().enumerate().map(|(i, (r, _))| (*r, i as u32)).collect();
     let mut prev_event = 0u32;
-    for (id, node) in &nodes {
+    for (_, node) in &nodes {
+        let id = node.id;
         // A node's event is in the buffer (the node holds a reference to it). In a state that
         // breaks this (only a corrupted one can), index 0 or a backward step fails decoding.
         let e = event_pos.get(&id.event).copied().unwrap_or(0);
@@ -413,7 +414,7 @@ pub(super) fn put_value<'a>(
     }
 }
 
-fn put_partial(out: &mut Vec<u8>, p: &Partial, base: i64, node_pos: &HashMap<NodeId, u32>) {
+fn put_partial(out: &mut Vec<u8>, p: &Partial, base: i64, node_pos: &HashMap<NodeRef, u32>) {
     let prev = p.prev.and_then(|n| node_pos.get(&n));
     put_partial_with(out, p, base, prev.is_some(), |out| {
         if let Some(&i) = prev {
@@ -654,7 +655,7 @@ pub(super) fn read_values(
     Ok(fields.into_boxed_slice())
 }
 
-fn read_partial(r: &mut Reader<'_>, nfa: &Nfa, base: i64, nodes: &[NodeId]) -> Result<Partial> {
+fn read_partial(r: &mut Reader<'_>, nfa: &Nfa, base: i64, nodes: &[NodeRef]) -> Result<Partial> {
     let (mut p, prev) = read_partial_with(r, nfa, base, |r| Ok(nodes[r.index(nodes.len(), "no such node")?]))?;
     p.prev = prev;
     Ok(p)
@@ -798,7 +799,8 @@ pub(super) fn decode(nfa: &Nfa, bytes: &[u8]) -> Result<Decoded> {
         ids.push(id);
     }
     let n = r.count(4)?;
-    let mut nodes: Vec<NodeId> = Vec::with_capacity(n);
+    let mut nodes: Vec<NodeRef> = Vec::with_capacity(n);
+    let mut node_ids: Vec<NodeId> = Vec::with_capacity(n);
     let mut event_pos = 0usize;
     for _ in 0..n {
         let at = r.pos;
@@ -810,7 +812,7 @@ pub(super) fn decode(nfa: &Nfa, bytes: &[u8]) -> Result<Decoded> {
             .ok_or(SnapshotError::Invalid { offset: at, reason: "no such buffer event" })?;
         let var = VarId(r.index(nfa.vars.len(), "no such variable")? as u16);
         let id = NodeId { event: ids[event_pos], var };
-        if nodes.last().is_some_and(|last| (last.event, last.var) >= (id.event, id.var)) {
+        if node_ids.last().is_some_and(|last| (last.event, last.var) >= (id.event, id.var)) {
             return Err(SnapshotError::Invalid { offset: at, reason: "buffer nodes out of order" });
         }
         let refs = r.i32("reference count out of range")?;
@@ -821,19 +823,18 @@ pub(super) fn decode(nfa: &Nfa, bytes: &[u8]) -> Result<Decoded> {
             let target = match r.index(nodes.len() + 1, "no such node")? {
                 0 => None,
                 i => {
-                    let t = nodes[i - 1];
                     // Edges lead to earlier events: the graph has no cycle.
-                    if t.event >= id.event {
+                    if node_ids[i - 1].event >= id.event {
                         return Err(SnapshotError::Invalid { offset: at, reason: "an edge to a later event" });
                     }
-                    Some(t)
+                    Some(nodes[i - 1])
                 }
             };
             let version = read_dewey(&mut r)?;
             edges.push(Edge { target, version, refs: r.i32("reference count out of range")? });
         }
-        buffer.nodes.insert(id, Node { edges, refs });
-        nodes.push(id);
+        nodes.push(buffer.insert_node(id, edges, refs));
+        node_ids.push(id);
     }
 
     // The partial matches and the completed ones.

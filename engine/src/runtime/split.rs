@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::buffer::{Edge, Edges, EventId, Node, NodeId, SharedBuffer};
+use super::buffer::{Edge, Edges, EventId, NodeId, SharedBuffer};
 use super::operator::WindowTimers;
 use super::run::{Partial, RunState};
 use super::snapshot::{
@@ -198,13 +198,13 @@ pub(super) fn encode(
     for q in [partial, completed] {
         put_v(head, q.len() as u64);
         for p in q {
-            put_partial(head, p, base, &events);
+            put_partial(head, p, base, buffer, &events);
         }
     }
 
     // The event records that changed.
-    let mut nodes: Vec<(&NodeId, &Node)> = buffer.nodes.iter().collect();
-    nodes.sort_unstable_by_key(|(id, _)| (id.event, id.var));
+    let mut nodes: Vec<_> = buffer.nodes().map(|(_, n)| n).collect();
+    nodes.sort_unstable_by_key(|n| n.id);
     let mut nodes = nodes.into_iter().peekable();
     let mut old = std::mem::take(&mut stored.events);
     let mut bytes = Vec::new();
@@ -213,11 +213,11 @@ pub(super) fn encode(
         put_z(&mut bytes, i64::from(*refs));
         put_v(&mut bytes, u64::from(payload));
         let mut mine = Vec::new();
-        while let Some((n, node)) = nodes.next_if(|(n, _)| n.event <= **id) {
+        while let Some(node) = nodes.next_if(|n| n.id.event <= **id) {
             // A node of an event not in the buffer (only a corrupted state has one) is not kept,
             // as format 1 does not keep it.
-            if n.event == **id {
-                mine.push((n.var, node));
+            if node.id.event == **id {
+                mine.push((node.id.var, node));
             }
         }
         put_v(&mut bytes, mine.len() as u64);
@@ -227,7 +227,7 @@ pub(super) fn encode(
             put_v(&mut bytes, node.edges.len() as u64);
             for edge in &node.edges {
                 // An edge to a node that is gone leads nowhere (format 1 writes it so too).
-                match edge.target.filter(|t| buffer.nodes.contains_key(t)) {
+                match edge.target.and_then(|t| buffer.node_id(t)) {
                     None => bytes.push(0),
                     Some(t) => {
                         bytes.push(1);
@@ -250,8 +250,17 @@ pub(super) fn encode(
     out.gone.sort_unstable();
 }
 
-fn put_partial(out: &mut Vec<u8>, p: &Partial, base: i64, events: &[(&EventId, &(i32, Arc<Event>))]) {
-    let prev = p.prev.and_then(|n| events.binary_search_by_key(&n.event, |(id, _)| **id).ok().map(|i| (i, n.var)));
+fn put_partial(
+    out: &mut Vec<u8>,
+    p: &Partial,
+    base: i64,
+    buffer: &SharedBuffer,
+    events: &[(&EventId, &(i32, Arc<Event>))],
+) {
+    let prev = p
+        .prev
+        .and_then(|r| buffer.node_id(r))
+        .and_then(|n| events.binary_search_by_key(&n.event, |(id, _)| **id).ok().map(|i| (i, n.var)));
     put_partial_with(out, p, base, prev.is_some(), |out| {
         if let Some((i, var)) = prev {
             put_v(out, i as u64);
@@ -414,6 +423,9 @@ pub(super) fn decode(nfa: &Nfa, head: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> 
         buffer.counts.insert(t, next);
     }
     let mut stored_events = HashMap::with_capacity_and_hasher(h.buffer.len(), Default::default());
+    // Edges lead to earlier events, read before: an edge whose node is not stored by then is not
+    // stored at all (reported once every record has been read).
+    let mut dangling = false;
     for (&id, (k, bytes)) in h.buffer.iter().zip(event_records) {
         if *k != event_sub_key(id) {
             return Err(invalid("the stored events are not the buffer's"));
@@ -446,19 +458,21 @@ pub(super) fn decode(nfa: &Nfa, head: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> 
                         if event >= id {
                             return Err(SnapshotError::Invalid { offset: at, reason: "an edge to a later event" });
                         }
-                        Some(NodeId { event, var })
+                        let target = buffer.find(NodeId { event, var });
+                        dangling |= target.is_none();
+                        target
                     }
                     _ => return Err(SnapshotError::Invalid { offset: at, reason: "unknown edge kind" }),
                 };
                 let version = read_dewey(&mut r)?;
                 edges.push(Edge { target, version, refs: r.i32("reference count out of range")? });
             }
-            buffer.nodes.insert(NodeId { event: id, var }, Node { edges, refs });
+            buffer.insert_node(NodeId { event: id, var }, edges, refs);
         }
         r.finish()?;
         stored_events.insert(id, bytes.as_slice().into());
     }
-    if buffer.nodes.values().flat_map(|n| &n.edges).any(|e| e.target.is_some_and(|t| !buffer.nodes.contains_key(&t))) {
+    if dangling {
         return Err(invalid("an edge to a node that is not stored"));
     }
     if events.iter().any(Option::is_none) {
@@ -469,11 +483,11 @@ pub(super) fn decode(nfa: &Nfa, head: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> 
         q.into_iter()
             .map(|(mut p, prev)| {
                 if let Some((i, var)) = prev {
-                    let node = NodeId { event: h.buffer[i], var };
-                    if !buffer.nodes.contains_key(&node) {
+                    let node = buffer.find(NodeId { event: h.buffer[i], var });
+                    if node.is_none() {
                         return Err(invalid("a partial match at a node that is not stored"));
                     }
-                    p.prev = Some(node);
+                    p.prev = node;
                 }
                 Ok(p)
             })
