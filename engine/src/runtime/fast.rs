@@ -497,6 +497,30 @@ impl Run {
         }
     }
 
+    /// [`RunState::step_gated`] with `starts` false: the event starts no partial match. A fast
+    /// run goes to the exact runtime first (the fast tier always starts one where it can).
+    pub(super) fn step_without_start(
+        &mut self,
+        nfa: &Nfa,
+        event: Arc<Event>,
+        ts: i64,
+        reached: &mut [u64],
+        skip_unchanged: bool,
+    ) -> Vec<Match> {
+        self.make_exact(nfa);
+        match self {
+            Run::Exact(r) => r.step_gated(nfa, event, ts, reached, skip_unchanged, false),
+            Run::Fast(_) => Vec::new(),
+        }
+    }
+
+    /// The run on the exact runtime (a fast one replayed there).
+    pub(super) fn make_exact(&mut self, nfa: &Nfa) {
+        if let Run::Fast(r) = self {
+            *self = Run::Exact(r.to_exact(nfa));
+        }
+    }
+
     /// [`RunState::advance_time`] on either tier.
     pub(super) fn advance_time(
         &mut self,

@@ -277,6 +277,18 @@ pub fn due_in_set(
     None
 }
 
+/// How an operator runs while its pattern version is being replaced ([`Operator::drain`]): it
+/// finishes the partial matches it holds, and the events read after the switch start none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Drain {
+    /// Events whose `seq` is at or after this one were read after the switch: they extend the
+    /// partial matches held, and start none. (The caller's `seq`s grow in reading order.)
+    pub from_seq: u64,
+    /// The newest event time read before the switch. Until the watermark reaches it, events
+    /// read before the switch may still be buffered, and may start partial matches.
+    pub horizon: i64,
+}
+
 /// Timers read from the backing per step of [`Operator::advance_watermark`].
 const DUE_CHUNK: usize = 4096;
 
@@ -322,6 +334,8 @@ pub struct Operator {
     /// The pattern as the fast tier runs it, if it is a chain and the tier is on.
     chain: Option<Chain>,
     tiers: TierCounts,
+    /// Set while the pattern version is being replaced.
+    drain: Option<Drain>,
 }
 
 impl Operator {
@@ -350,6 +364,7 @@ impl Operator {
             start_cache,
             chain,
             tiers: TierCounts::default(),
+            drain: None,
         }
     }
 
@@ -368,6 +383,41 @@ impl Operator {
         self.keys = keys;
         self.partials = partials;
         self.track_changes = true;
+    }
+
+    /// Starts finishing what the operator holds, because its pattern version is replaced (the
+    /// service's policy for partial matches in flight, see `docs/service.md`): events read from
+    /// now on (`seq` at or after `drain.from_seq`) extend the partial matches held but start
+    /// none, and a key that holds none no longer takes events once the watermark reaches
+    /// `drain.horizon`. Matches and timeouts are reported as before. Once
+    /// [`Operator::drained`], the operator holds nothing. Runs on the fast tier go to the exact
+    /// runtime.
+    pub fn drain(&mut self, drain: Drain) {
+        self.drain = Some(drain);
+        self.chain = None;
+        for s in self.store.values_mut() {
+            if let Some(run) = s.run.as_deref_mut() {
+                run.make_exact(&self.nfa);
+            }
+        }
+    }
+
+    /// Ends a drain: the pattern version is live again (a rollback to it) and starts partial
+    /// matches from every event, with what it still holds.
+    pub fn resume(&mut self) {
+        self.drain = None;
+        self.chain = self.config.fast_chain(&self.nfa);
+    }
+
+    /// The drain the operator is in, if its pattern version is being replaced.
+    pub fn draining(&self) -> Option<Drain> {
+        self.drain
+    }
+
+    /// A draining operator that holds nothing any more (no key holds a partial match or an
+    /// event): it can go.
+    pub fn drained(&self) -> bool {
+        self.drain.is_some() && self.keys == 0
     }
 
     pub fn nfa(&self) -> &Arc<Nfa> {
@@ -519,6 +569,13 @@ impl Operator {
             return;
         }
         self.fetch(&key);
+        if let Some(d) = self.drain {
+            // Draining: only keys that may still hold a partial match take events.
+            let wm = self.watermark;
+            if !self.store.get(&key).is_some_and(|s| s.run.is_some() || wm < d.horizon) {
+                return;
+            }
+        }
         let ts = event.ts;
         self.tick += 1;
         let tick = self.tick;
@@ -589,6 +646,7 @@ impl Operator {
         let (tie_break, budget) = (self.config.tie_break, self.config.max_partial_matches_per_key);
         let emit_timeouts = self.config.timeouts;
         let exact_steps = self.config.exact_steps;
+        let drain = self.drain;
         self.tick += 1;
         let tick = self.tick;
         let Some(state) = self.store.get_mut(&key) else {
@@ -635,8 +693,10 @@ impl Operator {
                 batch.sort_by(|a, b| a.field(f).compare(b.field(f)).unwrap_or(std::cmp::Ordering::Equal));
             }
             for e in batch {
+                let starts = drain.is_none_or(|d| e.seq < d.from_seq);
                 let run = match state.run.as_mut() {
                     Some(run) => run,
+                    None if !starts => continue,
                     // The fresh start state stays as it is for an event that starts nothing:
                     // its step would change nothing (see `RunState::step`).
                     None if !exact_steps && run::starts_nothing(nfa, &e, start_cache) => continue,
@@ -645,7 +705,11 @@ impl Operator {
                         state.run.insert(Box::new(Run::new(nfa, chain)))
                     }
                 };
-                let mut matches = run.step(nfa, chain, e, ts, reached, !exact_steps, start_cache);
+                let mut matches = if starts {
+                    run.step(nfa, chain, e, ts, reached, !exact_steps, start_cache)
+                } else {
+                    run.step_without_start(nfa, e, ts, reached, !exact_steps)
+                };
                 if run.take_new_start() && window > 0 {
                     new_timers.push(ts.saturating_add(window));
                 }
@@ -667,6 +731,17 @@ impl Operator {
         // dropped: it then starts afresh too).
         if state.run.as_deref().is_some_and(Run::is_idle) {
             state.run = None;
+        }
+        if drain.is_some_and(|d| wm >= d.horizon) && state.run.is_none() && !state.queue.is_empty() {
+            // Draining, and every event read before the switch is processed: what the key
+            // still buffers can start nothing.
+            for &t in state.queue.keys() {
+                // (A window timer at the same time stays: it is the same entry.)
+                if state.windows.binary_search(&t).is_err() {
+                    self.timers.remove(&(t, key.clone()));
+                }
+            }
+            state.queue = Queue::new();
         }
         let idle = state.queue.is_empty() && state.run.is_none();
         for t in new_timers {
@@ -986,6 +1061,79 @@ mod tests {
 
     fn ev(seq: u64, ts: i64, key: &str, x: i64) -> Arc<Event> {
         Arc::new(Event { seq, ts, kind: TypeId(0), fields: vec![Value::str(key), Value::Int(x)].into() })
+    }
+
+    /// The seqs of each match in `out`, by key.
+    fn matched(out: &[Output]) -> Vec<(String, Vec<u64>)> {
+        let mut m: Vec<(String, Vec<u64>)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Match { key, events, .. } => {
+                    Some((key.to_string(), events.iter().flat_map(|(_, l)| l.iter().map(|e| e.seq)).collect()))
+                }
+                _ => None,
+            })
+            .collect();
+        m.sort();
+        m
+    }
+
+    #[test]
+    fn a_draining_operator_finishes_what_it_holds_and_starts_nothing_from_later_events() {
+        let mut op = Operator::new(nfa(), Config::default());
+        let k = |s: &str| Key::Str(Text::new(s));
+        let mut out = Vec::new();
+        // Before the switch: k1 starts at 100 (processed), k2's `a` at 103 is still buffered.
+        op.process(k("k1"), ev(1, 100, "k1", 1), &mut out);
+        op.process(k("k2"), ev(3, 103, "k2", 1), &mut out);
+        op.advance_watermark(101, &mut out);
+        assert_eq!((op.active_partial_matches(), op.buffered_events(&k("k2"))), (1, 1));
+        // The switch: records from seq 10 on are read after it; the newest event time was 103.
+        op.drain(Drain { from_seq: 10, horizon: 103 });
+        assert!(!op.drained());
+        // After it: an `a` of k1 starts nothing; a `b` completes k1's partial match.
+        op.process(k("k1"), ev(10, 104, "k1", 1), &mut out);
+        op.process(k("k1"), ev(11, 105, "k1", 2), &mut out);
+        // k2's buffered `a` (read before the switch) still starts one, which a later `b` completes.
+        op.process(k("k2"), ev(12, 106, "k2", 2), &mut out);
+        // A key that held nothing: not taken at all.
+        op.process(k("k3"), ev(13, 104, "k3", 1), &mut out);
+        op.process(k("k3"), ev(14, 105, "k3", 2), &mut out);
+        assert_eq!(op.buffered_events(&k("k3")), 0);
+        op.advance_watermark(110, &mut out);
+        assert_eq!(matched(&out), vec![("k1".to_owned(), vec![1, 11]), ("k2".to_owned(), vec![3, 12])]);
+        assert!(op.drained(), "nothing is held any more: {} keys", op.active_keys());
+        // Once the watermark passed the horizon, a key holding no partial match takes nothing.
+        op.process(k("k1"), ev(15, 111, "k1", 1), &mut out);
+        assert_eq!(op.buffered_events(&k("k1")), 0);
+
+        // Resumed (a rollback to this version), it starts partial matches again.
+        op.resume();
+        out.clear();
+        op.process(k("k1"), ev(16, 112, "k1", 1), &mut out);
+        op.process(k("k1"), ev(17, 113, "k1", 2), &mut out);
+        op.advance_watermark(120, &mut out);
+        assert_eq!(matched(&out), vec![("k1".to_owned(), vec![16, 17])]);
+    }
+
+    #[test]
+    fn a_draining_key_drops_what_it_buffers_once_nothing_read_before_the_switch_is_left() {
+        let mut op = Operator::new(nfa(), Config::default());
+        let k1 = Key::Str(Text::new("k1"));
+        let mut out = Vec::new();
+        // k1 holds a partial match and an event from before the switch (an `x = 5`: no `a`).
+        op.process(k1.clone(), ev(1, 100, "k1", 1), &mut out);
+        op.process(k1.clone(), ev(2, 104, "k1", 5), &mut out);
+        op.advance_watermark(101, &mut out);
+        op.drain(Drain { from_seq: 10, horizon: 104 });
+        // The partial match times out of its 10 ms at 111; k1 keeps receiving `a`s after it.
+        for (i, ts) in (105..=130).step_by(5).enumerate() {
+            op.process(k1.clone(), ev(10 + i as u64, ts, "k1", 1), &mut out);
+            op.advance_watermark(ts - 1, &mut out);
+        }
+        assert!(matched(&out).is_empty(), "{out:?}");
+        assert_eq!(op.active_partial_matches(), 0);
+        assert!(op.drained(), "k1 went, although it kept receiving events: {} keys", op.active_keys());
     }
 
     #[test]

@@ -286,6 +286,8 @@ struct Incoming {
     registers: bool,
     /// Results of the conditions that do not depend on the partial match, for this event.
     cache: ConditionCache,
+    /// Whether the event may start a partial match (see [`RunState::step_gated`]).
+    starts: bool,
 }
 
 impl Incoming {
@@ -480,12 +482,17 @@ fn next_states(
     out: &mut Vec<Partial>,
     reached: &mut [u64],
 ) {
+    let is_start = p.state == nfa.start;
+    if is_start && p.start_id.is_none() && !ev.starts {
+        // The fresh start state takes nothing from an event that may start nothing.
+        out.push(p.clone());
+        return;
+    }
     let reads = ev.registers.then_some(&nfa.reads[..]);
     let og = {
         let ctx = Ctx::new(buffer, p, reads);
         decision_graph(nfa, p, &ev.event, &ctx, &mut ev.cache)
     };
-    let is_start = p.state == nfa.start;
     let (takes, ignores) = (og.takes, og.ignores);
     let mut take_to_visit = takes.saturating_sub(1);
     let mut ignore_to_visit = ignores;
@@ -574,6 +581,21 @@ impl RunState {
         reached: &mut [u64],
         skip_unchanged: bool,
     ) -> Vec<Match> {
+        self.step_gated(nfa, event, ts, reached, skip_unchanged, true)
+    }
+
+    /// [`RunState::step`]; with `starts` false, the event starts no partial match (the fresh
+    /// start state stays as it is) while the started ones go on as usual: how a pattern version
+    /// that is being replaced finishes the partial matches it holds (the operator's drain).
+    pub fn step_gated(
+        &mut self,
+        nfa: &Nfa,
+        event: Arc<Event>,
+        ts: i64,
+        reached: &mut [u64],
+        skip_unchanged: bool,
+        starts: bool,
+    ) -> Vec<Match> {
         let mut cache = self.cond_cache.take().unwrap_or_else(|| ConditionCache::new(&nfa.conditions));
         cache.reset();
         let mut stay = std::mem::take(&mut self.stay);
@@ -590,6 +612,9 @@ impl RunState {
                 if p.state == nfa.start && p.start_id.is_some() {
                     return false;
                 }
+                if p.state == nfa.start && !starts {
+                    return true;
+                }
                 let s = &mut stay[p.state.index()];
                 if *s == UNKNOWN {
                     *s = match stays(nfa, p.state, &event, &mut cache) {
@@ -605,7 +630,7 @@ impl RunState {
             self.cond_cache = Some(cache);
             return Vec::new();
         }
-        let mut ev = Incoming { event, ts, id: None, cache, registers: skip_unchanged };
+        let mut ev = Incoming { event, ts, id: None, cache, registers: skip_unchanged, starts };
         let mut new_partial = JavaPq::reusing(std::mem::take(&mut self.spare));
         let mut potential = JavaPq::new();
         let mut current = std::mem::take(&mut self.partial).into_vec();
