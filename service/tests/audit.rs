@@ -9,7 +9,9 @@
 //! - `tripline explain` names the matched records of a committed alert and the steps they took,
 //!   and traces its key;
 //! - after a reload activates a changed pattern, replaying the recorded new set (from where it
-//!   took effect, with the watermark it had then) gives exactly the changed pattern's alerts;
+//!   took effect, with the watermark it had then) gives exactly the changed pattern's alerts,
+//!   and `--as-recorded` (every recorded set, switched where the service switched it) gives
+//!   everything the service committed before and after the reload;
 //! - bad ranges, an unknown topic and an unreachable broker each end with one clear error.
 
 mod common;
@@ -294,6 +296,13 @@ fn replays_reproduce_the_service_compare_versions_and_explain_alerts() {
     assert_eq!(run(&env, &args).status.code(), Some(0));
     let whole = of_new(&lines_of(&dir.join("whole.jsonl")));
     assert!(whole.len() > committed_new.len(), "{} vs {}", whole.len(), committed_new.len());
+    // Every recorded set, switched where the service switched it: all the service committed,
+    // before and after the reload, byte for byte.
+    let out = run(&env, &["replay", "--config", &c, "--as-recorded", "--output", "as-ran.jsonl"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert_eq!(sorted(&lines_of(&dir.join("as-ran.jsonl"))), sorted(&after), "replay across the reload = the service");
 
     // Bad arguments: one clear message each, exit 2, no hang.
     fails(&env, &["replay", "--config", &c, "--from", "2100-01-01", "--output", "x.jsonl"], "no records to replay");

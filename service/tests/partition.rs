@@ -6,7 +6,10 @@
 //!   any point, with its keys dropped from memory and read back from the store, and restored
 //!   into a fresh one ([`Partition::open`], [`Partition::index`]) emits the same bytes as one
 //!   that ran straight through: what makes the service exactly once across crashes;
-//! - late events are refused and counted, never fed.
+//! - late events are refused and counted, never fed;
+//! - a switch to another pattern set mid-stream follows the in-flight policy (the replaced
+//!   version finishes its partial matches, every record starts matches in exactly one version,
+//!   none is lost), and a switched partition restored at any point goes on byte for byte.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,7 @@ use serde_json::Value;
 use tripline_service::core::changelog::{Changes, MemoryState};
 use tripline_service::core::config::Config;
 use tripline_service::core::partition::{Emit, Partition};
-use tripline_service::core::pattern_sets::compile_files;
+use tripline_service::core::pattern_sets::{compile_files, compile_sources};
 use tripline_service::core::plan::{admit, build_plans, StreamPlan};
 use tripline_service::io::files::read_records;
 
@@ -121,7 +124,7 @@ fn a_partition_restored_from_its_changelog_records_goes_on_byte_for_byte() {
         let mut store = Arc::new(MemoryState::default());
         let mut emitted = Vec::new();
         let mut part = Partition::new(plan.clone(), 0, OpConfig::default());
-        part.open(store.clone()).expect("an empty store opens");
+        part.open(store.clone(), &|_| None).expect("an empty store opens");
         for (i, e) in events.iter().enumerate() {
             feed(&mut part, &cfg, std::slice::from_ref(e), &mut emitted);
             part.next_offset = i as i64 + 1;
@@ -144,11 +147,11 @@ fn a_partition_restored_from_its_changelog_records_goes_on_byte_for_byte() {
                 if i % 2 == 0 {
                     // From the changelog, into a new store.
                     let records: Vec<(Vec<u8>, Vec<u8>)> = changelog.clone().into_iter().collect();
-                    let (local, summary) = fresh.index(&records).expect("indexes");
+                    let (local, summary) = fresh.index(&records, &|_| None).expect("indexes");
                     assert!(summary.meta && summary.stale == 0, "{name}: {summary:?}");
                     store = Arc::new(MemoryState(std::sync::Mutex::new(local.into_iter().collect())));
                 }
-                let summary = fresh.open(store.clone()).expect("opens");
+                let summary = fresh.open(store.clone(), &|_| None).expect("opens");
                 assert!(summary.meta && summary.stale == 0, "{name}: {summary:?}");
                 assert_eq!(fresh.next_offset, i as i64 + 1, "{name}: the position");
                 assert_eq!(fresh.watermark(), part.watermark(), "{name}: the watermark");
@@ -192,4 +195,223 @@ fn late_events_are_refused_counted_and_never_fed() {
     on_time.ts = wm + 1;
     assert!(part.process(on_time, &mut emit));
     assert_eq!(part.counts.processed, processed + 1);
+}
+
+/// The plan of `pattern`'s stream with that pattern alone, its source edited by `edit`.
+fn plan_edited(pattern: &str, edit: &dyn Fn(String) -> String) -> Arc<StreamPlan> {
+    let path = root().join("tripline.toml");
+    let cfg = Config::load(&path).expect("config");
+    let catalog = cfg.catalog(&path).expect("catalog");
+    let text = std::fs::read_to_string(root().join(format!("patterns/{pattern}.tl"))).expect("pattern");
+    let src = dsl::SourceFile::new(format!("{pattern}.tl"), edit(text));
+    let set = compile_sources(vec![src], 0, &catalog, &mut |d| panic!("{d}")).expect("compiles");
+    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas).expect("plans");
+    plans.into_values().next().expect("one stream")
+}
+
+/// Another version of the pattern: its declared version + 100 (another content hash).
+fn next_version(text: String) -> String {
+    let at = text.find("\n  version ").expect("a version line") + "\n  version ".len();
+    let end = at + text[at..].find('\n').expect("end of line");
+    let v: u32 = text[at..end].trim().parse().expect("a number");
+    format!("{}{}{}", &text[..at], v + 100, &text[end..])
+}
+
+/// (pattern version, key, matched offsets) of each alert line.
+fn matches(lines: &[String]) -> Vec<(u64, String, Vec<i64>)> {
+    let mut out: Vec<(u64, String, Vec<i64>)> = lines
+        .iter()
+        .map(|l| {
+            let a: Value = serde_json::from_str(l).expect("JSON");
+            let mut offsets: Vec<i64> = a["match"]
+                .as_object()
+                .expect("match")
+                .values()
+                .flat_map(|v| v.as_array().expect("offsets").iter().map(|o| o.as_i64().expect("offset")))
+                .collect();
+            offsets.sort_unstable();
+            (a["version"].as_u64().expect("version"), a["key"].as_str().expect("key").to_owned(), offsets)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A payment of the rapid_movement examples' shape.
+fn payment(
+    catalog: &dsl::Catalog,
+    account: &str,
+    direction: &str,
+    amount: f64,
+    to: &str,
+    ts: i64,
+    offset: u64,
+) -> engine::Event {
+    let value = serde_json::json!({
+        "payment_id": format!("PAY-{offset}"), "account_id": account, "customer_id": "CUS-1",
+        "counterparty_account_id": to, "counterparty_name": null, "counterparty_country": "DE",
+        "direction": direction, "amount": amount, "currency": "EUR", "channel": "TRANSFER", "country": "DE",
+        "branch_id": null, "reference": null, "event_time": ts,
+    });
+    dsl::json_event(&catalog.streams["payments"], Some("Payment"), &value, offset).expect("a payment")
+}
+
+/// The bug a switch had: the replaced version's operator was dropped with the events it still
+/// buffered ahead of the watermark, and the new version started at the watermark, so events
+/// read just before the switch reached neither. Now each is seen by exactly one version.
+#[test]
+fn events_read_just_before_a_switch_are_seen_by_exactly_one_version() {
+    let (cfg, catalog, old) = plan_of("rapid_movement");
+    let new = plan_edited("rapid_movement", &next_version);
+    let (v_old, v_new) = (old.patterns[0].meta.version as u64, new.patterns[0].meta.version as u64);
+    let t = 1_740_990_600_000;
+    let events = [
+        payment(&catalog, "ACC-A", "IN", 10_000.0, "SENDER", t, 0),
+        // Another account's small payment, a minute on: the watermark moves to t + 55 s - 1 ms.
+        payment(&catalog, "ACC-X", "OUT", 10.0, "SHOP", t + 60_000, 1),
+        // Read before the switch, but ahead of the watermark: buffered when the switch comes.
+        payment(&catalog, "ACC-B", "IN", 10_000.0, "SENDER", t + 58_000, 2),
+        // The switch is here, before offset 3.
+        payment(&catalog, "ACC-A", "OUT", 9_000.0, "MULE", t + 61_000, 3),
+        payment(&catalog, "ACC-B", "OUT", 9_000.0, "MULE", t + 62_000, 4),
+        payment(&catalog, "ACC-C", "IN", 10_000.0, "SENDER", t + 63_000, 5),
+        payment(&catalog, "ACC-C", "OUT", 9_000.0, "MULE", t + 64_000, 6),
+        payment(&catalog, "ACC-X", "OUT", 10.0, "SHOP", t + 3_600_000, 7),
+    ];
+    let mut emit = Vec::new();
+    let mut part = Partition::new(old.clone(), 0, OpConfig::default()).without_change_tracking();
+    feed(&mut part, &cfg, &events[..3], &mut emit);
+    assert!(part.is_late(t) && !part.is_late(t + 58_000), "ACC-B's credit is ahead of the watermark");
+    let mut part = part.with_plan(new.clone(), 3);
+    feed(&mut part, &cfg, &events[3..], &mut emit);
+    assert!(part.draining().all(|o| o.drained()), "the old version finished: it goes at the next commit");
+    let got = matches(&alert_lines(&emit));
+    assert_eq!(
+        got,
+        vec![
+            (v_old, "ACC-A".to_owned(), vec![0, 3]),
+            (v_old, "ACC-B".to_owned(), vec![2, 4]),
+            (v_new, "ACC-C".to_owned(), vec![5, 6]),
+        ],
+        "A and B began before the switch (the old version finishes them), C after it (the new version)"
+    );
+}
+
+/// A switch from each library pattern's version to another one halfway through its examples,
+/// and (in a second run) straight back: every record starts matches in exactly one version,
+/// the new version raises what it raises alone from the switch on, and a partition
+/// checkpointed, evicted and restored (from the store or the changelog) at every record emits
+/// what one that ran straight through does.
+#[test]
+fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
+    // Alerts of a replaced version completed after its switch: partial matches it finished.
+    let mut finished_after_switch = 0;
+    for name in library() {
+        let (cfg, catalog, a) = plan_of(&name);
+        let b = plan_edited(&name, &next_version);
+        let events = examples(&name, &catalog);
+        let k = events.len() / 2;
+        let resolve = |h: &str| a.patterns.iter().chain(&b.patterns).find(|n| n.meta.hash == h).cloned();
+        // (offset, plan) switches: A -> B at k; A -> B at k and back to A at k + 1.
+        let schedules: [Vec<(usize, &Arc<StreamPlan>)>; 2] = [vec![(k, &b)], vec![(k, &b), (k + 1, &a)]];
+        for (s, switches) in schedules.iter().enumerate() {
+            let run = |checkpoint: bool| -> Vec<Emit> {
+                let mut emitted = Vec::new();
+                let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+                let mut store = Arc::new(MemoryState::default());
+                let mut part = Partition::new(a.clone(), 0, OpConfig::default());
+                part.open(store.clone(), &resolve).expect("an empty store opens");
+                for (i, e) in events.iter().enumerate() {
+                    for (_, plan) in switches.iter().filter(|(at, _)| *at == i) {
+                        part = part.with_plan((*plan).clone(), i as i64);
+                    }
+                    feed(&mut part, &cfg, std::slice::from_ref(e), &mut emitted);
+                    part.next_offset = i as i64 + 1;
+                    let mut changes = Changes::default();
+                    part.take_changes(&mut changes);
+                    store.apply(&changes);
+                    for (key, v) in changes.records {
+                        match v {
+                            Some(v) => changelog.insert(key, v),
+                            None => changelog.remove(&key),
+                        };
+                    }
+                    if checkpoint && i % 2 == 1 {
+                        part.evict(0);
+                    }
+                    if checkpoint && i % 3 == 2 {
+                        let mut fresh = Partition::new(part.plan.clone(), 0, OpConfig::default());
+                        if i % 2 == 0 {
+                            let records: Vec<(Vec<u8>, Vec<u8>)> = changelog.clone().into_iter().collect();
+                            let (local, summary) = fresh.index(&records, &resolve).expect("indexes");
+                            assert_eq!(summary.stale, 0, "{name}");
+                            store = Arc::new(MemoryState(std::sync::Mutex::new(local.into_iter().collect())));
+                        }
+                        let summary = fresh.open(store.clone(), &resolve).expect("opens");
+                        assert_eq!(summary.stale, 0, "{name}");
+                        let held = |p: &Partition| {
+                            p.all_operators()
+                                .map(|o| {
+                                    (
+                                        o.nfa().meta.hash.clone(),
+                                        o.draining(),
+                                        o.active_keys(),
+                                        o.active_partial_matches(),
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                        };
+                        assert_eq!(held(&fresh), held(&part), "{name}: the operators, draining ones included");
+                        part = fresh;
+                    }
+                }
+                part.finish(&mut emitted);
+                assert!(part.take_store_error().is_none());
+                emitted
+            };
+            let straight = run(false);
+            assert_eq!(
+                run(true),
+                straight,
+                "{name} (schedule {s}): restored partitions emit what one straight run does"
+            );
+            // Which version raised what: a replaced version only finishes partial matches that
+            // began before it was replaced (offset below its switch).
+            let lines = alert_lines(&straight);
+            let (va, vb) = (a.patterns[0].meta.version as u64, b.patterns[0].meta.version as u64);
+            for (v, key, offsets) in matches(&lines) {
+                let first = offsets[0];
+                let ok = match (s, v) {
+                    (0, v) if v == va => first < k as i64,
+                    (0, _) => first >= k as i64,
+                    // B ran for one record: what it began there, A all else.
+                    (_, v) if v == vb => first == k as i64,
+                    _ => first != k as i64,
+                };
+                assert!(ok, "{name} (schedule {s}): version {v} raised {key} {offsets:?}");
+                if s == 0 && v == va && *offsets.last().unwrap_or(&0) >= k as i64 {
+                    finished_after_switch += 1;
+                }
+            }
+            if s == 0 {
+                // B raises exactly what it raises alone from the switch on (from the watermark).
+                let mut alone = Vec::new();
+                let mut before = Partition::new(a.clone(), 0, OpConfig::default()).without_change_tracking();
+                feed(&mut before, &cfg, &events[..k], &mut alone);
+                let mut only_b = Partition::new(b.clone(), 0, OpConfig::default()).without_change_tracking();
+                only_b.resume_at(before.watermark());
+                let mut alone = Vec::new();
+                for e in &events[k..] {
+                    if !only_b.is_late(e.ts) {
+                        feed(&mut only_b, &cfg, std::slice::from_ref(e), &mut alone);
+                    }
+                }
+                only_b.finish(&mut alone);
+                let from_b: Vec<String> =
+                    lines.iter().filter(|l| l.contains(&format!("\"version\":{vb},"))).cloned().collect();
+                assert_eq!(matches(&from_b), matches(&alert_lines(&alone)), "{name}: the new version's alerts");
+            }
+        }
+    }
+    assert!(finished_after_switch >= 3, "the examples exercise draining: {finished_after_switch}");
 }

@@ -71,7 +71,7 @@ impl Committed {
     /// A partition as the service rebuilds it from the store after an abort or a restart.
     fn reopen(&self, plan: &Arc<StreamPlan>) -> Partition {
         let mut part = Partition::new(plan.clone(), 0, OpConfig::default());
-        part.open(self.store.clone()).expect("opens");
+        part.open(self.store.clone(), &|_| None).expect("opens");
         part
     }
 
@@ -79,10 +79,10 @@ impl Committed {
     fn restore_elsewhere(&mut self, plan: &Arc<StreamPlan>) -> Partition {
         let mut part = Partition::new(plan.clone(), 0, OpConfig::default());
         let records: Vec<(Vec<u8>, Vec<u8>)> = self.changelog.clone().into_iter().collect();
-        let (local, summary) = part.index(&records).expect("indexes");
+        let (local, summary) = part.index(&records, &|_| None).expect("indexes");
         assert!(summary.meta, "{summary:?}");
         self.store = Arc::new(MemoryState(std::sync::Mutex::new(local.into_iter().collect())));
-        part.open(self.store.clone()).expect("opens");
+        part.open(self.store.clone(), &|_| None).expect("opens");
         part
     }
 }

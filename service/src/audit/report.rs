@@ -281,13 +281,14 @@ impl Report {
         self.events.processed = counts.processed;
         self.events.late = counts.late;
         self.events.partial_matches_dropped_by_budget = counts.dropped;
-        let mut per: BTreeMap<String, u64> = BTreeMap::new();
+        // Per pattern version (a replay across deploys runs several versions of a pattern).
+        let mut per: BTreeMap<(String, u64), u64> = BTreeMap::new();
         for l in lines {
-            let pattern = serde_json::from_str::<Json>(l)
+            let (pattern, version) = serde_json::from_str::<Json>(l)
                 .ok()
-                .and_then(|j| j["pattern"].as_str().map(str::to_owned))
+                .map(|j| (j["pattern"].as_str().unwrap_or_default().to_owned(), j["version"].as_u64().unwrap_or(0)))
                 .unwrap_or_default();
-            *per.entry(pattern).or_default() += 1;
+            *per.entry((pattern, version)).or_default() += 1;
         }
         self.alerts = Alerts {
             total: lines.len() as u64,
@@ -305,7 +306,7 @@ impl Report {
                     version: p.version,
                     severity: p.severity.clone(),
                     mode: p.mode.clone(),
-                    alerts: per.get(&p.name).copied().unwrap_or(0),
+                    alerts: per.get(&(p.name.clone(), u64::from(p.version))).copied().unwrap_or(0),
                 })
                 .collect(),
         };

@@ -17,6 +17,10 @@ pub struct Args {
     /// pattern sets topic: exactly the patterns that ran, from where they took effect.
     #[arg(long, value_name = "HASH")]
     pattern_set: Option<String>,
+    /// Every pattern set the service recorded, each switched in on each partition where the
+    /// service switched it (deploys and reloads included): what the service ran, over time.
+    #[arg(long, conflicts_with_all = ["patterns", "pattern_set", "input"])]
+    as_recorded: bool,
     /// Events from a file instead of Kafka: JSON lines ({"stream", "type", "value"}, as
     /// `tripline export` writes them) or an Avro object container file of one stream.
     #[arg(long, value_name = "FILE")]
@@ -60,7 +64,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<Status> {
     let replayed = crate::replay::run(&Replay {
-        patterns: choice(&a.patterns, &a.pattern_set).unwrap_or(Choice::Configured),
+        patterns: if a.as_recorded {
+            Choice::AsRecorded
+        } else {
+            choice(&a.patterns, &a.pattern_set).unwrap_or(Choice::Configured)
+        },
         compare: choice(&a.compare, &a.compare_set),
         input: a.input.as_deref(),
         stream: a.stream.as_deref(),

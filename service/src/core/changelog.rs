@@ -32,16 +32,19 @@
 //! `2 position:i64 newest event time:i64 consumed processed late dead-lettered alerts
 //! timeouts:u64 set:(u16 length, UTF-8) patterns:u16 (hash:16 bytes keys:u64 partial
 //! matches:u64)*`. It names the pattern set the partition ran and, per pattern, how many keys
-//! hold state (a restore from the local store reads no key). Format 1 (written before keys
-//! were stored out of memory: no set, no per-pattern counts, no timer records) is still read
-//! from the changelog; a local store in format 1 is restored from the changelog instead.
+//! hold state (a restore from the local store reads no key). Format 3 is format 2 followed by
+//! the pattern versions that are draining (replaced, finishing their partial matches; see
+//! `Partition::with_plan`): `draining:u16 (hash:16 bytes from seq:u64 horizon:i64)*`; their
+//! counts are in the list before. Format 1 (written before keys were stored out of memory: no
+//! set, no per-pattern counts, no timer records) is still read from the changelog; a local
+//! store in format 1 is restored from the changelog instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use engine::runtime::{snapshot_summary, Backing, Key, KeyRecords, Operator, SnapshotError};
+use engine::runtime::{snapshot_summary, Backing, Drain, Key, KeyRecords, Operator, SnapshotError};
 
-use super::partition::{Counts, Partition};
+use super::partition::{Counts, Draining, Partition, Resolve};
 use super::stored::Stored;
 pub use super::stored::{StateError, StoredState, INLINE_EVENTS};
 
@@ -365,6 +368,8 @@ struct Meta {
     set: String,
     /// Per pattern hash: keys and partial matches.
     patterns: Vec<(String, u64, u64)>,
+    /// The draining pattern versions (format 3).
+    draining: Vec<(String, Drain)>,
 }
 
 impl Partition {
@@ -372,11 +377,11 @@ impl Partition {
     /// holds its records in format 2: reads the meta record (position, counts, the keys per
     /// pattern) and nothing else; keys are read when they are needed. Fails on a meta record
     /// of another format (restore from the changelog then, [`Partition::index`]).
-    pub fn open(&mut self, raw: Arc<dyn StoredState>) -> Result<RestoreSummary, StateError> {
+    pub fn open(&mut self, raw: Arc<dyn StoredState>, resolve: Resolve<'_>) -> Result<RestoreSummary, StateError> {
         let mut summary = RestoreSummary::default();
         let meta = match raw.get(&self.meta_key())? {
             Some(v) => {
-                if v.first() != Some(&META_VERSION) {
+                if !is_current(&v) {
                     return Err(StateError::OldStore);
                 }
                 Some(decode_meta(&v)?)
@@ -385,17 +390,10 @@ impl Partition {
         };
         let stored = Stored { raw, chunked: Arc::default(), error: Arc::default() };
         let mut per_pattern: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut others = Vec::new();
         if let Some(meta) = meta {
             summary.meta = true;
-            self.next_offset = meta.next_offset;
-            self.max_ts = meta.max_ts;
-            self.counts = meta.counts;
-            if self.set.is_empty() {
-                self.set = meta.set;
-            }
-            for (hash, keys, partials) in meta.patterns {
-                per_pattern.insert(hash, (keys, partials));
-            }
+            others = self.take_meta(meta, &mut per_pattern);
         }
         let wm = self.watermark();
         for op in &mut self.operators {
@@ -404,9 +402,41 @@ impl Partition {
             attach(&stored, &self.plan.topic, self.partition, op, keys as usize, partials as usize);
             op.set_watermark(wm);
         }
-        summary.stale = per_pattern.values().filter(|(keys, _)| *keys > 0).count() as u64;
+        let held = others.iter().filter(|(_, keys, _, _)| *keys > 0).count() as u64;
+        for (mut op, keys, partials) in self.restore_draining(others, resolve) {
+            summary.keys += keys;
+            attach(&stored, &self.plan.topic, self.partition, &mut op, keys as usize, partials as usize);
+            self.draining.push(Draining::new(op));
+        }
+        summary.stale = held - self.draining.len() as u64;
         self.stored = Some(stored);
         Ok(summary)
+    }
+
+    /// Takes the position, counts and set of a decoded meta record; per pattern of the plan its
+    /// keys and partial matches go into `live`; returns the other stored versions (keys,
+    /// partial matches, and the drain of those that were draining).
+    fn take_meta(
+        &mut self,
+        meta: Meta,
+        live: &mut HashMap<String, (u64, u64)>,
+    ) -> Vec<(String, u64, u64, Option<Drain>)> {
+        self.next_offset = meta.next_offset;
+        self.max_ts = meta.max_ts;
+        self.counts = meta.counts;
+        if self.set.is_empty() {
+            self.set = meta.set;
+        }
+        let mut others = Vec::new();
+        for (hash, keys, partials) in meta.patterns {
+            if self.operators.iter().any(|o| o.nfa().meta.hash == hash) {
+                live.insert(hash, (keys, partials));
+            } else {
+                let drain = meta.draining.iter().find(|(h, _)| *h == hash).map(|(_, d)| *d);
+                others.push((hash, keys, partials, drain));
+            }
+        }
+        others
     }
 
     /// Checks a partition's records as read from the changelog (latest value per key, key
@@ -414,12 +444,26 @@ impl Partition {
     /// records with the meta record in format 2 (per-pattern counts, the set) and the timer
     /// records. Then [`Partition::open`] the store. Records of patterns that no longer run are
     /// kept as they are and counted as stale.
-    pub fn index(&mut self, records: &[(Vec<u8>, Vec<u8>)]) -> Result<(StateRecords, RestoreSummary), StateError> {
+    pub fn index(
+        &mut self,
+        records: &[(Vec<u8>, Vec<u8>)],
+        resolve: Resolve<'_>,
+    ) -> Result<(StateRecords, RestoreSummary), StateError> {
         let prefix = state_prefix(&self.plan.topic, self.partition);
         let mut summary = RestoreSummary::default();
         let mut out = Vec::with_capacity(records.len() * 2);
-        let mut counts: HashMap<&str, (u64, u64)> =
-            self.operators.iter().map(|o| (o.nfa().meta.hash.as_str(), (0, 0))).collect();
+        // The meta record first: it says which versions drain.
+        let meta_key = self.meta_key();
+        if let Ok(i) = records.binary_search_by(|(k, _)| k.as_slice().cmp(&meta_key)) {
+            let meta = decode_meta(&records[i].1)?;
+            let others = self.take_meta(meta, &mut HashMap::new());
+            summary.meta = true;
+            for (op, _, _) in self.restore_draining(others, resolve) {
+                self.draining.push(Draining::new(op));
+            }
+        }
+        let ops: Vec<&Operator> = self.all_operators().collect();
+        let mut counts: HashMap<&str, (u64, u64)> = ops.iter().map(|o| (o.nfa().meta.hash.as_str(), (0, 0))).collect();
         let mut stale: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
         let get = |k: &[u8]| -> Result<Option<Vec<u8>>, StateError> {
             Ok(records.binary_search_by(|(rk, _)| rk.as_slice().cmp(k)).ok().map(|i| records[i].1.clone()))
@@ -430,17 +474,7 @@ impl Partition {
                 return Err(StateError::OtherPartition);
             };
             match rest.split_first() {
-                Some((&KIND_META, [])) => {
-                    let meta = decode_meta(v)?;
-                    self.next_offset = meta.next_offset;
-                    self.max_ts = meta.max_ts;
-                    self.counts = meta.counts;
-                    if self.set.is_empty() {
-                        self.set = meta.set;
-                    }
-                    summary.meta = true;
-                    continue;
-                }
+                Some((&KIND_META, [])) => continue,
                 Some((&KIND_KEY, rest)) if rest.len() > HASH_LEN => {
                     let (hash, key) = rest.split_at(HASH_LEN);
                     out.push((k.clone(), v.clone()));
@@ -450,7 +484,7 @@ impl Partition {
                     if key.first() == Some(&TIMER) {
                         return Err(StateError::UnknownKind);
                     }
-                    let Some(op) = self.operators.iter().find(|o| o.nfa().meta.hash.as_bytes() == hash) else {
+                    let Some(op) = ops.iter().find(|o| o.nfa().meta.hash.as_bytes() == hash) else {
                         stale.insert(hash.to_vec());
                         continue;
                     };
@@ -479,17 +513,19 @@ impl Partition {
             }
         }
         summary.stale = stale.len() as u64;
-        let patterns: Vec<(String, u64, u64)> = self
-            .operators
+        let patterns: Vec<(String, u64, u64)> = ops
             .iter()
             .map(|o| {
                 let (keys, partials) = counts.get(o.nfa().meta.hash.as_str()).copied().unwrap_or_default();
                 (o.nfa().meta.hash.clone(), keys, partials)
             })
             .collect();
+        drop(ops);
         if summary.meta || !out.is_empty() {
-            out.push((self.meta_key(), self.encode_meta(&patterns)));
+            out.push((meta_key, self.encode_meta(&patterns)));
         }
+        // The draining versions are made again when the store is opened.
+        self.draining.clear();
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok((out, summary))
     }
@@ -501,71 +537,55 @@ impl Partition {
         let prefix = state_prefix(&self.plan.topic, self.partition);
         let chunked = self.stored.as_ref().map(|s| s.chunked.clone()).unwrap_or_default();
         let mut chunked = chunked.lock().unwrap_or_else(|p| p.into_inner());
-        let mut patterns = Vec::with_capacity(self.operators.len());
         self.commits += 1;
         let gc = self.commits % TIMER_GC_EVERY == 0;
-        for op in &mut self.operators {
-            let hash = op.nfa().meta.hash.clone();
-            let mut pattern_prefix = prefix.clone();
-            pattern_prefix.push(KIND_KEY);
-            pattern_prefix.extend_from_slice(hash.as_bytes());
-            let mut rec = KeyRecords::default();
-            for key in op.take_dirty() {
-                let held = op.take_key_records(&key, &mut rec);
-                let mut had = |sub: &[u8]| {
-                    if chunked.is_empty() {
-                        0
-                    } else {
-                        chunked.remove(&(hash.clone(), key.clone(), sub.to_vec())).unwrap_or(0)
-                    }
-                };
-                let mut big: Vec<(Vec<u8>, u32)> = Vec::new();
-                for sub in &rec.gone {
-                    let k = sub_key(&pattern_prefix, &key, sub);
-                    put_value(&mut out.records, k.clone(), None, true, had(sub), |i| sub_part(&k, i));
-                }
-                for (sub, bytes) in &rec.put {
-                    let k = sub_key(&pattern_prefix, &key, sub);
-                    let parts =
-                        put_value(&mut out.records, k.clone(), Some(bytes), true, had(sub), |i| sub_part(&k, i));
-                    if parts > 0 {
-                        big.push((sub.clone(), parts));
-                    }
-                }
-                let mut k = pattern_prefix.clone();
-                key.encode(&mut k);
-                let head = held.then_some(rec.head.as_slice());
-                let parts =
-                    put_value(&mut out.records, k, head, false, had(&[]), |i| part_key(&pattern_prefix, i, &key));
-                if parts > 0 {
-                    big.push((Vec::new(), parts));
-                }
-                for (sub, parts) in big {
-                    chunked.insert((hash.clone(), key.clone(), sub), parts);
-                }
-                if self.stored.is_some() {
-                    for t in op.key_timers(&key) {
-                        let mut tk = pattern_prefix.clone();
-                        tk.push(TIMER);
-                        tk.extend_from_slice(&time_bytes(t));
-                        key.encode(&mut tk);
-                        out.local.push((tk, Some(Vec::new())));
-                    }
-                }
-            }
-            // Timer records behind the watermark are never read again (they are only garbage):
-            // they go every `TIMER_GC_EVERY` commits, so that few range deletes pile up.
-            let wm = op.watermark();
-            if self.stored.is_some() && gc && wm > i64::MIN && wm < i64::MAX {
-                let mut from = pattern_prefix.clone();
-                from.push(TIMER);
-                let mut to = from.clone();
-                to.extend_from_slice(&time_bytes(wm + 1));
-                out.delete_ranges.push((from, to));
-            }
-            patterns.push((hash, op.active_keys() as u64, op.active_partial_matches() as u64));
+        let stored = self.stored.is_some();
+        for op in self.operators.iter_mut().chain(self.draining.iter_mut().map(|d| &mut d.op)) {
+            write_changes(op, &prefix, &mut chunked, stored, gc, out);
         }
+        // Versions done draining go (their keys' tombstones are written above), and with them
+        // what the local store holds of them (timer records).
+        for d in self.draining.iter().filter(|d| d.op.drained()) {
+            self.gone.push(d.op.nfa().meta.hash.clone());
+        }
+        self.draining.retain(|d| !d.op.drained());
+        let gone = std::mem::take(&mut self.gone);
+        if let Some(st) = &self.stored {
+            for hash in gone {
+                self.forget(st, &hash, out);
+            }
+        }
+        let patterns: Vec<(String, u64, u64)> = self
+            .all_operators()
+            .map(|op| (op.nfa().meta.hash.clone(), op.active_keys() as u64, op.active_partial_matches() as u64))
+            .collect();
         out.records.push((self.meta_key(), Some(self.encode_meta(&patterns))));
+    }
+
+    /// Deletes every record of pattern version `hash` (which no longer runs here): a tombstone
+    /// for each of its changelog records, stored or written in `out` (keys that hold only
+    /// timers are stored although they count as holding nothing), and the local range.
+    fn forget(&self, st: &Stored, hash: &str, out: &mut Changes) {
+        let from = pattern_prefix(&self.plan.topic, self.partition, hash);
+        // Up to the prefix of the next hash.
+        let mut to = from.clone();
+        if let Some(last) = to.last_mut() {
+            *last = last.saturating_add(1);
+        }
+        let mut dead: std::collections::BTreeSet<Vec<u8>> =
+            out.records.iter().filter(|(k, _)| k.starts_with(&from)).map(|(k, _)| k.clone()).collect();
+        let (topic, partition) = (&self.plan.topic, self.partition);
+        let scanned = st.raw.scan(&from, &to, &mut |k, _| {
+            if in_changelog(k, topic, partition) {
+                dead.insert(k.to_vec());
+            }
+            true
+        });
+        if let Err(e) = scanned {
+            st.fail(e);
+        }
+        out.records.extend(dead.into_iter().map(|k| (k, None)));
+        out.delete_ranges.push((from, to));
     }
 
     fn meta_key(&self) -> Vec<u8> {
@@ -588,13 +608,23 @@ impl Partition {
         v.extend_from_slice(&(set.len() as u16).to_be_bytes());
         v.extend_from_slice(set);
         v.extend_from_slice(&(patterns.len() as u16).to_be_bytes());
-        for (hash, keys, partials) in patterns {
+        let hash_bytes = |v: &mut Vec<u8>, hash: &str| {
             let mut h = [b'0'; HASH_LEN];
             let hb = hash.as_bytes();
             h[..hb.len().min(HASH_LEN)].copy_from_slice(&hb[..hb.len().min(HASH_LEN)]);
             v.extend_from_slice(&h);
+        };
+        for (hash, keys, partials) in patterns {
+            hash_bytes(&mut v, hash);
             v.extend_from_slice(&keys.to_be_bytes());
             v.extend_from_slice(&partials.to_be_bytes());
+        }
+        v.extend_from_slice(&(self.draining.len() as u16).to_be_bytes());
+        for d in &self.draining {
+            let drain = d.op.draining().unwrap_or(Drain { from_seq: 0, horizon: i64::MIN });
+            hash_bytes(&mut v, &d.op.nfa().meta.hash);
+            v.extend_from_slice(&drain.from_seq.to_be_bytes());
+            v.extend_from_slice(&drain.horizon.to_be_bytes());
         }
         v
     }
@@ -612,7 +642,7 @@ impl Partition {
 
     /// Keys in memory, over the patterns.
     pub fn cached_keys(&self) -> usize {
-        self.operators.iter().map(Operator::cached_keys).sum()
+        self.all_operators().map(Operator::cached_keys).sum()
     }
 
     /// Drops unchanged keys from memory (their state is in the store) until about `keep` are
@@ -623,7 +653,7 @@ impl Partition {
             return 0;
         }
         let mut gone = 0;
-        for op in &mut self.operators {
+        for op in self.operators.iter_mut().chain(self.draining.iter_mut().map(|d| &mut d.op)) {
             let share = (op.cached_keys() as u128 * keep as u128 / total.max(1) as u128) as usize;
             gone += op.evict(share);
         }
@@ -635,6 +665,76 @@ impl Partition {
         if let Some(stored) = &self.stored {
             attach(stored, &self.plan.topic, self.partition, op, 0, 0);
         }
+    }
+}
+
+/// Appends the records of `op`'s changes since the last call to `out` (see
+/// [`Partition::take_changes`]): per changed key its snapshot (in parts when big) or a
+/// tombstone, and its timer records (`stored`: the partition keeps a local store); the timer
+/// records the watermark passed when `gc`.
+fn write_changes(
+    op: &mut Operator,
+    prefix: &[u8],
+    chunked: &mut HashMap<super::stored::ChunkedRecord, u32>,
+    stored: bool,
+    gc: bool,
+    out: &mut Changes,
+) {
+    let hash = op.nfa().meta.hash.clone();
+    let mut pattern_prefix = prefix.to_vec();
+    pattern_prefix.push(KIND_KEY);
+    pattern_prefix.extend_from_slice(hash.as_bytes());
+    let mut rec = KeyRecords::default();
+    for key in op.take_dirty() {
+        let held = op.take_key_records(&key, &mut rec);
+        let mut had = |sub: &[u8]| {
+            if chunked.is_empty() {
+                0
+            } else {
+                chunked.remove(&(hash.clone(), key.clone(), sub.to_vec())).unwrap_or(0)
+            }
+        };
+        let mut big: Vec<(Vec<u8>, u32)> = Vec::new();
+        for sub in &rec.gone {
+            let k = sub_key(&pattern_prefix, &key, sub);
+            put_value(&mut out.records, k.clone(), None, true, had(sub), |i| sub_part(&k, i));
+        }
+        for (sub, bytes) in &rec.put {
+            let k = sub_key(&pattern_prefix, &key, sub);
+            let parts = put_value(&mut out.records, k.clone(), Some(bytes), true, had(sub), |i| sub_part(&k, i));
+            if parts > 0 {
+                big.push((sub.clone(), parts));
+            }
+        }
+        let mut k = pattern_prefix.clone();
+        key.encode(&mut k);
+        let head = held.then_some(rec.head.as_slice());
+        let parts = put_value(&mut out.records, k, head, false, had(&[]), |i| part_key(&pattern_prefix, i, &key));
+        if parts > 0 {
+            big.push((Vec::new(), parts));
+        }
+        for (sub, parts) in big {
+            chunked.insert((hash.clone(), key.clone(), sub), parts);
+        }
+        if stored {
+            for t in op.key_timers(&key) {
+                let mut tk = pattern_prefix.clone();
+                tk.push(TIMER);
+                tk.extend_from_slice(&time_bytes(t));
+                key.encode(&mut tk);
+                out.local.push((tk, Some(Vec::new())));
+            }
+        }
+    }
+    // Timer records behind the watermark are never read again (they are only garbage):
+    // they go every `TIMER_GC_EVERY` commits, so that few range deletes pile up.
+    let wm = op.watermark();
+    if stored && gc && wm > i64::MIN && wm < i64::MAX {
+        let mut from = pattern_prefix.clone();
+        from.push(TIMER);
+        let mut to = from.clone();
+        to.extend_from_slice(&time_bytes(wm + 1));
+        out.delete_ranges.push((from, to));
     }
 }
 
@@ -652,7 +752,7 @@ fn attach(stored: &Stored, topic: &str, partition: i32, op: &mut Operator, keys:
 
 fn decode_meta(v: &[u8]) -> Result<Meta, StateError> {
     let (&version, rest) = v.split_first().ok_or(StateError::CorruptMeta)?;
-    if version != 1 && version != META_VERSION {
+    if !(1..=META_VERSION).contains(&version) {
         return Err(StateError::MetaVersion(version));
     }
     if rest.len() < 64 || (version == 1 && rest.len() != 64) {
@@ -677,6 +777,7 @@ fn decode_meta(v: &[u8]) -> Result<Meta, StateError> {
         },
         set: String::new(),
         patterns: Vec::new(),
+        draining: Vec::new(),
     };
     if version == 1 {
         return Ok(meta);
@@ -699,6 +800,15 @@ fn decode_meta(v: &[u8]) -> Result<Meta, StateError> {
         let partials = u64::from_be_bytes(take(8)?.try_into().unwrap_or_default());
         meta.patterns.push((hash, keys, partials));
     }
+    if version >= 3 {
+        let n = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default());
+        for _ in 0..n {
+            let hash = String::from_utf8(take(HASH_LEN)?.to_vec()).map_err(|_| StateError::CorruptMeta)?;
+            let from_seq = u64::from_be_bytes(take(8)?.try_into().unwrap_or_default());
+            let horizon = i64::from_be_bytes(take(8)?.try_into().unwrap_or_default());
+            meta.draining.push((hash, Drain { from_seq, horizon }));
+        }
+    }
     if !take(0)?.is_empty() || !r.is_empty() {
         return Err(StateError::CorruptMeta);
     }
@@ -711,7 +821,13 @@ fn decode_meta(v: &[u8]) -> Result<Meta, StateError> {
 pub fn meta_position(meta: &[u8]) -> Option<(i64, bool)> {
     let bytes: [u8; 8] = meta.get(1..9)?.try_into().ok()?;
     let version = *meta.first()?;
-    (version == 1 || version == META_VERSION).then(|| (i64::from_be_bytes(bytes), version == META_VERSION))
+    (1..=META_VERSION).contains(&version).then(|| (i64::from_be_bytes(bytes), is_current(meta)))
+}
+
+/// Whether a local store with this meta record can be opened as it is (formats 2 and 3; one in
+/// format 1 is restored from the changelog).
+fn is_current(meta: &[u8]) -> bool {
+    matches!(meta.first(), Some(2..=META_VERSION))
 }
 
 /// The key of a partition's meta record.
@@ -730,7 +846,7 @@ pub fn in_changelog(key: &[u8], topic: &str, partition: i32) -> bool {
 /// A partition's state records as (key, value), the latest value of each key.
 pub type StateRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
-const META_VERSION: u8 = 2;
+const META_VERSION: u8 = 3;
 /// Commits of a partition between two deletions of its passed timer records.
 const TIMER_GC_EVERY: u64 = 64;
 const KIND_META: u8 = b'M';

@@ -11,11 +11,11 @@
 
 use std::sync::Arc;
 
-use engine::runtime::{Config as OpConfig, Key, Operator, Output};
-use engine::Event;
+use engine::runtime::{Config as OpConfig, Drain, Key, Operator, Output};
+use engine::{Event, Nfa};
 
 use super::alert::{alert_line, timeout_line};
-use super::coords::watermark_of;
+use super::coords::{seq_of, watermark_of};
 use super::plan::StreamPlan;
 use super::stored::Stored;
 
@@ -65,6 +65,14 @@ pub struct Partition {
     pub plan: Arc<StreamPlan>,
     pub partition: i32,
     pub(super) operators: Vec<Operator>,
+    /// Pattern versions a switch replaced that still hold partial matches, finishing them
+    /// ([`Partition::with_plan`]), in the order they were replaced.
+    pub(super) draining: Vec<Draining>,
+    /// The content hashes of operators that went (dropped, or done draining) whose leftover
+    /// timer records the next [`Partition::take_changes`] deletes from the local store.
+    pub(super) gone: Vec<String>,
+    /// The operators' settings (for operators made on a switch or a restore).
+    pub(super) config: OpConfig,
     /// Newest event time seen (i64::MIN before the first event).
     pub(super) max_ts: i64,
     /// The offset of the next record to read (the position a commit records).
@@ -87,6 +95,24 @@ pub struct Partition {
     /// Transactions that took its changes (not state).
     pub(super) commits: u64,
 }
+
+/// A pattern version being replaced, finishing the partial matches it holds.
+#[derive(Debug)]
+pub struct Draining {
+    pub(super) op: Operator,
+    /// Its counts at the last [`Partition::take_pattern_counts`].
+    seen: PatternCounts,
+}
+
+impl Draining {
+    pub(super) fn new(op: Operator) -> Self {
+        Draining { op, seen: PatternCounts::default() }
+    }
+}
+
+/// Finds a pattern version by its content hash (one that ran before: a restored partition's
+/// draining versions).
+pub type Resolve<'a> = &'a dyn Fn(&str) -> Option<Arc<Nfa>>;
 
 /// Records read from a partition, for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,6 +147,9 @@ impl Partition {
             plan,
             partition,
             operators,
+            draining: Vec::new(),
+            gone: Vec::new(),
+            config,
             max_ts: i64::MIN,
             next_offset: 0,
             advanced: false,
@@ -135,38 +164,109 @@ impl Partition {
         }
     }
 
-    /// The partition under another pattern set of its stream (a reload): the operators of
-    /// patterns whose content hash is unchanged keep their state; new patterns start empty at
-    /// the partition's watermark (they see the events after it); the state of patterns that
-    /// are gone is dropped here (the caller deletes their stored records).
-    pub fn with_plan(mut self, plan: Arc<StreamPlan>, config: OpConfig) -> Partition {
-        let config = stored_config(config);
+    /// The partition under another pattern set of its stream, switched before its record at
+    /// offset `at` (the first record read under the new set). What happens to partial matches
+    /// in flight (see docs/service.md, "Changing the patterns of a running service"):
+    /// - a pattern version in both sets (same content hash) keeps its operator and state;
+    /// - a version that is no longer in the set and holds state **drains**: it finishes the
+    ///   partial matches it holds, alerting as itself, until they complete or time out, and
+    ///   starts none from records read from `at` on (the events it had read before still start
+    ///   partial matches when the watermark reaches them); then it goes;
+    /// - a version new to the partition starts empty at the partition's watermark and sees
+    ///   the records from `at` on, so every record starts partial matches in exactly one
+    ///   version: before `at` the old one, from `at` the new one, and none is lost;
+    /// - a version that is still draining (a rollback to it) resumes with what it holds.
+    ///
+    /// Versions that go holding nothing are dropped (their leftover local timer records are
+    /// deleted at the next [`Partition::take_changes`]).
+    pub fn with_plan(mut self, plan: Arc<StreamPlan>, at: i64) -> Partition {
         let wm = self.watermark();
+        let drain = Drain { from_seq: seq_of(self.partition, at), horizon: self.max_ts };
         self.reported.resize_with(self.operators.len(), PatternCounts::default);
-        let mut old: Vec<(Operator, PatternCounts)> = self.operators.drain(..).zip(self.reported.drain(..)).collect();
+        let mut old: Vec<Option<Draining>> = self
+            .operators
+            .drain(..)
+            .zip(self.reported.drain(..))
+            .map(|(op, seen)| Some(Draining { op, seen }))
+            .collect();
+        let mut draining: Vec<Option<Draining>> = std::mem::take(&mut self.draining).into_iter().map(Some).collect();
+        let find = |v: &mut Vec<Option<Draining>>, hash: &str| {
+            v.iter_mut().find(|d| d.as_ref().is_some_and(|d| d.op.nfa().meta.hash == hash)).and_then(Option::take)
+        };
         let (mut operators, mut reported) = (Vec::new(), Vec::new());
         for nfa in &plan.patterns {
-            match old.iter().position(|(o, _)| o.nfa().meta.hash == nfa.meta.hash) {
-                Some(i) => {
-                    let (op, seen) = old.swap_remove(i);
-                    operators.push(op);
-                    reported.push(seen);
-                }
-                None => {
-                    let mut op = Operator::new(nfa.clone(), config);
-                    self.attach_new(&mut op);
-                    op.set_watermark(wm);
-                    operators.push(op);
-                    reported.push(PatternCounts::default());
-                }
+            if let Some(d) = find(&mut old, &nfa.meta.hash) {
+                operators.push(d.op);
+                reported.push(d.seen);
+            } else if let Some(mut d) = find(&mut draining, &nfa.meta.hash) {
+                d.op.resume();
+                operators.push(d.op);
+                reported.push(d.seen);
+            } else {
+                let mut op = Operator::new(nfa.clone(), self.config);
+                self.attach_new(&mut op);
+                op.set_watermark(wm);
+                operators.push(op);
+                reported.push(PatternCounts::default());
+            }
+        }
+        self.draining = draining.into_iter().flatten().collect();
+        for mut d in old.into_iter().flatten() {
+            if d.op.active_keys() > 0 {
+                d.op.drain(drain);
+                self.draining.push(d);
+            } else {
+                self.gone.push(d.op.nfa().meta.hash.clone());
             }
         }
         Partition { plan, operators, reported, ..self }
     }
 
+    /// Makes the draining operators named in a restored partition's meta record, and drains
+    /// the stored state of versions that were live in the set the partition ran but are not
+    /// in its plan (the partition switches to the plan where its state ends): `stored` per
+    /// content hash holds the keys, partial matches and (if it was draining) the drain. Their
+    /// pattern versions come from `resolve`; the state of one it does not know is not read
+    /// (returned as stale).
+    pub(super) fn restore_draining(
+        &mut self,
+        stored: Vec<(String, u64, u64, Option<Drain>)>,
+        resolve: Resolve<'_>,
+    ) -> Vec<(Operator, u64, u64)> {
+        let switch = Drain { from_seq: seq_of(self.partition, self.next_offset), horizon: self.max_ts };
+        let mut made = Vec::new();
+        // Those that were draining first, then those the switch replaces: the order
+        // `with_plan` keeps them in.
+        let (mut stored, replaced): (Vec<_>, Vec<_>) = stored.into_iter().partition(|s| s.3.is_some());
+        stored.extend(replaced);
+        for (hash, keys, partials, drain) in stored {
+            if self.operators.iter().any(|o| o.nfa().meta.hash == hash) || keys == 0 {
+                continue;
+            }
+            let Some(nfa) = resolve(&hash) else {
+                continue;
+            };
+            let mut op = Operator::new(nfa, self.config);
+            op.set_watermark(self.watermark());
+            op.drain(drain.unwrap_or(switch));
+            made.push((op, keys, partials));
+        }
+        made
+    }
+
+    /// The operators of draining pattern versions.
+    pub fn draining(&self) -> impl Iterator<Item = &Operator> {
+        self.draining.iter().map(|d| &d.op)
+    }
+
+    /// Every operator: the plan's, then the draining ones.
+    pub fn all_operators(&self) -> impl Iterator<Item = &Operator> {
+        self.operators.iter().chain(self.draining())
+    }
+
     /// Stops recording changed keys (for runs that keep no durable copy: replay).
     pub fn without_change_tracking(mut self) -> Self {
-        for op in &mut self.operators {
+        for op in self.operators.iter_mut().chain(self.draining.iter_mut().map(|d| &mut d.op)) {
             op.track_changes(false);
         }
         self
@@ -205,8 +305,8 @@ impl Partition {
         self.max_ts = self.max_ts.max(event.ts);
         let wm = self.watermark();
         let event = Arc::new(event);
-        for i in 0..self.operators.len() {
-            let op = &mut self.operators[i];
+        for i in 0..self.operators.len() + self.draining.len() {
+            let op = op_at(&mut self.operators, &mut self.draining, i);
             let key = Key::of(event.field(op.nfa().meta.key));
             op.process(key, event.clone(), &mut self.outs);
             op.advance_watermark(wm, &mut self.outs);
@@ -217,14 +317,17 @@ impl Partition {
 
     /// End of input (replay only): time runs to its end, every window closes.
     pub fn finish(&mut self, emit: &mut Vec<Emit>) {
-        for i in 0..self.operators.len() {
-            self.operators[i].advance_watermark(i64::MAX, &mut self.outs);
+        for i in 0..self.operators.len() + self.draining.len() {
+            op_at(&mut self.operators, &mut self.draining, i).advance_watermark(i64::MAX, &mut self.outs);
             self.render(i, emit);
         }
     }
 
     fn render(&mut self, op: usize, emit: &mut Vec<Emit>) {
-        let nfa = self.operators[op].nfa();
+        let nfa = match self.operators.len() {
+            n if op < n => self.operators[op].nfa(),
+            n => self.draining[op - n].op.nfa(),
+        };
         for o in self.outs.drain(..) {
             match o {
                 Output::Match { key, ts, events } => {
@@ -249,40 +352,70 @@ impl Partition {
 
     /// Per pattern (in `plan.patterns` order), what its operator counted since the last call:
     /// for the metrics, which the service folds in when a transaction commits.
+    /// A draining version's counts go to the plan's pattern of the same name (its funnel only
+    /// when it has the same variables).
     pub fn take_pattern_counts(&mut self) -> Vec<PatternCounts> {
         self.reported.resize_with(self.operators.len(), PatternCounts::default);
-        let mut out = Vec::with_capacity(self.operators.len());
-        for (op, seen) in self.operators.iter().zip(&mut self.reported) {
-            let stats = op.stats();
-            let now = PatternCounts {
-                matches: stats.matches,
-                timeouts: stats.timeouts,
-                dropped: stats.dropped_partial_matches,
-                funnel: op.funnel().to_vec(),
-                state_hits: stats.state_hits,
-                state_misses: stats.state_misses,
-            };
-            let mut delta = PatternCounts {
-                matches: now.matches - seen.matches,
-                timeouts: now.timeouts - seen.timeouts,
-                dropped: now.dropped - seen.dropped,
-                funnel: now.funnel.clone(),
-                state_hits: now.state_hits - seen.state_hits,
-                state_misses: now.state_misses - seen.state_misses,
-            };
-            for (d, s) in delta.funnel.iter_mut().zip(&seen.funnel) {
-                *d -= s;
+        let mut out: Vec<PatternCounts> =
+            self.operators.iter().zip(&mut self.reported).map(|(op, seen)| count_since(op, seen)).collect();
+        for d in &mut self.draining {
+            let delta = count_since(&d.op, &mut d.seen);
+            let name = &d.op.nfa().meta.name;
+            if let Some(i) = self.operators.iter().position(|o| &o.nfa().meta.name == name) {
+                let c = &mut out[i];
+                c.matches += delta.matches;
+                c.timeouts += delta.timeouts;
+                c.dropped += delta.dropped;
+                c.state_hits += delta.state_hits;
+                c.state_misses += delta.state_misses;
+                if c.funnel.len() == delta.funnel.len() {
+                    for (a, b) in c.funnel.iter_mut().zip(&delta.funnel) {
+                        *a += b;
+                    }
+                }
             }
-            *seen = now;
-            out.push(delta);
         }
         out
     }
 
     /// Partial matches dropped by the per-key budget, over all patterns.
     pub fn dropped_partial_matches(&self) -> u64 {
-        self.operators.iter().map(|o| o.stats().dropped_partial_matches).sum()
+        self.all_operators().map(|o| o.stats().dropped_partial_matches).sum()
     }
+}
+
+/// Operator `i` of the plan's (`ops`), then of the draining ones.
+fn op_at<'a>(ops: &'a mut [Operator], draining: &'a mut [Draining], i: usize) -> &'a mut Operator {
+    match ops.len() {
+        n if i < n => &mut ops[i],
+        n => &mut draining[i - n].op,
+    }
+}
+
+/// What `op` counted since `seen`, which becomes its counts now.
+fn count_since(op: &Operator, seen: &mut PatternCounts) -> PatternCounts {
+    let stats = op.stats();
+    let now = PatternCounts {
+        matches: stats.matches,
+        timeouts: stats.timeouts,
+        dropped: stats.dropped_partial_matches,
+        funnel: op.funnel().to_vec(),
+        state_hits: stats.state_hits,
+        state_misses: stats.state_misses,
+    };
+    let mut delta = PatternCounts {
+        matches: now.matches - seen.matches,
+        timeouts: now.timeouts - seen.timeouts,
+        dropped: now.dropped - seen.dropped,
+        funnel: now.funnel.clone(),
+        state_hits: now.state_hits - seen.state_hits,
+        state_misses: now.state_misses - seen.state_misses,
+    };
+    for (d, s) in delta.funnel.iter_mut().zip(&seen.funnel) {
+        *d -= s;
+    }
+    *seen = now;
+    delta
 }
 
 /// The operator settings of a partition: keys holding more than
@@ -347,14 +480,30 @@ mod tests {
         assert_ne!(new.patterns[1].meta.hash, old.patterns[1].meta.hash);
         assert_eq!(new.patterns[0].meta.hash, old.patterns[0].meta.hash);
         let before = part.watermark();
-        let part = part.with_plan(new.clone(), OpConfig::default());
+        let part = part.with_plan(new.clone(), 2);
         assert_eq!(held(&part, "rapid_movement"), (rapid, before), "unchanged: the state stays");
         assert_eq!(held(&part, "structuring"), (0, before), "changed: starts empty at the watermark");
         assert!(Arc::ptr_eq(&part.plan, &new));
-        // Dropping a pattern drops its operator.
-        let part = part.with_plan(plan(&["rapid_movement"], &|_, t| t), OpConfig::default());
+        let draining = |p: &Partition| -> Vec<(String, u32, usize, usize)> {
+            p.draining()
+                .map(|o| (o.nfa().meta.name.clone(), o.nfa().meta.version, o.active_keys(), o.active_partial_matches()))
+                .collect()
+        };
+        // The old structuring holds the later event, buffered ahead of the watermark (read
+        // before the switch, it may still start a partial match): it drains.
+        let old_version = old.patterns[1].meta.version;
+        assert_eq!(draining(&part), vec![("structuring".to_owned(), old_version, 1, 0)]);
+        assert_eq!(part.draining().next().and_then(|o| o.draining()).map(|d| d.from_seq), Some(2));
+        // Dropping a pattern whose operator holds nothing drops it.
+        let part = part.with_plan(plan(&["rapid_movement"], &|_, t| t), 2);
         assert_eq!(part.operators().len(), 1);
         assert_eq!(held(&part, "rapid_movement").0, rapid);
+        assert_eq!(draining(&part).len(), 1, "the new structuring held nothing: it went");
+        // A pattern that goes holding a partial match drains too.
+        let part = part.with_plan(plan(&["structuring"], &|_, t| t), 2);
+        assert_eq!(part.operators().len(), 1);
+        assert_eq!(part.operators()[0].nfa().meta.version, old_version, "a rollback resumes the draining version");
+        assert_eq!(draining(&part), vec![("rapid_movement".to_owned(), old.patterns[0].meta.version, 2, rapid)]);
     }
 
     #[test]

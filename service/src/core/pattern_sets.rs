@@ -305,6 +305,50 @@ pub fn recorded(records: &[Activation], wanted: &str, topic: &str, catalog: &dsl
     Ok(Recorded { set, starts })
 }
 
+/// Pattern versions by content hash: those of every set the service ran or found recorded, so
+/// that a partition restores the state of versions that are draining (or that its state names
+/// but the running set replaced).
+#[derive(Clone, Debug, Default)]
+pub struct Library {
+    nfas: std::collections::HashMap<String, Arc<Nfa>>,
+}
+
+impl Library {
+    /// Adds the versions of `set`.
+    pub fn add(&mut self, set: &PatternSet) {
+        for n in &set.nfas {
+            self.nfas.entry(n.meta.hash.clone()).or_insert_with(|| n.clone());
+        }
+    }
+
+    /// The version with content hash `hash`, if known.
+    pub fn get(&self, hash: &str) -> Option<Arc<Nfa>> {
+        self.nfas.get(hash).cloned()
+    }
+
+    /// Adds every set recorded in `records` (the pattern sets topic `topic`) whose sources
+    /// still compile to what ran, against `catalog`; returns those that do not, with why.
+    pub fn add_recorded(
+        &mut self,
+        records: &[Activation],
+        topic: &str,
+        catalog: &dsl::Catalog,
+    ) -> Vec<(String, Error)> {
+        let mut seen = std::collections::HashSet::new();
+        let mut failed = Vec::new();
+        for a in records {
+            if !seen.insert(a.set.as_str()) || a.patterns.iter().all(|p| self.nfas.contains_key(&p.hash)) {
+                continue;
+            }
+            match recorded(records, &a.set, topic, catalog) {
+                Ok(r) => self.add(&r.set),
+                Err(e) => failed.push((a.set.clone(), e)),
+            }
+        }
+        failed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

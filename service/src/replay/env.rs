@@ -1,8 +1,10 @@
 //! What a replay (or an explanation) runs under: the configuration, and which pattern set:
-//! files, the config's patterns, or a set the service recorded.
+//! files, the config's patterns, a set the service recorded, or every recorded set switched
+//! where the service switched it ([`Timeline`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::core::config::{self, Config};
 use crate::core::pattern_sets::{self, compile_files, Activation, CompileError, PatternSet, Position};
@@ -19,6 +21,9 @@ pub enum Choice<'a> {
     Recorded(&'a str),
     /// The config's `service.patterns`.
     Configured,
+    /// Every set the service recorded, each switched in on each partition where the service
+    /// switched it (the pattern sets topic).
+    AsRecorded,
 }
 
 /// Compiles the pattern files; diagnostics go to stdout.
@@ -93,9 +98,81 @@ impl Env {
 /// A pattern set to run, where it came from, and (for a recorded set) where it took effect.
 #[derive(Debug)]
 pub struct Chosen {
+    /// With a timeline: every version of its sets (for the report).
     pub set: PatternSet,
     pub origin: String,
     pub starts: BTreeMap<(String, i32), Position>,
+    /// The sets as the service switched them, per partition ([`Choice::AsRecorded`]).
+    pub timeline: Option<Timeline>,
+}
+
+/// The pattern sets a service ran on each input partition and where each took effect, from
+/// its activation records.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// The sets by hash, compiled from their recorded sources.
+    pub sets: BTreeMap<String, PatternSet>,
+    /// Per (topic, partition), the activations in order of offset (activations at the same
+    /// offset in the order they were recorded): each set takes effect before the record at
+    /// its offset, as the service switched (`Partition::with_plan`).
+    pub steps: BTreeMap<(String, i32), Vec<Step>>,
+}
+
+/// One activation of a set on one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub set: String,
+    pub offset: i64,
+    /// The partition's watermark then, as the service had it.
+    pub watermark: Option<i64>,
+    /// `assign`, `reload`, ...
+    pub reason: String,
+}
+
+impl Timeline {
+    /// The timeline of the activation records `records` (in the topic's order) of topic
+    /// `topic`, each set compiled against `catalog` and checked to be what ran.
+    pub fn of(records: &[Activation], topic: &str, catalog: &dsl::Catalog) -> Result<Timeline> {
+        if records.is_empty() {
+            return Err(Error::usage(format!(
+                "topic `{topic}` has no activation records: no pattern set is recorded (has the service run?)"
+            )));
+        }
+        let mut t = Timeline::default();
+        for a in records {
+            if !t.sets.contains_key(&a.set) {
+                let found = pattern_sets::recorded(records, &a.set, topic, catalog)?;
+                t.sets.insert(a.set.clone(), found.set);
+            }
+            for pos in &a.positions {
+                t.steps.entry((pos.topic.clone(), pos.partition)).or_default().push(Step {
+                    set: a.set.clone(),
+                    offset: pos.offset,
+                    watermark: pos.watermark,
+                    reason: a.reason.clone(),
+                });
+            }
+        }
+        for steps in t.steps.values_mut() {
+            // Stable: the same offset keeps the recorded order.
+            steps.sort_by_key(|s| s.offset);
+        }
+        Ok(t)
+    }
+
+    /// Every pattern version of the sets, sorted by name and version (for the report).
+    pub fn versions(&self) -> PatternSet {
+        let mut nfas: Vec<Arc<engine::Nfa>> = Vec::new();
+        for set in self.sets.values() {
+            for n in &set.nfas {
+                if !nfas.iter().any(|m| m.meta.hash == n.meta.hash) {
+                    nfas.push(n.clone());
+                }
+            }
+        }
+        nfas.sort_by(|a, b| (&a.meta.name, a.meta.version).cmp(&(&b.meta.name, b.meta.version)));
+        PatternSet { file_of: vec![0; nfas.len()], nfas, sources: Vec::new() }
+    }
 }
 
 /// Compiles the chosen pattern set (diagnostics to stdout); a recorded set is read from the
@@ -106,12 +183,17 @@ pub fn choose(env: &mut Env, choice: Choice<'_>) -> Result<Chosen> {
         Choice::Files(paths) => {
             let set = compile_patterns(paths, &env.catalog)?;
             let origin = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-            Ok(Chosen { set, origin: format!("files {origin}"), starts: BTreeMap::new() })
+            Ok(Chosen { set, origin: format!("files {origin}"), starts: BTreeMap::new(), timeline: None })
         }
         Choice::Configured => {
             let paths: Vec<PathBuf> = env.cfg.service.patterns.iter().map(|p| base.join(p)).collect();
             let set = compile_patterns(&paths, &env.catalog)?;
-            Ok(Chosen { set, origin: format!("the patterns of {}", env.path.display()), starts: BTreeMap::new() })
+            Ok(Chosen {
+                set,
+                origin: format!("the patterns of {}", env.path.display()),
+                starts: BTreeMap::new(),
+                timeline: None,
+            })
         }
         Choice::Recorded(hash) => {
             pattern_sets::check_hash(hash)?;
@@ -122,6 +204,36 @@ pub fn choose(env: &mut Env, choice: Choice<'_>) -> Result<Chosen> {
                 origin: format!("pattern set {} as recorded in topic `{topic}`", found.set.hash()),
                 set: found.set,
                 starts: found.starts,
+                timeline: None,
+            })
+        }
+        Choice::AsRecorded => {
+            let topic = env.cfg.outputs.pattern_sets_topic.clone();
+            let catalog = env.catalog.clone();
+            let timeline = Timeline::of(env.activations()?, &topic, &catalog)?;
+            let starts = timeline
+                .steps
+                .iter()
+                .filter_map(|(k, steps)| {
+                    let first = steps.first()?;
+                    let pos = Position {
+                        topic: k.0.clone(),
+                        partition: k.1,
+                        offset: first.offset,
+                        watermark: first.watermark,
+                    };
+                    Some((k.clone(), pos))
+                })
+                .collect();
+            let switches = timeline.steps.values().map(|s| s.len()).sum::<usize>();
+            Ok(Chosen {
+                set: timeline.versions(),
+                origin: format!(
+                    "the sets recorded in topic `{topic}` ({}), switched where the service switched them ({switches} activations)",
+                    timeline.sets.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                starts,
+                timeline: Some(timeline),
             })
         }
     }

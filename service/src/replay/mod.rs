@@ -151,6 +151,9 @@ pub fn run(opts: &Replay<'_>) -> Result<Replayed> {
         let _ = writeln!(summary, "  {p}: {n}");
     }
     let _ = writeln!(summary, "digest {}", report.digest());
+    for m in &a.mismatches {
+        let _ = writeln!(summary, "warning: {m}");
+    }
     if let [a, b] = runners.as_slice() {
         let diff = audit::diff(&a.lines, &b.lines);
         if let Some(path) = opts.diff {

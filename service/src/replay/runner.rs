@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use engine::runtime::Config as OpConfig;
 
+use super::env::Timeline;
 use super::{Chosen, Input};
 use crate::audit::{self, Report};
 use crate::core::config::Config;
@@ -27,18 +28,38 @@ pub(super) struct Runner {
     /// The alert lines, in the order they were raised.
     pub(super) lines: Vec<String>,
     pub(super) counts: audit::Counts,
+    /// With the sets as the service switched them: the timeline, each set's plans (by set hash,
+    /// then stream), and per partition the next step to apply.
+    timeline: Option<(Timeline, BTreeMap<String, Plans>)>,
+    cursors: BTreeMap<(String, i32), usize>,
+    /// Switches where the replay's watermark was not the one the service recorded.
+    pub(super) mismatches: Vec<String>,
+}
+
+/// Plans by stream name.
+type Plans = BTreeMap<String, Arc<StreamPlan>>;
+
+/// The plan of every configured stream (with a schema) for the patterns of `nfas`.
+fn plans_of(cfg: &Config, catalog: &dsl::Catalog, nfas: &[Arc<engine::Nfa>]) -> Plans {
+    let mut plans = BTreeMap::new();
+    for (name, s) in &cfg.streams {
+        if let Some(schema) = catalog.streams.get(name).cloned() {
+            plans.insert(name.clone(), StreamPlan::new(name, s, schema, nfas));
+        }
+    }
+    plans
 }
 
 impl Runner {
     pub(super) fn new(chosen: Chosen, cfg: &Config, catalog: &dsl::Catalog) -> Runner {
         let op_config =
             OpConfig { max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
-        let mut plans = BTreeMap::new();
-        for (name, s) in &cfg.streams {
-            if let Some(schema) = catalog.streams.get(name).cloned() {
-                plans.insert(name.clone(), StreamPlan::new(name, s, schema, &chosen.set.nfas));
-            }
-        }
+        // With a timeline, `set` holds every version of its sets: the topics to read.
+        let plans = plans_of(cfg, catalog, &chosen.set.nfas);
+        let timeline = chosen.timeline.map(|t| {
+            let per_set = t.sets.iter().map(|(h, set)| (h.clone(), plans_of(cfg, catalog, &set.nfas))).collect();
+            (t, per_set)
+        });
         Runner {
             plans,
             op_config,
@@ -47,7 +68,67 @@ impl Runner {
             emit: Vec::new(),
             lines: Vec::new(),
             counts: audit::Counts::default(),
+            timeline,
+            cursors: BTreeMap::new(),
+            mismatches: Vec::new(),
         }
+    }
+
+    /// The partition of `stream` the record at `offset` goes to, made when it is the first
+    /// (started at the recorded watermark when a set took effect there) and, with a timeline,
+    /// switched to the set that took effect at or before `offset` as the service switched it.
+    /// `None` when no set ran there.
+    fn partition(&mut self, stream: &str, partition: i32, offset: i64) -> Option<&mut Partition> {
+        let plan = self.plans.get(stream)?.clone();
+        let key = (plan.topic.clone(), partition);
+        let parts = self.parts.entry(stream.to_owned()).or_default();
+        let Some((timeline, per_set)) = &self.timeline else {
+            let part = parts.entry(partition).or_insert_with(|| {
+                let mut part = Partition::new(plan.clone(), partition, self.op_config).without_change_tracking();
+                // Started where the recorded set took effect: its watermark then.
+                if let Some(pos) = self.starts.get(&key).filter(|p| p.offset == offset) {
+                    part.resume_at(pos.watermark.unwrap_or(i64::MIN));
+                }
+                part
+            });
+            return Some(part);
+        };
+        let steps = timeline.steps.get(&key)?;
+        let cursor = self.cursors.entry(key.clone()).or_insert(0);
+        if let std::collections::btree_map::Entry::Vacant(v) = parts.entry(partition) {
+            // The set in effect at the first record read: the last one that took effect at or
+            // before it (or the first one).
+            let due = steps.iter().take_while(|s| s.offset <= offset).count();
+            let step = &steps[due.max(1) - 1];
+            let mut part =
+                Partition::new(per_set[&step.set][stream].clone(), partition, self.op_config).without_change_tracking();
+            part.set = step.set.clone();
+            if step.offset == offset {
+                part.resume_at(step.watermark.unwrap_or(i64::MIN));
+            }
+            v.insert(part);
+            *cursor = due.max(1);
+        }
+        while let Some(step) = steps.get(*cursor).filter(|s| s.offset <= offset) {
+            *cursor += 1;
+            let Some(part) = parts.remove(&partition) else { break };
+            if part.set == step.set {
+                parts.insert(partition, part);
+                continue;
+            }
+            let (want, have) = (step.watermark.unwrap_or(i64::MIN), part.watermark());
+            if want != have {
+                self.mismatches.push(format!(
+                    "{}/{partition}@{}: set {} took effect at watermark {want} in the service ({}), at {have} in this \
+                     replay: the records before it were not read as the service read them",
+                    key.0, step.offset, step.set, step.reason
+                ));
+            }
+            let mut part = part.with_plan(per_set[&step.set][stream].clone(), step.offset);
+            part.set = step.set.clone();
+            parts.insert(partition, part);
+        }
+        parts.get_mut(&partition)
     }
 
     /// Feeds one decoded record at `offset` of `partition` of `stream`; an admission problem is
@@ -60,23 +141,14 @@ impl Runner {
         event: engine::Event,
         cfg: &Config,
     ) -> Option<Reject> {
-        let plan = self.plans.get(stream)?;
-        if let Err(r) = admit(plan, &event, cfg.service.min_event_time, cfg.service.max_event_time) {
+        let mut emit = std::mem::take(&mut self.emit);
+        let part = self.partition(stream, partition, offset)?;
+        if let Err(r) = admit(&part.plan, &event, cfg.service.min_event_time, cfg.service.max_event_time) {
             return Some(r);
         }
-        if !self.parts.contains_key(stream) {
-            self.parts.insert(stream.to_owned(), BTreeMap::new());
-        }
-        let parts = self.parts.get_mut(stream).expect("inserted above");
-        let part = parts.entry(partition).or_insert_with(|| {
-            let mut part = Partition::new(plan.clone(), partition, self.op_config).without_change_tracking();
-            // Started where the recorded set took effect: its watermark then.
-            if let Some(pos) = self.starts.get(&(plan.topic.clone(), partition)).filter(|p| p.offset == offset) {
-                part.resume_at(pos.watermark.unwrap_or(i64::MIN));
-            }
-            part
-        });
-        if part.process(event, &mut self.emit) {
+        let on_time = part.process(event, &mut emit);
+        self.emit = emit;
+        if on_time {
             self.counts.processed += 1;
         } else {
             self.counts.late += 1;

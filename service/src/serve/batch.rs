@@ -192,7 +192,8 @@ impl Worker {
             for (p, part) in parts {
                 let stream = part.plan.name.as_str();
                 *assigned.entry(stream).or_default() += 1;
-                for op in part.operators() {
+                // A draining version counts with its pattern.
+                for op in part.all_operators() {
                     let e = per_pattern.entry(op.nfa().meta.name.as_str()).or_default();
                     e.0 += op.active_partial_matches();
                     e.1 += op.active_keys();
@@ -220,7 +221,7 @@ impl Worker {
             m.assigned_partitions.with_label_values(&[stream]).set(n);
         }
         m.state_bytes.set(self.store.size_bytes() as i64);
-        let ops = || self.parts.values().flat_map(HashMap::values).flat_map(|p| p.operators());
+        let ops = || self.parts.values().flat_map(HashMap::values).flat_map(|p| p.all_operators());
         m.state_cached_keys.set(ops().map(engine::runtime::Operator::cached_keys).sum::<usize>() as i64);
         m.state_memory_bytes.set(ops().map(engine::runtime::Operator::memory_estimate).sum::<usize>() as i64);
         m.ready.set(i64::from(self.health.ready.load(Ordering::Relaxed)));

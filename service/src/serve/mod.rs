@@ -36,7 +36,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::core::config::{self, Config};
 use crate::core::partition::Partition;
-use crate::core::pattern_sets::{compile_files, PatternSet};
+use crate::core::pattern_sets::{compile_files, Activation, Library, PatternSet};
 use crate::core::plan::{build_plans, StreamPlan};
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::avro::AvroIn;
@@ -166,6 +166,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
         .ok_or_else(|| Error::failed(format!("the changelog topic `{changelog}` is not there after creating it")))?
         as i32;
     drop(probe);
+    let library = recorded_versions(&cfg, &sources.catalog, &set)?;
 
     let opened = Instant::now();
     let store = Store::open(&base.join(&cfg.service.state_dir))?;
@@ -228,6 +229,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
         pattern_sets_topic: o.pattern_sets_topic.clone(),
         instance: cfg.service.instance_id.clone(),
         set,
+        library,
         timeouts_topic: o.timeouts_topic.clone(),
         min_ts: cfg.service.min_event_time,
         max_ts: cfg.service.max_event_time,
@@ -299,6 +301,28 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
     consumer.unsubscribe();
     drop(consumer);
     result
+}
+
+/// The pattern versions a restored partition may hold state of: the running set's and those
+/// of every set recorded in the pattern sets topic (read to its end, committed records only).
+fn recorded_versions(cfg: &Config, catalog: &dsl::Catalog, set: &PatternSet) -> Result<Library> {
+    let mut library = Library::default();
+    library.add(set);
+    let topic = &cfg.outputs.pattern_sets_topic;
+    let reader = crate::io::reader::reader(cfg)?;
+    let mut records = Vec::new();
+    for (p, o, bytes) in crate::io::reader::read_all(&reader, cfg, topic)? {
+        match serde_json::from_slice::<Activation>(&bytes) {
+            Ok(a) => records.push(a),
+            Err(e) => tracing::warn!("{topic}/{p}@{o} is not an activation record: {e}"),
+        }
+    }
+    for (hash, e) in library.add_recorded(&records, topic, catalog) {
+        tracing::warn!(
+            "recorded pattern set {hash} cannot be compiled here, state of its versions is not restored: {e}"
+        );
+    }
+    Ok(library)
 }
 
 fn main_loop(
@@ -623,6 +647,8 @@ struct Worker {
     instance: String,
     /// The running pattern set.
     set: PatternSet,
+    /// Every pattern version this instance ran or found in the pattern sets topic.
+    library: Library,
     timeouts_topic: Option<String>,
     min_ts: i64,
     max_ts: i64,

@@ -49,16 +49,22 @@ impl Worker {
         part.set = self.set.hash();
         // Timer records are read by range: every queued write must be in.
         self.store.sync()?;
+        let library = &self.library;
         let summary = part
-            .open(self.store.clone())
+            .open(self.store.clone(), &|h| library.get(h))
             .or_fail_with(Kind::Failed, || format!("the state of {topic}/{p} cannot be restored"))?;
         if summary.stale > 0 {
-            tracing::info!(
+            tracing::warn!(
                 topic,
                 partition = p,
                 stale = summary.stale,
-                "the stored state of patterns that no longer run is not read"
+                "the stored state of pattern versions this instance does not know (not in the pattern sets topic) is not read"
             );
+        }
+        let draining: Vec<String> =
+            part.draining().map(|o| format!("{}@{}", o.nfa().meta.name, o.nfa().meta.version)).collect();
+        if !draining.is_empty() {
+            tracing::info!(topic, partition = p, draining = %draining.join(" "), "replaced pattern versions finish their partial matches");
         }
         Ok(part)
     }
@@ -159,7 +165,8 @@ impl Worker {
                 };
                 let plan = self.plans.get(t).ok_or_else(|| Error::failed(format!("no stream reads topic `{t}`")))?;
                 let mut part = Partition::new(plan.clone(), *p, self.op_config);
-                let (records, _) = part.index(&records).or_fail_with(Kind::Failed, || {
+                let library = &self.library;
+                let (records, _) = part.index(&records, &|h| library.get(h)).or_fail_with(Kind::Failed, || {
                     format!("the state of {t}/{p} in the changelog cannot be restored")
                 })?;
                 self.store.replace(&prefix, &records)?;

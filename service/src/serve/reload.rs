@@ -1,5 +1,5 @@
 //! A pattern reload (SIGHUP): the files compiled again and, if good, activated between two
-//! transactions, with the state of patterns that are gone deleted and the activation recorded.
+//! transactions, with the activation recorded; replaced versions drain.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,7 +10,6 @@ use super::batch::init_metrics;
 use super::rebalance::GroupContext;
 use super::Output;
 use super::Worker;
-use crate::core::changelog::{in_changelog, pattern_prefix, Changes};
 use crate::core::pattern_sets::{compile_files, set_hash};
 use crate::core::plan::build_plans;
 use crate::error::{Error, Result};
@@ -19,10 +18,10 @@ use crate::obs::metrics::Metrics;
 
 impl Worker {
     /// Compiles the pattern files again and, if they are good, activates them at a transaction
-    /// boundary: the open transaction commits first, the state of patterns that are gone is
-    /// deleted (tombstones in the changelog, in a transaction of their own), patterns whose
-    /// content hash did not change keep their state, and new ones start at each partition's
-    /// watermark. A set that does not compile, or that would change which topics are read, is
+    /// boundary: the open transaction commits first, the activation is recorded in a
+    /// transaction of its own, patterns whose content hash did not change keep their state,
+    /// versions that are gone finish their partial matches (they drain, see
+    /// `Partition::with_plan`), and new ones start at each partition's watermark. A set that does not compile, or that would change which topics are read, is
     /// refused and the running set stays. Errors are only those that stop the service.
     pub(super) fn reload(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
         let refuse = |m: &Metrics, why: String| {
@@ -69,47 +68,32 @@ impl Worker {
         if self.in_txn {
             return Err(Error::failed("the transaction before the reload did not commit"));
         }
-        // Delete the stored state of the patterns that are gone, in this instance's partitions.
-        let kept: HashSet<&str> = nfas.iter().map(|n| n.meta.hash.as_str()).collect();
-        let mut deletes = Vec::new();
-        for (t, parts) in &self.parts {
-            let plan = &self.plans[t];
-            for p in parts.keys() {
-                for gone in plan.patterns.iter().filter(|n| !kept.contains(n.meta.hash.as_str())) {
-                    for (k, _) in self.store.scan(&pattern_prefix(t, *p, &gone.meta.hash))? {
-                        deletes.push((*p, in_changelog(&k, t, *p), k));
-                    }
-                }
-            }
-        }
-        // The deletes and the record of the new set's activation, in one transaction: the set
-        // takes effect at each partition's current position and watermark.
+        // The record of the new set's activation, in a transaction of its own: the set takes
+        // effect at each partition's current position and watermark. Versions that go drain
+        // (see `Partition::with_plan`); their state goes once they hold nothing.
         {
             let record = self.activation_record(&set, "reload", None);
             let key = set.hash();
             let result = self.transaction_of_its_own(|w| {
-                for (p, _, k) in deletes.iter().filter(|(_, in_changelog, _)| *in_changelog) {
-                    produce(&w.producer, &w.changelog, Some(p % w.changelog_parts), Some(k), None, None)?;
-                }
                 produce(&w.producer, &w.pattern_sets_topic, Some(0), Some(key.as_bytes()), Some(&record), None)
             });
             if let Err(e) = result {
-                refuse(&self.metrics, format!("cannot record the new set and delete the removed patterns' state: {e}"));
+                refuse(&self.metrics, format!("cannot record the new set: {e}"));
                 return Ok(());
             }
             self.metrics.records_produced.with_label_values(&[Output::PatternSets.label()]).inc();
         }
-        if !deletes.is_empty() {
-            let n = deletes.iter().filter(|(_, in_changelog, _)| *in_changelog).count() as u64;
-            let records = deletes.into_iter().map(|(_, _, k)| (k, None)).collect();
-            self.store.apply(Changes { records, ..Changes::default() })?;
-            self.metrics.records_produced.with_label_values(&["changelog"]).inc_by(n);
-        }
+        self.library.add(&set);
         for (t, parts) in &mut self.parts {
             let plan = &plans[t];
             *parts = std::mem::take(parts)
                 .into_iter()
-                .map(|(p, part)| (p, part.with_plan(plan.clone(), self.op_config)))
+                .map(|(p, part)| {
+                    let at = part.next_offset;
+                    let mut part = part.with_plan(plan.clone(), at);
+                    part.set = new_hash.clone();
+                    (p, part)
+                })
                 .collect();
         }
         // The metrics: pattern gauges of patterns that are gone, the information metrics.
