@@ -299,9 +299,10 @@ fn events_read_just_before_a_switch_are_seen_by_exactly_one_version() {
 
 /// A switch from each library pattern's version to another one halfway through its examples,
 /// and (in a second run) straight back: every record starts matches in exactly one version,
-/// the new version raises what it raises alone from the switch on, and a partition
-/// checkpointed, evicted and restored (from the store or the changelog) at every record emits
-/// what one that ran straight through does.
+/// the new version raises what it raises alone from the switch on, a partition checkpointed,
+/// evicted and restored (from the store or the changelog) at every record emits what one that
+/// ran straight through does, and so does one switched by restoring its stored state under the
+/// new set (a partition moving to an instance that runs the new set).
 #[test]
 fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
     // Alerts of a replaced version completed after its switch: partial matches it finished.
@@ -315,7 +316,10 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
         // (offset, plan) switches: A -> B at k; A -> B at k and back to A at k + 1.
         let schedules: [Vec<(usize, &Arc<StreamPlan>)>; 2] = [vec![(k, &b)], vec![(k, &b), (k + 1, &a)]];
         for (s, switches) in schedules.iter().enumerate() {
-            let run = |checkpoint: bool| -> Vec<Emit> {
+            // `checkpoint`: stored and restored at every third record; `by_restore`: each switch
+            // made by opening the stored state under the new set (a partition that moves to an
+            // instance running another set) instead of in place.
+            let run = |checkpoint: bool, by_restore: bool| -> Vec<Emit> {
                 let mut emitted = Vec::new();
                 let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
                 let mut store = Arc::new(MemoryState::default());
@@ -323,7 +327,14 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
                 part.open(store.clone(), &resolve).expect("an empty store opens");
                 for (i, e) in events.iter().enumerate() {
                     for (_, plan) in switches.iter().filter(|(at, _)| *at == i) {
-                        part = part.with_plan((*plan).clone(), i as i64);
+                        if by_restore {
+                            let mut fresh = Partition::new((*plan).clone(), 0, OpConfig::default());
+                            fresh.open(store.clone(), &resolve).expect("opens under the new set");
+                            assert_eq!(fresh.next_offset, i as i64);
+                            part = fresh;
+                        } else {
+                            part = part.with_plan((*plan).clone(), i as i64);
+                        }
                     }
                     feed(&mut part, &cfg, std::slice::from_ref(e), &mut emitted);
                     part.next_offset = i as i64 + 1;
@@ -369,12 +380,13 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
                 assert!(part.take_store_error().is_none());
                 emitted
             };
-            let straight = run(false);
+            let straight = run(false, false);
             assert_eq!(
-                run(true),
+                run(true, false),
                 straight,
                 "{name} (schedule {s}): restored partitions emit what one straight run does"
             );
+            assert_eq!(run(false, true), straight, "{name} (schedule {s}): a switch by restore is the same switch");
             // Which version raised what: a replaced version only finishes partial matches that
             // began before it was replaced (offset below its switch).
             let lines = alert_lines(&straight);

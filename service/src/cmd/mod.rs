@@ -12,6 +12,7 @@ mod check;
 mod conformance;
 mod explain;
 mod export;
+mod fleet;
 mod metrics;
 mod produce;
 mod replay;
@@ -66,6 +67,13 @@ enum Command {
     /// Explain an alert (which events matched which step, with the values), why a key did or
     /// did not alert over a range, or the compiled automaton of patterns.
     Explain(explain::Args),
+    /// Check, compile and publish a pattern set to the pattern sets topic: every instance of
+    /// the group switches to it at its next transaction boundary.
+    Deploy(fleet::DeployArgs),
+    /// Publish an earlier recorded pattern set again (default: the one before the running one).
+    Rollback(fleet::RollbackArgs),
+    /// Which pattern set each partition and instance of the group runs, and since where.
+    Status(fleet::StatusArgs),
 }
 
 /// How a command that ran to its end went.
@@ -118,6 +126,9 @@ fn dispatch(command: Command) -> Result<Status, Error> {
         Command::Bench(args) => bench::run(args),
         Command::Metrics => metrics::run(),
         Command::Explain(args) => explain::run(args),
+        Command::Deploy(args) => fleet::deploy(args),
+        Command::Rollback(args) => fleet::rollback(args),
+        Command::Status(args) => fleet::status(args),
     }
 }
 

@@ -40,6 +40,8 @@ impl PatternSet {
     /// The activation record of this set on `positions`.
     pub fn activation(&self, reason: &str, instance: &str, at_ms: i64, positions: Vec<Position>) -> Activation {
         Activation {
+            deployment: None,
+            group: String::new(),
             set: self.hash(),
             reason: reason.to_owned(),
             instance: instance.to_owned(),
@@ -170,11 +172,14 @@ pub fn set_hash(nfas: &[Arc<Nfa>]) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// One activation of a pattern set (a record of the pattern sets topic, as JSON).
+/// One record of the pattern sets topic, as JSON: an activation of a pattern set on some
+/// partitions by an instance, or a deployment (a request to every instance of a group to run the
+/// set: no positions).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activation {
     pub set: String,
-    /// `assign` (partitions taken over) or `reload`.
+    /// An instance's activation: `assign` (partitions taken over), `reload` (SIGHUP) or
+    /// `switch` (a deployment followed). A deployment: `deploy` or `rollback`.
     pub reason: String,
     pub instance: String,
     /// The service's clock when it activated the set (for people; replays never read it).
@@ -183,6 +188,39 @@ pub struct Activation {
     pub files: Vec<FileEntry>,
     /// Where the set took effect, per input partition.
     pub positions: Vec<Position>,
+    /// The deployment: the one requested (a deployment record) or followed (a `switch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Deployment>,
+    /// The consumer group of the instance (empty in records written before it was recorded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+}
+
+impl Activation {
+    /// Whether the record is a deployment (`tripline deploy`, `tripline rollback`), not an
+    /// instance's activation.
+    pub fn is_deployment(&self) -> bool {
+        matches!(self.reason.as_str(), "deploy" | "rollback") && self.deployment.is_some()
+    }
+
+    /// The deployment it requests, if it is a deployment for consumer group `group`.
+    pub fn deployment_for(&self, group: &str) -> Option<&Deployment> {
+        self.deployment.as_ref().filter(|d| self.is_deployment() && d.group == group)
+    }
+}
+
+/// A deployment of a pattern set to every instance of a consumer group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Unique per deployment.
+    pub id: String,
+    /// The consumer group (`kafka.group_id`) whose instances follow it.
+    pub group: String,
+}
+
+/// The latest deployment for `group` among `records` (in topic order).
+pub fn latest_deployment<'a>(records: &'a [Activation], group: &str) -> Option<&'a Activation> {
+    records.iter().rev().find(|a| a.deployment_for(group).is_some())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,7 +36,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::core::config::{self, Config};
 use crate::core::partition::Partition;
-use crate::core::pattern_sets::{compile_files, Activation, Library, PatternSet};
+use crate::core::pattern_sets::{compile_files, Deployment, Library, PatternSet};
 use crate::core::plan::{build_plans, StreamPlan};
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::avro::AvroIn;
@@ -48,6 +48,7 @@ use crate::obs::{init_logging, now_ms, out};
 
 mod batch;
 mod commit;
+mod follow;
 mod rebalance;
 mod records;
 mod reload;
@@ -126,7 +127,24 @@ fn setup(config: Option<&Path>) -> Result<Setup> {
 }
 
 fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> Result<()> {
-    let Setup { cfg, plans, avro, op_config, base, sources, set } = setup(config)?;
+    let Setup { cfg, mut plans, mut avro, op_config, base, sources, mut set } = setup(config)?;
+    // The pattern sets topic first: the latest deployment for the group wins over the files.
+    let client = kafka::client_config(&cfg)?;
+    kafka::ensure_topics(&cfg, &[(cfg.outputs.pattern_sets_topic.clone(), 1, false)])?;
+    let found = follow::start(&cfg, &sources.catalog, &set)?;
+    let mut deployment = None;
+    if let Some((deployed, d)) = found.deployed {
+        if deployed.hash() != set.hash() {
+            let path = &sources.config_path;
+            plans = build_plans(&cfg.streams, path, &sources.catalog, &deployed.nfas)
+                .map_err(|e| e.context(format!("deployment {} cannot run with {}", d.id, path.display())))?;
+            avro = AvroIn::for_plans(&cfg, path, plans.values())?;
+            set = deployed;
+        }
+        tracing::info!(deployment = %d.id, set = %set.hash(), "running the deployed pattern set");
+        deployment = Some(d);
+    }
+    let (library, follower) = (found.library, found.follower);
     let patterns: usize = plans.values().map(|p| p.patterns.len()).sum();
     tracing::info!(patterns, streams = plans.len(), group = %cfg.kafka.group_id, instance = %cfg.service.instance_id, "starting");
 
@@ -135,7 +153,6 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
     server.serve(&cfg.service.http_addr, health.clone(), metrics.clone())?;
 
     // Topics: inputs must exist to size the changelog; outputs are created when missing.
-    let client = kafka::client_config(&cfg)?;
     let probe: BaseConsumer =
         kafka::create(&cfg, &client, rdkafka::consumer::DefaultConsumerContext, "metadata client")?;
     let topics: Vec<String> = plans.keys().cloned().collect();
@@ -166,7 +183,6 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
         .ok_or_else(|| Error::failed(format!("the changelog topic `{changelog}` is not there after creating it")))?
         as i32;
     drop(probe);
-    let library = recorded_versions(&cfg, &sources.catalog, &set)?;
 
     let opened = Instant::now();
     let store = Store::open(&base.join(&cfg.service.state_dir))?;
@@ -228,8 +244,11 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
         dead_letter_topic: o.dead_letter_topic.clone(),
         pattern_sets_topic: o.pattern_sets_topic.clone(),
         instance: cfg.service.instance_id.clone(),
+        group: cfg.kafka.group_id.clone(),
         set,
         library,
+        follower: Some(follower),
+        deployment,
         timeouts_topic: o.timeouts_topic.clone(),
         min_ts: cfg.service.min_event_time,
         max_ts: cfg.service.max_event_time,
@@ -303,28 +322,6 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
     result
 }
 
-/// The pattern versions a restored partition may hold state of: the running set's and those
-/// of every set recorded in the pattern sets topic (read to its end, committed records only).
-fn recorded_versions(cfg: &Config, catalog: &dsl::Catalog, set: &PatternSet) -> Result<Library> {
-    let mut library = Library::default();
-    library.add(set);
-    let topic = &cfg.outputs.pattern_sets_topic;
-    let reader = crate::io::reader::reader(cfg)?;
-    let mut records = Vec::new();
-    for (p, o, bytes) in crate::io::reader::read_all(&reader, cfg, topic)? {
-        match serde_json::from_slice::<Activation>(&bytes) {
-            Ok(a) => records.push(a),
-            Err(e) => tracing::warn!("{topic}/{p}@{o} is not an activation record: {e}"),
-        }
-    }
-    for (hash, e) in library.add_recorded(&records, topic, catalog) {
-        tracing::warn!(
-            "recorded pattern set {hash} cannot be compiled here, state of its versions is not restored: {e}"
-        );
-    }
-    Ok(library)
-}
-
 fn main_loop(
     consumer: &BaseConsumer<GroupContext>,
     shared: &Arc<Shared>,
@@ -339,6 +336,7 @@ fn main_loop(
         if health.reload.swap(false, Ordering::Relaxed) {
             lock(shared).reload(consumer)?;
         }
+        lock(shared).follow(consumer)?;
         let wait = {
             let core = lock(shared);
             if let Some(f) = &core.fatal {
@@ -645,10 +643,16 @@ struct Worker {
     dead_letter_topic: String,
     pattern_sets_topic: String,
     instance: String,
+    /// The consumer group (`kafka.group_id`).
+    group: String,
     /// The running pattern set.
     set: PatternSet,
     /// Every pattern version this instance ran or found in the pattern sets topic.
     library: Library,
+    /// The pattern sets topic, followed for deployments.
+    follower: Option<follow::Follower>,
+    /// The deployment the running set came from (`None`: the pattern files).
+    deployment: Option<Deployment>,
     timeouts_topic: Option<String>,
     min_ts: i64,
     max_ts: i64,

@@ -18,7 +18,7 @@ use super::Output;
 use super::{Shared, Worker};
 use crate::core::changelog::{meta_key, meta_position, state_prefix, StateRecords};
 use crate::core::partition::{Partition, Sought};
-use crate::core::pattern_sets::{PatternSet, Position};
+use crate::core::pattern_sets::{Activation, PatternSet, Position};
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::kafka::{log_rdkafka, produce, REQUEST_TIMEOUT};
 use crate::obs::now_ms;
@@ -395,6 +395,12 @@ impl ConsumerContext for GroupContext {
 impl Worker {
     /// The activation record of `set` on the assigned partitions (`only`: these of them).
     pub(super) fn activation_record(&self, set: &PatternSet, reason: &str, only: Option<&[(String, i32)]>) -> Vec<u8> {
+        serde_json::to_vec(&self.activation(set, reason, only)).unwrap_or_default()
+    }
+
+    /// The activation of `set` on this instance's partitions (or those of `only`), at their
+    /// current positions.
+    pub(super) fn activation(&self, set: &PatternSet, reason: &str, only: Option<&[(String, i32)]>) -> Activation {
         let mut positions = Vec::new();
         for (t, parts) in &self.parts {
             for (p, part) in parts {
@@ -411,8 +417,10 @@ impl Worker {
             }
         }
         positions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        let record = set.activation(reason, &self.instance, now_ms(), positions);
-        serde_json::to_vec(&record).unwrap_or_default()
+        let mut a = set.activation(reason, &self.instance, now_ms(), positions);
+        a.deployment = self.deployment.clone();
+        a.group = self.group.clone();
+        a
     }
 
     /// Records that the running set takes effect on newly assigned partitions (from their

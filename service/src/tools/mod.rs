@@ -1,4 +1,5 @@
-//! Tools around the service: `tripline produce` (JSON-lines events to Avro records, schemas
+//! Tools around the service: `tripline deploy`, `rollback` and `status` (the fleet through the
+//! pattern sets topic: [`fleet`]), `tripline produce` (JSON-lines events to Avro records, schemas
 //! registered), `tail` (a topic's committed records), `export` (a stream's committed records,
 //! decoded, as JSON lines with their coordinates: the input of a replay), `bench` (the
 //! engine's throughput on the FlinkCEP benchmark's input; `bench scale` and `bench patterns`) and `bench kafka` (the service end to
@@ -10,6 +11,7 @@ pub mod bench_kafka;
 pub mod bench_patterns;
 pub mod bench_scale;
 pub mod export;
+pub mod fleet;
 pub mod produce;
 pub mod tail;
 
