@@ -209,6 +209,29 @@ pub(crate) fn reads_of(conditions: &[Expr]) -> Vec<Read> {
 }
 
 impl Nfa {
+    /// The fields of its stream the pattern reads: its key, and every field its conditions,
+    /// outputs and message read (of the candidate or of earlier events), each once, ascending.
+    pub fn fields_read(&self) -> Vec<FieldId> {
+        fn walk(e: &Expr, out: &mut Vec<FieldId>) {
+            match e {
+                Expr::Field(f) | Expr::VarField(_, f) | Expr::Agg(_, _, Some(f)) => out.push(*f),
+                _ => {}
+            }
+            e.for_each_child(&mut |c| walk(c, out));
+        }
+        let mut out = vec![self.meta.key];
+        let parts = self.message.parts.iter().filter_map(|p| match p {
+            TemplatePart::Expr(e) => Some(e),
+            TemplatePart::Lit(_) => None,
+        });
+        for e in self.conditions.iter().chain(self.outputs.iter().map(|o| &o.expr)).chain(parts) {
+            walk(e, &mut out);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     pub fn state(&self, id: StateId) -> &State {
         &self.states[id.index()]
     }

@@ -2,7 +2,10 @@
 //! id, a schema of another stream, a writer schema without a required field, a truncated datum
 //! and absurd timestamps each land in the dead-letter topic with their reason and source
 //! coordinates; a late event lands in the late topic; the good events still alert as a replay
-//! of them does; and consumed = processed + late + dead-lettered.
+//! of them does; and consumed = processed + late + dead-lettered. The schema gate: a writer
+//! schema without a field running patterns read shows in `tripline_schema_breaks` (one without
+//! a field no pattern reads does not), and `tripline check --registry` fails once such a schema
+//! is the subject's latest.
 
 #![allow(clippy::print_stderr)] // the figures are the output
 
@@ -47,14 +50,19 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let short_json = short.to_string();
     let short_schema = Schema::parse_str(&short_json).expect("parses");
     let short_id = register(&env, "payments-short-value", &short_json);
+    // One without `counterparty_account_id`, which three of the patterns read.
+    let mut nocp: serde_json::Value = serde_json::from_str(&payments_json).expect("json");
+    nocp["fields"].as_array_mut().expect("fields").retain(|f| f["name"] != "counterparty_account_id");
+    let nocp_json = nocp.to_string();
+    let nocp_schema = Schema::parse_str(&nocp_json).expect("parses");
+    let nocp_id = register(&env, "payments-nocp-value", &nocp_json);
 
-    let payment = |ts: i64, drop_customer: bool| {
+    let payment_without = |ts: i64, field: &str| {
         let mut fields = common::payment_fields("BAD-1", ts);
-        if drop_customer {
-            fields.retain(|(n, _)| n != "customer_id");
-        }
+        fields.retain(|(n, _)| n != field);
         Avro::Record(fields)
     };
+    let payment = |ts: i64, drop_customer: bool| payment_without(ts, if drop_customer { "customer_id" } else { "-" });
     let now_ish = common::START + 3_000 * 50;
     let valid = common::framed(payments_id, &payments, payment(now_ish, false));
     let mut truncated = valid.clone();
@@ -73,6 +81,7 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
             v
         }),
         ("missing-field", common::framed(short_id, &short_schema, payment(now_ish, true))),
+        ("missing-field", common::framed(nocp_id, &nocp_schema, payment_without(now_ish, "counterparty_account_id"))),
         ("undecodable", truncated),
         ("bad-timestamp", common::framed(payments_id, &payments, payment(253_402_300_799_000, false))),
         ("bad-timestamp", common::framed(payments_id, &payments, payment(-5, false))),
@@ -96,6 +105,19 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     assert_eq!(common::http_status(&cfg, "/healthz"), Some(200));
     assert_eq!(common::http_status(&cfg, "/nothing-here"), Some(404));
     env.wait_caught_up("bad", "payments", Duration::from_secs(300));
+    // The schema gate: the writer schema without the counterparty breaks three patterns' reads;
+    // the one without `customer_id` (which no pattern reads) breaks none.
+    let metrics = common::http_get(&cfg, "/metrics").expect("metrics");
+    let series = |id: u32| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("tripline_schema_breaks{") && l.contains(&format!("schema_id=\"{id}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+    };
+    assert_eq!(series(nocp_id).as_deref(), Some("3"), "{metrics}");
+    assert_eq!(series(short_id), None, "a field no pattern reads");
+    assert_eq!(series(payments_id), None);
+    assert!(log_tail(&env, "bad").contains("breaks running patterns"), "{}", log_tail(&env, "bad"));
     assert!(svc.stop().success(), "the service did not stop cleanly:\n{}", log_tail(&env, "bad"));
 
     let dead = records(&env, "bad.dead-letter");
@@ -139,4 +161,27 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() {
     let committed = by_id(&env.committed(&cfg, "bad.alerts"), "service");
     assert!(!committed.is_empty());
     assert_same(&committed, &by_id(&replayed, "replay"), "service vs replay");
+
+    // `tripline check --registry`: the subject's latest schema is the stream's own, then one
+    // without the counterparty (removing a field is a backward-compatible change).
+    let c = cfg.display().to_string();
+    let patterns: Vec<String> =
+        common::PAYMENT_PATTERNS.iter().map(|p| root.join(format!("patterns/{p}.tl")).display().to_string()).collect();
+    let check = || {
+        let mut args = vec!["check", "--config", &c, "--registry", &env.registry];
+        args.extend(patterns.iter().map(String::as_str));
+        env.tripline().args(&args).output().expect("check runs")
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("against the registry's latest schemas"));
+    register(&env, "payments-value", &nocp_json);
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(stdout.matches("error[schema-breaks-pattern]").count(), 3, "{stdout}");
+    assert!(
+        stdout.contains("rapid_movement@2 reads `counterparty_account_id`: the writer schema has no such field"),
+        "{stdout}"
+    );
 }

@@ -390,6 +390,7 @@ fn prometheus_scrapes_the_service_and_every_dashboard_and_rule_expression_works(
         "TriplinePartialMatchBudgetHit",
         "TriplineRestoreSlow",
         "TriplinePatternReloadFailed",
+        "TriplineWriterSchemaBreaksPatterns",
     ] {
         assert!(names.contains(want), "no alert rule {want}: {names:?}");
     }

@@ -103,6 +103,8 @@ pub struct AvroIn {
     /// The (schema id, stream) of the last record decoded, and its decoder: most records repeat
     /// it, and then no map is looked up.
     last: Option<(u32, String, Direct)>,
+    /// Writer schemas met on a stream for the first time, since [`AvroIn::take_new_writers`].
+    new_writers: Vec<(String, u32, Arc<Schema>)>,
 }
 
 impl std::fmt::Debug for AvroIn {
@@ -136,6 +138,7 @@ impl AvroIn {
             readers: map,
             writers: HashMap::new(),
             last: None,
+            new_writers: Vec::new(),
         })
     }
 
@@ -146,6 +149,12 @@ impl AvroIn {
         self.writers.insert(id, Writer::new(Ok(Arc::new(schema))));
         self.last = None;
         Ok(())
+    }
+
+    /// The writer schemas met on a stream for the first time since the last call: (stream,
+    /// schema id, schema). For the schema gate (`core::schema_gate`).
+    pub fn take_new_writers(&mut self) -> Vec<(String, u32, Arc<Schema>)> {
+        std::mem::take(&mut self.new_writers)
     }
 
     /// The decoder of the streams of `plans` (their schemas read relative to the config file at
@@ -301,10 +310,11 @@ impl AvroIn {
             .readers
             .get(&plan.name)
             .ok_or_else(|| reject("wrong-schema", format!("stream `{}` has no schema", plan.name)))?;
-        let verdict = writer
-            .readable
-            .entry(plan.name.clone())
-            .or_insert_with(|| readable(id, &writer_schema, &reader.schema, &reader.branches, &plan.name));
+        let new_writers = &mut self.new_writers;
+        let verdict = writer.readable.entry(plan.name.clone()).or_insert_with(|| {
+            new_writers.push((plan.name.clone(), id, writer_schema.clone()));
+            readable(id, &writer_schema, &reader.schema, &reader.branches, &plan.name)
+        });
         match verdict {
             Ok(targets) => Ok((writer_schema, targets.clone())),
             Err(r) => Err(DecodeError::Reject(r.clone())),

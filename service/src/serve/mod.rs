@@ -49,6 +49,7 @@ use crate::obs::{init_logging, now_ms, out};
 mod batch;
 mod commit;
 mod follow;
+mod gate;
 mod rebalance;
 mod records;
 mod reload;
@@ -128,6 +129,13 @@ fn setup(config: Option<&Path>) -> Result<Setup> {
 
 fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> Result<()> {
     let Setup { cfg, mut plans, mut avro, op_config, base, sources, mut set } = setup(config)?;
+    let patterns: usize = plans.values().map(|p| p.patterns.len()).sum();
+    tracing::info!(patterns, streams = plans.len(), group = %cfg.kafka.group_id, instance = %cfg.service.instance_id, "starting");
+
+    let metrics = Arc::new(Metrics::new());
+    init_metrics(&metrics, &plans, cfg.outputs.timeouts_topic.is_some());
+    server.serve(&cfg.service.http_addr, health.clone(), metrics.clone())?;
+
     // The pattern sets topic first: the latest deployment for the group wins over the files.
     let client = kafka::client_config(&cfg)?;
     kafka::ensure_topics(&cfg, &[(cfg.outputs.pattern_sets_topic.clone(), 1, false)])?;
@@ -142,15 +150,12 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
             set = deployed;
         }
         tracing::info!(deployment = %d.id, set = %set.hash(), "running the deployed pattern set");
+        metrics.pattern_info.reset();
+        metrics.build_info.reset();
+        init_metrics(&metrics, &plans, cfg.outputs.timeouts_topic.is_some());
         deployment = Some(d);
     }
     let (library, follower) = (found.library, found.follower);
-    let patterns: usize = plans.values().map(|p| p.patterns.len()).sum();
-    tracing::info!(patterns, streams = plans.len(), group = %cfg.kafka.group_id, instance = %cfg.service.instance_id, "starting");
-
-    let metrics = Arc::new(Metrics::new());
-    init_metrics(&metrics, &plans, cfg.outputs.timeouts_topic.is_some());
-    server.serve(&cfg.service.http_addr, health.clone(), metrics.clone())?;
 
     // Topics: inputs must exist to size the changelog; outputs are created when missing.
     let probe: BaseConsumer =
@@ -249,6 +254,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
         library,
         follower: Some(follower),
         deployment,
+        writers_seen: Vec::new(),
         timeouts_topic: o.timeouts_topic.clone(),
         min_ts: cfg.service.min_event_time,
         max_ts: cfg.service.max_event_time,
@@ -392,6 +398,7 @@ fn main_loop(
                 if let Err(e) = core.handle_batch(consumer, &msgs, health) {
                     core.recover(consumer, e)?;
                 }
+                core.gate_new_writers();
             }
         }
         let mut core = lock(shared);
@@ -653,6 +660,8 @@ struct Worker {
     follower: Option<follow::Follower>,
     /// The deployment the running set came from (`None`: the pattern files).
     deployment: Option<Deployment>,
+    /// Writer schemas met, per stream, as field tables (the schema gate: `gate.rs`).
+    writers_seen: Vec<(String, u32, Arc<dsl::StreamSchema>)>,
     timeouts_topic: Option<String>,
     min_ts: i64,
     max_ts: i64,

@@ -119,6 +119,7 @@ impl Worker {
         init_metrics(&self.metrics, &plans, self.sources.timeouts);
         self.plans = plans;
         self.set = set;
+        self.gate_writers();
         // A reload runs the files: no deployment any more.
         self.deployment = deployment;
         self.metrics.pattern_reloads.with_label_values(&["ok"]).inc();

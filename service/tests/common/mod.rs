@@ -223,6 +223,12 @@ pub fn log_tail(env: &DevEnv, name: &str) -> String {
 
 /// The status code of `GET path` on the service's HTTP address from `config` (None: no answer).
 pub fn http_status(config: &Path, path: &str) -> Option<u16> {
+    http_get(config, path)?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The whole reply (status line, headers, body) to `GET path` on the service's HTTP address
+/// from `config` (None: no answer).
+pub fn http_get(config: &Path, path: &str) -> Option<String> {
     use std::io::{Read, Write as _};
     let text = std::fs::read_to_string(config).ok()?;
     let addr = text.lines().find_map(|l| l.strip_prefix("http_addr = "))?.trim_matches('"').to_owned();
@@ -231,7 +237,7 @@ pub fn http_status(config: &Path, path: &str) -> Option<u16> {
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
     let mut reply = String::new();
     s.read_to_string(&mut reply).ok()?;
-    reply.split_whitespace().nth(1)?.parse().ok()
+    Some(reply)
 }
 
 /// Waits until `/readyz` answers 200.
