@@ -83,6 +83,7 @@ fn decode(c: &mut Criterion) {
         schema: Arc::new(stream),
         out_of_orderness: 0,
         patterns: Vec::new(),
+        live_keys: Vec::new(),
     };
     let registry = SrSettings::new("http://127.0.0.1:9".into());
     let mut avro = AvroIn::new(registry, "http://127.0.0.1:9", &[("payments".into(), SCHEMA.into())]).expect("avro");

@@ -2,9 +2,10 @@
 //! instances of one group follow `tripline deploy` while they work through a backlog, and
 //! `tripline rollback` while every partition is quiet. Every partition switches; the time from
 //! the command returning to the last partition's switch is reported (the goal is under 1 s).
-//! Across both deployments the committed alerts hold no alert twice, the replaced version
-//! finishes what it began, and `tripline replay --as-recorded` over the topic gives exactly
-//! what the three instances committed, byte for byte.
+//! Then a canary of the new version on 30% of the keys: each of its alerts is live on exactly
+//! one version, by the key's bucket. Across the three deployments the committed alerts hold no
+//! alert twice, and `tripline replay --as-recorded` over the topic gives exactly what the three
+//! instances committed (live and shadow), byte for byte.
 
 #![allow(clippy::print_stderr)] // the figures are the output
 
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{log_tail, wait_ready, write_config, DevEnv, Service, PAYMENT_PATTERNS, START};
 use serde_json::Value;
+use tripline_service::core::plan::key_bucket;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -108,8 +110,16 @@ fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
             .into_owned();
     assert!(text.contains("all 6 partitions run the deployed set"), "{text}");
 
-    std::fs::write(dir.join("three.jsonl"), common::payments_from(6_000, 2_000, 23, START + 40_000 * 50, "R"))
-        .expect("batch three");
+    // A canary of the changed structuring, live on 30% of the keys (in shadow on the others,
+    // where version 1 stays live), while quiet; batch three runs under it.
+    let mut canary = vec!["deploy", "--config", &ca, "--canary", "30"];
+    canary.extend(files.iter().map(String::as_str));
+    let (said, returned) = fleet_command(&env, &canary);
+    assert!(said.contains("canary deployment (30% of keys)"), "{said}");
+    let status = switched(&env, &configs[0]);
+    let canary_ms = last_switch(&status, returned);
+    let third = START + 40_000 * 50;
+    std::fs::write(dir.join("three.jsonl"), common::payments_from(6_000, 2_000, 23, third, "R")).expect("batch three");
     env.run_ok(&["produce", "--config", &ca, "--input", "three.jsonl"]);
     env.wait_caught_up("fleet", "payments", Duration::from_secs(300));
     let mut committed = env.committed(&configs[0], "fleet.alerts");
@@ -120,8 +130,8 @@ fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
     }
     eprintln!(
         "the last of 6 partitions switched, after the command returned / after the deployment was published: \
-         deploy (instances busy: {busy}) {} / {} ms; rollback (quiet partitions) {} / {} ms",
-        deploy_ms.0, deploy_ms.1, rollback_ms.0, rollback_ms.1
+         deploy (instances busy: {busy}) {} / {} ms; rollback (quiet partitions) {} / {} ms; canary {} / {} ms",
+        deploy_ms.0, deploy_ms.1, rollback_ms.0, rollback_ms.1, canary_ms.0, canary_ms.1
     );
 
     // No alert twice; both versions of structuring alerted.
@@ -131,6 +141,19 @@ fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
     let versions: BTreeSet<u64> =
         alerts.iter().filter(|a| a["pattern"] == "structuring").filter_map(|a| a["version"].as_u64()).collect();
     assert_eq!(versions, BTreeSet::from([1, 2]), "both versions of structuring alerted");
+    // Under the canary each structuring alert is raised by both versions, live by one: version
+    // 2 on the keys of its 30%, version 1 on the others.
+    let mut live_by_version = [0usize; 3];
+    for a in alerts.iter().filter(|a| a["pattern"] == "structuring" && a["ts"].as_i64() >= Some(third)) {
+        let key = a["key"].as_str().expect("key");
+        let v2 = a["version"] == 2;
+        let live = a["mode"] == "live";
+        assert_eq!(live, v2 == (key_bucket(key) < 3_000), "{a}");
+        if live {
+            live_by_version[if v2 { 2 } else { 1 }] += 1;
+        }
+    }
+    assert!(live_by_version[1] > 0 && live_by_version[2] > 0, "both versions live on some keys: {live_by_version:?}");
 
     // The sets as the service switched them, replayed: exactly what it committed.
     let out = env

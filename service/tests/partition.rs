@@ -21,7 +21,7 @@ use tripline_service::core::changelog::{Changes, MemoryState};
 use tripline_service::core::config::Config;
 use tripline_service::core::partition::{Emit, Partition};
 use tripline_service::core::pattern_sets::{compile_files, compile_sources};
-use tripline_service::core::plan::{admit, build_plans, StreamPlan};
+use tripline_service::core::plan::{admit, build_plans, key_bucket, LiveKeys, StreamPlan, BUCKETS};
 use tripline_service::io::files::read_records;
 
 fn root() -> PathBuf {
@@ -313,8 +313,11 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
         let events = examples(&name, &catalog);
         let k = events.len() / 2;
         let resolve = |h: &str| a.patterns.iter().chain(&b.patterns).find(|n| n.meta.hash == h).cloned();
-        // (offset, plan) switches: A -> B at k; A -> B at k and back to A at k + 1.
-        let schedules: [Vec<(usize, &Arc<StreamPlan>)>; 2] = [vec![(k, &b)], vec![(k, &b), (k + 1, &a)]];
+        // (offset, plan) switches: A -> B at k; A -> B at k and back to A at k + 1; a canary of B
+        // (live on half the keys, A on the others) at k, promoted at k + 2.
+        let canary = canary_plan(&cfg, &a, &b, 5_000);
+        let schedules: [Vec<(usize, &Arc<StreamPlan>)>; 3] =
+            [vec![(k, &b)], vec![(k, &b), (k + 1, &a)], vec![(k, &canary), (k + 2, &b)]];
         for (s, switches) in schedules.iter().enumerate() {
             // `checkpoint`: stored and restored at every third record; `by_restore`: each switch
             // made by opening the stored state under the new set (a partition that moves to an
@@ -397,8 +400,11 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
                     (0, v) if v == va => first < k as i64,
                     (0, _) => first >= k as i64,
                     // B ran for one record: what it began there, A all else.
-                    (_, v) if v == vb => first == k as i64,
-                    _ => first != k as i64,
+                    (1, v) if v == vb => first == k as i64,
+                    (1, _) => first != k as i64,
+                    // A ran alone before the canary, B alone from its promotion.
+                    (_, v) if v == va => first < k as i64 + 2,
+                    _ => first >= k as i64,
                 };
                 assert!(ok, "{name} (schedule {s}): version {v} raised {key} {offsets:?}");
                 if s == 0 && v == va && *offsets.last().unwrap_or(&0) >= k as i64 {
@@ -426,4 +432,50 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
         }
     }
     assert!(finished_after_switch >= 3, "the examples exercise draining: {finished_after_switch}");
+}
+
+/// A plan running both `a`'s and `b`'s pattern: `b` live on the keys in buckets below `bp`,
+/// `a` on the others (a canary of `b`).
+fn canary_plan(cfg: &Config, a: &Arc<StreamPlan>, b: &Arc<StreamPlan>, bp: u16) -> Arc<StreamPlan> {
+    let nfas: Vec<_> = a.patterns.iter().chain(&b.patterns).cloned().collect();
+    let live = BTreeMap::from([
+        (a.patterns[0].meta.hash.clone(), LiveKeys { from: bp, to: BUCKETS }),
+        (b.patterns[0].meta.hash.clone(), LiveKeys { from: 0, to: bp }),
+    ]);
+    StreamPlan::new(&a.name, &cfg.streams[&a.name], a.schema.clone(), &nfas).exposed(&live)
+}
+
+/// A canary runs both versions on every key: each match is raised by both, live by exactly one:
+/// the new version on the keys of its share, the old one on the others.
+#[test]
+fn a_canary_is_live_on_its_share_of_the_keys_and_shadow_on_the_others() {
+    for name in ["structuring", "rapid_movement", "mule_fan_in"] {
+        let (cfg, catalog, a) = plan_of(name);
+        let b = plan_edited(name, &next_version);
+        let bp = 5_000;
+        let plan = canary_plan(&cfg, &a, &b, bp);
+        let mut part = Partition::new(plan.clone(), 0, OpConfig::default()).without_change_tracking();
+        let mut emit = Vec::new();
+        feed(&mut part, &cfg, &examples(name, &catalog), &mut emit);
+        part.finish(&mut emit);
+        let mut by_match: BTreeMap<(String, String), Vec<(u64, bool)>> = BTreeMap::new();
+        for e in &emit {
+            let Emit::Alert { json, shadow, key, .. } = e else { continue };
+            let v: Value = serde_json::from_str(json).expect("JSON");
+            assert_eq!(v["mode"], if *shadow { "shadow" } else { "live" }, "{json}");
+            by_match
+                .entry((key.clone(), v["match"].to_string()))
+                .or_default()
+                .push((v["version"].as_u64().expect("v"), *shadow));
+        }
+        assert!(!by_match.is_empty(), "{name}: the examples alert");
+        let vb = b.patterns[0].meta.version as u64;
+        for ((key, m), alerts) in &by_match {
+            assert_eq!(alerts.len(), 2, "{name} {key} {m}: both versions raise it: {alerts:?}");
+            let live: Vec<u64> = alerts.iter().filter(|(_, shadow)| !shadow).map(|(v, _)| *v).collect();
+            let canary_key = key_bucket(key) < bp;
+            assert_eq!(live.len(), 1, "{name} {key} {m}: live in exactly one version: {alerts:?}");
+            assert_eq!(live[0] == vb, canary_key, "{name} {key}: bucket {} vs {bp}", key_bucket(key));
+        }
+    }
 }

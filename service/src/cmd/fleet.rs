@@ -14,6 +14,14 @@ pub struct DeployArgs {
     /// Pattern files or directories of *.tl files: the whole set every instance is to run.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
+    /// A canary: the new versions are live on this percentage of the keys (chosen by a hash of
+    /// the key) and in shadow on the others, where the versions they replace stay live.
+    #[arg(long, value_name = "PCT", conflicts_with = "shadow")]
+    canary: Option<f64>,
+    /// Run the new versions in shadow beside the running ones, which stay live: their alerts go
+    /// to the shadow alerts topic.
+    #[arg(long)]
+    shadow: bool,
     /// Wait until every partition runs the set (or this many seconds passed: exit 1), and say
     /// how long the switch took.
     #[arg(long, value_name = "SECS")]
@@ -60,7 +68,15 @@ fn seconds(wait: Option<f64>) -> Result<Option<Duration>> {
 pub fn deploy(a: DeployArgs) -> Result<Status> {
     init_logging();
     let wait = seconds(a.wait)?;
-    let published = fleet::deploy(a.config.as_deref(), &a.paths)?;
+    let exposure = match (a.canary, a.shadow) {
+        (Some(pct), _) if !(pct.is_finite() && pct > 0.0 && pct < 100.0) => {
+            return Err(Error::usage(format!("--canary {pct}: a percentage of keys above 0 and below 100")))
+        }
+        (Some(pct), _) => fleet::Exposure::Canary(((pct * 100.0).round() as u16).clamp(1, 9_999)),
+        (None, true) => fleet::Exposure::Shadow,
+        (None, false) => fleet::Exposure::Full,
+    };
+    let published = fleet::deploy(a.config.as_deref(), &a.paths, exposure)?;
     err(&published.summary());
     follow(a.config, wait)
 }

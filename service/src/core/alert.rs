@@ -42,8 +42,9 @@ pub fn alert_id(nfa: &Nfa, key: &Key, matched: &[(String, Vec<u64>)]) -> String 
 
 /// One alert as a JSON line, fields in a fixed order. `match` lists, per variable, the offsets
 /// of the events it took in `partition` (an export without coordinates: partition 0, line or
-/// record numbers).
-pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents) -> String {
+/// record numbers). `shadow`: the alert goes to the shadow topic (its pattern is declared
+/// shadow, or not live on its key), and says so in `mode`.
+pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents, shadow: bool) -> String {
     let body = engine::alert::body(nfa, events);
     let m = &nfa.meta;
     let mut s = String::with_capacity(256);
@@ -55,7 +56,7 @@ pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::Match
         m.version,
         json_str(&m.hash),
         json_str(m.severity.as_str()),
-        json_str(if m.mode == engine::Mode::Shadow { "shadow" } else { "live" }),
+        json_str(if shadow { "shadow" } else { "live" }),
         json_str(&key.to_string()),
     );
     write_match(&mut s, &body.matched);

@@ -35,7 +35,8 @@
 //! hold state (a restore from the local store reads no key). Format 3 is format 2 followed by
 //! the pattern versions that are draining (replaced, finishing their partial matches; see
 //! `Partition::with_plan`): `draining:u16 (hash:16 bytes from seq:u64 horizon:i64)*`; their
-//! counts are in the list before. Format 1 (written before keys were stored out of memory: no
+//! counts are in the list before. Format 4 adds to each pattern of that list the key buckets on
+//! which its alerts are live (`from:u16 to:u16`, see `plan::LiveKeys`: a canary deployment). Format 1 (written before keys were stored out of memory: no
 //! set, no per-pattern counts, no timer records) is still read from the changelog; a local
 //! store in format 1 is restored from the changelog instead.
 
@@ -44,7 +45,8 @@ use std::sync::{Arc, Mutex};
 
 use engine::runtime::{snapshot_summary, Backing, Drain, Key, KeyRecords, Operator, SnapshotError};
 
-use super::partition::{Counts, Draining, Partition, Resolve};
+use super::partition::{Counts, Draining, Partition, Resolve, StoredVersion};
+use super::plan::LiveKeys;
 use super::stored::Stored;
 pub use super::stored::{StateError, StoredState, INLINE_EVENTS};
 
@@ -368,6 +370,8 @@ struct Meta {
     set: String,
     /// Per pattern hash: keys and partial matches.
     patterns: Vec<(String, u64, u64)>,
+    /// Per pattern (parallel to `patterns`), the keys on which its alerts are live (format 4).
+    live: Vec<LiveKeys>,
     /// The draining pattern versions (format 3).
     draining: Vec<(String, Drain)>,
 }
@@ -402,11 +406,11 @@ impl Partition {
             attach(&stored, &self.plan.topic, self.partition, op, keys as usize, partials as usize);
             op.set_watermark(wm);
         }
-        let held = others.iter().filter(|(_, keys, _, _)| *keys > 0).count() as u64;
-        for (mut op, keys, partials) in self.restore_draining(others, resolve) {
+        let held = others.iter().filter(|v| v.keys > 0).count() as u64;
+        for (mut op, keys, partials, live) in self.restore_draining(others, resolve) {
             summary.keys += keys;
             attach(&stored, &self.plan.topic, self.partition, &mut op, keys as usize, partials as usize);
-            self.draining.push(Draining::new(op));
+            self.draining.push(Draining::new(op, live));
         }
         summary.stale = held - self.draining.len() as u64;
         self.stored = Some(stored);
@@ -416,11 +420,7 @@ impl Partition {
     /// Takes the position, counts and set of a decoded meta record; per pattern of the plan its
     /// keys and partial matches go into `live`; returns the other stored versions (keys,
     /// partial matches, and the drain of those that were draining).
-    fn take_meta(
-        &mut self,
-        meta: Meta,
-        live: &mut HashMap<String, (u64, u64)>,
-    ) -> Vec<(String, u64, u64, Option<Drain>)> {
+    fn take_meta(&mut self, meta: Meta, live: &mut HashMap<String, (u64, u64)>) -> Vec<StoredVersion> {
         self.next_offset = meta.next_offset;
         self.max_ts = meta.max_ts;
         self.counts = meta.counts;
@@ -428,12 +428,13 @@ impl Partition {
             self.set = meta.set;
         }
         let mut others = Vec::new();
-        for (hash, keys, partials) in meta.patterns {
+        for (i, (hash, keys, partials)) in meta.patterns.into_iter().enumerate() {
             if self.operators.iter().any(|o| o.nfa().meta.hash == hash) {
                 live.insert(hash, (keys, partials));
             } else {
                 let drain = meta.draining.iter().find(|(h, _)| *h == hash).map(|(_, d)| *d);
-                others.push((hash, keys, partials, drain));
+                let live = meta.live.get(i).copied().unwrap_or(LiveKeys::ALL);
+                others.push(StoredVersion { hash, keys, partials, drain, live });
             }
         }
         others
@@ -458,8 +459,8 @@ impl Partition {
             let meta = decode_meta(&records[i].1)?;
             let others = self.take_meta(meta, &mut HashMap::new());
             summary.meta = true;
-            for (op, _, _) in self.restore_draining(others, resolve) {
-                self.draining.push(Draining::new(op));
+            for (op, _, _, live) in self.restore_draining(others, resolve) {
+                self.draining.push(Draining::new(op, live));
             }
         }
         let ops: Vec<&Operator> = self.all_operators().collect();
@@ -575,6 +576,10 @@ impl Partition {
         let mut dead: std::collections::BTreeSet<Vec<u8>> =
             out.records.iter().filter(|(k, _)| k.starts_with(&from)).map(|(k, _)| k.clone()).collect();
         let (topic, partition) = (&self.plan.topic, self.partition);
+        // Records of earlier commits may still be queued for the store.
+        if let Err(e) = st.raw.sync() {
+            st.fail(e);
+        }
         let scanned = st.raw.scan(&from, &to, &mut |k, _| {
             if in_changelog(k, topic, partition) {
                 dead.insert(k.to_vec());
@@ -586,6 +591,14 @@ impl Partition {
         }
         out.records.extend(dead.into_iter().map(|k| (k, None)));
         out.delete_ranges.push((from, to));
+    }
+
+    /// The keys on which the alerts of version `hash` are live here.
+    fn live_of(&self, hash: &str) -> LiveKeys {
+        if let Some(i) = self.operators.iter().position(|o| o.nfa().meta.hash == hash) {
+            return self.plan.live_keys.get(i).copied().unwrap_or(LiveKeys::ALL);
+        }
+        self.draining.iter().find(|d| d.op.nfa().meta.hash == hash).map_or(LiveKeys::ALL, |d| d.live)
     }
 
     fn meta_key(&self) -> Vec<u8> {
@@ -618,6 +631,9 @@ impl Partition {
             hash_bytes(&mut v, hash);
             v.extend_from_slice(&keys.to_be_bytes());
             v.extend_from_slice(&partials.to_be_bytes());
+            let live = self.live_of(hash);
+            v.extend_from_slice(&live.from.to_be_bytes());
+            v.extend_from_slice(&live.to.to_be_bytes());
         }
         v.extend_from_slice(&(self.draining.len() as u16).to_be_bytes());
         for d in &self.draining {
@@ -777,6 +793,7 @@ fn decode_meta(v: &[u8]) -> Result<Meta, StateError> {
         },
         set: String::new(),
         patterns: Vec::new(),
+        live: Vec::new(),
         draining: Vec::new(),
     };
     if version == 1 {
@@ -799,6 +816,13 @@ fn decode_meta(v: &[u8]) -> Result<Meta, StateError> {
         let keys = u64::from_be_bytes(take(8)?.try_into().unwrap_or_default());
         let partials = u64::from_be_bytes(take(8)?.try_into().unwrap_or_default());
         meta.patterns.push((hash, keys, partials));
+        meta.live.push(if version >= 4 {
+            let from = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default());
+            let to = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default());
+            LiveKeys { from, to }
+        } else {
+            LiveKeys::ALL
+        });
     }
     if version >= 3 {
         let n = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default());
@@ -846,7 +870,7 @@ pub fn in_changelog(key: &[u8], topic: &str, partition: i32) -> bool {
 /// A partition's state records as (key, value), the latest value of each key.
 pub type StateRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
-const META_VERSION: u8 = 3;
+const META_VERSION: u8 = 4;
 /// Commits of a partition between two deletions of its passed timer records.
 const TIMER_GC_EVERY: u64 = 64;
 const KIND_META: u8 = b'M';

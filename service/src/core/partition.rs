@@ -16,7 +16,7 @@ use engine::{Event, Nfa};
 
 use super::alert::{alert_line, timeout_line};
 use super::coords::{seq_of, watermark_of};
-use super::plan::StreamPlan;
+use super::plan::{LiveKeys, StreamPlan};
 use super::stored::Stored;
 
 /// What a partition reports, per record.
@@ -102,12 +102,26 @@ pub struct Draining {
     pub(super) op: Operator,
     /// Its counts at the last [`Partition::take_pattern_counts`].
     seen: PatternCounts,
+    /// The keys on which its alerts are live, as when it was replaced.
+    pub(super) live: LiveKeys,
 }
 
 impl Draining {
-    pub(super) fn new(op: Operator) -> Self {
-        Draining { op, seen: PatternCounts::default() }
+    pub(super) fn new(op: Operator, live: LiveKeys) -> Self {
+        Draining { op, seen: PatternCounts::default(), live }
     }
+}
+
+/// A pattern version a partition's stored state holds that is not in its plan: its content
+/// hash, keys and partial matches, where its drain began (if it was draining) and the keys on
+/// which its alerts were live.
+#[derive(Clone, Debug)]
+pub(super) struct StoredVersion {
+    pub hash: String,
+    pub keys: u64,
+    pub partials: u64,
+    pub drain: Option<Drain>,
+    pub live: LiveKeys,
 }
 
 /// Finds a pattern version by its content hash (one that ran before: a restored partition's
@@ -183,11 +197,13 @@ impl Partition {
         let wm = self.watermark();
         let drain = Drain { from_seq: seq_of(self.partition, at), horizon: self.max_ts };
         self.reported.resize_with(self.operators.len(), PatternCounts::default);
+        let lives: Vec<LiveKeys> = self.plan.live_keys.clone();
         let mut old: Vec<Option<Draining>> = self
             .operators
             .drain(..)
             .zip(self.reported.drain(..))
-            .map(|(op, seen)| Some(Draining { op, seen }))
+            .enumerate()
+            .map(|(i, (op, seen))| Some(Draining { op, seen, live: lives.get(i).copied().unwrap_or(LiveKeys::ALL) }))
             .collect();
         let mut draining: Vec<Option<Draining>> = std::mem::take(&mut self.draining).into_iter().map(Some).collect();
         let find = |v: &mut Vec<Option<Draining>>, hash: &str| {
@@ -230,26 +246,26 @@ impl Partition {
     /// (returned as stale).
     pub(super) fn restore_draining(
         &mut self,
-        stored: Vec<(String, u64, u64, Option<Drain>)>,
+        stored: Vec<StoredVersion>,
         resolve: Resolve<'_>,
-    ) -> Vec<(Operator, u64, u64)> {
+    ) -> Vec<(Operator, u64, u64, LiveKeys)> {
         let switch = Drain { from_seq: seq_of(self.partition, self.next_offset), horizon: self.max_ts };
         let mut made = Vec::new();
         // Those that were draining first, then those the switch replaces: the order
         // `with_plan` keeps them in.
-        let (mut stored, replaced): (Vec<_>, Vec<_>) = stored.into_iter().partition(|s| s.3.is_some());
+        let (mut stored, replaced): (Vec<_>, Vec<_>) = stored.into_iter().partition(|s| s.drain.is_some());
         stored.extend(replaced);
-        for (hash, keys, partials, drain) in stored {
-            if self.operators.iter().any(|o| o.nfa().meta.hash == hash) || keys == 0 {
+        for v in stored {
+            if self.operators.iter().any(|o| o.nfa().meta.hash == v.hash) || v.keys == 0 {
                 continue;
             }
-            let Some(nfa) = resolve(&hash) else {
+            let Some(nfa) = resolve(&v.hash) else {
                 continue;
             };
             let mut op = Operator::new(nfa, self.config);
             op.set_watermark(self.watermark());
-            op.drain(drain.unwrap_or(switch));
-            made.push((op, keys, partials));
+            op.drain(v.drain.unwrap_or(switch));
+            made.push((op, v.keys, v.partials, v.live));
         }
         made
     }
@@ -324,16 +340,22 @@ impl Partition {
     }
 
     fn render(&mut self, op: usize, emit: &mut Vec<Emit>) {
-        let nfa = match self.operators.len() {
-            n if op < n => self.operators[op].nfa(),
-            n => self.draining[op - n].op.nfa(),
+        let (nfa, live) = match self.operators.len() {
+            n if op < n => (self.operators[op].nfa(), self.plan.live_keys.get(op).copied().unwrap_or(LiveKeys::ALL)),
+            n => (self.draining[op - n].op.nfa(), self.draining[op - n].live),
         };
         for o in self.outs.drain(..) {
             match o {
                 Output::Match { key, ts, events } => {
                     self.counts.alerts += 1;
-                    let (key_text, shadow) = (key.to_string(), nfa.meta.mode == engine::Mode::Shadow);
-                    emit.push(Emit::Alert { key: key_text, json: alert_line(nfa, &key, ts, &events), ts, shadow });
+                    let key_text = key.to_string();
+                    let shadow = nfa.meta.mode == engine::Mode::Shadow || !live.live_for(&key_text);
+                    emit.push(Emit::Alert {
+                        key: key_text,
+                        json: alert_line(nfa, &key, ts, &events, shadow),
+                        ts,
+                        shadow,
+                    });
                 }
                 Output::Timeout { key, ts, events } => {
                     self.counts.timeouts += 1;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use engine::Nfa;
 use serde::{Deserialize, Serialize};
 
+use super::plan::LiveKeys;
 use super::source;
 use crate::error::{Error, Kind};
 
@@ -29,12 +30,16 @@ pub struct PatternSet {
     pub sources: Vec<(String, String)>,
     /// Per pattern (parallel to `nfas`), the index of its source in `sources`.
     pub file_of: Vec<usize>,
+    /// The keys on which patterns' alerts are live, by content hash, for those not live on
+    /// every key (a canary or shadow deployment).
+    pub live_keys: BTreeMap<String, LiveKeys>,
 }
 
 impl PatternSet {
-    /// The set's hash: 16 hex digits over its patterns' names and content hashes.
+    /// The set's hash: 16 hex digits over its patterns' names and content hashes (and the
+    /// live keys of those not live on every key).
     pub fn hash(&self) -> String {
-        set_hash(&self.nfas)
+        set_hash_with(&self.nfas, &self.live_keys)
     }
 
     /// The activation record of this set on `positions`.
@@ -58,6 +63,7 @@ impl PatternSet {
                     severity: n.meta.severity.as_str().to_owned(),
                     mode: mode(n).to_owned(),
                     file,
+                    live_keys: self.live_keys.get(&n.meta.hash).copied(),
                 })
                 .collect(),
             files: self
@@ -150,6 +156,9 @@ pub fn compile_sources(
         return Err(CompileError::Empty);
     }
     compiled.sort_by(|a, b| a.0.meta.name.cmp(&b.0.meta.name));
+    // The same version twice (a deployment's sources with a running set's) is one pattern.
+    let mut seen = std::collections::HashSet::new();
+    compiled.retain(|(n, _)| seen.insert(n.meta.hash.clone()));
     (set.nfas, set.file_of) = compiled.into_iter().unzip();
     Ok(set)
 }
@@ -165,8 +174,19 @@ pub fn mode(nfa: &Nfa) -> &'static str {
 
 /// The hash of a pattern set: 16 hex digits of SHA-256 over its sorted "name hash" lines.
 pub fn set_hash(nfas: &[Arc<Nfa>]) -> String {
+    set_hash_with(nfas, &BTreeMap::new())
+}
+
+/// [`set_hash`], with a line "name hash live from to" for each pattern live on some keys only.
+pub fn set_hash_with(nfas: &[Arc<Nfa>], live: &BTreeMap<String, LiveKeys>) -> String {
     use sha2::{Digest, Sha256};
-    let mut lines: Vec<String> = nfas.iter().map(|n| format!("{} {}\n", n.meta.name, n.meta.hash)).collect();
+    let mut lines: Vec<String> = nfas
+        .iter()
+        .map(|n| match live.get(&n.meta.hash) {
+            Some(l) => format!("{} {} live {} {}\n", n.meta.name, n.meta.hash, l.from, l.to),
+            None => format!("{} {}\n", n.meta.name, n.meta.hash),
+        })
+        .collect();
     lines.sort();
     let digest = Sha256::digest(lines.concat().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
@@ -216,6 +236,14 @@ pub struct Deployment {
     pub id: String,
     /// The consumer group (`kafka.group_id`) whose instances follow it.
     pub group: String,
+    /// A canary: the new versions are live on this share of the keys (basis points), the
+    /// versions they replace on the others (each shadow where the other is live). The set's
+    /// patterns say which keys each is live on; this is for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_bp: Option<u16>,
+    /// A shadow deployment: the new versions run in shadow beside the running ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 /// The latest deployment for `group` among `records` (in topic order).
@@ -233,6 +261,10 @@ pub struct PatternEntry {
     pub mode: String,
     /// Index into [`Activation::files`].
     pub file: usize,
+    /// The keys on which its alerts are live, when not every key (a canary or shadow
+    /// deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_keys: Option<LiveKeys>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,11 +339,12 @@ pub fn recorded(records: &[Activation], wanted: &str, topic: &str, catalog: &dsl
     let sources: Vec<dsl::SourceFile> =
         first.files.iter().map(|f| dsl::SourceFile::new(f.name.clone(), f.text.clone())).collect();
     let mut problems = Vec::new();
-    let set = compile_sources(sources, 0, catalog, &mut |d| problems.push(d)).map_err(|e| {
+    let mut set = compile_sources(sources, 0, catalog, &mut |d| problems.push(d)).map_err(|e| {
         Error::usage(format!("pattern set {hash} as recorded no longer compiles: {e}\n{}", problems.join("\n")))
     })?;
     for p in &first.patterns {
-        match set.nfas.iter().find(|n| n.meta.name == p.name) {
+        let same_name = || set.nfas.iter().find(|n| n.meta.name == p.name);
+        match set.nfas.iter().find(|n| n.meta.hash == p.hash).or_else(same_name) {
             Some(n) if n.meta.hash == p.hash => {}
             Some(n) => {
                 return Err(Error::usage(format!(
@@ -328,6 +361,14 @@ pub fn recorded(records: &[Activation], wanted: &str, topic: &str, catalog: &dsl
             }
         }
     }
+    // Only the recorded versions (a canary's sources may hold more), with their live keys.
+    let (nfas, file_of): (Vec<_>, Vec<_>) = std::mem::take(&mut set.nfas)
+        .into_iter()
+        .zip(std::mem::take(&mut set.file_of))
+        .filter(|(n, _)| first.patterns.iter().any(|p| p.hash == n.meta.hash))
+        .unzip();
+    (set.nfas, set.file_of) = (nfas, file_of);
+    set.live_keys = first.patterns.iter().filter_map(|p| Some((p.hash.clone(), p.live_keys?))).collect();
     if set.hash() != hash {
         return Err(Error::usage(format!("the recorded sources of set {hash} compile to set {}", set.hash())));
     }

@@ -61,21 +61,102 @@ pub struct StreamPlan {
     pub schema: Arc<StreamSchema>,
     /// Bounded out-of-orderness in ms.
     pub out_of_orderness: i64,
-    /// The patterns reading this stream, sorted by name.
+    /// The patterns reading this stream, sorted by name (a canary deployment runs two versions
+    /// of a pattern).
     pub patterns: Vec<Arc<Nfa>>,
+    /// Per pattern (parallel to `patterns`), the keys on which its alerts are live.
+    pub live_keys: Vec<LiveKeys>,
 }
 
 impl StreamPlan {
-    /// The plan of stream `name` (its config validated): the patterns of `nfas` that read it.
+    /// The plan of stream `name` (its config validated): the patterns of `nfas` that read it,
+    /// live on every key.
     pub fn new(name: &str, config: &StreamConfig, schema: Arc<StreamSchema>, nfas: &[Arc<Nfa>]) -> Arc<StreamPlan> {
+        let patterns: Vec<Arc<Nfa>> = nfas.iter().filter(|n| n.meta.stream == name).cloned().collect();
         Arc::new(StreamPlan {
             name: name.to_owned(),
             topic: config.topic.clone(),
             schema,
             out_of_orderness: config.max_out_of_orderness.map_or(0, |d| d.0),
-            patterns: nfas.iter().filter(|n| n.meta.stream == name).cloned().collect(),
+            live_keys: vec![LiveKeys::ALL; patterns.len()],
+            patterns,
         })
     }
+
+    /// The plan with the live keys of the patterns named (by content hash) in `live`; the
+    /// others are live on every key.
+    pub fn exposed(self: Arc<Self>, live: &BTreeMap<String, LiveKeys>) -> Arc<StreamPlan> {
+        if live.is_empty() {
+            return self;
+        }
+        let live_keys =
+            self.patterns.iter().map(|n| live.get(&n.meta.hash).copied().unwrap_or(LiveKeys::ALL)).collect();
+        Arc::new(StreamPlan {
+            name: self.name.clone(),
+            topic: self.topic.clone(),
+            schema: self.schema.clone(),
+            out_of_orderness: self.out_of_orderness,
+            patterns: self.patterns.clone(),
+            live_keys,
+        })
+    }
+}
+
+/// Every plan of `plans` with the live keys of `live` (see [`StreamPlan::exposed`]).
+pub fn expose(
+    plans: BTreeMap<String, Arc<StreamPlan>>,
+    live: &BTreeMap<String, LiveKeys>,
+) -> BTreeMap<String, Arc<StreamPlan>> {
+    plans.into_iter().map(|(t, p)| (t, p.exposed(live))).collect()
+}
+
+/// Key buckets: a key's bucket is in `0..BUCKETS` ([`key_bucket`]), so a share of keys is
+/// given in basis points.
+pub const BUCKETS: u16 = 10_000;
+
+/// The keys on which a pattern version's alerts are live (elsewhere they go to the shadow
+/// alerts topic): the keys whose bucket ([`key_bucket`]) is in `from..to`. A canary deployment
+/// splits the buckets between the new and the old version of a pattern; a shadow deployment
+/// gives the new version none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct LiveKeys {
+    pub from: u16,
+    pub to: u16,
+}
+
+impl LiveKeys {
+    pub const ALL: LiveKeys = LiveKeys { from: 0, to: BUCKETS };
+    pub const NONE: LiveKeys = LiveKeys { from: 0, to: 0 };
+
+    pub fn is_all(self) -> bool {
+        self.from == 0 && self.to >= BUCKETS
+    }
+
+    /// Whether alerts of `key` (its text) are live.
+    pub fn live_for(self, key: &str) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        let b = key_bucket(key);
+        self.from <= b && b < self.to
+    }
+}
+
+impl std::fmt::Display for LiveKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |bp: u16| f64::from(bp) / 100.0;
+        write!(f, "live on key buckets {}%..{}%", pct(self.from), pct(self.to))
+    }
+}
+
+/// A key's bucket: the first 8 bytes of the SHA-256 of its text, as a big-endian number, modulo
+/// [`BUCKETS`]. The same on every instance, in replays and across versions.
+pub fn key_bucket(key: &str) -> u16 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(key.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    (u64::from_be_bytes(b) % u64::from(BUCKETS)) as u16
 }
 
 /// The plan of every configured stream some pattern of `nfas` reads, by topic; warns about
@@ -125,4 +206,22 @@ pub fn build_plans(
         return Err(Error::usage("no pattern reads a configured stream: nothing to run"));
     }
     Ok(plans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_buckets_split_keys_in_the_shares_asked_for() {
+        let keys: Vec<String> = (0..10_000).map(|i| format!("ACC-{i}")).collect();
+        for (pct, range) in [(10.0, LiveKeys { from: 0, to: 1_000 }), (50.0, LiveKeys { from: 0, to: 5_000 })] {
+            let live = keys.iter().filter(|k| range.live_for(k)).count() as f64 / 100.0;
+            assert!((live - pct).abs() <= 2.0, "{live}% of keys for {pct}%");
+            let rest = LiveKeys { from: range.to, to: BUCKETS };
+            assert!(keys.iter().all(|k| range.live_for(k) != rest.live_for(k)), "each key on exactly one side");
+        }
+        assert!(keys.iter().all(|k| LiveKeys::ALL.live_for(k) && !LiveKeys::NONE.live_for(k)));
+        assert_eq!(key_bucket("ACC-1"), key_bucket("ACC-1"));
+    }
 }

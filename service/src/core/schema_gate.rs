@@ -33,6 +33,11 @@ impl fmt::Display for Break {
 pub fn breaks(plan: &StreamPlan, writer: &StreamSchema) -> Vec<Break> {
     let reader = &plan.schema;
     let mut out = Vec::new();
+    // A writer schema with none of the stream's record types is another stream's: its records
+    // are refused whole (`wrong-schema` dead letters), nothing a pattern reads is at stake.
+    if !writer.types.iter().any(|w| reader.types.iter().any(|r| r.full_name == w.full_name)) {
+        return out;
+    }
     let mut check = |who: String, path: &str| {
         let Some(r) = reader.fields.iter().find(|f| f.path == path) else { return };
         let why = match writer.fields.iter().find(|f| f.path == path) {
@@ -114,5 +119,8 @@ mod tests {
         // The event time too.
         let no_time = writer(&|j| fields(j).retain(|f| f["name"] != "event_time"));
         assert!(breaks(&plan, &no_time).iter().any(|b| b.pattern == "(event time)"));
+        // Another record type altogether: another stream's schema, refused whole, not gated.
+        let other = writer(&|j| j["name"] = "CardAuthorization".into());
+        assert_eq!(breaks(&plan, &other), vec![]);
     }
 }

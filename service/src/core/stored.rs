@@ -13,8 +13,14 @@ use engine::runtime::{Key, SnapshotError};
 pub trait StoredState: Send + Sync + fmt::Debug {
     /// The value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
-    /// The records with `from <= key < to`, in key order, while `visit` returns true.
+    /// The records with `from <= key < to`, in key order, while `visit` returns true (those
+    /// applied: see [`StoredState::sync`]).
     fn scan(&self, from: &[u8], to: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StateError>;
+    /// Waits until every write queued before is applied (a store that writes behind), so that
+    /// a scan sees it.
+    fn sync(&self) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// Keys holding more events than this are stored as split snapshots: the head in the key's

@@ -130,6 +130,7 @@ fn setup() -> (AvroIn, Vec<(Arc<StreamPlan>, Schema)>) {
                 schema: Arc::new(schema),
                 out_of_orderness: 0,
                 patterns: Vec::new(),
+                live_keys: Vec::new(),
             });
             (plan, Schema::parse_str(&s.schema).expect("reader schema"))
         })
@@ -1104,6 +1105,7 @@ mod cases {
             schema: Arc::new(schema),
             out_of_orderness: 0,
             patterns: Vec::new(),
+            live_keys: Vec::new(),
         };
         let rs = Schema::parse_str(&reader_text).expect("reader");
         for (id, name) in [(11, "ProfileChange"), (12, "KycChange")] {

@@ -297,6 +297,10 @@ impl StoredState for WriteBehind {
     ) -> std::result::Result<(), StateError> {
         self.store.scan_range(from, to, visit).map_err(|e| StateError::Store(e.to_string()))
     }
+
+    fn sync(&self) -> std::result::Result<(), StateError> {
+        WriteBehind::sync(self).map_err(|e| StateError::Store(e.to_string()))
+    }
 }
 
 fn write_loop(store: &Store, jobs: &Receiver<Job>, failed: &Mutex<Option<Error>>, pending: &Mutex<Pending>) {

@@ -158,8 +158,8 @@ metrics! {
         "1 when every assigned partition's state is restored (as /readyz).";
     pattern_reloads: IntCounterVec = "tripline_pattern_reloads_total" ["result"]
         "Pattern set switches (a SIGHUP reload or a deployment followed): result=ok when the new set was activated, failed when it was rejected and the running set kept.";
-    schema_breaks: IntGaugeVec = "tripline_schema_breaks" ["stream", "schema_id"]
-        "Per writer schema met on a stream whose records break running patterns: how many (pattern, field) pairs it lacks or types otherwise than the stream's schema (its records are refused, or read with the stream schema's defaults). No series for writer schemas that break nothing.";
+    schema_breaks: IntGaugeVec = "tripline_schema_breaks" ["stream"]
+        "Per stream: over the writer schemas met on it, how many (schema, pattern, field) reads of the running patterns they break: a field the writer schema lacks or types otherwise than the stream's schema (its records are refused, or read with the stream schema's defaults). The log names them. 0 when none does.";
     build_info: IntGaugeVec = "tripline_build_info" ["version", "git_hash", "pattern_set"]
         "Always 1: the build's version and git commit, and the hash of the running pattern set.";
     pattern_info: IntGaugeVec = "tripline_pattern_info" ["pattern", "version", "hash", "mode", "severity", "stream"]

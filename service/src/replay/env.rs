@@ -171,7 +171,7 @@ impl Timeline {
             }
         }
         nfas.sort_by(|a, b| (&a.meta.name, a.meta.version).cmp(&(&b.meta.name, b.meta.version)));
-        PatternSet { file_of: vec![0; nfas.len()], nfas, sources: Vec::new() }
+        PatternSet { file_of: vec![0; nfas.len()], nfas, ..PatternSet::default() }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::audit::{self, Report};
 use crate::core::config::Config;
 use crate::core::partition::{Emit, Partition};
 use crate::core::pattern_sets::Position;
-use crate::core::plan::{admit, Reject, StreamPlan};
+use crate::core::plan::{admit, expose, Reject, StreamPlan};
 
 /// One pattern set running over the records: the service's per-partition state and what it
 /// emitted.
@@ -55,9 +55,13 @@ impl Runner {
         let op_config =
             OpConfig { max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
         // With a timeline, `set` holds every version of its sets: the topics to read.
-        let plans = plans_of(cfg, catalog, &chosen.set.nfas);
+        let plans = expose(plans_of(cfg, catalog, &chosen.set.nfas), &chosen.set.live_keys);
         let timeline = chosen.timeline.map(|t| {
-            let per_set = t.sets.iter().map(|(h, set)| (h.clone(), plans_of(cfg, catalog, &set.nfas))).collect();
+            let per_set = t
+                .sets
+                .iter()
+                .map(|(h, set)| (h.clone(), expose(plans_of(cfg, catalog, &set.nfas), &set.live_keys)))
+                .collect();
             (t, per_set)
         });
         Runner {

@@ -13,8 +13,8 @@ use super::rebalance::GroupContext;
 use super::Output;
 use super::Worker;
 use crate::core::partition::{PatternCounts, Reads};
-use crate::core::pattern_sets::set_hash;
-use crate::core::plan::{StreamPlan, REASONS};
+use crate::core::pattern_sets::set_hash_with;
+use crate::core::plan::{LiveKeys, StreamPlan, REASONS};
 use crate::obs::metrics::{Metrics, GIT_HASH};
 use crate::obs::now_ms;
 
@@ -128,9 +128,17 @@ fn funnel_steps(nfa: &engine::Nfa) -> impl Iterator<Item = (Option<&str>, Option
 /// rate over it is 0 rather than absent before the first event of its kind.
 pub(super) fn init_metrics(m: &Metrics, plans: &BTreeMap<String, Arc<StreamPlan>>, timeouts: bool) {
     let nfas: Vec<Arc<engine::Nfa>> = plans.values().flat_map(|p| p.patterns.iter().cloned()).collect();
-    m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), GIT_HASH, &set_hash(&nfas)]).set(1);
+    // The set's hash as recorded: with the live keys of a canary's versions.
+    let live: BTreeMap<String, LiveKeys> = plans
+        .values()
+        .flat_map(|p| p.patterns.iter().zip(&p.live_keys))
+        .filter(|(_, l)| !l.is_all())
+        .map(|(n, l)| (n.meta.hash.clone(), *l))
+        .collect();
+    m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), GIT_HASH, &set_hash_with(&nfas, &live)]).set(1);
     for plan in plans.values() {
         let l = [plan.name.as_str()];
+        m.schema_breaks.with_label_values(&l).set(0);
         for c in [&m.records_consumed, &m.consumed_bytes, &m.events_decoded, &m.events_processed, &m.events_late] {
             c.with_label_values(&l);
         }

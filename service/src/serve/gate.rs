@@ -1,7 +1,7 @@
 //! The schema gate in the service: every writer schema met on a stream is checked against the
 //! running patterns of the stream ([`crate::core::schema_gate`]) when it is first met and again
 //! whenever the pattern set changes; one that breaks a pattern is logged with the fields and
-//! counted in `tripline_schema_breaks` (the `TriplineWriterSchemaBreaksPatterns` alert).
+//! counted in `tripline_schema_breaks{stream}` (the `TriplineWriterSchemaBreaksPatterns` alert).
 
 use std::sync::Arc;
 
@@ -28,7 +28,8 @@ impl Worker {
 
     /// Checks every writer schema met against the running patterns; sets the gauge.
     pub(super) fn gate_writers(&mut self) {
-        self.metrics.schema_breaks.reset();
+        let mut per_stream: std::collections::BTreeMap<&str, i64> =
+            self.plans.values().map(|p| (p.name.as_str(), 0)).collect();
         for (stream, id, writer) in &self.writers_seen {
             let Some(plan) = self.plans.values().find(|p| &p.name == stream) else { continue };
             let found = breaks(plan, writer);
@@ -43,7 +44,11 @@ impl Worker {
                 "a writer schema on the stream breaks running patterns: {}",
                 what.join("; ")
             );
-            self.metrics.schema_breaks.with_label_values(&[stream, &id.to_string()]).set(found.len() as i64);
+            *per_stream.entry(stream.as_str()).or_default() += found.len() as i64;
+        }
+        self.metrics.schema_breaks.reset();
+        for (stream, n) in per_stream {
+            self.metrics.schema_breaks.with_label_values(&[stream]).set(n);
         }
     }
 }

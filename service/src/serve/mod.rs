@@ -37,7 +37,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use crate::core::config::{self, Config};
 use crate::core::partition::Partition;
 use crate::core::pattern_sets::{compile_files, Deployment, Library, PatternSet};
-use crate::core::plan::{build_plans, StreamPlan};
+use crate::core::plan::{build_plans, expose, StreamPlan};
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::avro::AvroIn;
 use crate::io::http::{self, Health};
@@ -146,6 +146,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
             let path = &sources.config_path;
             plans = build_plans(&cfg.streams, path, &sources.catalog, &deployed.nfas)
                 .map_err(|e| e.context(format!("deployment {} cannot run with {}", d.id, path.display())))?;
+            plans = expose(plans, &deployed.live_keys);
             avro = AvroIn::for_plans(&cfg, path, plans.values())?;
             set = deployed;
         }

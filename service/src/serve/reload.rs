@@ -12,7 +12,7 @@ use super::rebalance::GroupContext;
 use super::Output;
 use super::Worker;
 use crate::core::pattern_sets::{compile_files, set_hash, Deployment, PatternSet};
-use crate::core::plan::build_plans;
+use crate::core::plan::{build_plans, expose};
 use crate::error::{Error, Result};
 use crate::io::kafka::produce;
 use crate::obs::metrics::Metrics;
@@ -57,7 +57,7 @@ impl Worker {
         let src = &self.sources;
         let nfas = set.nfas.clone();
         let plans = match build_plans(&src.streams, &src.config_path, &src.catalog, &nfas) {
-            Ok(p) => p,
+            Ok(p) => expose(p, &set.live_keys),
             Err(e) => {
                 refuse(&self.metrics, reason, &e.to_string());
                 return Ok(());

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::core::config::Config;
 use crate::core::pattern_sets::{self, compile_files, latest_deployment, Activation, Deployment, PatternSet};
-use crate::core::plan::build_plans;
+use crate::core::plan::{build_plans, LiveKeys, BUCKETS};
 use crate::core::times;
 use crate::error::{Error, Kind, Result, ResultExt};
 use crate::io::{kafka, reader};
@@ -30,18 +30,24 @@ pub struct Published {
     pub record: Activation,
     /// The pattern sets topic.
     pub topic: String,
+    pub exposure: Exposure,
 }
 
 impl Published {
     /// One line for people: what was published, for whom, and how to follow it.
     pub fn summary(&self) -> String {
         let r = &self.record;
-        let versions: Vec<String> = r.patterns.iter().map(|p| format!("{}@{}", p.name, p.version)).collect();
+        let versions: Vec<String> = r.patterns.iter().map(describe).collect();
         let id = r.deployment.as_ref().map_or("", |d| d.id.as_str());
+        let kind = match (r.reason.as_str(), self.exposure) {
+            ("rollback", _) => "rollback".to_owned(),
+            (_, Exposure::Canary(bp)) => format!("canary deployment ({}% of keys)", f64::from(bp) / 100.0),
+            (_, Exposure::Shadow) => "shadow deployment".to_owned(),
+            _ => "deployment".to_owned(),
+        };
         format!(
-            "{} {id}: pattern set {} ({}) published to `{}` for group `{}`; each instance switches at its next \
+            "{kind} {id}: pattern set {} ({}) published to `{}` for group `{}`; each instance switches at its next \
              transaction boundary (`tripline status` shows each partition)\n",
-            if r.reason == "rollback" { "rollback" } else { "deployment" },
             r.set,
             versions.join(", "),
             self.topic,
@@ -50,10 +56,23 @@ impl Published {
     }
 }
 
+/// How a deployment exposes its new versions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Exposure {
+    /// Live on every key: the set replaces the running one.
+    Full,
+    /// Live on this share of the keys (basis points, 1..=9999); the versions they replace stay
+    /// live on the others. Each runs in shadow where the other is live.
+    Canary(u16),
+    /// In shadow on every key, beside the running versions (which stay live).
+    Shadow,
+}
+
 /// Checks and compiles pattern files against the configured streams and publishes them as a
-/// deployment for the config's consumer group. Diagnostics go to stdout; a set with errors is
-/// not published (an `Invalid` error).
-pub fn deploy(config: Option<&Path>, paths: &[PathBuf]) -> Result<Published> {
+/// deployment for the config's consumer group (a canary or a shadow deployment runs them beside
+/// the running set: see [`staged`]). Diagnostics go to stdout; a set with errors is not
+/// published (an `Invalid` error).
+pub fn deploy(config: Option<&Path>, paths: &[PathBuf], exposure: Exposure) -> Result<Published> {
     let (cfg, path) = super::load(config)?;
     let catalog = cfg.catalog(&path)?;
     let set = compile_files(paths, &catalog, &mut |d| out(&format!("{d}\n"))).map_err(|e| match e {
@@ -61,7 +80,72 @@ pub fn deploy(config: Option<&Path>, paths: &[PathBuf]) -> Result<Published> {
         other => Error::from(other),
     })?;
     build_plans(&cfg.streams, &path, &catalog, &set.nfas)?;
-    publish(&cfg, &set, "deploy")
+    let set = match exposure {
+        Exposure::Full => set,
+        _ => {
+            let records = read(&cfg)?;
+            let running = running_set(&records, &cfg.kafka.group_id, &cfg.outputs.pattern_sets_topic, &catalog)?
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "group `{}` runs no recorded set yet: a canary or shadow deployment needs one to run beside \
+                         (deploy without --canary/--shadow first)",
+                        cfg.kafka.group_id
+                    ))
+                })?;
+            staged(&set, &running, exposure)?
+        }
+    };
+    publish_with(&cfg, &set, "deploy", exposure)
+}
+
+/// The set the group runs: that of its latest deployment, or else of its instances' latest
+/// activation (their pattern files).
+fn running_set(records: &[Activation], group: &str, topic: &str, catalog: &dsl::Catalog) -> Result<Option<PatternSet>> {
+    let latest = latest_deployment(records, group)
+        .or_else(|| records.iter().rev().find(|a| !a.is_deployment() && a.group == group));
+    latest.map(|a| pattern_sets::recorded(records, &a.set, topic, catalog).map(|r| r.set)).transpose()
+}
+
+/// `new` staged beside `running`: versions in both run as they are; a new version is live on
+/// the canary's share of the keys (none for a shadow deployment) and the version of the same
+/// name it replaces, like a version the new set removes, on the other keys (all of them for a
+/// shadow deployment). Promote with a plain `deploy` of the new set, or `rollback`.
+pub fn staged(new: &PatternSet, running: &PatternSet, exposure: Exposure) -> Result<PatternSet> {
+    let (live_new, live_old) = match exposure {
+        Exposure::Full => return Ok(new.clone()),
+        Exposure::Canary(bp) => (LiveKeys { from: 0, to: bp }, LiveKeys { from: bp, to: BUCKETS }),
+        Exposure::Shadow => (LiveKeys::NONE, LiveKeys::ALL),
+    };
+    if !running.live_keys.is_empty() {
+        return Err(Error::usage(
+            "the group runs a canary or shadow deployment: promote it (deploy its set without --canary/--shadow) \
+             or roll it back first",
+        ));
+    }
+    let has = |set: &PatternSet, hash: &str| set.nfas.iter().any(|n| n.meta.hash == hash);
+    let mut staged = new.clone();
+    for n in &new.nfas {
+        if !has(running, &n.meta.hash) {
+            staged.live_keys.insert(n.meta.hash.clone(), live_new);
+        }
+    }
+    for (n, &file) in running.nfas.iter().zip(&running.file_of) {
+        if has(new, &n.meta.hash) {
+            continue;
+        }
+        staged.nfas.push(n.clone());
+        staged.file_of.push(file + new.sources.len());
+        if !live_old.is_all() {
+            staged.live_keys.insert(n.meta.hash.clone(), live_old);
+        }
+    }
+    staged.sources.extend(running.sources.iter().cloned());
+    // Sorted by name, as a compiled set is.
+    let mut order: Vec<usize> = (0..staged.nfas.len()).collect();
+    order.sort_by(|&a, &b| staged.nfas[a].meta.name.cmp(&staged.nfas[b].meta.name));
+    staged.nfas = order.iter().map(|&i| staged.nfas[i].clone()).collect();
+    staged.file_of = order.iter().map(|&i| staged.file_of[i]).collect();
+    Ok(staged)
 }
 
 /// Publishes an earlier recorded set again, as a deployment (`rollback`): `set` (a hash or a
@@ -95,7 +179,16 @@ pub fn rollback(config: Option<&Path>, set: Option<&str>) -> Result<Published> {
     };
     let found = pattern_sets::recorded(&records, &target, topic, &catalog)?;
     build_plans(&cfg.streams, &path, &catalog, &found.set.nfas)?;
-    publish(&cfg, &found.set, "rollback")
+    publish_with(&cfg, &found.set, "rollback", Exposure::Full)
+}
+
+/// `name@version`, with the keys it is live on when not every key.
+fn describe(p: &pattern_sets::PatternEntry) -> String {
+    match p.live_keys {
+        Some(l) if l == LiveKeys::NONE => format!("{}@{} in shadow", p.name, p.version),
+        Some(l) => format!("{}@{} {l}", p.name, p.version),
+        None => format!("{}@{}", p.name, p.version),
+    }
 }
 
 /// Whether a record is of consumer group `group`: a deployment for it, or an instance's
@@ -119,7 +212,7 @@ fn read(cfg: &Config) -> Result<Vec<Activation>> {
 }
 
 /// Publishes `set` as a deployment (`reason`: deploy or rollback) and waits for the broker.
-fn publish(cfg: &Config, set: &PatternSet, reason: &str) -> Result<Published> {
+fn publish_with(cfg: &Config, set: &PatternSet, reason: &str, exposure: Exposure) -> Result<Published> {
     use std::hash::{BuildHasher, Hasher};
     let topic = cfg.outputs.pattern_sets_topic.clone();
     kafka::ensure_topics(cfg, &[(topic.clone(), 1, false)])?;
@@ -127,7 +220,15 @@ fn publish(cfg: &Config, set: &PatternSet, reason: &str) -> Result<Published> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
     let at = now_ms();
     let salt = std::collections::hash_map::RandomState::new().build_hasher().finish() & 0xff_ffff;
-    let deployment = Deployment { id: format!("d{at}-{salt:06x}"), group: cfg.kafka.group_id.clone() };
+    let deployment = Deployment {
+        id: format!("d{at}-{salt:06x}"),
+        group: cfg.kafka.group_id.clone(),
+        canary_bp: match exposure {
+            Exposure::Canary(bp) => Some(bp),
+            _ => None,
+        },
+        shadow: exposure == Exposure::Shadow,
+    };
     let mut record = set.activation(reason, &format!("tripline {reason} by {user}@{host}"), at, Vec::new());
     record.deployment = Some(deployment);
     record.group = cfg.kafka.group_id.clone();
@@ -141,7 +242,7 @@ fn publish(cfg: &Config, set: &PatternSet, reason: &str) -> Result<Published> {
     producer
         .flush(Duration::from_secs(30))
         .or_fail_with(Kind::Failed, || format!("the deployment was not written to `{topic}`"))?;
-    Ok(Published { record, topic })
+    Ok(Published { record, topic, exposure })
 }
 
 /// Where the fleet is: the deployment, and per input partition the set it runs.
@@ -206,7 +307,7 @@ pub fn status(config: Option<&Path>) -> Result<Fleet> {
         id: a.deployment.as_ref().map(|d| d.id.clone()).unwrap_or_default(),
         reason: a.reason.clone(),
         set: a.set.clone(),
-        patterns: a.patterns.iter().map(|p| format!("{}@{}", p.name, p.version)).collect(),
+        patterns: a.patterns.iter().map(describe).collect(),
         by: a.instance.clone(),
         at_ms: a.activated_at_ms,
     });

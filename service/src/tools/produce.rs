@@ -177,6 +177,7 @@ mod tests {
             schema: Arc::new(schema),
             out_of_orderness: 0,
             patterns: Vec::new(),
+            live_keys: Vec::new(),
         };
         let (type_name, fields) = avro.decode_json(&plan, Some(&record)).expect("decodes");
         assert_eq!(type_name.as_deref(), Some("com.tripline.sample.ProfileChange"));
