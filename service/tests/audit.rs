@@ -167,16 +167,8 @@ fn replays_reproduce_the_service_compare_versions_and_explain_alerts() {
     }
 
     // A changed structuring (band 8,500..10,000) against the recorded set.
+    let b_files = common::with_changed_structuring(dir);
     let changed = dir.join("structuring.tl");
-    let text = std::fs::read_to_string(common::root().join("patterns/structuring.tl")).expect("pattern");
-    std::fs::write(&changed, text.replace("amount >= 8000", "amount >= 8500").replacen("version 1", "version 2", 1))
-        .expect("changed pattern");
-    let mut b_files: Vec<String> = PAYMENT_PATTERNS
-        .iter()
-        .filter(|p| **p != "structuring")
-        .map(|p| common::root().join(format!("patterns/{p}.tl")).display().to_string())
-        .collect();
-    b_files.push(changed.display().to_string());
     let mut args: Vec<&str> = vec!["replay", "--config", &c, "--pattern-set", &set, "--output", "a.jsonl"];
     for f in &b_files {
         args.extend(["--compare", f.as_str()]);

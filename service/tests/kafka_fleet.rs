@@ -2,6 +2,7 @@
 //! instances of one group follow `tripline deploy` while they work through a backlog, and
 //! `tripline rollback` while every partition is quiet. Every partition switches; the time from
 //! the command returning to the last partition's switch is reported (the goal is under 1 s).
+//! One instance is killed (SIGKILL) and restarted while it works through the next batch.
 //! Then a canary of the new version on 30% of the keys: each of its alerts is live on exactly
 //! one version, by the key's bucket. Across the three deployments the committed alerts hold no
 //! alert twice, and `tripline replay --as-recorded` over the topic gives exactly what the three
@@ -15,7 +16,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{log_tail, wait_ready, write_config, DevEnv, Service, PAYMENT_PATTERNS, START};
+use common::{log_tail, wait_ready, write_config, DevEnv, Service, START};
 use serde_json::Value;
 use tripline_service::core::plan::key_bucket;
 
@@ -61,7 +62,14 @@ fn sorted(lines: &[String]) -> Vec<String> {
 fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
     let env = DevEnv::start();
     let dir = env.dir.path().to_owned();
-    let cfg = |i: &str| write_config(&dir, "fleet", i, "100ms", "");
+    // Static membership, as the crash tests: a restarted instance takes its partitions back.
+    let cfg = |i: &str| {
+        let path = write_config(&dir, "fleet", i, "100ms", "");
+        let text = std::fs::read_to_string(&path).expect("config");
+        std::fs::write(&path, text.replace("group_id = \"fleet\"", "group_id = \"fleet\"\nstatic_membership = true"))
+            .expect("config");
+        path
+    };
     let configs = [cfg("a"), cfg("b"), cfg("c")];
     let ca = configs[0].display().to_string();
     std::fs::write(dir.join("one.jsonl"), common::payments(30_000, 2_000, 21)).expect("batch one");
@@ -74,16 +82,7 @@ fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
 
     // A changed structuring (band 8,500..10,000), deployed while the instances work through
     // the backlog.
-    let changed = dir.join("structuring.tl");
-    let text = std::fs::read_to_string(common::root().join("patterns/structuring.tl")).expect("pattern");
-    std::fs::write(&changed, text.replace("amount >= 8000", "amount >= 8500").replacen("version 1", "version 2", 1))
-        .expect("changed pattern");
-    let mut files: Vec<String> = PAYMENT_PATTERNS
-        .iter()
-        .filter(|p| **p != "structuring")
-        .map(|p| common::root().join(format!("patterns/{p}.tl")).display().to_string())
-        .collect();
-    files.push(changed.display().to_string());
+    let files = common::with_changed_structuring(&dir);
     let mut deploy = vec!["deploy", "--config", &ca];
     deploy.extend(files.iter().map(String::as_str));
     let busy = !env.caught_up("fleet", "payments");
@@ -95,9 +94,15 @@ fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
     assert_eq!(status["pending"], 0);
 
     env.wait_caught_up("fleet", "payments", Duration::from_secs(300));
-    std::fs::write(dir.join("two.jsonl"), common::payments_from(6_000, 2_000, 22, START + 30_000 * 50 + 10_000, "Q"))
+    std::fs::write(dir.join("two.jsonl"), common::payments_from(15_000, 2_000, 22, START + 30_000 * 50 + 10_000, "Q"))
         .expect("batch two");
     env.run_ok(&["produce", "--config", &ca, "--input", "two.jsonl"]);
+    // SIGKILL one instance while it works through batch two (the old structuring may still be
+    // draining): it restarts under the deployment, its draining versions restored.
+    let killed_mid_run = !env.caught_up("fleet", "payments");
+    services[1].kill9();
+    services[1] = Service::start(&env, &configs[1], "fleet-b2");
+    wait_ready(&configs[1], Duration::from_secs(120));
     env.wait_caught_up("fleet", "payments", Duration::from_secs(300));
 
     // Every partition is quiet: roll back to the set that ran before the deployment.
@@ -118,7 +123,7 @@ fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
     assert!(said.contains("canary deployment (30% of keys)"), "{said}");
     let status = switched(&env, &configs[0]);
     let canary_ms = last_switch(&status, returned);
-    let third = START + 40_000 * 50;
+    let third = START + 50_000 * 50;
     std::fs::write(dir.join("three.jsonl"), common::payments_from(6_000, 2_000, 23, third, "R")).expect("batch three");
     env.run_ok(&["produce", "--config", &ca, "--input", "three.jsonl"]);
     env.wait_caught_up("fleet", "payments", Duration::from_secs(300));
@@ -130,7 +135,8 @@ fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
     }
     eprintln!(
         "the last of 6 partitions switched, after the command returned / after the deployment was published: \
-         deploy (instances busy: {busy}) {} / {} ms; rollback (quiet partitions) {} / {} ms; canary {} / {} ms",
+         deploy (instances busy: {busy}) {} / {} ms; rollback (quiet partitions) {} / {} ms; canary {} / {} ms \
+         (an instance was killed and restarted after the deploy, mid-run: {killed_mid_run})",
         deploy_ms.0, deploy_ms.1, rollback_ms.0, rollback_ms.1, canary_ms.0, canary_ms.1
     );
 

@@ -144,5 +144,5 @@ impl Worker {
 /// A new set is refused: counted, and logged with why.
 fn refuse(m: &Metrics, reason: &str, why: &str) {
     m.pattern_reloads.with_label_values(&["failed"]).inc();
-    tracing::error!(reason, "pattern set refused, the running patterns stay: {why}");
+    tracing::error!("pattern {reason} refused, the running patterns stay: {why}");
 }

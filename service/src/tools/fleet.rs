@@ -469,3 +469,76 @@ impl Fleet {
         serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The library's `names` patterns compiled, `edit` applied to each source.
+    fn set(names: &[&str], edit: &dyn Fn(&str, String) -> String) -> PatternSet {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cfg = Config::load(&root.join("tripline.toml")).expect("config");
+        let catalog = cfg.catalog(&root.join("tripline.toml")).expect("catalog");
+        let sources = names
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(root.join(format!("patterns/{n}.tl"))).expect("pattern");
+                dsl::SourceFile::new(format!("{n}.tl"), edit(n, text))
+            })
+            .collect();
+        pattern_sets::compile_sources(sources, 0, &catalog, &mut |d| panic!("{d}")).expect("compiles")
+    }
+
+    fn live(s: &PatternSet, name: &str, version: u32) -> LiveKeys {
+        let n = s.nfas.iter().find(|n| n.meta.name == name && n.meta.version == version).expect("the version");
+        s.live_keys.get(&n.meta.hash).copied().unwrap_or(LiveKeys::ALL)
+    }
+
+    #[test]
+    fn a_staged_set_runs_changed_versions_beside_the_ones_they_replace() {
+        let running = set(&["structuring", "rapid_movement", "mule_fan_in"], &|_, t| t);
+        // structuring changed, rapid_movement as it is, mule_fan_in removed, mule_fan_out added.
+        let new = set(&["structuring", "rapid_movement", "mule_fan_out"], &|n, t| {
+            if n == "structuring" {
+                t.replacen("version 1", "version 7", 1)
+            } else {
+                t
+            }
+        });
+        let canary = staged(&new, &running, Exposure::Canary(1_000)).expect("staged");
+        let names: Vec<(&str, u32)> = canary.nfas.iter().map(|n| (n.meta.name.as_str(), n.meta.version)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("mule_fan_in", 1),
+                ("mule_fan_out", 1),
+                ("rapid_movement", 2),
+                ("structuring", 7),
+                ("structuring", 1)
+            ]
+        );
+        let (share, rest) = (LiveKeys { from: 0, to: 1_000 }, LiveKeys { from: 1_000, to: BUCKETS });
+        assert_eq!(live(&canary, "structuring", 7), share, "the new version on the canary's keys");
+        assert_eq!(live(&canary, "structuring", 1), rest, "the old one on the others");
+        assert_eq!(live(&canary, "mule_fan_out", 1), share, "an added pattern too");
+        assert_eq!(live(&canary, "mule_fan_in", 1), rest, "a removed one stays on the others");
+        assert_eq!(live(&canary, "rapid_movement", 2), LiveKeys::ALL, "an unchanged one everywhere");
+        assert_ne!(canary.hash(), set_hash_of(&canary), "the live keys are part of the set's hash");
+        // Every file of both sets is kept, and each pattern points at its own.
+        for (n, &f) in canary.nfas.iter().zip(&canary.file_of) {
+            assert!(canary.sources[f].1.contains(&format!("version {}", n.meta.version)), "{}", n.meta.name);
+        }
+
+        let shadow = staged(&new, &running, Exposure::Shadow).expect("staged");
+        assert_eq!(live(&shadow, "structuring", 7), LiveKeys::NONE);
+        assert_eq!(live(&shadow, "structuring", 1), LiveKeys::ALL);
+        assert_eq!(live(&shadow, "mule_fan_in", 1), LiveKeys::ALL);
+        // A canary on top of a canary is refused: promote or roll back first.
+        let err = staged(&new, &canary, Exposure::Canary(500)).expect_err("refused").to_string();
+        assert!(err.contains("promote it"), "{err}");
+    }
+
+    fn set_hash_of(s: &PatternSet) -> String {
+        pattern_sets::set_hash(&s.nfas)
+    }
+}

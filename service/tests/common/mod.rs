@@ -339,6 +339,23 @@ pub fn export_and_replay(env: &DevEnv, config: &Path, ok_exit: i32) -> Vec<Strin
 /// The library patterns over payments, which the tests run.
 pub const PAYMENT_PATTERNS: [&str; 4] = ["structuring", "rapid_movement", "mule_fan_in", "mule_fan_out"];
 
+/// The payment patterns with a changed structuring (band 8,500..10,000, version 2) written to
+/// `dir`: the files of that set.
+#[allow(dead_code)] // not every test binary changes a pattern
+pub fn with_changed_structuring(dir: &Path) -> Vec<String> {
+    let changed = dir.join("structuring.tl");
+    let text = std::fs::read_to_string(root().join("patterns/structuring.tl")).expect("pattern");
+    std::fs::write(&changed, text.replace("amount >= 8000", "amount >= 8500").replacen("version 1", "version 2", 1))
+        .expect("changed pattern");
+    let mut files: Vec<String> = PAYMENT_PATTERNS
+        .iter()
+        .filter(|p| **p != "structuring")
+        .map(|p| root().join(format!("patterns/{p}.tl")).display().to_string())
+        .collect();
+    files.push(changed.display().to_string());
+    files
+}
+
 /// The fields of one payment (account ACC-1, 10 EUR by card) at `ts`, as an Avro record's fields
 /// in the payments schema's order.
 pub fn payment_fields(payment_id: &str, ts: i64) -> Vec<(String, apache_avro::types::Value)> {
