@@ -174,3 +174,59 @@ fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
         std::fs::read_to_string(dir.join("as-ran.jsonl")).expect("output").lines().map(str::to_owned).collect();
     assert_eq!(sorted(&replayed), sorted(&committed), "replay across the deployments = the service, byte for byte");
 }
+
+/// A partition that moves to an instance running another set restores under the versions its
+/// state names and switches there, as a deployment would: the replaced version drains instead
+/// of being dropped as stale, and a replay of the recorded sets gives the committed alerts.
+#[test]
+fn a_partition_moving_to_an_instance_with_another_set_keeps_its_state() {
+    let env = DevEnv::start();
+    let dir = env.dir.path().to_owned();
+    let a = write_config(&dir, "move", "a", "100ms", "");
+    // Instance b runs a changed structuring from its own files (no deployment).
+    let files = common::with_changed_structuring(&dir);
+    let b = write_config(&dir, "move", "b", "100ms", "");
+    let text = std::fs::read_to_string(&b).expect("config");
+    let list = files.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+    let start = text.find("patterns = [").expect("patterns");
+    let end = start + text[start..].find(']').expect("end of the list") + 1;
+    std::fs::write(&b, format!("{}patterns = [{list}]{}", &text[..start], &text[end..])).expect("config");
+    let ca = a.display().to_string();
+    std::fs::write(dir.join("one.jsonl"), common::payments(20_000, 2_000, 31)).expect("batch one");
+    env.run_ok(&["produce", "--config", &ca, "--input", "one.jsonl", "--partitions", "6"]);
+    let mut sa = Service::start(&env, &a, "move-a");
+    env.wait_caught_up("move", "payments", Duration::from_secs(300));
+    // b joins: half the partitions move to it, their state (made under a's set) from the changelog.
+    let mut sb = Service::start(&env, &b, "move-b");
+    wait_ready(&b, Duration::from_secs(120));
+    std::fs::write(dir.join("two.jsonl"), common::payments_from(10_000, 2_000, 32, START + 20_000 * 50 + 10_000, "Q"))
+        .expect("batch two");
+    env.run_ok(&["produce", "--config", &ca, "--input", "two.jsonl"]);
+    env.wait_caught_up("move", "payments", Duration::from_secs(300));
+    let mut committed = env.committed(&a, "move.alerts");
+    committed.extend(env.committed(&a, "tripline.alerts.shadow"));
+    for (s, name) in [(&mut sa, "move-a"), (&mut sb, "move-b")] {
+        assert!(s.stop().success(), "{name}:\n{}", log_tail(&env, name));
+    }
+    let log = std::fs::read_to_string(dir.join("move-b.log")).expect("log");
+    assert!(log.contains("partitions assigned and restored"), "b took partitions:\n{log}");
+    assert!(!log.contains("is not read"), "no state dropped as stale:\n{log}");
+    assert!(log.contains("replaced pattern versions finish their partial matches"), "{log}");
+    let out = env
+        .tripline()
+        .args(["replay", "--config", &ca, "--as-recorded", "--output", "as-ran.jsonl"])
+        .output()
+        .expect("replay runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("warning"), "{stderr}");
+    let replayed: Vec<String> =
+        std::fs::read_to_string(dir.join("as-ran.jsonl")).expect("output").lines().map(str::to_owned).collect();
+    assert_eq!(sorted(&replayed), sorted(&committed), "replay of both instances' sets = the service, byte for byte");
+    let versions: BTreeSet<u64> = committed
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .filter(|a| a["pattern"] == "structuring")
+        .filter_map(|a| a["version"].as_u64())
+        .collect();
+    assert_eq!(versions, BTreeSet::from([1, 2]), "both instances' structuring alerted");
+}

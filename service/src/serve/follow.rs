@@ -1,7 +1,8 @@
 //! Following the pattern sets topic, the fleet's source of truth: at start an instance reads
 //! it to its end (every recorded set goes into its [`Library`], and the latest deployment for
-//! its consumer group is the set it starts with); then it polls it in its loop and switches to
-//! each new deployment of its group at the next transaction boundary ([`Worker::follow`]).
+//! its consumer group is the set it starts with); then it polls it in its loop, switches to
+//! each new deployment of its group at the next transaction boundary ([`Worker::follow`]) and
+//! learns the sets other instances activate.
 
 use std::time::Duration;
 
@@ -104,8 +105,9 @@ pub(super) fn start(cfg: &Config, catalog: &dsl::Catalog, set: &PatternSet) -> R
 
 impl Follower {
     /// The deployments for the group recorded since the last call, compiled (without waiting).
-    /// One that does not compile here is logged and skipped.
-    fn poll(&self) -> Vec<(PatternSet, Deployment)> {
+    /// One that does not compile here is logged and skipped. The sets other instances
+    /// activated go into `library` (a partition that moves here may hold state of them).
+    fn poll(&self, library: &mut Library) -> Vec<(PatternSet, Deployment)> {
         let mut out = Vec::new();
         loop {
             match self.consumer.poll(Duration::ZERO) {
@@ -120,7 +122,15 @@ impl Follower {
                         tracing::warn!("{}/{}@{} is not a pattern set record", self.topic, m.partition(), m.offset());
                         continue;
                     };
-                    let Some(d) = a.deployment_for(&self.group).cloned() else { continue };
+                    let Some(d) = a.deployment_for(&self.group).cloned() else {
+                        if a.patterns.iter().any(|p| library.get(&p.hash).is_none()) {
+                            let one = std::slice::from_ref(&a);
+                            for (hash, e) in library.add_recorded(one, &self.topic, &self.catalog) {
+                                tracing::warn!("recorded pattern set {hash} does not compile here: {e}");
+                            }
+                        }
+                        continue;
+                    };
                     match pattern_sets::recorded(std::slice::from_ref(&a), &a.set, &self.topic, &self.catalog) {
                         Ok(found) => out.push((found.set, d)),
                         Err(e) => tracing::error!(
@@ -140,7 +150,7 @@ impl Worker {
     /// them: each is a whole set), unless it runs it already.
     pub(super) fn follow(&mut self, consumer: &BaseConsumer<GroupContext>) -> Result<()> {
         let Some(follower) = &self.follower else { return Ok(()) };
-        let Some((set, deployment)) = follower.poll().pop() else { return Ok(()) };
+        let Some((set, deployment)) = follower.poll(&mut self.library).pop() else { return Ok(()) };
         if self.deployment.as_ref().is_some_and(|d| d.id == deployment.id) {
             return Ok(());
         }
