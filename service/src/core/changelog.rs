@@ -593,12 +593,10 @@ impl Partition {
         out.delete_ranges.push((from, to));
     }
 
-    /// The keys on which the alerts of version `hash` are live here.
-    fn live_of(&self, hash: &str) -> LiveKeys {
-        if let Some(i) = self.operators.iter().position(|o| o.nfa().meta.hash == hash) {
-            return self.plan.live_keys.get(i).copied().unwrap_or(LiveKeys::ALL);
-        }
-        self.draining.iter().find(|d| d.op.nfa().meta.hash == hash).map_or(LiveKeys::ALL, |d| d.live)
+    /// The keys on which each operator's alerts are live, in [`Partition::all_operators`] order.
+    fn lives(&self) -> impl Iterator<Item = LiveKeys> + '_ {
+        let plan = (0..self.operators.len()).map(|i| self.plan.live_keys.get(i).copied().unwrap_or(LiveKeys::ALL));
+        plan.chain(self.draining.iter().map(|d| d.live))
     }
 
     fn meta_key(&self) -> Vec<u8> {
@@ -607,6 +605,8 @@ impl Partition {
         k
     }
 
+    /// The meta record; `patterns`: per operator, in [`Partition::all_operators`] order, its
+    /// content hash, keys and partial matches.
     fn encode_meta(&self, patterns: &[(String, u64, u64)]) -> Vec<u8> {
         let mut v = Vec::with_capacity(96 + self.set.len() + patterns.len() * 32);
         v.push(META_VERSION);
@@ -627,11 +627,10 @@ impl Partition {
             h[..hb.len().min(HASH_LEN)].copy_from_slice(&hb[..hb.len().min(HASH_LEN)]);
             v.extend_from_slice(&h);
         };
-        for (hash, keys, partials) in patterns {
+        for ((hash, keys, partials), live) in patterns.iter().zip(self.lives()) {
             hash_bytes(&mut v, hash);
             v.extend_from_slice(&keys.to_be_bytes());
             v.extend_from_slice(&partials.to_be_bytes());
-            let live = self.live_of(hash);
             v.extend_from_slice(&live.from.to_be_bytes());
             v.extend_from_slice(&live.to.to_be_bytes());
         }
