@@ -55,10 +55,16 @@ fn records_wait_for_the_registry_instead_of_being_dead_lettered() {
     let v1_id = v1_id.expect("the known schema's id").id;
     let v1 = Schema::parse_str(&json).expect("parses");
 
-    // The registry goes away.
+    // The registry goes away: killed, and no longer accepting connections (under load it may
+    // take a while to stop answering).
     let pid = std::fs::read_to_string(dir.join("infra/registry.pid")).expect("registry pid");
     assert!(std::process::Command::new("kill").arg(pid.trim()).status().expect("kill").success());
-    std::thread::sleep(Duration::from_millis(500));
+    let addr = env.registry.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let gone = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(gone.elapsed() < Duration::from_secs(30), "the registry at {addr} still answers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", &env.bootstrap).create().expect("producer");

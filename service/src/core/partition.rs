@@ -68,8 +68,9 @@ pub struct Partition {
     /// Pattern versions a switch replaced that still hold partial matches, finishing them
     /// ([`Partition::with_plan`]), in the order they were replaced.
     pub(super) draining: Vec<Draining>,
-    /// The content hashes of operators that went (dropped, or done draining) whose leftover
-    /// timer records the next [`Partition::take_changes`] deletes from the local store.
+    /// The content hashes of operators that went (dropped, or done draining): the next
+    /// [`Partition::take_changes`] deletes what is stored of them (changelog tombstones for
+    /// keys that hold only timers, the local range).
     pub(super) gone: Vec<String>,
     /// The operators' settings (for operators made on a switch or a restore).
     pub(super) config: OpConfig,
@@ -180,7 +181,7 @@ impl Partition {
 
     /// The partition under another pattern set of its stream, switched before its record at
     /// offset `at` (the first record read under the new set). What happens to partial matches
-    /// in flight (see docs/service.md, "Changing the patterns of a running service"):
+    /// in flight (see docs/service.md, "Partial matches in flight when the patterns change"):
     /// - a pattern version in both sets (same content hash) keeps its operator and state;
     /// - a version that is no longer in the set and holds state **drains**: it finishes the
     ///   partial matches it holds, alerting as itself, until they complete or time out, and
@@ -191,8 +192,8 @@ impl Partition {
     ///   version: before `at` the old one, from `at` the new one, and none is lost;
     /// - a version that is still draining (a rollback to it) resumes with what it holds.
     ///
-    /// Versions that go holding nothing are dropped (their leftover local timer records are
-    /// deleted at the next [`Partition::take_changes`]).
+    /// Versions that go holding nothing are dropped (their stored records are deleted at the
+    /// next [`Partition::take_changes`]: changelog tombstones and the local range).
     pub fn with_plan(mut self, plan: Arc<StreamPlan>, at: i64) -> Partition {
         let wm = self.watermark();
         let drain = Drain { from_seq: seq_of(self.partition, at), horizon: self.max_ts };
@@ -243,7 +244,7 @@ impl Partition {
     /// in its plan (the partition switches to the plan where its state ends): `stored` per
     /// content hash holds the keys, partial matches and (if it was draining) the drain. Their
     /// pattern versions come from `resolve`; the state of one it does not know is not read
-    /// (returned as stale).
+    /// (the caller counts it as stale).
     pub(super) fn restore_draining(
         &mut self,
         stored: Vec<StoredVersion>,
