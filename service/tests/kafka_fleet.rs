@@ -52,6 +52,19 @@ fn last_switch(status: &Value, returned: i64) -> (i64, i64) {
     (last - returned, status["switched_in_ms"].as_i64().expect("every partition switched"))
 }
 
+/// `tripline replay --as-recorded` over the whole topic: its alert lines (it must end well and
+/// warn of no watermark that differs from the service's).
+fn replay_as_recorded(env: &DevEnv, config: &str) -> Vec<String> {
+    let out = env
+        .tripline()
+        .args(["replay", "--config", config, "--as-recorded", "--output", "as-ran.jsonl"])
+        .output()
+        .expect("replay runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("warning"), "{stderr}");
+    std::fs::read_to_string(env.dir.path().join("as-ran.jsonl")).expect("output").lines().map(str::to_owned).collect()
+}
+
 fn sorted(lines: &[String]) -> Vec<String> {
     let mut v = lines.to_vec();
     v.sort();
@@ -162,16 +175,7 @@ fn three_instances_follow_deploys_and_rollbacks_and_replay_reproduces_them() {
     assert!(live_by_version[1] > 0 && live_by_version[2] > 0, "both versions live on some keys: {live_by_version:?}");
 
     // The sets as the service switched them, replayed: exactly what it committed.
-    let out = env
-        .tripline()
-        .args(["replay", "--config", &ca, "--as-recorded", "--output", "as-ran.jsonl"])
-        .output()
-        .expect("replay runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("warning"), "{stderr}");
-    let replayed: Vec<String> =
-        std::fs::read_to_string(dir.join("as-ran.jsonl")).expect("output").lines().map(str::to_owned).collect();
+    let replayed = replay_as_recorded(&env, &ca);
     assert_eq!(sorted(&replayed), sorted(&committed), "replay across the deployments = the service, byte for byte");
 }
 
@@ -212,15 +216,7 @@ fn a_partition_moving_to_an_instance_with_another_set_keeps_its_state() {
     assert!(log.contains("partitions assigned and restored"), "b took partitions:\n{log}");
     assert!(!log.contains("is not read"), "no state dropped as stale:\n{log}");
     assert!(log.contains("replaced pattern versions finish their partial matches"), "{log}");
-    let out = env
-        .tripline()
-        .args(["replay", "--config", &ca, "--as-recorded", "--output", "as-ran.jsonl"])
-        .output()
-        .expect("replay runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !stderr.contains("warning"), "{stderr}");
-    let replayed: Vec<String> =
-        std::fs::read_to_string(dir.join("as-ran.jsonl")).expect("output").lines().map(str::to_owned).collect();
+    let replayed = replay_as_recorded(&env, &ca);
     assert_eq!(sorted(&replayed), sorted(&committed), "replay of both instances' sets = the service, byte for byte");
     let versions: BTreeSet<u64> = committed
         .iter()
