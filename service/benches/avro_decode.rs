@@ -78,6 +78,7 @@ fn decode(c: &mut Criterion) {
     let records = payments(&schema, N);
     let stream = StreamSchema::from_avro_json("payments", SCHEMA, Some("event_time")).expect("stream");
     let plan = StreamPlan {
+        stage: tripline_service::core::plan::Stage::Source { forwards: Vec::new() },
         name: "payments".into(),
         topic: "payments".into(),
         schema: Arc::new(stream),

@@ -15,13 +15,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use engine::runtime::After;
 use engine::runtime::Config as OpConfig;
 use serde_json::Value;
 use tripline_service::core::changelog::{Changes, MemoryState};
 use tripline_service::core::config::Config;
+use tripline_service::core::coords::{seq_of, watermark_of};
 use tripline_service::core::partition::{Emit, Partition};
 use tripline_service::core::pattern_sets::{compile_files, compile_sources};
-use tripline_service::core::plan::{admit, build_plans, key_bucket, LiveKeys, StreamPlan, BUCKETS};
+use tripline_service::core::plan::{admit, build_plans, key_bucket, LiveKeys, Stage, StreamPlan, BUCKETS};
+use tripline_service::core::repartition::Marker;
 use tripline_service::io::files::read_records;
 
 fn root() -> PathBuf {
@@ -35,8 +38,9 @@ fn plan_of(pattern: &str) -> (Config, dsl::Catalog, Arc<StreamPlan>) {
     let catalog = cfg.catalog(&path).expect("catalog");
     let set = compile_files(&[root().join(format!("patterns/{pattern}.tl"))], &catalog, &mut |d| panic!("{d}"))
         .expect("compiles");
-    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas).expect("plans");
-    let plan = plans.into_values().next().expect("one stream");
+    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas, &cfg.kafka.group_id).expect("plans");
+    // In one partition, whatever the pattern's key.
+    let plan = plans.into_values().find(|p| !p.patterns.is_empty()).expect("one stream").direct();
     (cfg, catalog, plan)
 }
 
@@ -205,8 +209,8 @@ fn plan_edited(pattern: &str, edit: &dyn Fn(String) -> String) -> Arc<StreamPlan
     let text = std::fs::read_to_string(root().join(format!("patterns/{pattern}.tl"))).expect("pattern");
     let src = dsl::SourceFile::new(format!("{pattern}.tl"), edit(text));
     let set = compile_sources(vec![src], 0, &catalog, &mut |d| panic!("{d}")).expect("compiles");
-    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas).expect("plans");
-    plans.into_values().next().expect("one stream")
+    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas, &cfg.kafka.group_id).expect("plans");
+    plans.into_values().find(|p| !p.patterns.is_empty()).expect("one stream").direct()
 }
 
 /// Another version of the pattern: its declared version + 100 (another content hash).
@@ -368,7 +372,7 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
                                 .map(|o| {
                                     (
                                         o.nfa().meta.hash.clone(),
-                                        o.draining(),
+                                        o.draining().cloned(),
                                         o.active_keys(),
                                         o.active_partial_matches(),
                                     )
@@ -477,5 +481,133 @@ fn a_canary_is_live_on_its_share_of_the_keys_and_shadow_on_the_others() {
             assert_eq!(live.len(), 1, "{name} {key} {m}: live in exactly one version: {alerts:?}");
             assert_eq!(live[0] == vb, canary_key, "{name} {key}: bucket {} vs {bp}", key_bucket(key));
         }
+    }
+}
+
+/// `plan` as a repartition topic's plan: its watermark comes from the source partitions'
+/// markers (see `core::repartition`).
+fn repartitioned(plan: &Arc<StreamPlan>) -> Arc<StreamPlan> {
+    let stage = Stage::Repartitioned { source_topic: plan.topic.clone(), field: "key".into() };
+    Arc::new(StreamPlan { stage, topic: format!("g.{}.by-key", plan.name), ..(**plan).clone() })
+}
+
+/// The content of alert lines, without where their events were (id, partitions, offsets).
+fn contents(emit: &[Emit]) -> Vec<Value> {
+    let mut v: Vec<Value> = alert_lines(emit)
+        .iter()
+        .map(|l| {
+            let mut a: Value = serde_json::from_str(l).expect("JSON");
+            for k in ["alert_id", "partition", "partitions", "match"] {
+                a.as_object_mut().expect("object").remove(k);
+            }
+            a
+        })
+        .collect();
+    v.sort_by_key(Value::to_string);
+    v
+}
+
+/// Every library pattern run as a repartition topic's partition over its examples, read from
+/// three source partitions (event `i` is record `i / 3` of partition `i % 3`), each followed by
+/// its partition's watermark marker, as the source stage writes them:
+/// - it raises what the pattern raises over the examples in one partition, and its alerts name
+///   each event's source partition;
+/// - its watermark waits for every source partition, and an idle one stops holding it back;
+/// - switched to another version halfway, the replaced one drains with the read position of
+///   each source partition, and a partition checkpointed and restored (store or changelog) at
+///   every record emits the bytes of one that ran straight through.
+#[test]
+fn a_repartition_topics_partition_follows_its_markers_and_restores_byte_for_byte() {
+    const LANES: i32 = 3;
+    for name in library() {
+        let (cfg, catalog, direct) = plan_of(&name);
+        let (a, b) = (repartitioned(&direct), repartitioned(&plan_edited(&name, &next_version)));
+        let events: Vec<engine::Event> = examples(&name, &catalog)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut e)| {
+                e.seq = seq_of(i as i32 % LANES, i as i64 / LANES as i64);
+                e
+            })
+            .collect();
+        let resolve = |h: &str| a.patterns.iter().chain(&b.patterns).find(|n| n.meta.hash == h).cloned();
+        // The reference: the examples in one partition, windows closed at the end.
+        let mut reference = Vec::new();
+        let mut one = Partition::new(direct.clone(), 0, OpConfig::default());
+        feed(&mut one, &cfg, &examples(&name, &catalog), &mut reference);
+        one.finish(&mut reference);
+        let marker = |from: i32, watermark: i64| Marker { from, partitions: LANES, watermark, idle: false };
+        let k = events.len() / 2;
+        let run = |switch: bool, checkpoint: bool| -> Vec<Emit> {
+            let mut emitted = Vec::new();
+            let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let store = Arc::new(MemoryState::default());
+            let mut part = Partition::new(a.clone(), 0, OpConfig::default());
+            part.open(store.clone(), &resolve).expect("an empty store opens");
+            let mut newest = [i64::MIN; LANES as usize];
+            for (i, e) in events.iter().enumerate() {
+                if switch && i == k {
+                    part = part.with_plan(b.clone(), i as i64 * 2);
+                    if let Some(d) = part.draining().next().and_then(|o| o.draining()) {
+                        let lanes: Vec<(u16, u64)> = (0..LANES.min(i as i32))
+                            .map(|l| (l as u16, seq_of(l, (i as i64 - 1 - i64::from(l)) / LANES as i64 + 1)))
+                            .collect();
+                        assert_eq!(d.after, After::Lanes(Arc::new(lanes.into_iter().collect())), "{name}");
+                    }
+                }
+                let lane = i as i32 % LANES;
+                feed(&mut part, &cfg, std::slice::from_ref(e), &mut emitted);
+                newest[lane as usize] = newest[lane as usize].max(e.ts);
+                let wm = watermark_of(newest[lane as usize], a.out_of_orderness);
+                part.mark(marker(lane, wm), &mut emitted);
+                if i < LANES as usize - 1 {
+                    assert_eq!(part.watermark(), i64::MIN, "{name}: a source partition has said nothing yet");
+                }
+                part.next_offset = i as i64 * 2 + 2;
+                let mut changes = Changes::default();
+                part.take_changes(&mut changes);
+                store.apply(&changes);
+                for (key, v) in changes.records {
+                    match v {
+                        Some(v) => changelog.insert(key, v),
+                        None => changelog.remove(&key),
+                    };
+                }
+                if checkpoint {
+                    let mut fresh = Partition::new(part.plan.clone(), 0, OpConfig::default());
+                    if i % 2 == 0 {
+                        let records: Vec<(Vec<u8>, Vec<u8>)> = changelog.clone().into_iter().collect();
+                        let (local, _) = fresh.index(&records, &resolve).expect("indexes");
+                        let from_changelog = Arc::new(MemoryState(std::sync::Mutex::new(local.into_iter().collect())));
+                        fresh.open(from_changelog, &resolve).expect("opens");
+                    } else {
+                        fresh.open(store.clone(), &resolve).expect("opens");
+                    }
+                    assert_eq!(fresh.upstreams(), part.upstreams(), "{name}: the markers and read positions");
+                    assert_eq!(fresh.watermark(), part.watermark());
+                    let drains = |p: &Partition| p.draining().map(|o| o.draining().cloned()).collect::<Vec<_>>();
+                    assert_eq!(drains(&fresh), drains(&part), "{name}: the drains");
+                    part = fresh;
+                }
+            }
+            // Lanes 1 and 2 go idle, lane 0 moves on: its watermark alone counts.
+            for l in 1..LANES {
+                part.mark(Marker { idle: true, ..marker(l, i64::MIN) }, &mut emitted);
+            }
+            part.mark(marker(0, i64::MAX - 1), &mut emitted);
+            assert_eq!(part.watermark(), i64::MAX - 1, "{name}: idle source partitions do not hold it back");
+            emitted
+        };
+        let straight = run(false, false);
+        assert_eq!(contents(&straight), contents(&reference), "{name}: as in one partition");
+        for line in alert_lines(&straight) {
+            let a: Value = serde_json::from_str(&line).expect("JSON");
+            let parts = a["partitions"].as_object().expect("partitions of the events");
+            let offsets = a["match"].as_object().expect("match");
+            assert_eq!(parts.keys().collect::<Vec<_>>(), offsets.keys().collect::<Vec<_>>(), "{name}");
+        }
+        let switched = run(true, false);
+        assert_eq!(alert_lines(&run(true, true)), alert_lines(&switched), "{name}: restored at every record");
+        assert_eq!(alert_lines(&run(false, true)), alert_lines(&straight), "{name}: restored at every record");
     }
 }

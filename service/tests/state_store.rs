@@ -27,7 +27,7 @@ fn payments_plan(files: &[PathBuf]) -> Arc<StreamPlan> {
     let cfg = Config::load(&path).expect("config");
     let catalog = cfg.catalog(&path).expect("catalog");
     let set = compile_files(files, &catalog, &mut |d| panic!("{d}")).expect("compiles");
-    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas).expect("plans");
+    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas, &cfg.kafka.group_id).expect("plans");
     plans.into_values().find(|p| p.name == "payments").expect("the payments stream")
 }
 

@@ -13,7 +13,8 @@ pub mod split;
 
 pub use multi::{MultiError, MultiOperator, MultiOutput, StartIndex};
 pub use operator::{
-    due_in_set, snapshot_summary, Backing, Config, Drain, FastTier, Key, KeyState, Operator, Output, Stats, TierCounts,
+    due_in_set, snapshot_summary, After, Backing, Config, Drain, FastTier, Key, KeyState, Operator, Output, Stats,
+    TierCounts, LANE_SHIFT,
 };
 pub use run::{Match, MatchEvents, PartialView, RunState, Timeout};
 pub use snapshot::SnapshotError;

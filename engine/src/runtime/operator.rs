@@ -279,14 +279,38 @@ pub fn due_in_set(
 
 /// How an operator runs while its pattern version is being replaced ([`Operator::drain`]): it
 /// finishes the partial matches it holds, and the events read after the switch start none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Drain {
-    /// Events whose `seq` is at or after this one were read after the switch: they extend the
-    /// partial matches held, and start none. (The caller's `seq`s grow in reading order.)
-    pub from_seq: u64,
+    /// The events read after the switch: they extend the partial matches held, and start none.
+    pub after: After,
     /// The newest event time read before the switch. Until the watermark reaches it, events
     /// read before the switch may still be buffered, and may start partial matches.
     pub horizon: i64,
+}
+
+/// Which events were read after a switch ([`Drain::after`]), by their `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum After {
+    /// Those at or after this `seq` (the caller's `seq`s grow in reading order).
+    Seq(u64),
+    /// Events from several sources, each read in its own order: an event's source (its lane) is
+    /// the top 16 bits of its `seq` ([`LANE_SHIFT`]), and its `seq`s grow in reading order
+    /// within the lane. Per lane, the first `seq` read after the switch; every event of a lane
+    /// not listed was read after it.
+    Lanes(Arc<std::collections::BTreeMap<u16, u64>>),
+}
+
+/// Where a `seq`'s lane is ([`After::Lanes`]).
+pub const LANE_SHIFT: u32 = 48;
+
+impl After {
+    /// Whether the event with `seq` was read after the switch.
+    pub fn contains(&self, seq: u64) -> bool {
+        match self {
+            After::Seq(from) => seq >= *from,
+            After::Lanes(lanes) => lanes.get(&((seq >> LANE_SHIFT) as u16)).is_none_or(|from| seq >= *from),
+        }
+    }
 }
 
 /// Timers read from the backing per step of [`Operator::advance_watermark`].
@@ -387,7 +411,7 @@ impl Operator {
 
     /// Starts finishing what the operator holds, because its pattern version is replaced (the
     /// service's policy for partial matches in flight, see `docs/service.md`): events read from
-    /// now on (`seq` at or after `drain.from_seq`) extend the partial matches held but start
+    /// now on (those `drain.after` contains) extend the partial matches held but start
     /// none, and a key that holds none no longer takes events once the watermark reaches
     /// `drain.horizon`. Matches and timeouts are reported as before. Once
     /// [`Operator::drained`], the operator holds nothing. Runs on the fast tier go to the exact
@@ -410,8 +434,8 @@ impl Operator {
     }
 
     /// The drain the operator is in, if its pattern version is being replaced.
-    pub fn draining(&self) -> Option<Drain> {
-        self.drain
+    pub fn draining(&self) -> Option<&Drain> {
+        self.drain.as_ref()
     }
 
     /// A draining operator that holds nothing any more (no key holds a partial match or an
@@ -569,7 +593,7 @@ impl Operator {
             return;
         }
         self.fetch(&key);
-        if let Some(d) = self.drain {
+        if let Some(d) = &self.drain {
             // Draining: only keys that may still hold a partial match take events.
             let wm = self.watermark;
             if !self.store.get(&key).is_some_and(|s| s.run.is_some() || wm < d.horizon) {
@@ -646,7 +670,7 @@ impl Operator {
         let (tie_break, budget) = (self.config.tie_break, self.config.max_partial_matches_per_key);
         let emit_timeouts = self.config.timeouts;
         let exact_steps = self.config.exact_steps;
-        let drain = self.drain;
+        let drain = self.drain.clone();
         self.tick += 1;
         let tick = self.tick;
         let Some(state) = self.store.get_mut(&key) else {
@@ -693,7 +717,7 @@ impl Operator {
                 batch.sort_by(|a, b| a.field(f).compare(b.field(f)).unwrap_or(std::cmp::Ordering::Equal));
             }
             for e in batch {
-                let starts = drain.is_none_or(|d| e.seq < d.from_seq);
+                let starts = drain.as_ref().is_none_or(|d| !d.after.contains(e.seq));
                 let run = match state.run.as_mut() {
                     Some(run) => run,
                     None if !starts => continue,
@@ -732,7 +756,7 @@ impl Operator {
         if state.run.as_deref().is_some_and(Run::is_idle) {
             state.run = None;
         }
-        if drain.is_some_and(|d| wm >= d.horizon) && state.run.is_none() && !state.queue.is_empty() {
+        if drain.as_ref().is_some_and(|d| wm >= d.horizon) && state.run.is_none() && !state.queue.is_empty() {
             // Draining, and every event read before the switch is processed: what the key
             // still buffers can start nothing.
             for &t in state.queue.keys() {
@@ -1089,7 +1113,7 @@ mod tests {
         op.advance_watermark(101, &mut out);
         assert_eq!((op.active_partial_matches(), op.buffered_events(&k("k2"))), (1, 1));
         // The switch: records from seq 10 on are read after it; the newest event time was 103.
-        op.drain(Drain { from_seq: 10, horizon: 103 });
+        op.drain(Drain { after: After::Seq(10), horizon: 103 });
         assert!(!op.drained());
         // After it: an `a` of k1 starts nothing; a `b` completes k1's partial match.
         op.process(k("k1"), ev(10, 104, "k1", 1), &mut out);
@@ -1117,6 +1141,30 @@ mod tests {
     }
 
     #[test]
+    fn events_read_after_a_switch_are_told_per_lane() {
+        let lane = |l: u64, n: u64| (l << LANE_SHIFT) | n;
+        let after = After::Lanes(Arc::new([(0u16, lane(0, 10)), (2, lane(2, 5))].into_iter().collect()));
+        assert!(!after.contains(lane(0, 9)) && after.contains(lane(0, 10)));
+        assert!(!after.contains(lane(2, 4)) && after.contains(lane(2, 5)));
+        // Lane 1 had nothing read before the switch; lane 0's high positions are not lane 2's.
+        assert!(after.contains(lane(1, 0)));
+        assert!(!after.contains(lane(0, 9)));
+        assert!(After::Seq(10).contains(10) && !After::Seq(10).contains(9));
+        // A draining operator fed from two lanes: an `a` read before the switch in lane 2 still
+        // starts a partial match, one read after it in lane 0 does not.
+        let mut op = Operator::new(nfa(), Config::default());
+        let k = |s: &str| Key::Str(Text::new(s));
+        let mut out = Vec::new();
+        op.process(k("k"), ev(lane(2, 4), 100, "k", 1), &mut out);
+        op.process(k("k"), ev(lane(0, 9), 99, "k", 5), &mut out);
+        op.drain(Drain { after, horizon: 100 });
+        op.process(k("k"), ev(lane(0, 10), 101, "k", 1), &mut out);
+        op.process(k("k"), ev(lane(2, 6), 102, "k", 2), &mut out);
+        op.advance_watermark(110, &mut out);
+        assert_eq!(matched(&out), vec![("k".to_owned(), vec![lane(2, 4), lane(2, 6)])]);
+    }
+
+    #[test]
     fn a_draining_key_drops_what_it_buffers_once_nothing_read_before_the_switch_is_left() {
         let mut op = Operator::new(nfa(), Config::default());
         let k1 = Key::Str(Text::new("k1"));
@@ -1125,7 +1173,7 @@ mod tests {
         op.process(k1.clone(), ev(1, 100, "k1", 1), &mut out);
         op.process(k1.clone(), ev(2, 104, "k1", 5), &mut out);
         op.advance_watermark(101, &mut out);
-        op.drain(Drain { from_seq: 10, horizon: 104 });
+        op.drain(Drain { after: After::Seq(10), horizon: 104 });
         // The partial match times out of its 10 ms at 111; k1 keeps receiving `a`s after it.
         for (i, ts) in (105..=130).step_by(5).enumerate() {
             op.process(k1.clone(), ev(10 + i as u64, ts, "k1", 1), &mut out);

@@ -42,9 +42,19 @@ pub fn alert_id(nfa: &Nfa, key: &Key, matched: &[(String, Vec<u64>)]) -> String 
 
 /// One alert as a JSON line, fields in a fixed order. `match` lists, per variable, the offsets
 /// of the events it took in `partition` (an export without coordinates: partition 0, line or
-/// record numbers). `shadow`: the alert goes to the shadow topic (its pattern is declared
-/// shadow, or not live on its key), and says so in `mode`.
-pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents, shadow: bool) -> String {
+/// record numbers) of its stream's topic. `lanes`: the events may come from several partitions
+/// (a pattern that reads a repartition topic, see `core::repartition`): `partitions` lists each
+/// one's partition, parallel to `match`, and `partition` is the first one's. `shadow`: the
+/// alert goes to the shadow topic (its pattern is declared shadow, or not live on its key),
+/// and says so in `mode`.
+pub fn alert_line(
+    nfa: &Nfa,
+    key: &Key,
+    ts: i64,
+    events: &engine::runtime::MatchEvents,
+    shadow: bool,
+    lanes: bool,
+) -> String {
     let body = engine::alert::body(nfa, events);
     let m = &nfa.meta;
     let mut s = String::with_capacity(256);
@@ -59,7 +69,7 @@ pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::Match
         json_str(if shadow { "shadow" } else { "live" }),
         json_str(&key.to_string()),
     );
-    write_match(&mut s, &body.matched);
+    write_match(&mut s, lanes, &body.matched);
     s.push_str(",\"fields\":{");
     for (i, (name, v)) in body.fields.iter().enumerate() {
         let _ = write!(s, "{}{}:{}", if i > 0 { "," } else { "" }, json_str(name), json_value(v));
@@ -69,8 +79,8 @@ pub fn alert_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::Match
 }
 
 /// A timed-out partial match as a JSON line: the pattern, the key, when the window closed and
-/// the events taken so far.
-pub fn timeout_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents) -> String {
+/// the events taken so far (`lanes`: as for [`alert_line`]).
+pub fn timeout_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::MatchEvents, lanes: bool) -> String {
     let m = &nfa.meta;
     let mut matched = Vec::new();
     for (i, v) in nfa.vars.iter().enumerate() {
@@ -87,18 +97,26 @@ pub fn timeout_line(nfa: &Nfa, key: &Key, ts: i64, events: &engine::runtime::Mat
         json_str(&m.hash),
         json_str(&key.to_string()),
     );
-    write_match(&mut s, &matched);
+    write_match(&mut s, lanes, &matched);
     s.push('}');
     s
 }
 
-/// `"partition":P,"match":{"var":[offset,...],...}`.
-fn write_match(s: &mut String, matched: &[(String, Vec<u64>)]) {
+/// `"partition":P,"match":{"var":[offset,...],...}`, with `lanes`
+/// `,"partitions":{"var":[partition,...],...}` after it.
+fn write_match(s: &mut String, lanes: bool, matched: &[(String, Vec<u64>)]) {
     let partition = matched.iter().flat_map(|(_, seqs)| seqs.first()).map(|&q| coords(q).0).next().unwrap_or(0);
     let _ = write!(s, "\"partition\":{partition},\"match\":{{");
-    for (i, (var, seqs)) in matched.iter().enumerate() {
-        let list: Vec<String> = seqs.iter().map(|&q| coords(q).1.to_string()).collect();
-        let _ = write!(s, "{}{}:[{}]", if i > 0 { "," } else { "" }, json_str(var), list.join(","));
+    let list = |s: &mut String, part: fn(u64) -> i64| {
+        for (i, (var, seqs)) in matched.iter().enumerate() {
+            let list: Vec<String> = seqs.iter().map(|&q| part(q).to_string()).collect();
+            let _ = write!(s, "{}{}:[{}]", if i > 0 { "," } else { "" }, json_str(var), list.join(","));
+        }
+        s.push('}');
+    };
+    list(s, |q| coords(q).1);
+    if lanes {
+        s.push_str(",\"partitions\":{");
+        list(s, |q| i64::from(coords(q).0));
     }
-    s.push('}');
 }

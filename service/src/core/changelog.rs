@@ -36,17 +36,23 @@
 //! the pattern versions that are draining (replaced, finishing their partial matches; see
 //! `Partition::with_plan`): `draining:u16 (hash:16 bytes from seq:u64 horizon:i64)*`; their
 //! counts are in the list before. Format 4 adds to each pattern of that list the key buckets on
-//! which its alerts are live (`from:u16 to:u16`, see `plan::LiveKeys`: a canary deployment). Format 1 (written before keys were stored out of memory: no
+//! which its alerts are live (`from:u16 to:u16`, see `plan::LiveKeys`: a canary deployment).
+//! Format 5 adds to each draining version the lanes of its drain (`lanes:u16 (lane:u16
+//! seq:u64)*`, see `engine::runtime::After`; none: `from seq` is the drain's) and ends with
+//! the state of a repartition topic's partition: `0`, or `1 partitions:u16 watermark:i64
+//! marks:u16 (partition:u16 watermark:i64 idle:u8)* reads:u16 (partition:u16 offset:i64)*`
+//! (see `repartition::Upstreams`). Format 1 (written before keys were stored out of memory: no
 //! set, no per-pattern counts, no timer records) is still read from the changelog; a local
 //! store in format 1 is restored from the changelog instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use engine::runtime::{snapshot_summary, Backing, Drain, Key, KeyRecords, Operator, SnapshotError};
+use engine::runtime::{snapshot_summary, After, Backing, Drain, Key, KeyRecords, Operator, SnapshotError};
 
 use super::partition::{Counts, Draining, Partition, Resolve, StoredVersion};
 use super::plan::LiveKeys;
+use super::repartition::Upstreams;
 use super::stored::Stored;
 pub use super::stored::{StateError, StoredState, INLINE_EVENTS};
 
@@ -374,6 +380,8 @@ struct Meta {
     live: Vec<LiveKeys>,
     /// The draining pattern versions (format 3).
     draining: Vec<(String, Drain)>,
+    /// A repartition topic's partition: the source partitions' watermarks (format 5).
+    upstreams: Option<Upstreams>,
 }
 
 impl Partition {
@@ -423,6 +431,9 @@ impl Partition {
     fn take_meta(&mut self, meta: Meta, live: &mut HashMap<String, (u64, u64)>) -> Vec<StoredVersion> {
         self.next_offset = meta.next_offset;
         self.max_ts = meta.max_ts;
+        if let (Some(u), Some(stored)) = (&mut self.upstreams, meta.upstreams) {
+            *u = stored;
+        }
         self.counts = meta.counts;
         if self.set.is_empty() {
             self.set = meta.set;
@@ -432,7 +443,7 @@ impl Partition {
             if self.operators.iter().any(|o| o.nfa().meta.hash == hash) {
                 live.insert(hash, (keys, partials));
             } else {
-                let drain = meta.draining.iter().find(|(h, _)| *h == hash).map(|(_, d)| *d);
+                let drain = meta.draining.iter().find(|(h, _)| *h == hash).map(|(_, d)| d.clone());
                 let live = meta.live.get(i).copied().unwrap_or(LiveKeys::ALL);
                 others.push(StoredVersion { hash, keys, partials, drain, live });
             }
@@ -635,11 +646,40 @@ impl Partition {
             v.extend_from_slice(&live.to.to_be_bytes());
         }
         v.extend_from_slice(&(self.draining.len() as u16).to_be_bytes());
+        let none = Drain { after: After::Seq(0), horizon: i64::MIN };
         for d in &self.draining {
-            let drain = d.op.draining().unwrap_or(Drain { from_seq: 0, horizon: i64::MIN });
+            let drain = d.op.draining().unwrap_or(&none);
             hash_bytes(&mut v, &d.op.nfa().meta.hash);
-            v.extend_from_slice(&drain.from_seq.to_be_bytes());
+            let (from_seq, lanes) = match &drain.after {
+                After::Seq(s) => (*s, None),
+                After::Lanes(l) => (0, Some(l)),
+            };
+            v.extend_from_slice(&from_seq.to_be_bytes());
             v.extend_from_slice(&drain.horizon.to_be_bytes());
+            v.extend_from_slice(&(lanes.map_or(0, |l| l.len()) as u16).to_be_bytes());
+            for (lane, seq) in lanes.into_iter().flat_map(|l| l.iter()) {
+                v.extend_from_slice(&lane.to_be_bytes());
+                v.extend_from_slice(&seq.to_be_bytes());
+            }
+        }
+        match &self.upstreams {
+            None => v.push(0),
+            Some(u) => {
+                v.push(1);
+                v.extend_from_slice(&(u.partitions as u16).to_be_bytes());
+                v.extend_from_slice(&u.watermark.to_be_bytes());
+                v.extend_from_slice(&(u.marks.len() as u16).to_be_bytes());
+                for (p, (wm, idle)) in &u.marks {
+                    v.extend_from_slice(&(*p as u16).to_be_bytes());
+                    v.extend_from_slice(&wm.to_be_bytes());
+                    v.push(u8::from(*idle));
+                }
+                v.extend_from_slice(&(u.read.len() as u16).to_be_bytes());
+                for (p, o) in &u.read {
+                    v.extend_from_slice(&(*p as u16).to_be_bytes());
+                    v.extend_from_slice(&o.to_be_bytes());
+                }
+            }
         }
         v
     }
@@ -794,6 +834,7 @@ fn decode_meta(v: &[u8]) -> Result<Meta, StateError> {
         patterns: Vec::new(),
         live: Vec::new(),
         draining: Vec::new(),
+        upstreams: None,
     };
     if version == 1 {
         return Ok(meta);
@@ -829,8 +870,36 @@ fn decode_meta(v: &[u8]) -> Result<Meta, StateError> {
             let hash = String::from_utf8(take(HASH_LEN)?.to_vec()).map_err(|_| StateError::CorruptMeta)?;
             let from_seq = u64::from_be_bytes(take(8)?.try_into().unwrap_or_default());
             let horizon = i64::from_be_bytes(take(8)?.try_into().unwrap_or_default());
-            meta.draining.push((hash, Drain { from_seq, horizon }));
+            let lanes = if version >= 5 { u16::from_be_bytes(take(2)?.try_into().unwrap_or_default()) } else { 0 };
+            let mut after = After::Seq(from_seq);
+            if lanes > 0 {
+                let mut map = BTreeMap::new();
+                for _ in 0..lanes {
+                    let lane = u16::from_be_bytes(take(2)?.try_into().unwrap_or_default());
+                    map.insert(lane, u64::from_be_bytes(take(8)?.try_into().unwrap_or_default()));
+                }
+                after = After::Lanes(Arc::new(map));
+            }
+            meta.draining.push((hash, Drain { after, horizon }));
         }
+    }
+    if version >= 5 && take(1)?[0] == 1 {
+        let u16_of = |b: &[u8]| u16::from_be_bytes(b.try_into().unwrap_or_default());
+        let i64_of = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or_default());
+        let mut u = Upstreams::new();
+        u.partitions = i32::from(u16_of(take(2)?));
+        u.watermark = i64_of(take(8)?);
+        for _ in 0..u16_of(take(2)?) {
+            let p = i32::from(u16_of(take(2)?));
+            let wm = i64_of(take(8)?);
+            let idle = take(1)?[0] == 1;
+            u.marks.insert(p, (wm, idle));
+        }
+        for _ in 0..u16_of(take(2)?) {
+            let p = i32::from(u16_of(take(2)?));
+            u.read.insert(p, i64_of(take(8)?));
+        }
+        meta.upstreams = Some(u);
     }
     if !take(0)?.is_empty() || !r.is_empty() {
         return Err(StateError::CorruptMeta);
@@ -869,7 +938,7 @@ pub fn in_changelog(key: &[u8], topic: &str, partition: i32) -> bool {
 /// A partition's state records as (key, value), the latest value of each key.
 pub type StateRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
-const META_VERSION: u8 = 4;
+const META_VERSION: u8 = 5;
 /// Commits of a partition between two deletions of its passed timer records.
 const TIMER_GC_EVERY: u64 = 64;
 const KIND_META: u8 = b'M';

@@ -309,11 +309,26 @@ pub struct StreamConfig {
     pub timestamp_field: Option<String>,
     /// How far behind the newest event an event may arrive and still be on time, e.g. `5s`.
     pub max_out_of_orderness: Option<Millis>,
-    /// The field the topic is partitioned by (the record key). State is kept per partition, so a
-    /// pattern over this stream sees all events of a key only if it is keyed by this field;
-    /// `tripline run` warns about patterns keyed otherwise. `tripline produce` keys records by it.
+    /// The field the topic is partitioned by (the record key). State is kept per partition: a
+    /// pattern keyed by another field reads a repartition topic the service writes
+    /// (`<group>.<stream>.by-<field>`, see docs/service.md). Without it, every pattern sees each
+    /// key's events per partition only. `tripline produce` keys records by it.
     pub key: Option<String>,
+    /// A partition that has had no record for this long is idle: it no longer holds back the
+    /// watermark of the patterns that read the stream through a repartition topic, until its
+    /// next record. Default 10s.
+    pub idle_timeout: Option<Millis>,
 }
+
+impl StreamConfig {
+    /// [`StreamConfig::idle_timeout`] or its default, in ms.
+    pub fn idle_timeout_ms(&self) -> i64 {
+        self.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT_MS, |d| d.0)
+    }
+}
+
+/// The default of `streams.<name>.idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 10_000;
 
 /// A duration in milliseconds, written `500ms`, `5s`, `10m`, `24h` or `7d` in the file: parsed
 /// once, when the configuration is read.
@@ -394,6 +409,9 @@ impl Config {
         for (name, s) in &cfg.streams {
             if s.topic.trim().is_empty() {
                 return bad(&format!("streams.{name}.topic is empty"));
+            }
+            if s.idle_timeout.is_some_and(|d| d.0 < 1) {
+                return bad(&format!("streams.{name}.idle_timeout must be at least 1ms"));
             }
         }
         if cfg.service.commit_interval.0 < 1 {

@@ -12,6 +12,7 @@ pub mod partition;
 pub mod pattern_sets;
 pub mod plan;
 pub mod range;
+pub mod repartition;
 pub mod schema_gate;
 pub mod source;
 pub mod stored;

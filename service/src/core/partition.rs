@@ -11,12 +11,13 @@
 
 use std::sync::Arc;
 
-use engine::runtime::{Config as OpConfig, Drain, Key, Operator, Output};
+use engine::runtime::{After, Config as OpConfig, Drain, Key, Operator, Output};
 use engine::{Event, Nfa};
 
 use super::alert::{alert_line, timeout_line};
 use super::coords::{seq_of, watermark_of};
 use super::plan::{LiveKeys, StreamPlan};
+use super::repartition::{Marker, Upstreams};
 use super::stored::Stored;
 
 /// What a partition reports, per record.
@@ -76,6 +77,9 @@ pub struct Partition {
     pub(super) config: OpConfig,
     /// Newest event time seen (i64::MIN before the first event).
     pub(super) max_ts: i64,
+    /// A repartition topic's partition: its watermark comes from the source partitions'
+    /// markers, not from its events (see [`super::repartition`]).
+    pub(super) upstreams: Option<Upstreams>,
     /// The offset of the next record to read (the position a commit records).
     pub next_offset: i64,
     /// Records were read since the last commit (the service's bookkeeping; not state).
@@ -158,6 +162,7 @@ impl Partition {
     pub fn new(plan: Arc<StreamPlan>, partition: i32, config: OpConfig) -> Self {
         let config = stored_config(config);
         let operators = plan.patterns.iter().map(|n| Operator::new(n.clone(), config)).collect();
+        let upstreams = plan.is_repartitioned().then(Upstreams::new);
         Partition {
             plan,
             partition,
@@ -166,6 +171,7 @@ impl Partition {
             gone: Vec::new(),
             config,
             max_ts: i64::MIN,
+            upstreams,
             next_offset: 0,
             advanced: false,
             sought: None,
@@ -196,7 +202,7 @@ impl Partition {
     /// next [`Partition::take_changes`]: changelog tombstones and the local range).
     pub fn with_plan(mut self, plan: Arc<StreamPlan>, at: i64) -> Partition {
         let wm = self.watermark();
-        let drain = Drain { from_seq: seq_of(self.partition, at), horizon: self.max_ts };
+        let drain = Drain { after: self.after(at), horizon: self.max_ts };
         self.reported.resize_with(self.operators.len(), PatternCounts::default);
         let lives: Vec<LiveKeys> = self.plan.live_keys.clone();
         let mut old: Vec<Option<Draining>> = self
@@ -230,7 +236,7 @@ impl Partition {
         self.draining = draining.into_iter().flatten().collect();
         for mut d in old.into_iter().flatten() {
             if d.op.active_keys() > 0 {
-                d.op.drain(drain);
+                d.op.drain(drain.clone());
                 self.draining.push(d);
             } else {
                 self.gone.push(d.op.nfa().meta.hash.clone());
@@ -250,7 +256,7 @@ impl Partition {
         stored: Vec<StoredVersion>,
         resolve: Resolve<'_>,
     ) -> Vec<(Operator, u64, u64, LiveKeys)> {
-        let switch = Drain { from_seq: seq_of(self.partition, self.next_offset), horizon: self.max_ts };
+        let switch = Drain { after: self.after(self.next_offset), horizon: self.max_ts };
         let mut made = Vec::new();
         // Those that were draining first, then those the switch replaces: the order
         // `with_plan` keeps them in.
@@ -265,7 +271,7 @@ impl Partition {
             };
             let mut op = Operator::new(nfa, self.config);
             op.set_watermark(self.watermark());
-            op.drain(v.drain.unwrap_or(switch));
+            op.drain(v.drain.unwrap_or_else(|| switch.clone()));
             made.push((op, v.keys, v.partials, v.live));
         }
         made
@@ -289,9 +295,13 @@ impl Partition {
         self
     }
 
-    /// The partition's watermark: newest event time - out-of-orderness - 1 ms.
+    /// The partition's watermark: newest event time - out-of-orderness - 1 ms; on a
+    /// repartition topic, the one its markers give ([`Upstreams::mark`]).
     pub fn watermark(&self) -> i64 {
-        watermark_of(self.max_ts, self.plan.out_of_orderness)
+        match &self.upstreams {
+            Some(u) => u.watermark,
+            None => watermark_of(self.max_ts, self.plan.out_of_orderness),
+        }
     }
 
     /// Starts the partition at a recorded watermark (a replay from where a pattern set took
@@ -300,15 +310,58 @@ impl Partition {
         if watermark == i64::MIN || self.max_ts != i64::MIN {
             return;
         }
-        self.max_ts = watermark.saturating_add(1).saturating_add(self.plan.out_of_orderness);
+        match &mut self.upstreams {
+            Some(u) if u.watermark != i64::MIN => return,
+            Some(u) => u.watermark = watermark,
+            None => self.max_ts = watermark.saturating_add(1).saturating_add(self.plan.out_of_orderness),
+        }
         for op in &mut self.operators {
             op.set_watermark(watermark);
         }
     }
 
-    /// Whether an event at `ts` would be late.
+    /// Whether an event at `ts` would be late: at or behind the watermark, when a pattern reads
+    /// the partition (one that only forwards to repartition topics has nothing to be late for).
     pub fn is_late(&self, ts: i64) -> bool {
-        ts <= self.watermark()
+        ts <= self.watermark() && !(self.operators.is_empty() && self.draining.is_empty())
+    }
+
+    /// Its watermark follows its own events even on a repartition topic (a replay of a file,
+    /// which has no markers).
+    pub fn use_event_time(&mut self) {
+        self.upstreams = None;
+    }
+
+    /// The source partitions' watermarks a repartition topic's partition holds (`None` for
+    /// another partition).
+    pub fn upstreams(&self) -> Option<&Upstreams> {
+        self.upstreams.as_ref()
+    }
+
+    /// The records read from offset `at` on (see [`engine::runtime::After`]): by offset, or on a
+    /// repartition topic (whose events have their source records' coordinates) per source
+    /// partition from where its read position is now.
+    fn after(&self, at: i64) -> After {
+        match &self.upstreams {
+            Some(u) => u.after(),
+            None => After::Seq(seq_of(self.partition, at)),
+        }
+    }
+
+    /// Takes a watermark marker of a source partition (a repartition topic's partition; on
+    /// another it does nothing): the watermark moves to what the markers give, and the windows
+    /// it passes close.
+    pub fn mark(&mut self, marker: Marker, emit: &mut Vec<Emit>) {
+        let Some(u) = &mut self.upstreams else { return };
+        let before = u.watermark;
+        let wm = u.mark(marker);
+        if wm == before {
+            return;
+        }
+        for i in 0..self.operators.len() + self.draining.len() {
+            op_at(&mut self.operators, &mut self.draining, i).advance_watermark(wm, &mut self.outs);
+            self.render(i, emit);
+        }
     }
 
     /// Feeds an on-time event to every pattern of the stream and moves the watermark; returns
@@ -320,6 +373,10 @@ impl Partition {
         }
         self.counts.processed += 1;
         self.max_ts = self.max_ts.max(event.ts);
+        if let Some(u) = &mut self.upstreams {
+            let (p, o) = super::coords::coords(event.seq);
+            u.read(p, o);
+        }
         let wm = self.watermark();
         let event = Arc::new(event);
         for i in 0..self.operators.len() + self.draining.len() {
@@ -345,6 +402,8 @@ impl Partition {
             n if op < n => (self.operators[op].nfa(), self.plan.live_keys.get(op).copied().unwrap_or(LiveKeys::ALL)),
             n => (self.draining[op - n].op.nfa(), self.draining[op - n].live),
         };
+        // Events read from a repartition topic come from several partitions.
+        let lanes = self.upstreams.is_some();
         for o in self.outs.drain(..) {
             match o {
                 Output::Match { key, ts, events } => {
@@ -353,14 +412,17 @@ impl Partition {
                     let shadow = nfa.meta.mode == engine::Mode::Shadow || !live.live_for(&key_text);
                     emit.push(Emit::Alert {
                         key: key_text,
-                        json: alert_line(nfa, &key, ts, &events, shadow),
+                        json: alert_line(nfa, &key, ts, &events, shadow, lanes),
                         ts,
                         shadow,
                     });
                 }
                 Output::Timeout { key, ts, events } => {
                     self.counts.timeouts += 1;
-                    emit.push(Emit::Timeout { key: key.to_string(), json: timeout_line(nfa, &key, ts, &events) });
+                    emit.push(Emit::Timeout {
+                        key: key.to_string(),
+                        json: timeout_line(nfa, &key, ts, &events, lanes),
+                    });
                 }
                 // Lateness is decided once per event, above, against the shared watermark.
                 Output::Late { .. } => {}
@@ -516,7 +578,7 @@ mod tests {
         // before the switch, it may still start a partial match): it drains.
         let old_version = old.patterns[1].meta.version;
         assert_eq!(draining(&part), vec![("structuring".to_owned(), old_version, 1, 0)]);
-        assert_eq!(part.draining().next().and_then(|o| o.draining()).map(|d| d.from_seq), Some(2));
+        assert_eq!(part.draining().next().and_then(|o| o.draining()).map(|d| d.after.clone()), Some(After::Seq(2)));
         // Dropping a pattern whose operator holds nothing drops it.
         let part = part.with_plan(plan(&["rapid_movement"], &|_, t| t), 2);
         assert_eq!(part.operators().len(), 1);

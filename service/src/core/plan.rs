@@ -12,8 +12,16 @@ use super::config::StreamConfig;
 use crate::error::Error;
 
 /// Every dead-letter reason code (the `tripline.reason` header and the metrics' `reason` label).
-pub const REASONS: &[&str] =
-    &["no-value", "not-avro", "unknown-schema", "wrong-schema", "missing-field", "undecodable", "bad-timestamp"];
+pub const REASONS: &[&str] = &[
+    "no-value",
+    "not-avro",
+    "unknown-schema",
+    "wrong-schema",
+    "missing-field",
+    "undecodable",
+    "bad-timestamp",
+    "not-repartitioned",
+];
 
 /// Why a record is not processed (it goes to the dead-letter topic): a stable code and a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,11 +58,48 @@ pub fn admit(plan: &StreamPlan, event: &Event, min_ts: i64, max_ts: i64) -> Resu
             ));
         }
     }
+    for f in plan.forwards() {
+        if event.field(f.field).is_null() {
+            return Err(Reject::new(
+                "missing-field",
+                format!("the key field `{}` of pattern(s) {} is null", f.name, f.patterns.join(", ")),
+            ));
+        }
+    }
     Ok(())
 }
 
+/// Where a plan's records come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The stream's topic. Its records are also forwarded to the repartition topics of the
+    /// stream's patterns keyed by another field than the topic's partitioning key (see
+    /// [`super::repartition`]).
+    Source { forwards: Vec<Forward> },
+    /// A repartition topic of the stream, written by the source stage: its partition's
+    /// watermark comes from the source partitions' markers.
+    Repartitioned {
+        /// The stream's topic.
+        source_topic: String,
+        /// The key field.
+        field: String,
+    },
+}
+
+/// A repartition topic the source stage writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub topic: String,
+    /// The key field (a record's partition there is its value's).
+    pub field: engine::FieldId,
+    /// Its path, for messages.
+    pub name: String,
+    /// The patterns that read it, for messages.
+    pub patterns: Vec<String>,
+}
+
 /// One stream as the service runs it: its schema, watermark rule and patterns.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StreamPlan {
     pub name: String,
     pub topic: String,
@@ -66,9 +111,84 @@ pub struct StreamPlan {
     pub patterns: Vec<Arc<Nfa>>,
     /// Per pattern (parallel to `patterns`), the keys on which its alerts are live.
     pub live_keys: Vec<LiveKeys>,
+    pub stage: Stage,
 }
 
 impl StreamPlan {
+    /// The repartition topics its records are forwarded to (none but for a source stage).
+    pub fn forwards(&self) -> &[Forward] {
+        match &self.stage {
+            Stage::Source { forwards } => forwards,
+            Stage::Repartitioned { .. } => &[],
+        }
+    }
+
+    /// The same patterns reading the stream's events directly, in one partition per input
+    /// partition, with no repartition topic (tests, and replays of a file).
+    pub fn direct(&self) -> Arc<StreamPlan> {
+        let topic = match &self.stage {
+            Stage::Repartitioned { source_topic, .. } => source_topic.clone(),
+            Stage::Source { .. } => self.topic.clone(),
+        };
+        Arc::new(StreamPlan { topic, stage: Stage::Source { forwards: Vec::new() }, ..self.clone() })
+    }
+
+    /// Whether it reads a repartition topic.
+    pub fn is_repartitioned(&self) -> bool {
+        matches!(self.stage, Stage::Repartitioned { .. })
+    }
+
+    /// The plans that run stream `name` for consumer group `group`: the stream's topic with the
+    /// patterns keyed by its partitioning key (`key`), and one repartition topic per other key
+    /// field with the patterns keyed by it (see [`super::repartition`]). Without a partitioning
+    /// key configured, every pattern reads the topic. The source plan is first (it may have no
+    /// pattern of its own: it forwards); empty when no pattern of `nfas` reads the stream.
+    pub fn layout(
+        name: &str,
+        config: &StreamConfig,
+        schema: Arc<StreamSchema>,
+        nfas: &[Arc<Nfa>],
+        group: &str,
+    ) -> Vec<Arc<StreamPlan>> {
+        let mine: Vec<Arc<Nfa>> = nfas.iter().filter(|n| n.meta.stream == name).cloned().collect();
+        if mine.is_empty() {
+            return Vec::new();
+        }
+        let field_of = |n: &Nfa| schema.fields[n.meta.key.index()].path.clone();
+        let (direct, rekeyed): (Vec<_>, Vec<_>) =
+            mine.into_iter().partition(|n| config.key.as_ref().is_none_or(|k| *k == field_of(n)));
+        let mut by_field: BTreeMap<String, Vec<Arc<Nfa>>> = BTreeMap::new();
+        for n in rekeyed {
+            by_field.entry(field_of(&n)).or_default().push(n);
+        }
+        let forwards = by_field
+            .iter()
+            .map(|(f, ns)| Forward {
+                topic: super::repartition::topic_name(group, name, f),
+                field: ns[0].meta.key,
+                name: f.clone(),
+                patterns: ns.iter().map(|n| format!("`{}`", n.meta.name)).collect(),
+            })
+            .collect::<Vec<_>>();
+        let plan = |topic: String, patterns: Vec<Arc<Nfa>>, stage: Stage| {
+            Arc::new(StreamPlan {
+                name: name.to_owned(),
+                topic,
+                schema: schema.clone(),
+                out_of_orderness: config.max_out_of_orderness.map_or(0, |d| d.0),
+                live_keys: vec![LiveKeys::ALL; patterns.len()],
+                patterns,
+                stage,
+            })
+        };
+        let mut plans = vec![plan(config.topic.clone(), direct, Stage::Source { forwards: forwards.clone() })];
+        for (f, (field, patterns)) in forwards.into_iter().zip(by_field) {
+            let stage = Stage::Repartitioned { source_topic: config.topic.clone(), field };
+            plans.push(plan(f.topic, patterns, stage));
+        }
+        plans
+    }
+
     /// The plan of stream `name` (its config validated): the patterns of `nfas` that read it,
     /// live on every key.
     pub fn new(name: &str, config: &StreamConfig, schema: Arc<StreamSchema>, nfas: &[Arc<Nfa>]) -> Arc<StreamPlan> {
@@ -80,6 +200,7 @@ impl StreamPlan {
             out_of_orderness: config.max_out_of_orderness.map_or(0, |d| d.0),
             live_keys: vec![LiveKeys::ALL; patterns.len()],
             patterns,
+            stage: Stage::Source { forwards: Vec::new() },
         })
     }
 
@@ -98,6 +219,7 @@ impl StreamPlan {
             out_of_orderness: self.out_of_orderness,
             patterns: self.patterns.clone(),
             live_keys,
+            stage: self.stage.clone(),
         })
     }
 }
@@ -159,19 +281,20 @@ pub fn key_bucket(key: &str) -> u16 {
     (u64::from_be_bytes(b) % u64::from(BUCKETS)) as u16
 }
 
-/// The plan of every configured stream some pattern of `nfas` reads, by topic; warns about
-/// patterns keyed by another field than their topic's partitioning key. `path`: the config file
-/// (for messages).
+/// The plans of every configured stream some pattern of `nfas` reads, by topic (see
+/// [`StreamPlan::layout`]: a stream's patterns keyed by another field than its partitioning
+/// key read a repartition topic of consumer group `group`). `path`: the config file (for
+/// messages).
 pub fn build_plans(
     streams: &BTreeMap<String, StreamConfig>,
     path: &Path,
     catalog: &dsl::Catalog,
     nfas: &[Arc<Nfa>],
+    group: &str,
 ) -> Result<BTreeMap<String, Arc<StreamPlan>>, Error> {
     let mut plans = BTreeMap::new();
     for (name, s) in streams {
-        let patterns: Vec<_> = nfas.iter().filter(|n| &n.meta.stream == name).cloned().collect();
-        if patterns.is_empty() {
+        if !nfas.iter().any(|n| &n.meta.stream == name) {
             continue;
         }
         if s.timestamp_field.is_none() {
@@ -185,22 +308,38 @@ pub fn build_plans(
             .get(name)
             .cloned()
             .ok_or_else(|| Error::usage(format!("stream `{name}` is not in the catalog")))?;
-        if let Some(k) = &s.key {
-            for n in &patterns {
-                let field = &schema.fields[n.meta.key.index()].path;
-                if field != k {
-                    tracing::warn!(
-                        pattern = %n.meta.name, stream = %name,
-                        "the pattern is keyed by `{field}` but the topic is partitioned by `{k}`: it sees \
-                         each key's events per partition only"
-                    );
-                }
+        if s.key.is_none() && nfas.iter().filter(|n| &n.meta.stream == name).count() > 0 {
+            let keys: std::collections::BTreeSet<&str> = nfas
+                .iter()
+                .filter(|n| &n.meta.stream == name)
+                .map(|n| schema.fields[n.meta.key.index()].path.as_str())
+                .collect();
+            if keys.len() > 1 {
+                tracing::warn!(
+                    stream = %name,
+                    "the patterns are keyed by {keys:?} but streams.{name}.key (the field the topic is partitioned by) \
+                     is not set: each pattern sees each key's events per partition only"
+                );
             }
         }
-        if plans.values().any(|p: &Arc<StreamPlan>| p.topic == s.topic) {
-            return Err(Error::usage(format!("{}: two streams read topic `{}`", path.display(), s.topic)));
+        for plan in StreamPlan::layout(name, s, schema, nfas, group) {
+            if let Some(other) = plans.values().find(|p: &&Arc<StreamPlan>| p.topic == plan.topic) {
+                return Err(Error::usage(format!(
+                    "{}: streams `{}` and `{name}` both read topic `{}`",
+                    path.display(),
+                    other.name,
+                    plan.topic
+                )));
+            }
+            if let Stage::Repartitioned { field, .. } = &plan.stage {
+                tracing::info!(
+                    stream = %name, field = %field, topic = %plan.topic,
+                    patterns = ?plan.patterns.iter().map(|n| n.meta.name.as_str()).collect::<Vec<_>>(),
+                    "keyed by another field than the topic's partitioning key: read through a repartition topic"
+                );
+            }
+            plans.insert(plan.topic.clone(), plan);
         }
-        plans.insert(s.topic.clone(), StreamPlan::new(name, s, schema, &patterns));
     }
     if plans.is_empty() {
         return Err(Error::usage("no pattern reads a configured stream: nothing to run"));

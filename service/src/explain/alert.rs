@@ -42,12 +42,8 @@ pub fn alert(nfa: &Nfa, topic: &str, alert: &Json, events: &[Arc<Event>]) -> Res
     let id = str_field(alert, "alert_id")?;
     let key = str_field(alert, "key")?;
     let ts = int_field(alert, "ts")?;
-    let partition = int_field(alert, "partition")?;
-    let partition =
-        i32::try_from(partition).map_err(|_| Error::usage(format!("the alert's partition {partition} is not one")))?;
-    let matched =
-        field(alert, "match")?.as_object().ok_or_else(|| Error::usage("the alert's `match` is not an object"))?;
-    let taken = taken_events(nfa, topic, matched, partition, key, events)?;
+    let matched = coordinates(alert)?;
+    let taken = taken_events(nfa, topic, &matched, key, events)?;
     let all = view_of(&taken);
     let body = engine::alert::body(nfa, &all);
     let key_value = Key::of(taken[0].1.field(nfa.meta.key));
@@ -96,13 +92,48 @@ fn check_pattern(nfa: &Nfa, alert: &Json) -> Result<(), Error> {
     Ok(())
 }
 
-/// The events the alert's `match` names (offsets per step), found among `events` and checked
-/// to be of the alert's key, in the order the engine took them.
+/// A step an alert names and its events' (partition, offset).
+pub type Step = (String, Vec<(i32, i64)>);
+
+/// Per step the alert names, its events' (partition, offset): the offsets of `match`, in
+/// `partition`, or per event in `partitions` when the alert has it (a pattern that reads a
+/// repartition topic: its events come from several partitions).
+pub fn coordinates(alert: &Json) -> Result<Vec<Step>, Error> {
+    let partition = int_field(alert, "partition")?;
+    let partition =
+        i32::try_from(partition).map_err(|_| Error::usage(format!("the alert's partition {partition} is not one")))?;
+    let matched =
+        field(alert, "match")?.as_object().ok_or_else(|| Error::usage("the alert's `match` is not an object"))?;
+    let partitions = alert.get("partitions").and_then(Json::as_object);
+    let mut out = Vec::new();
+    for (name, offsets) in matched {
+        let offsets =
+            offsets.as_array().ok_or_else(|| Error::usage(format!("the alert's `match.{name}` is not a list")))?;
+        let parts = partitions.and_then(|p| p.get(name)).and_then(Json::as_array);
+        let mut list = Vec::new();
+        for (i, o) in offsets.iter().enumerate() {
+            let o = o
+                .as_i64()
+                .ok_or_else(|| Error::usage(format!("the alert's `match.{name}` holds {o}, not an offset")))?;
+            let p = match parts {
+                Some(ps) => ps.get(i).and_then(Json::as_i64).and_then(|p| i32::try_from(p).ok()).ok_or_else(|| {
+                    Error::usage(format!("the alert's `partitions.{name}` has no partition for offset {o}"))
+                })?,
+                None => partition,
+            };
+            list.push((p, o));
+        }
+        out.push((name.clone(), list));
+    }
+    Ok(out)
+}
+
+/// The events the alert names (coordinates per step, see [`coordinates`]), found among
+/// `events` and checked to be of the alert's key, in the order the engine took them.
 fn taken_events(
     nfa: &Nfa,
     topic: &str,
-    matched: &serde_json::Map<String, Json>,
-    partition: i32,
+    matched: &[Step],
     key: &str,
     events: &[Arc<Event>],
 ) -> Result<Vec<(VarId, Arc<Event>)>, Error> {
@@ -113,12 +144,7 @@ fn taken_events(
             nfa.vars.iter().position(|v| &v.name == name && !v.negated).map(|i| VarId(i as u16)).ok_or_else(|| {
                 Error::usage(format!("the alert names `{name}`, which is not a step of pattern {}", m.name))
             })?;
-        let offsets =
-            offsets.as_array().ok_or_else(|| Error::usage(format!("the alert's `match.{name}` is not a list")))?;
-        for o in offsets {
-            let o = o
-                .as_i64()
-                .ok_or_else(|| Error::usage(format!("the alert's `match.{name}` holds {o}, not an offset")))?;
+        for &(partition, o) in offsets {
             let seq = seq_of(partition, o);
             let event = events.iter().find(|e| e.seq == seq).ok_or_else(|| {
                 Error::usage(format!(

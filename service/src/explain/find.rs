@@ -43,11 +43,8 @@ pub fn alert(id: &str, alerts: Option<&Path>, src: &Sources<'_>) -> Result<Strin
     let nfa = pattern_of(&mut env, src, &name, &hash, alert["version"].as_u64().unwrap_or(0))?;
     let stream = &env.cfg.streams[&nfa.meta.stream];
     let topic = stream.topic.clone();
-    let partition = alert["partition"].as_i64().unwrap_or(0) as i32;
-    let mut wanted: BTreeSet<i64> = BTreeSet::new();
-    for offsets in alert["match"].as_object().into_iter().flat_map(|m| m.values()) {
-        wanted.extend(offsets.as_array().into_iter().flatten().filter_map(Json::as_i64));
-    }
+    let wanted: BTreeSet<(i32, i64)> =
+        super::alert::coordinates(&alert)?.into_iter().flat_map(|(_, list)| list).collect();
     let plan = StreamPlan::new(
         &nfa.meta.stream,
         stream,
@@ -55,8 +52,8 @@ pub fn alert(id: &str, alerts: Option<&Path>, src: &Sources<'_>) -> Result<Strin
         std::slice::from_ref(&nfa),
     );
     let events = match src.input {
-        Some(file) => events_from_file(&env, file, &plan, partition, &wanted)?,
-        None => events_from_kafka(&mut env, &plan, partition, &wanted)?,
+        Some(file) => events_from_file(&env, file, &plan, &wanted)?,
+        None => events_from_kafka(&mut env, &plan, &wanted)?,
     };
     let label = if src.input.is_some() { plan.name.clone() } else { topic };
     super::alert(&nfa, &label, &alert, &events).map_err(|e| e.context(format!("alert {id}")))
@@ -155,10 +152,9 @@ fn events_from_file(
     env: &Env,
     file: &Path,
     plan: &StreamPlan,
-    partition: i32,
-    wanted: &BTreeSet<i64>,
+    wanted: &BTreeSet<(i32, i64)>,
 ) -> Result<Vec<Arc<engine::Event>>> {
-    let seqs: BTreeSet<u64> = wanted.iter().map(|&o| seq_of(partition, o)).collect();
+    let seqs: BTreeSet<u64> = wanted.iter().map(|&(p, o)| seq_of(p, o)).collect();
     let mut events = Vec::new();
     for (_, record) in read_records(file, &env.catalog, Some(&plan.name))? {
         if let Ok((stream, _, event)) = record {
@@ -173,13 +169,12 @@ fn events_from_file(
 fn events_from_kafka(
     env: &mut Env,
     plan: &Arc<StreamPlan>,
-    partition: i32,
-    wanted: &BTreeSet<i64>,
+    wanted: &BTreeSet<(i32, i64)>,
 ) -> Result<Vec<Arc<engine::Event>>> {
     let mut avro = AvroIn::for_plans(&env.cfg, &env.path, [plan])?;
     let reader = env.reader()?;
     let mut events = Vec::new();
-    for &offset in wanted {
+    for &(partition, offset) in wanted {
         let range = PartRange { topic: plan.topic.clone(), partition, start: offset, end: offset + 1 };
         let mut r = PartReader::new(reader, &range)?;
         let Read::Record(m) = r.next()? else {

@@ -125,6 +125,7 @@ fn setup() -> (AvroIn, Vec<(Arc<StreamPlan>, Schema)>) {
         .map(|s| {
             let schema = StreamSchema::from_avro_json(s.name, &s.schema, Some(s.ts)).expect("stream schema");
             let plan = Arc::new(StreamPlan {
+                stage: crate::core::plan::Stage::Source { forwards: Vec::new() },
                 name: s.name.to_owned(),
                 topic: s.name.to_owned(),
                 schema: Arc::new(schema),
@@ -1100,6 +1101,7 @@ mod cases {
             .expect("reader schemas");
         let schema = StreamSchema::from_avro_json("account_events", &reader_text, Some("event_time")).expect("schema");
         let plan = StreamPlan {
+            stage: crate::core::plan::Stage::Source { forwards: Vec::new() },
             name: "account_events".to_owned(),
             topic: "account_events".to_owned(),
             schema: Arc::new(schema),

@@ -195,6 +195,13 @@ pub fn max_record_bytes(cfg: &Config) -> Result<usize> {
     }
 }
 
+/// The value of a record's header `name` (the last one of that name), as text.
+pub fn header(msg: &impl Message, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let hs = msg.headers()?;
+    hs.iter().filter(|h| h.key == name).last().and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// Produces one record (in the open transaction, if any), waiting while the local queue is full.
 pub fn produce<C: ProducerContext<DeliveryOpaque = ()>>(
     producer: &BaseProducer<C>,
@@ -204,7 +211,23 @@ pub fn produce<C: ProducerContext<DeliveryOpaque = ()>>(
     payload: Option<&[u8]>,
     headers: Option<OwnedHeaders>,
 ) -> Result<()> {
+    produce_at(producer, topic, partition, None, key, payload, headers)
+}
+
+/// [`produce`] with the record's timestamp (else the producer's clock).
+pub fn produce_at<C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    topic: &str,
+    partition: Option<i32>,
+    timestamp: Option<i64>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    headers: Option<OwnedHeaders>,
+) -> Result<()> {
     let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+    if let Some(ts) = timestamp {
+        record = record.timestamp(ts);
+    }
     if let Some(h) = headers {
         record = record.headers(h);
     }

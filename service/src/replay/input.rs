@@ -11,8 +11,10 @@ use super::Env;
 use crate::core::coords::seq_of;
 use crate::core::plan::{Reject, StreamPlan};
 use crate::core::range::{Bound, PartRange};
+use crate::core::repartition::{self, Marker};
 use crate::error::{Error, Result};
 use crate::io::avro::{AvroIn, Retried};
+use crate::io::kafka::header;
 use crate::io::reader::{self, PartReader, Read, Reader};
 use crate::obs::progress::Progress;
 
@@ -23,6 +25,13 @@ const REGISTRY_PATIENCE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub enum Item<'a> {
     Record(Input<'a>),
+    /// A watermark marker of a repartition topic (see `core::repartition`).
+    Marker {
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+        marker: Marker,
+    },
     /// A partition's range is done; `next` is the first offset not read.
     Done {
         topic: &'a str,
@@ -101,7 +110,33 @@ pub fn read_kafka(
             }
             n += 1;
             progress.inc(1);
-            let seq = seq_of(range.partition, m.offset());
+            let mut seq = seq_of(range.partition, m.offset());
+            if plan.is_repartitioned() {
+                match repartition::read(&|name| header(&m, name)) {
+                    Ok(repartition::Record::Marker(marker)) => {
+                        on(Item::Marker {
+                            topic: &range.topic,
+                            partition: range.partition,
+                            offset: m.offset(),
+                            marker,
+                        });
+                        continue;
+                    }
+                    Ok(repartition::Record::Data(src)) => seq = seq_of(src.partition, src.offset),
+                    Err(e) => {
+                        let r = Reject::new(repartition::NotRepartitioned::CODE, e.to_string());
+                        on(Item::Record(Input {
+                            stream: &plan.name,
+                            source: &range.topic,
+                            partition: range.partition,
+                            offset: m.offset(),
+                            timestamp: m.timestamp().to_millis(),
+                            event: Err(r),
+                        }));
+                        continue;
+                    }
+                }
+            }
             let event = match avro.decode_retrying(&plan, m.payload(), seq, Some(REGISTRY_PATIENCE), &|| false)? {
                 Retried::Decoded(e) => Ok(e),
                 Retried::Rejected(r) => Err(r),

@@ -102,7 +102,7 @@ pub fn run(opts: &Replay<'_>) -> Result<Replayed> {
                         let offset = coords(event.seq).1;
                         let (source, timestamp, event) = (stream.as_str(), None, Ok(event));
                         let input = Input { stream: source, source, partition, offset, timestamp, event };
-                        if let Some(r) = feed(&mut runners, &mut report, input, &env.cfg) {
+                        if let Some(r) = feed(&mut runners, &mut report, input, true, &env.cfg) {
                             rejected_lines = true;
                             err(&format!("{}:{n}: rejected ({}): {}\n", file.display(), r.code, r.message));
                         }
@@ -115,7 +115,7 @@ pub fn run(opts: &Replay<'_>) -> Result<Replayed> {
                         let event = Err(Reject::new("undecodable", reason));
                         let input =
                             Input { stream: source, source, partition: 0, offset: n as i64, timestamp: None, event };
-                        feed(&mut runners, &mut report, input, &env.cfg);
+                        feed(&mut runners, &mut report, input, true, &env.cfg);
                     }
                 }
             }
@@ -193,7 +193,12 @@ fn replay_kafka(
     report.input_kafka(env.cfg.kafka.bootstrap_servers.as_deref().unwrap_or(""), opts.from, opts.to, &ranges);
     read_kafka(env, &reader, &topics, &ranges, &mut |item| match item {
         Item::Record(input) => {
-            feed(runners, report, input, &env.cfg);
+            feed(runners, report, input, false, &env.cfg);
+        }
+        Item::Marker { topic, partition, offset, marker } => {
+            for r in runners.iter_mut() {
+                r.mark(topic, partition, offset, marker);
+            }
         }
         Item::Done { topic, partition, next } => report.partition_done(topic, partition, next),
     })

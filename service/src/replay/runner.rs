@@ -13,14 +13,15 @@ use crate::core::config::Config;
 use crate::core::partition::{Emit, Partition};
 use crate::core::pattern_sets::Position;
 use crate::core::plan::{admit, expose, Reject, StreamPlan};
+use crate::core::repartition::Marker;
 
 /// One pattern set running over the records: the service's per-partition state and what it
 /// emitted.
 pub(super) struct Runner {
-    /// By stream name.
+    /// By topic (a stream's topic, or a repartition topic of it, see `core::repartition`).
     pub(super) plans: BTreeMap<String, Arc<StreamPlan>>,
     op_config: OpConfig,
-    /// By stream, then partition.
+    /// By topic, then partition.
     parts: BTreeMap<String, BTreeMap<i32, Partition>>,
     /// Recorded starts by (topic, partition): offset and watermark.
     pub(super) starts: BTreeMap<(String, i32), Position>,
@@ -36,15 +37,18 @@ pub(super) struct Runner {
     pub(super) mismatches: Vec<String>,
 }
 
-/// Plans by stream name.
+/// Plans by topic.
 type Plans = BTreeMap<String, Arc<StreamPlan>>;
 
-/// The plan of every configured stream (with a schema) for the patterns of `nfas`.
+/// The plans of every configured stream (with a schema) for the patterns of `nfas`, by topic, as
+/// the service lays them out (see `StreamPlan::layout`: repartition topics included).
 fn plans_of(cfg: &Config, catalog: &dsl::Catalog, nfas: &[Arc<engine::Nfa>]) -> Plans {
     let mut plans = BTreeMap::new();
     for (name, s) in &cfg.streams {
         if let Some(schema) = catalog.streams.get(name).cloned() {
-            plans.insert(name.clone(), StreamPlan::new(name, s, schema, nfas));
+            for plan in StreamPlan::layout(name, s, schema, nfas, &cfg.kafka.group_id) {
+                plans.insert(plan.topic.clone(), plan);
+            }
         }
     }
     plans
@@ -78,17 +82,21 @@ impl Runner {
         }
     }
 
-    /// The partition of `stream` the record at `offset` goes to, made when it is the first
+    /// The partition of `topic` the record at `offset` goes to, made when it is the first
     /// (started at the recorded watermark when a set took effect there) and, with a timeline,
     /// switched to the set that took effect at or before `offset` as the service switched it.
-    /// `None` when no set ran there.
-    fn partition(&mut self, stream: &str, partition: i32, offset: i64) -> Option<&mut Partition> {
-        let plan = self.plans.get(stream)?.clone();
+    /// `None` when no set ran there. `event_time`: its watermark follows its own events (a
+    /// repartition topic's plan run over a file, which has no markers).
+    fn partition(&mut self, topic: &str, partition: i32, offset: i64, event_time: bool) -> Option<&mut Partition> {
+        let plan = self.plans.get(topic)?.clone();
         let key = (plan.topic.clone(), partition);
-        let parts = self.parts.entry(stream.to_owned()).or_default();
+        let parts = self.parts.entry(topic.to_owned()).or_default();
         let Some((timeline, per_set)) = &self.timeline else {
             let part = parts.entry(partition).or_insert_with(|| {
                 let mut part = Partition::new(plan.clone(), partition, self.op_config).without_change_tracking();
+                if event_time {
+                    part.use_event_time();
+                }
                 // Started where the recorded set took effect: its watermark then.
                 if let Some(pos) = self.starts.get(&key).filter(|p| p.offset == offset) {
                     part.resume_at(pos.watermark.unwrap_or(i64::MIN));
@@ -105,7 +113,10 @@ impl Runner {
             let due = steps.iter().take_while(|s| s.offset <= offset).count();
             let step = &steps[due.max(1) - 1];
             let mut part =
-                Partition::new(per_set[&step.set][stream].clone(), partition, self.op_config).without_change_tracking();
+                Partition::new(per_set[&step.set][topic].clone(), partition, self.op_config).without_change_tracking();
+            if event_time {
+                part.use_event_time();
+            }
             part.set = step.set.clone();
             if step.offset == offset {
                 part.resume_at(step.watermark.unwrap_or(i64::MIN));
@@ -128,37 +139,75 @@ impl Runner {
                     key.0, step.offset, step.set, step.reason
                 ));
             }
-            let mut part = part.with_plan(per_set[&step.set][stream].clone(), step.offset);
+            let mut part = part.with_plan(per_set[&step.set][topic].clone(), step.offset);
             part.set = step.set.clone();
             parts.insert(partition, part);
         }
         parts.get_mut(&partition)
     }
 
-    /// Feeds one decoded record at `offset` of `partition` of `stream`; an admission problem is
-    /// returned (the service dead-letters the record).
+    /// Feeds one decoded record at `offset` of `partition` of `input` (a topic; with `file`, a
+    /// stream); an admission problem is returned (the service dead-letters the record).
+    ///
+    /// A file has no repartition topics: its events go to the stream's topic's plan at their
+    /// partition and to each repartition topic's plan at partition 0, whose watermark follows
+    /// its events (the file in one partition gives what the service gives over the repartition
+    /// topic, but for events late at one stage and not the other).
     fn feed(
         &mut self,
-        stream: &str,
+        input: &str,
         partition: i32,
         offset: i64,
         event: engine::Event,
+        file: bool,
         cfg: &Config,
     ) -> Option<Reject> {
-        let mut emit = std::mem::take(&mut self.emit);
-        let part = self.partition(stream, partition, offset)?;
-        if let Err(r) = admit(&part.plan, &event, cfg.service.min_event_time, cfg.service.max_event_time) {
-            return Some(r);
-        }
-        let on_time = part.process(event, &mut emit);
-        self.emit = emit;
-        if on_time {
-            self.counts.processed += 1;
+        let topics: Vec<(String, i32)> = if file {
+            let mut t: Vec<(String, i32)> = self
+                .plans
+                .values()
+                .filter(|p| p.name == input && !p.is_repartitioned())
+                .map(|p| (p.topic.clone(), partition))
+                .collect();
+            t.extend(
+                self.plans.values().filter(|p| p.name == input && p.is_repartitioned()).map(|p| (p.topic.clone(), 0)),
+            );
+            t
         } else {
-            self.counts.late += 1;
+            vec![(input.to_owned(), partition)]
+        };
+        let mut problem = None;
+        for (i, (topic, p)) in topics.iter().enumerate() {
+            let mut emit = std::mem::take(&mut self.emit);
+            let Some(part) = self.partition(topic, *p, offset, file && i > 0) else { continue };
+            if let Err(r) = admit(&part.plan, &event, cfg.service.min_event_time, cfg.service.max_event_time) {
+                problem.get_or_insert(r);
+                continue;
+            }
+            if part.plan.patterns.is_empty() && part.draining().next().is_none() && !part.plan.forwards().is_empty() {
+                // Only forwards (counted where the patterns read it).
+                continue;
+            }
+            let on_time = part.process(event.clone(), &mut emit);
+            self.emit = emit;
+            if on_time {
+                self.counts.processed += 1;
+            } else {
+                self.counts.late += 1;
+            }
+            self.take_alerts();
         }
+        problem
+    }
+
+    /// Takes a watermark marker read at `offset` of `partition` of repartition topic `topic`.
+    pub(super) fn mark(&mut self, topic: &str, partition: i32, offset: i64, marker: Marker) {
+        let mut emit = std::mem::take(&mut self.emit);
+        if let Some(part) = self.partition(topic, partition, offset, false) {
+            part.mark(marker, &mut emit);
+        }
+        self.emit = emit;
         self.take_alerts();
-        None
     }
 
     fn take_alerts(&mut self) {
@@ -182,18 +231,26 @@ impl Runner {
 }
 
 /// Feeds one input record to every runner; returns the first runner's admission problem.
-pub(super) fn feed(runners: &mut [Runner], report: &mut Report, input: Input<'_>, cfg: &Config) -> Option<Reject> {
+/// `file`: the input is a file (`Input::source` is a stream, not a topic).
+pub(super) fn feed(
+    runners: &mut [Runner],
+    report: &mut Report,
+    input: Input<'_>,
+    file: bool,
+    cfg: &Config,
+) -> Option<Reject> {
     let Input { stream, source, partition, offset, timestamp, event } = input;
     let ts = event.as_ref().ok().map(|e| e.ts);
     report.read(source, partition, offset, timestamp, ts);
+    let at = if file { stream } else { source };
     let problem = match event {
         Err(r) => Some(r),
         Ok(event) => match runners {
-            [a] => a.feed(stream, partition, offset, event, cfg),
+            [a] => a.feed(at, partition, offset, event, file, cfg),
             [a, rest @ ..] => {
-                let problem = a.feed(stream, partition, offset, event.clone(), cfg);
+                let problem = a.feed(at, partition, offset, event.clone(), file, cfg);
                 for r in rest {
-                    r.feed(stream, partition, offset, event.clone(), cfg);
+                    r.feed(at, partition, offset, event.clone(), file, cfg);
                 }
                 problem
             }

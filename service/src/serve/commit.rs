@@ -43,7 +43,7 @@ use super::rebalance::{committed_offset, GroupContext, Restored};
 use super::{Ended, Output, Worker};
 use crate::core::partition::{Partition, Sought};
 use crate::error::{Error, Kind, Result, ResultExt};
-use crate::io::kafka::{produce, TxnContext, REQUEST_TIMEOUT};
+use crate::io::kafka::{produce, produce_at, TxnContext, REQUEST_TIMEOUT};
 use crate::io::store::Changes;
 
 /// How long a transaction operation may take before it counts as failed.
@@ -297,7 +297,17 @@ impl Worker {
         }
         self.begin_producer()?;
         for out in std::mem::take(&mut self.outbox) {
-            if let Some(topic) = self.topic_of(out.to) {
+            if let Some((topic, p, ts)) = &out.at {
+                produce_at(
+                    &self.producer,
+                    topic,
+                    Some(*p),
+                    *ts,
+                    out.key.as_deref(),
+                    out.payload.as_deref(),
+                    out.headers,
+                )?;
+            } else if let Some(topic) = self.topic_of(out.to) {
                 produce(&self.producer, topic, None, out.key.as_deref(), out.payload.as_deref(), out.headers)?;
             }
         }
@@ -314,10 +324,14 @@ impl Worker {
         self.evict().map_err(Failure::Fatal)?;
         let mut changes = Changes::default();
         let mut at = Vec::new();
+        let mut forwarding = Vec::new();
         let set = self.set.hash();
         for (t, m) in &mut self.parts {
             for (p, part) in m.iter_mut().filter(|(_, part)| part.advanced) {
                 part.advanced = false;
+                if !part.plan.forwards().is_empty() {
+                    forwarding.push((t.clone(), *p));
+                }
                 part.set.clone_from(&set);
                 let from = changes.records.len();
                 part.take_changes(&mut changes);
@@ -330,6 +344,8 @@ impl Worker {
                     .map_err(|e| Failure::Fatal(Error::failed(format!("offsets to commit: {e}"))))?;
             }
         }
+        // After the records they forwarded (in the outbox, produced above).
+        self.produce_markers(&forwarding).map_err(Failure::Fatal)?;
         // Every record is at most a chunk (see `core::changelog`) plus its key.
         at.push((changes.records.len(), 0));
         let _ = self.producer.context().take_delivered();
@@ -538,6 +554,7 @@ impl Worker {
                 part.sought = Some(Sought::at(at));
             }
         }
+        self.restart_activity();
         Ok(())
     }
 }

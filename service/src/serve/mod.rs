@@ -53,6 +53,7 @@ mod gate;
 mod rebalance;
 mod records;
 mod reload;
+mod repartition;
 
 use batch::{init_metrics, Batch};
 use commit::{Pending, TXN_TIMEOUT};
@@ -110,7 +111,7 @@ fn setup(config: Option<&Path>) -> Result<Setup> {
     let pattern_paths: Vec<_> = cfg.service.patterns.iter().map(|p| base.join(p)).collect();
     // The patterns must compile for the service to start: any problem is a usage error.
     let set = compile_files(&pattern_paths, &catalog, &mut |d| out(&format!("{d}\n"))).map_err(Error::usage)?;
-    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas)?;
+    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas, &cfg.kafka.group_id)?;
     let avro = AvroIn::for_plans(&cfg, &path, plans.values())?;
     let op_config = OpConfig {
         max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key,
@@ -144,7 +145,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
     if let Some((deployed, d)) = found.deployed {
         if deployed.hash() != set.hash() {
             let path = &sources.config_path;
-            plans = build_plans(&cfg.streams, path, &sources.catalog, &deployed.nfas)
+            plans = build_plans(&cfg.streams, path, &sources.catalog, &deployed.nfas, &cfg.kafka.group_id)
                 .map_err(|e| e.context(format!("deployment {} cannot run with {}", d.id, path.display())))?;
             plans = expose(plans, &deployed.live_keys);
             avro = AvroIn::for_plans(&cfg, path, plans.values())?;
@@ -158,9 +159,11 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
     }
     let (library, follower) = (found.library, found.follower);
 
-    // Topics: inputs must exist to size the changelog; outputs are created when missing.
+    // Topics: inputs must exist to size the changelog; outputs are created when missing, and
+    // repartition topics with as many partitions as their stream's topic.
     let probe: BaseConsumer =
         kafka::create(&cfg, &client, rdkafka::consumer::DefaultConsumerContext, "metadata client")?;
+    let topology = repartition::Topology::set_up(&cfg, &probe, &plans)?;
     let topics: Vec<String> = plans.keys().cloned().collect();
     let inputs: Vec<&str> = topics.iter().map(String::as_str).collect();
     let counts = kafka::partition_counts(&probe, &inputs)?;
@@ -255,6 +258,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
         library,
         follower: Some(follower),
         deployment,
+        repartition: topology,
         writers_seen: Vec::new(),
         timeouts_topic: o.timeouts_topic.clone(),
         min_ts: cfg.service.min_event_time,
@@ -344,6 +348,7 @@ fn main_loop(
             lock(shared).reload(consumer)?;
         }
         lock(shared).follow(consumer)?;
+        lock(shared).mark_idle(consumer);
         let wait = {
             let core = lock(shared);
             if let Some(f) = &core.fatal {
@@ -459,6 +464,7 @@ fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> 
                 }
             }
             Restored::Done => {
+                core.restart_activity();
                 core.record_assignment(consumer, &list)?;
                 core.health.ready.store(true, Ordering::Relaxed);
                 core.update_gauges(consumer);
@@ -491,10 +497,11 @@ pub(super) enum Output {
     Timeouts,
     Changelog,
     PatternSets,
+    Repartition,
 }
 
 impl Output {
-    pub(super) const ALL: [Output; 7] = [
+    pub(super) const ALL: [Output; 8] = [
         Output::Alerts,
         Output::ShadowAlerts,
         Output::Late,
@@ -502,6 +509,7 @@ impl Output {
         Output::Timeouts,
         Output::Changelog,
         Output::PatternSets,
+        Output::Repartition,
     ];
 
     pub(super) fn label(self) -> &'static str {
@@ -513,6 +521,7 @@ impl Output {
             Output::Timeouts => "timeouts",
             Output::Changelog => "changelog",
             Output::PatternSets => "pattern_sets",
+            Output::Repartition => "repartition",
         }
     }
 }
@@ -520,6 +529,8 @@ impl Output {
 /// An output record waiting in the outbox: where it goes, its key, value and headers.
 pub(super) struct Out {
     pub(super) to: Output,
+    /// A repartition record's topic, partition and timestamp (the source record's).
+    pub(super) at: Option<(String, i32, Option<i64>)>,
     pub(super) key: Option<Vec<u8>>,
     pub(super) payload: Option<Vec<u8>>,
     pub(super) headers: Option<rdkafka::message::OwnedHeaders>,
@@ -558,6 +569,8 @@ impl Worker {
             Output::Timeouts => return self.timeouts_topic.as_deref(),
             Output::Changelog => &self.changelog,
             Output::PatternSets => &self.pattern_sets_topic,
+            // Named by each record (`Out::at`).
+            Output::Repartition => return None,
         })
     }
 }
@@ -661,6 +674,9 @@ struct Worker {
     follower: Option<follow::Follower>,
     /// The deployment the running set came from (`None`: the pattern files).
     deployment: Option<Deployment>,
+    /// Repartitioning (see `core::repartition`): the partition counts of the topics involved,
+    /// and per source partition that forwards, when it last read a record.
+    repartition: repartition::Topology,
     /// Writer schemas met, per stream, as field tables (the schema gate: `gate.rs`).
     writers_seen: Vec<(String, u32, Arc<dsl::StreamSchema>)>,
     timeouts_topic: Option<String>,

@@ -18,14 +18,16 @@ use super::{Out, Output, Worker};
 use crate::core::coords::seq_of;
 use crate::core::partition::{Emit, Partition, Sought};
 use crate::core::plan::{admit, Reject};
+use crate::core::repartition::{self, Marker};
 use crate::error::{Error, Result};
 use crate::io::avro::{DecodeError, Retried};
 use crate::io::http::Health;
+use crate::io::kafka::header;
 
 impl Worker {
     /// Opens a transaction unless one is open (the producer's begins with its first output,
     /// see [`Worker::flush_outbox`]).
-    fn begin(&mut self) {
+    pub(super) fn begin(&mut self) {
         if !self.in_txn {
             self.in_txn = true;
             self.txn_started = Instant::now();
@@ -70,7 +72,25 @@ impl Worker {
                 }
             }
             let Some(plan) = self.plans.get(topic) else { continue };
-            let seq = seq_of(p, off);
+            let mut seq = seq_of(p, off);
+            // A repartition topic's record: a marker, or a forwarded record (its event has the
+            // coordinates of the record it was forwarded from).
+            let mut marker = None;
+            if plan.is_repartitioned() {
+                match repartition::read(&|name| header(msg, name)) {
+                    Ok(repartition::Record::Marker(m)) => marker = Some(m),
+                    Ok(repartition::Record::Data(src)) => seq = seq_of(src.partition, src.offset),
+                    Err(e) => {
+                        let r = Reject::new(repartition::NotRepartitioned::CODE, e.to_string());
+                        ready.push(Ready::new(msg, Err(r), None));
+                        continue;
+                    }
+                }
+            }
+            if marker.is_some() {
+                ready.push(Ready::new(msg, Err(Reject::new("no-value", "a marker")), marker));
+                continue;
+            }
             let decoded = match self.avro.decode(plan, msg.payload(), seq) {
                 Ok(event) => Ok(event),
                 Err(DecodeError::Reject(r)) => Err(r),
@@ -95,7 +115,7 @@ impl Worker {
                     }
                 }
             };
-            ready.push(Ready { msg, decoded: Some(decoded), decode_failed: false, outcome: None, emit: Vec::new() });
+            ready.push(Ready::new(msg, decoded, None));
         }
         self.step_and_publish(&mut ready)
     }
@@ -141,7 +161,7 @@ impl Worker {
                         .filter_map(|i| {
                             let r = &mut ready[i];
                             let decoded = r.decoded.take()?;
-                            Some((i, Input { decoded, bytes: r.msg.payload_len() as u64 }))
+                            Some((i, Input { decoded, marker: r.marker, bytes: r.msg.payload_len() as u64 }))
                         })
                         .collect();
                     work.push((part, items));
@@ -188,6 +208,7 @@ impl Worker {
             r.decode_failed = s.decode_failed;
             r.outcome = Some(s.outcome);
             r.emit = s.emit;
+            r.forward = s.forward;
         }
     }
 
@@ -197,9 +218,19 @@ impl Worker {
         let msg = r.msg;
         let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
         let Some(outcome) = r.outcome.take() else { return Ok(()) };
-        let plan_name = self.plans.get(topic).map(|p| p.name.clone()).unwrap_or_default();
-        self.totals.consumed += 1;
+        let Some(plan) = self.plans.get(topic).cloned() else { return Ok(()) };
+        let plan_name = plan.name.clone();
+        if !plan.forwards().is_empty() {
+            self.repartition.read(topic, p);
+        }
+        if r.marker.is_none() {
+            self.totals.consumed += 1;
+        }
+        if outcome.is_ok() && !r.forward.is_empty() {
+            self.forward(&plan, msg, &r.forward)?;
+        }
         match outcome {
+            Ok(None) if r.marker.is_some() => {}
             Ok(None) => self.totals.processed += 1,
             Ok(Some((ts, wm))) => {
                 self.totals.late += 1;
@@ -236,7 +267,13 @@ impl Worker {
                 )));
             }
             self.batch.produced(to, Some(key.as_bytes()), Some(json.as_bytes()));
-            self.outbox.push(Out { to, key: Some(key.into_bytes()), payload: Some(json.into_bytes()), headers: None });
+            self.outbox.push(Out {
+                to,
+                at: None,
+                key: Some(key.into_bytes()),
+                payload: Some(json.into_bytes()),
+                headers: None,
+            });
             if let Some(ts) = ts {
                 self.totals.alerts += 1;
                 self.batch.latencies.push((ts, ingest));
@@ -288,6 +325,7 @@ impl Worker {
         self.batch.produced(out, key, payload);
         self.outbox.push(Out {
             to: out,
+            at: None,
             key: key.map(<[u8]>::to_vec),
             payload: payload.map(<[u8]>::to_vec),
             headers: Some(h),
@@ -301,10 +339,28 @@ pub(super) struct Ready<'a, 'm> {
     msg: &'a BorrowedMessage<'m>,
     /// Taken by the step.
     decoded: Option<std::result::Result<Event, Reject>>,
+    /// A repartition topic's watermark marker (then `decoded` is not used).
+    marker: Option<Marker>,
     decode_failed: bool,
     /// Set by the step: processed (None), late (event time, watermark), or rejected.
     outcome: Option<Outcome>,
     emit: Vec<Emit>,
+    /// Set by the step: the record's keys in the repartition topics it goes to.
+    forward: Vec<String>,
+}
+
+impl<'a, 'm> Ready<'a, 'm> {
+    fn new(msg: &'a BorrowedMessage<'m>, decoded: std::result::Result<Event, Reject>, marker: Option<Marker>) -> Self {
+        Ready {
+            msg,
+            decoded: Some(decoded),
+            marker,
+            decode_failed: false,
+            outcome: None,
+            emit: Vec::new(),
+            forward: Vec::new(),
+        }
+    }
 }
 
 /// What became of a record: processed (`Ok(None)`), late (`Ok(Some((event time, watermark)))`)
@@ -317,6 +373,7 @@ type Work<'p> = (&'p mut Partition, Vec<(usize, Input)>);
 /// A record as its partition's step takes it.
 struct Input {
     decoded: std::result::Result<Event, Reject>,
+    marker: Option<Marker>,
     /// Payload bytes, for the metrics.
     bytes: u64,
 }
@@ -326,6 +383,7 @@ struct Stepped {
     decode_failed: bool,
     outcome: Outcome,
     emit: Vec<Emit>,
+    forward: Vec<String>,
 }
 
 /// Below this many records in a batch, partitions are stepped on the loop's thread (a thread's
@@ -338,15 +396,22 @@ fn step_partition(part: &mut Partition, items: Vec<(usize, Input)>, min_ts: i64,
     let plan = part.plan.clone();
     let mut out = Vec::with_capacity(items.len());
     for (i, input) in items {
+        let mut emit = Vec::new();
+        if let Some(m) = input.marker {
+            part.mark(m, &mut emit);
+            out.push((i, Stepped { decode_failed: false, outcome: Ok(None), emit, forward: Vec::new() }));
+            continue;
+        }
         part.counts.consumed += 1;
         let decode_failed = input.decoded.is_err();
         part.reads.consumed += 1;
         part.reads.bytes += input.bytes;
         part.reads.decoded += u64::from(!decode_failed);
-        let mut emit = Vec::new();
+        let mut forward = Vec::new();
         let outcome = match input.decoded.and_then(|ev| admit(&plan, &ev, min_ts, max_ts).map(|()| ev)) {
             Ok(ev) => {
                 let ts = ev.ts;
+                forward.extend(plan.forwards().iter().map(|f| engine::runtime::Key::of(ev.field(f.field)).to_string()));
                 if part.process(ev, &mut emit) {
                     part.reads.processed += 1;
                     Ok(None)
@@ -360,7 +425,7 @@ fn step_partition(part: &mut Partition, items: Vec<(usize, Input)>, min_ts: i64,
                 Err(r)
             }
         };
-        out.push((i, Stepped { decode_failed, outcome, emit }));
+        out.push((i, Stepped { decode_failed, outcome, emit, forward }));
     }
     out
 }
@@ -373,8 +438,19 @@ const HEADER_OVERHEAD: usize = 10;
 /// Room for the `tripline.truncated` header of a cut record.
 const TRUNCATED_HEADER: usize = 64;
 
-/// Headers naming a record's source: topic, partition, offset and record timestamp.
-fn source_headers(msg: &BorrowedMessage<'_>) -> Vec<(&'static str, String)> {
+/// Headers naming a record's source: topic, partition, offset and record timestamp. A record of
+/// a repartition topic names the record it was forwarded from.
+pub(super) fn source_headers(msg: &BorrowedMessage<'_>) -> Vec<(&'static str, String)> {
+    use crate::core::repartition::headers as h;
+    if let (Some(topic), Some(p), Some(o)) =
+        (header(msg, h::SOURCE_TOPIC), header(msg, h::SOURCE_PARTITION), header(msg, h::SOURCE_OFFSET))
+    {
+        let mut out = vec![(h::SOURCE_TOPIC, topic), (h::SOURCE_PARTITION, p), (h::SOURCE_OFFSET, o)];
+        if let Some(ts) = header(msg, h::SOURCE_TIMESTAMP) {
+            out.push((h::SOURCE_TIMESTAMP, ts));
+        }
+        return out;
+    }
     let mut h = vec![
         ("tripline.source.topic", msg.topic().to_owned()),
         ("tripline.source.partition", msg.partition().to_string()),

@@ -56,7 +56,7 @@ impl Worker {
     ) -> Result<()> {
         let src = &self.sources;
         let nfas = set.nfas.clone();
-        let plans = match build_plans(&src.streams, &src.config_path, &src.catalog, &nfas) {
+        let plans = match build_plans(&src.streams, &src.config_path, &src.catalog, &nfas, &self.group) {
             Ok(p) => expose(p, &set.live_keys),
             Err(e) => {
                 refuse(&self.metrics, reason, &e.to_string());

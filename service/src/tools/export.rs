@@ -27,10 +27,10 @@ pub fn export(config: Option<&Path>, stream: &str, output: &Path) -> Result<(u64
     let base = path.parent().unwrap_or(Path::new("."));
     let pattern_paths: Vec<_> = cfg.service.patterns.iter().map(|p| base.join(p)).collect();
     let set = compile_files(&pattern_paths, &catalog, &mut |d| out(&format!("{d}\n"))).map_err(Error::usage)?;
-    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas)?;
+    let plans = build_plans(&cfg.streams, &path, &catalog, &set.nfas, &cfg.kafka.group_id)?;
     let plan = plans
         .values()
-        .find(|p| p.name == stream)
+        .find(|p| p.name == stream && !p.is_repartitioned())
         .ok_or_else(|| Error::usage(format!("no pattern reads stream `{stream}` (or there is no such stream)")))?;
     let mut avro = AvroIn::for_plans(&cfg, &path, [plan])?;
     let consumer = reader::reader(&cfg)?;

@@ -79,7 +79,7 @@ pub fn deploy(config: Option<&Path>, paths: &[PathBuf], exposure: Exposure) -> R
         pattern_sets::CompileError::Diagnostics(_) => Error::invalid(format!("{e}; nothing was deployed")),
         other => Error::from(other),
     })?;
-    build_plans(&cfg.streams, &path, &catalog, &set.nfas)?;
+    build_plans(&cfg.streams, &path, &catalog, &set.nfas, &cfg.kafka.group_id)?;
     let set = match exposure {
         Exposure::Full => set,
         _ => {
@@ -178,7 +178,7 @@ pub fn rollback(config: Option<&Path>, set: Option<&str>) -> Result<Published> {
         }
     };
     let found = pattern_sets::recorded(&records, &target, topic, &catalog)?;
-    build_plans(&cfg.streams, &path, &catalog, &found.set.nfas)?;
+    build_plans(&cfg.streams, &path, &catalog, &found.set.nfas, &cfg.kafka.group_id)?;
     publish_with(&cfg, &found.set, "rollback", Exposure::Full)
 }
 

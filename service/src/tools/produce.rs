@@ -172,6 +172,7 @@ mod tests {
         avro.insert_writer_schema(t.schema_id, &json).expect("writer schema");
         let schema = dsl::StreamSchema::from_avro_json("account_events", &json, Some("event_time")).expect("schema");
         let plan = StreamPlan {
+            stage: crate::core::plan::Stage::Source { forwards: Vec::new() },
             name: "account_events".into(),
             topic: t.topic.clone(),
             schema: Arc::new(schema),

@@ -119,6 +119,29 @@ impl DevEnv {
         })
     }
 
+    /// Whether `group` has committed every partition of `topic`, a topic written in transactions
+    /// (a repartition topic), to its last record: its last offset is a transaction marker.
+    pub fn caught_up_transactional(&self, group: &str, topic: &str) -> bool {
+        let c = self.consumer(group);
+        let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(10)) else { return false };
+        let Some(t) = md.topics().first() else { return false };
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in t.partitions() {
+            let Ok((_, hi)) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10)) else { return false };
+            ends.insert(p.id(), hi);
+            tpl.add_partition(topic, p.id());
+        }
+        if ends.is_empty() {
+            return false;
+        }
+        let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) else { return false };
+        ends.iter().all(|(p, hi)| {
+            *hi == 0
+                || matches!(committed.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *hi - 1)
+        })
+    }
+
     pub fn wait_caught_up(&self, group: &str, topic: &str, limit: Duration) {
         let start = Instant::now();
         while !self.caught_up(group, topic) {

@@ -1,0 +1,217 @@
+//! The service's side of repartitioning (see `core::repartition`): the repartition topics set
+//! up at start, the source stage's records forwarded in the consuming transaction, the
+//! watermark markers every transaction ends with, and idle markers for quiet source partitions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+
+use super::rebalance::GroupContext;
+use super::{Out, Output, Worker};
+use crate::core::config::Config;
+use crate::core::partition::Partition;
+use crate::core::plan::{Stage, StreamPlan};
+use crate::core::repartition::{partition_of, Marker};
+use crate::error::{Error, Result};
+use crate::io::kafka::{self, produce};
+
+/// The topics of repartitioning and what the loop knows of the forwarding source partitions.
+#[derive(Debug, Default)]
+pub(super) struct Topology {
+    /// Per repartition topic, its partition count.
+    partitions: HashMap<String, i32>,
+    /// Per stream topic that forwards: its partition count and idle timeout.
+    sources: HashMap<String, (i32, Duration)>,
+    /// Per forwarding source partition: when it last read a record, and whether it has said it
+    /// is idle since.
+    activity: HashMap<(String, i32), Activity>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Activity {
+    last: Instant,
+    /// An idle marker was written (or is in the open transaction).
+    idle: bool,
+}
+
+impl Topology {
+    /// Creates the repartition topics of `plans` that are missing, each with as many partitions
+    /// as its stream's topic, which must exist (it sizes them).
+    pub(super) fn set_up(
+        cfg: &Config,
+        probe: &BaseConsumer,
+        plans: &BTreeMap<String, Arc<StreamPlan>>,
+    ) -> Result<Topology> {
+        let mut t = Topology::default();
+        let mut wanted = Vec::new();
+        for plan in plans.values() {
+            let Stage::Repartitioned { source_topic, .. } = &plan.stage else { continue };
+            let count =
+                kafka::partition_counts(probe, &[source_topic.as_str()])?[0].map(|n| n as i32).ok_or_else(|| {
+                    Error::usage(format!(
+                    "topic `{source_topic}` of stream `{}` does not exist: it must, to size its repartition topic `{}` \
+                     (create it, then start the service)",
+                    plan.name, plan.topic
+                ))
+                })?;
+            let idle = cfg
+                .streams
+                .get(&plan.name)
+                .map_or(crate::core::config::DEFAULT_IDLE_TIMEOUT_MS, |s| s.idle_timeout_ms());
+            t.sources.insert(source_topic.clone(), (count, Duration::from_millis(idle.max(1) as u64)));
+            wanted.push((plan.topic.clone(), count, false));
+        }
+        if wanted.is_empty() {
+            return Ok(t);
+        }
+        kafka::ensure_topics(cfg, &wanted)?;
+        for (topic, _, _) in &wanted {
+            let n = kafka::partition_counts(probe, &[topic.as_str()])?[0].ok_or_else(|| {
+                Error::failed(format!("the repartition topic `{topic}` is not there after creating it"))
+            })?;
+            t.partitions.insert(topic.clone(), n as i32);
+        }
+        Ok(t)
+    }
+
+    /// A forwarding source partition read a record.
+    pub(super) fn read(&mut self, topic: &str, partition: i32) {
+        if self.sources.contains_key(topic) {
+            let a = self
+                .activity
+                .entry((topic.to_owned(), partition))
+                .or_insert(Activity { last: Instant::now(), idle: false });
+            a.last = Instant::now();
+            a.idle = false;
+        }
+    }
+
+    /// After an assignment or a rewind: every source partition counts as active from now on
+    /// (an idle marker that aborted is written again once it is idle again).
+    pub(super) fn restart(&mut self, parts: impl Iterator<Item = (String, i32)>) {
+        self.activity.clear();
+        for (t, p) in parts.filter(|(t, _)| self.sources.contains_key(t)) {
+            self.activity.insert((t, p), Activity { last: Instant::now(), idle: false });
+        }
+    }
+}
+
+impl Worker {
+    /// After an assignment or a rewind (see [`Topology::restart`]).
+    pub(super) fn restart_activity(&mut self) {
+        let parts: Vec<(String, i32)> =
+            self.parts.iter().flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p))).collect();
+        self.repartition.restart(parts.into_iter());
+    }
+
+    /// Puts the consumed record `msg` (admitted by the source stage) in the outbox for each
+    /// repartition topic its plan forwards to: `keys` are its key values there, in the order of
+    /// the plan's forwards.
+    pub(super) fn forward(
+        &mut self,
+        plan: &StreamPlan,
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+        keys: &[String],
+    ) -> Result<()> {
+        use rdkafka::Message;
+        for (f, key) in plan.forwards().iter().zip(keys) {
+            let n = self
+                .repartition
+                .partitions
+                .get(&f.topic)
+                .copied()
+                .ok_or_else(|| Error::failed(format!("the repartition topic `{}` was not set up", f.topic)))?;
+            let mut h = OwnedHeaders::new_with_capacity(4);
+            for (k, v) in super::records::source_headers(msg) {
+                h = h.insert(Header { key: k, value: Some(v.as_str()) });
+            }
+            let payload = msg.payload().map(<[u8]>::to_vec);
+            self.batch.produced(Output::Repartition, Some(key.as_bytes()), payload.as_deref());
+            self.outbox.push(Out {
+                to: Output::Repartition,
+                at: Some((f.topic.clone(), partition_of(key, n), msg.timestamp().to_millis())),
+                key: Some(key.clone().into_bytes()),
+                payload,
+                headers: Some(h),
+            });
+        }
+        Ok(())
+    }
+
+    /// The markers a transaction ends with, produced in it (after everything it forwarded):
+    /// the watermark of every forwarding source partition in `advanced`, to every partition of
+    /// each repartition topic it forwards to.
+    pub(super) fn produce_markers(&mut self, advanced: &[(String, i32)]) -> Result<()> {
+        for (t, p) in advanced {
+            let Some(&(count, _)) = self.repartition.sources.get(t) else { continue };
+            let Some(part) = self.parts.get(t).and_then(|m| m.get(p)) else { continue };
+            let idle = self.repartition.activity.get(&(t.clone(), *p)).is_some_and(|a| a.idle);
+            let marker = Marker { from: *p, partitions: count, watermark: part.watermark(), idle };
+            let topics: Vec<String> = part.plan.forwards().iter().map(|f| f.topic.clone()).collect();
+            for topic in topics {
+                let n = self.repartition.partitions.get(&topic).copied().unwrap_or(0);
+                for q in 0..n {
+                    let mut h = OwnedHeaders::new_with_capacity(6);
+                    for (k, v) in marker.headers(t) {
+                        h = h.insert(Header { key: k, value: Some(v.as_str()) });
+                    }
+                    produce(&self.producer, &topic, Some(q), None, None, Some(h))?;
+                    self.batch.produced(Output::Repartition, None, None);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a transaction for the idle markers of forwarding source partitions that read no
+    /// record for their stream's `idle_timeout` and have nothing left to read (their markers go
+    /// out when it commits, see [`Worker::produce_markers`]). A partition whose end is not
+    /// known yet (the client's statistics come every second), or that has records left to
+    /// read, is not idle: marking it would make its records late in the repartition topic.
+    pub(super) fn mark_idle(&mut self, consumer: &BaseConsumer<GroupContext>) {
+        if self.repartition.sources.is_empty() {
+            return;
+        }
+        let quiet: Vec<(String, i32)> = self
+            .repartition
+            .activity
+            .iter()
+            .filter(|((t, _), a)| {
+                !a.idle && self.repartition.sources.get(t).is_some_and(|&(_, timeout)| a.last.elapsed() >= timeout)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if quiet.is_empty() {
+            return;
+        }
+        let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Ok(positions) = consumer.position() else { return };
+        let mut due = Vec::new();
+        for (t, p) in quiet {
+            let position = positions.find_partition(&t, p).and_then(|e| e.offset().to_raw());
+            let at_end = matches!((position, ends.get(&(t.clone(), p))), (Some(pos), Some(&end)) if pos >= end);
+            if at_end {
+                if let Some(a) = self.repartition.activity.get_mut(&(t.clone(), p)) {
+                    a.idle = true;
+                }
+                due.push((t, p));
+            }
+        }
+        for (t, p) in due {
+            if let Some(part) = self.parts.get_mut(&t).and_then(|m| m.get_mut(&p)) {
+                tracing::debug!(topic = %t, partition = p, "idle: no longer holds back the repartition topics' watermark");
+                mark_advanced(part);
+                self.begin();
+            }
+        }
+    }
+}
+
+/// The partition is in the open transaction (its offset and meta record are written again,
+/// unchanged, and its markers go out).
+fn mark_advanced(part: &mut Partition) {
+    part.advanced = true;
+}
