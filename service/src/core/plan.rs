@@ -133,6 +133,15 @@ impl StreamPlan {
         Arc::new(StreamPlan { topic, stage: Stage::Source { forwards: Vec::new() }, ..self.clone() })
     }
 
+    /// Its `stream` label in the metrics: the stream's name, `<stream>.by-<field>` for a
+    /// repartition topic (whose partitions are not the stream topic's).
+    pub fn metric_label(&self) -> std::borrow::Cow<'_, str> {
+        match &self.stage {
+            Stage::Source { .. } => std::borrow::Cow::Borrowed(&self.name),
+            Stage::Repartitioned { field, .. } => std::borrow::Cow::Owned(format!("{}.by-{field}", self.name)),
+        }
+    }
+
     /// Whether it reads a repartition topic.
     pub fn is_repartitioned(&self) -> bool {
         matches!(self.stage, Stage::Repartitioned { .. })

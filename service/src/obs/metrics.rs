@@ -107,7 +107,7 @@ metrics! {
     funnel_reached: IntCounterVec = "tripline_funnel_reached_total" ["pattern", "step", "position"]
         "Partial matches that reached a step of a pattern (took their first event into the variable `step`, the `position`-th of the pattern); with tripline_matches_total, the pattern's funnel.";
     records_produced: IntCounterVec = "tripline_records_produced_total" ["output"]
-        "Records committed to an output topic: alerts, shadow_alerts, late, dead_letter, timeouts, changelog or pattern_sets.";
+        "Records committed to an output topic: alerts, shadow_alerts, late, dead_letter, timeouts, changelog, pattern_sets or repartition (records and watermark markers written to repartition topics).";
     produced_bytes: IntCounterVec = "tripline_produced_bytes_total" ["output"]
         "Key and payload bytes of the records committed to an output topic.";
     transactions_committed: IntCounter = "tripline_transactions_committed_total" []

@@ -137,15 +137,16 @@ pub(super) fn init_metrics(m: &Metrics, plans: &BTreeMap<String, Arc<StreamPlan>
         .collect();
     m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), GIT_HASH, &set_hash_with(&nfas, &live)]).set(1);
     for plan in plans.values() {
-        let l = [plan.name.as_str()];
-        m.schema_breaks.with_label_values(&l).set(0);
+        m.schema_breaks.with_label_values(&[plan.name.as_str()]).set(0);
+        let label = plan.metric_label();
+        let l = [label.as_ref()];
         for c in [&m.records_consumed, &m.consumed_bytes, &m.events_decoded, &m.events_processed, &m.events_late] {
             c.with_label_values(&l);
         }
         m.assigned_partitions.with_label_values(&l).set(0);
         for reason in REASONS {
-            m.decode_failures.with_label_values(&[plan.name.as_str(), reason]);
-            m.dead_lettered.with_label_values(&[plan.name.as_str(), reason]);
+            m.decode_failures.with_label_values(&[label.as_ref(), reason]);
+            m.dead_lettered.with_label_values(&[label.as_ref(), reason]);
         }
     }
     for nfa in &nfas {
@@ -195,11 +196,13 @@ impl Worker {
         let m = &self.metrics;
         let now = now_ms();
         let mut per_pattern: HashMap<&str, (usize, usize)> = HashMap::new();
-        let mut assigned: HashMap<&str, i64> = self.plans.values().map(|p| (p.name.as_str(), 0)).collect();
+        let mut assigned: HashMap<String, i64> =
+            self.plans.values().map(|p| (p.metric_label().into_owned(), 0)).collect();
         for (topic, parts) in &self.parts {
             for (p, part) in parts {
-                let stream = part.plan.name.as_str();
-                *assigned.entry(stream).or_default() += 1;
+                let label = part.plan.metric_label();
+                let stream = label.as_ref();
+                *assigned.entry(stream.to_owned()).or_default() += 1;
                 // A draining version counts with its pattern.
                 for op in part.all_operators() {
                     let e = per_pattern.entry(op.nfa().meta.name.as_str()).or_default();
@@ -226,7 +229,7 @@ impl Worker {
             }
         }
         for (stream, n) in assigned {
-            m.assigned_partitions.with_label_values(&[stream]).set(n);
+            m.assigned_partitions.with_label_values(&[stream.as_str()]).set(n);
         }
         m.state_bytes.set(self.store.size_bytes() as i64);
         let ops = || self.parts.values().flat_map(HashMap::values).flat_map(|p| p.all_operators());

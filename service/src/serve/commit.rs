@@ -338,7 +338,7 @@ impl Worker {
                 at.push((from, *p % self.changelog_parts));
                 let counts = part.take_pattern_counts();
                 self.batch.patterns.extend(part.plan.patterns.iter().cloned().zip(counts));
-                self.batch.add_reads(&part.plan.name, std::mem::take(&mut part.reads));
+                self.batch.add_reads(&part.plan.metric_label(), std::mem::take(&mut part.reads));
                 offsets
                     .add_partition_offset(t, *p, Offset::Offset(part.next_offset))
                     .map_err(|e| Failure::Fatal(Error::failed(format!("offsets to commit: {e}"))))?;
@@ -554,7 +554,7 @@ impl Worker {
                 part.sought = Some(Sought::at(at));
             }
         }
-        self.restart_activity();
+        self.restart_activity(true);
         Ok(())
     }
 }

@@ -464,7 +464,7 @@ fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> 
                 }
             }
             Restored::Done => {
-                core.restart_activity();
+                core.restart_activity(false);
                 core.record_assignment(consumer, &list)?;
                 core.health.ready.store(true, Ordering::Relaxed);
                 core.update_gauges(consumer);

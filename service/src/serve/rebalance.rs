@@ -359,7 +359,8 @@ impl ConsumerContext for GroupContext {
             core.metrics.ready.set(0);
             for e in tpl.elements() {
                 if let Some(part) = core.parts.get_mut(e.topic()).and_then(|m| m.remove(&e.partition())) {
-                    let labels = [part.plan.name.as_str(), &e.partition().to_string()];
+                    let label = part.plan.metric_label();
+                    let labels = [label.as_ref(), &e.partition().to_string()];
                     for g in [&core.metrics.watermark, &core.metrics.watermark_lag] {
                         let _ = g.remove_label_values(&labels);
                     }

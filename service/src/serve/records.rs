@@ -219,7 +219,7 @@ impl Worker {
         let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
         let Some(outcome) = r.outcome.take() else { return Ok(()) };
         let Some(plan) = self.plans.get(topic).cloned() else { return Ok(()) };
-        let plan_name = plan.name.clone();
+        let plan_name = plan.metric_label().into_owned();
         if !plan.forwards().is_empty() {
             self.repartition.read(topic, p);
         }

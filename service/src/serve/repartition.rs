@@ -28,6 +28,10 @@ pub(super) struct Topology {
     /// Per forwarding source partition: when it last read a record, and whether it has said it
     /// is idle since.
     activity: HashMap<(String, i32), Activity>,
+    /// No idle marker until a record is read: set by a rewind (a transaction aborted). A broker
+    /// that is away would abort every idle marker's transaction, and aborts in a row stop the
+    /// service; while nothing is read, nothing waits for the markers anyway.
+    held: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +83,7 @@ impl Topology {
 
     /// A forwarding source partition read a record.
     pub(super) fn read(&mut self, topic: &str, partition: i32) {
+        self.held = false;
         if self.sources.contains_key(topic) {
             let a = self
                 .activity
@@ -89,9 +94,11 @@ impl Topology {
         }
     }
 
-    /// After an assignment or a rewind: every source partition counts as active from now on
-    /// (an idle marker that aborted is written again once it is idle again).
-    pub(super) fn restart(&mut self, parts: impl Iterator<Item = (String, i32)>) {
+    /// After an assignment or a rewind (`rewound`): every source partition counts as active
+    /// from now on (an idle marker that aborted is written again once it is idle again, after
+    /// a rewind only once a record was read).
+    pub(super) fn restart(&mut self, parts: impl Iterator<Item = (String, i32)>, rewound: bool) {
+        self.held = rewound;
         self.activity.clear();
         for (t, p) in parts.filter(|(t, _)| self.sources.contains_key(t)) {
             self.activity.insert((t, p), Activity { last: Instant::now(), idle: false });
@@ -101,10 +108,10 @@ impl Topology {
 
 impl Worker {
     /// After an assignment or a rewind (see [`Topology::restart`]).
-    pub(super) fn restart_activity(&mut self) {
+    pub(super) fn restart_activity(&mut self, rewound: bool) {
         let parts: Vec<(String, i32)> =
             self.parts.iter().flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p))).collect();
-        self.repartition.restart(parts.into_iter());
+        self.repartition.restart(parts.into_iter(), rewound);
     }
 
     /// Puts the consumed record `msg` (admitted by the source stage) in the outbox for each
@@ -172,7 +179,7 @@ impl Worker {
     /// known yet (the client's statistics come every second), or that has records left to
     /// read, is not idle: marking it would make its records late in the repartition topic.
     pub(super) fn mark_idle(&mut self, consumer: &BaseConsumer<GroupContext>) {
-        if self.repartition.sources.is_empty() {
+        if self.repartition.sources.is_empty() || self.repartition.held {
             return;
         }
         let quiet: Vec<(String, i32)> = self
@@ -191,8 +198,11 @@ impl Worker {
         let Ok(positions) = consumer.position() else { return };
         let mut due = Vec::new();
         for (t, p) in quiet {
-            let position = positions.find_partition(&t, p).and_then(|e| e.offset().to_raw());
-            let at_end = matches!((position, ends.get(&(t.clone(), p))), (Some(pos), Some(&end)) if pos >= end);
+            // The consumer's position (past transaction markers), or where the partition's next
+            // record is (the consumer has no position in a partition it never read a record of).
+            let next = self.parts.get(&t).and_then(|m| m.get(&p)).map_or(0, |part| part.next_offset);
+            let position = positions.find_partition(&t, p).and_then(|e| e.offset().to_raw()).unwrap_or(next).max(next);
+            let at_end = ends.get(&(t.clone(), p)).is_some_and(|&end| position >= end);
             if at_end {
                 if let Some(a) = self.repartition.activity.get_mut(&(t.clone(), p)) {
                     a.idle = true;
