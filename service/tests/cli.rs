@@ -428,3 +428,80 @@ fn the_scaling_bench_prints_a_line_per_window_and_key_count() {
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
     assert_no_panic(&o);
 }
+
+/// A copy of two library patterns and their examples in `dir` (for `tripline test` to fail on).
+fn copy_examples(dir: &Path, names: &[&str]) {
+    std::fs::create_dir_all(dir.join("examples")).expect("examples dir");
+    for n in names {
+        std::fs::copy(root().join(format!("patterns/{n}.tl")), dir.join(format!("{n}.tl"))).expect("pattern");
+        for kind in ["events", "alerts"] {
+            let f = format!("examples/{n}.{kind}.jsonl");
+            std::fs::copy(root().join("patterns").join(&f), dir.join(&f)).expect("example");
+        }
+    }
+}
+
+#[test]
+fn tripline_test_passes_on_the_library_and_says_what_differs_when_an_example_does_not_hold() {
+    let o = tripline(&["test", "patterns/"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("14 passed, 0 failed"), "{out}");
+
+    // One expected alert removed, one field of another changed.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    copy_examples(d, &["structuring", "rapid_price_manipulation"]);
+    let alerts = d.join("examples/structuring.alerts.jsonl");
+    let text_of = |p: &Path| std::fs::read_to_string(p).expect("file");
+    let kept: Vec<String> = text_of(&alerts).lines().skip(1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&alerts, kept.concat()).expect("one alert removed");
+    let rpm = d.join("examples/rapid_price_manipulation.alerts.jsonl");
+    std::fs::write(&rpm, text_of(&rpm).replace("\"volume\": 2500", "\"volume\": 2600")).expect("a field changed");
+    let config = root().join("tripline.toml").display().to_string();
+    let dir_arg = d.display().to_string();
+    let o = tripline(&["test", "--config", &config, &dir_arg]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    let out = out.replace(&dir_arg, "DIR");
+    let summary: Vec<&str> = out.lines().filter(|l| !l.starts_with("      DIR/examples/")).collect();
+    expect_test::expect![[r#"
+        FAIL rapid_price_manipulation (DIR/rapid_price_manipulation.tl): 1 expected, 1 raised
+          different:  rapid_price_manipulation key=ACME (lines: burst 3,4,5,6,7; close 8; open 1)
+              fields.volume: expected 2600, raised 2500
+        FAIL structuring (DIR/structuring.tl): 1 expected, 2 raised
+          unexpected: structuring key=ACC-1001 (lines: deposit 2,10,11)
+              raised: {"fields":{"account_id":"ACC-1001","branches":3,"deposits":3,"first_deposit_at":1740993120000,"largest":9800.0,"last_deposit_at":1741102200000,"total":28000.0},"key":"ACC-1001","match":{"deposit":[2,10,11]},"message":"Account ACC-1001: 3 cash deposits just under 10,000 totalling 28000.0 USD at 3 branch(es)","pattern":"structuring"}
+        2 pattern file(s): 0 passed, 2 failed, 0 could not run, 0 without examples"#]]
+    .assert_eq(&summary.join("\n"));
+    // The unexpected alert's events, by line.
+    for n in [2, 10, 11] {
+        assert!(out.contains(&format!("DIR/examples/structuring.events.jsonl:{n}: {{")), "{out}");
+    }
+
+    // JSON and JUnit for CI.
+    let o = tripline(&["test", "--config", &config, "--format", "json", &dir_arg]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert_eq!((report["passed"].as_u64(), report["failed"].as_u64()), (Some(0), Some(2)));
+    let structuring = &report["files"][1];
+    assert_eq!(structuring["status"], "fail");
+    assert_eq!(structuring["unexpected"][0]["match"]["deposit"], serde_json::json!([2, 10, 11]));
+    let o = tripline(&["test", "--config", &config, "--format", "junit", &dir_arg]);
+    let (xml, _) = text(&o);
+    assert!(xml.contains("tests=\"2\" failures=\"2\" errors=\"0\"") && xml.contains("<failure message="), "{xml}");
+
+    // `--update` writes the raised alerts as the expected ones: then it passes.
+    let o = tripline(&["test", "--config", &config, "--update", &dir_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let o = tripline(&["test", "--config", &config, &dir_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).0);
+
+    // A pattern that does not compile cannot run: exit 2, with its diagnostics.
+    std::fs::write(d.join("broken.tl"), "pattern broken\n  from payments\n").expect("file");
+    let o = tripline(&["test", "--config", &config, &dir_arg]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(out.contains("ERROR broken") && out.contains("broken.tl:1:1"), "{out}");
+    assert_no_panic(&o);
+}

@@ -18,6 +18,7 @@ mod produce;
 mod replay;
 mod run;
 mod tail;
+mod test;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +45,10 @@ pub enum Format {
 enum Command {
     /// Check pattern files (and directories of *.tl files) against the configured stream schemas.
     Check(check::Args),
+    /// Run each pattern file's examples (`examples/NAME.events.jsonl`) and compare the alerts
+    /// with the expected ones (`examples/NAME.alerts.jsonl`): 0 all pass, 1 one fails, 2 one
+    /// cannot run.
+    Test(test::Args),
     /// Run a FlinkCEP conformance corpus (JSON cases) and compare the results.
     Conformance(conformance::Args),
     /// Replay a range of the input topics (or an exported file) through a pattern set and write
@@ -117,6 +122,7 @@ pub fn main() -> u8 {
 fn dispatch(command: Command) -> Result<Status, Error> {
     match command {
         Command::Check(args) => check::run(args),
+        Command::Test(args) => test::run(args),
         Command::Conformance(args) => conformance::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Run(args) => run::run(args),

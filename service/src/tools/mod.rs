@@ -10,6 +10,7 @@ pub mod bench_env;
 pub mod bench_kafka;
 pub mod bench_patterns;
 pub mod bench_scale;
+pub mod examples;
 pub mod export;
 pub mod fleet;
 pub mod produce;
