@@ -15,6 +15,7 @@ pub mod check;
 pub mod compile;
 pub mod diag;
 pub mod event;
+pub mod format;
 pub mod parser;
 pub mod schema;
 

@@ -505,3 +505,47 @@ fn tripline_test_passes_on_the_library_and_says_what_differs_when_an_example_doe
     assert!(out.contains("ERROR broken") && out.contains("broken.tl:1:1"), "{out}");
     assert_no_panic(&o);
 }
+
+#[test]
+fn tripline_fmt_lays_out_a_file_canonically_keeps_its_meaning_and_checks_for_ci() {
+    let o = tripline(&["fmt", "--check", "patterns/"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "the library is formatted:\n{out}\n{err}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let original = std::fs::read_to_string(root().join("patterns/mule_fan_out.tl")).expect("pattern");
+    // Every line's indentation lost or wrong, tabs, trailing spaces, blank lines doubled.
+    let messy: String = original
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            format!("{}{}{}\n", ["", "\t", "     "][i % 3], l.trim_start(), if i % 2 == 0 { "  " } else { "" })
+        })
+        .collect::<String>()
+        .replace("\n\n", "\n\n\n");
+    let file = d.join("mule_fan_out.tl");
+    std::fs::write(&file, &messy).expect("file");
+    let config = root().join("tripline.toml").display().to_string();
+    let path = file.display().to_string();
+    let o = tripline(&["fmt", "--config", &config, "--check", &path]);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("mule_fan_out.tl: not in the canonical layout (first at line 1)"), "{out}");
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), messy, "--check writes nothing");
+    let o = tripline(&["fmt", "--config", &config, &path]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), original, "back to the library's layout, comments kept");
+    let o = tripline(&["fmt", "--config", &config, "--check", &path]);
+    assert_eq!(o.status.code(), Some(0), "idempotent: {}", text(&o).0);
+
+    // A file that does not compile is left as it is.
+    let broken = d.join("broken.tl");
+    std::fs::write(&broken, "pattern broken\nfrom payments\n").expect("file");
+    let o = tripline(&["fmt", "--config", &config, &broken.display().to_string()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("broken.tl is left as it is: it does not compile"), "{err}");
+    assert_eq!(std::fs::read_to_string(&broken).expect("file"), "pattern broken\nfrom payments\n");
+    assert_no_panic(&o);
+}

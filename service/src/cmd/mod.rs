@@ -13,6 +13,7 @@ mod conformance;
 mod explain;
 mod export;
 mod fleet;
+mod fmt;
 mod metrics;
 mod produce;
 mod replay;
@@ -49,6 +50,9 @@ enum Command {
     /// with the expected ones (`examples/NAME.alerts.jsonl`): 0 all pass, 1 one fails, 2 one
     /// cannot run.
     Test(test::Args),
+    /// Rewrite pattern files in the canonical layout (comments kept, meaning unchanged: the
+    /// content hashes are the same); `--check` for CI.
+    Fmt(fmt::Args),
     /// Run a FlinkCEP conformance corpus (JSON cases) and compare the results.
     Conformance(conformance::Args),
     /// Replay a range of the input topics (or an exported file) through a pattern set and write
@@ -123,6 +127,7 @@ fn dispatch(command: Command) -> Result<Status, Error> {
     match command {
         Command::Check(args) => check::run(args),
         Command::Test(args) => test::run(args),
+        Command::Fmt(args) => fmt::run(args),
         Command::Conformance(args) => conformance::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Run(args) => run::run(args),

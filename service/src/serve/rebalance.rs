@@ -437,13 +437,20 @@ impl Worker {
         let _ = self.commit_or_rewind(consumer)?;
         let record = self.activation_record(&self.set, "assign", Some(list));
         let key = self.set.hash();
+        // With it, the watermark of each source partition taken that forwards to repartition
+        // topics: every repartition partition hears at once where they are (and a transaction
+        // of this producer completes on each, after the one a killed predecessor left open).
+        let mut markers = 0;
         self.transaction_of_its_own(|w| {
-            produce(&w.producer, &w.pattern_sets_topic, Some(0), Some(key.as_bytes()), Some(&record), None)
+            produce(&w.producer, &w.pattern_sets_topic, Some(0), Some(key.as_bytes()), Some(&record), None)?;
+            markers = w.write_markers(list)?;
+            Ok(())
         })
         .map_err(|e| {
             e.context(format!("cannot record the pattern set's activation in `{}`", self.pattern_sets_topic))
         })?;
         self.metrics.records_produced.with_label_values(&[Output::PatternSets.label()]).inc();
+        self.metrics.records_produced.with_label_values(&[Output::Repartition.label()]).inc_by(markers as u64);
         tracing::info!(set = %key, partitions = list.len(), topic = %self.pattern_sets_topic, "pattern set activation recorded");
         Ok(())
     }

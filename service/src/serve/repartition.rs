@@ -152,25 +152,35 @@ impl Worker {
     /// the watermark of every forwarding source partition in `advanced`, to every partition of
     /// each repartition topic it forwards to.
     pub(super) fn produce_markers(&mut self, advanced: &[(String, i32)]) -> Result<()> {
-        for (t, p) in advanced {
+        let n = self.write_markers(advanced)?;
+        for _ in 0..n {
+            self.batch.produced(Output::Repartition, None, None);
+        }
+        Ok(())
+    }
+
+    /// Produces the markers of the forwarding source partitions `parts` (see
+    /// [`Worker::produce_markers`]); how many.
+    pub(super) fn write_markers(&self, parts: &[(String, i32)]) -> Result<usize> {
+        let mut written = 0;
+        for (t, p) in parts {
             let Some(&(count, _)) = self.repartition.sources.get(t) else { continue };
             let Some(part) = self.parts.get(t).and_then(|m| m.get(p)) else { continue };
             let idle = self.repartition.activity.get(&(t.clone(), *p)).is_some_and(|a| a.idle);
             let marker = Marker { from: *p, partitions: count, watermark: part.watermark(), idle };
-            let topics: Vec<String> = part.plan.forwards().iter().map(|f| f.topic.clone()).collect();
-            for topic in topics {
-                let n = self.repartition.partitions.get(&topic).copied().unwrap_or(0);
+            for f in part.plan.forwards() {
+                let n = self.repartition.partitions.get(&f.topic).copied().unwrap_or(0);
                 for q in 0..n {
                     let mut h = OwnedHeaders::new_with_capacity(6);
                     for (k, v) in marker.headers(t) {
                         h = h.insert(Header { key: k, value: Some(v.as_str()) });
                     }
-                    produce(&self.producer, &topic, Some(q), None, None, Some(h))?;
-                    self.batch.produced(Output::Repartition, None, None);
+                    produce(&self.producer, &f.topic, Some(q), None, None, Some(h))?;
+                    written += 1;
                 }
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Opens a transaction for the idle markers of forwarding source partitions that read no
