@@ -345,15 +345,7 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
                     }
                     feed(&mut part, &cfg, std::slice::from_ref(e), &mut emitted);
                     part.next_offset = i as i64 + 1;
-                    let mut changes = Changes::default();
-                    part.take_changes(&mut changes);
-                    store.apply(&changes);
-                    for (key, v) in changes.records {
-                        match v {
-                            Some(v) => changelog.insert(key, v),
-                            None => changelog.remove(&key),
-                        };
-                    }
+                    commit(&mut part, &store, &mut changelog);
                     if checkpoint && i % 2 == 1 {
                         part.evict(0);
                     }
@@ -484,6 +476,19 @@ fn a_canary_is_live_on_its_share_of_the_keys_and_shadow_on_the_others() {
     }
 }
 
+/// A commit of `part`: its changes to the store and to the changelog (latest value per key).
+fn commit(part: &mut Partition, store: &MemoryState, changelog: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
+    let mut changes = Changes::default();
+    part.take_changes(&mut changes);
+    store.apply(&changes);
+    for (key, v) in changes.records {
+        match v {
+            Some(v) => changelog.insert(key, v),
+            None => changelog.remove(&key),
+        };
+    }
+}
+
 /// `plan` as a repartition topic's plan: its watermark comes from the source partitions'
 /// markers (see `core::repartition`).
 fn repartitioned(plan: &Arc<StreamPlan>) -> Arc<StreamPlan> {
@@ -564,15 +569,7 @@ fn a_repartition_topics_partition_follows_its_markers_and_restores_byte_for_byte
                     assert_eq!(part.watermark(), i64::MIN, "{name}: a source partition has said nothing yet");
                 }
                 part.next_offset = i as i64 * 2 + 2;
-                let mut changes = Changes::default();
-                part.take_changes(&mut changes);
-                store.apply(&changes);
-                for (key, v) in changes.records {
-                    match v {
-                        Some(v) => changelog.insert(key, v),
-                        None => changelog.remove(&key),
-                    };
-                }
+                commit(&mut part, &store, &mut changelog);
                 if checkpoint {
                     let mut fresh = Partition::new(part.plan.clone(), 0, OpConfig::default());
                     if i % 2 == 0 {

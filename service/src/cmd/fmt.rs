@@ -3,10 +3,7 @@
 //! unchanged), and only when it compiles. `--check` rewrites nothing and exits 1 when a file is
 //! not in the layout (for CI).
 
-use std::path::{Path, PathBuf};
-
-use super::Status;
-use crate::core::config::{self, Config};
+use super::{PatternFiles, Status};
 use crate::core::pattern_sets::compile_sources;
 use crate::core::source;
 use crate::error::{Error, Kind, Result};
@@ -14,12 +11,8 @@ use crate::obs::{err, out};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Pattern files, or directories of `*.tl` files (default: the config's `service.patterns`).
-    #[arg(value_name = "PATH")]
-    paths: Vec<PathBuf>,
-    /// Configuration file with the streams (default: $TRIPLINE_CONFIG, then ./tripline.toml).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    files: PatternFiles,
     /// Rewrite nothing: list the files not in the canonical layout and exit 1 if there is one.
     #[arg(long)]
     check: bool,
@@ -36,15 +29,8 @@ fn hashes(name: &str, text: &str, catalog: &dsl::Catalog) -> std::result::Result
 }
 
 pub fn run(args: Args) -> Result<Status> {
-    let path = config::locate(args.config.as_deref())?;
-    let cfg = Config::load_with_env(&path)?;
+    let (cfg, path, paths) = args.files.resolve()?;
     let catalog = cfg.catalog(&path)?;
-    let paths = if args.paths.is_empty() {
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.service.patterns.iter().map(|p| base.join(p)).collect()
-    } else {
-        args.paths.clone()
-    };
     let files = source::expand(&paths)?;
     if files.is_empty() {
         return Err(Error::usage("no pattern files (*.tl) in the paths given"));

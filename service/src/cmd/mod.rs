@@ -85,6 +85,33 @@ enum Command {
     Status(fleet::StatusArgs),
 }
 
+/// The pattern files a command works on: paths, and the config that declares the streams.
+#[derive(clap::Args, Debug)]
+pub struct PatternFiles {
+    /// Pattern files, or directories of `*.tl` files (default: the config's `service.patterns`).
+    #[arg(value_name = "PATH")]
+    paths: Vec<std::path::PathBuf>,
+    /// Configuration file with the streams (default: $TRIPLINE_CONFIG, then ./tripline.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+impl PatternFiles {
+    /// The configuration, its path, and the paths given (or the config's `service.patterns`,
+    /// relative to it).
+    fn resolve(&self) -> Result<(crate::core::config::Config, std::path::PathBuf, Vec<std::path::PathBuf>), Error> {
+        let path = crate::core::config::locate(self.config.as_deref())?;
+        let cfg = crate::core::config::Config::load_with_env(&path)?;
+        let paths = if self.paths.is_empty() {
+            let base = path.parent().unwrap_or(std::path::Path::new("."));
+            cfg.service.patterns.iter().map(|p| base.join(p)).collect()
+        } else {
+            self.paths.clone()
+        };
+        Ok((cfg, path, paths))
+    }
+}
+
 /// How a command that ran to its end went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {

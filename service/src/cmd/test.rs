@@ -3,24 +3,18 @@
 //! one cannot run (a pattern that does not compile, an unreadable or rejected event).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::Status;
-use crate::core::config::{self, Config};
+use super::{PatternFiles, Status};
 use crate::error::Result;
 use crate::obs::{err, out};
 use crate::tools::examples::{self, describe, matched_lines, Checked, Outcome, Ran};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Pattern files, or directories of `*.tl` files (default: the config's `service.patterns`).
-    #[arg(value_name = "PATH")]
-    paths: Vec<PathBuf>,
-    /// Configuration file with the streams (default: $TRIPLINE_CONFIG, then ./tripline.toml).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    files: PatternFiles,
     /// Output format: a readable report, one JSON document, or JUnit XML for CI.
     #[arg(long, value_enum, default_value_t = TestFormat::Text)]
     format: TestFormat,
@@ -38,14 +32,7 @@ enum TestFormat {
 }
 
 pub fn run(args: Args) -> Result<Status> {
-    let path = config::locate(args.config.as_deref())?;
-    let cfg = Config::load_with_env(&path)?;
-    let paths = if args.paths.is_empty() {
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.service.patterns.iter().map(|p| base.join(p)).collect()
-    } else {
-        args.paths.clone()
-    };
+    let (cfg, path, paths) = args.files.resolve()?;
     let outcomes = examples::run(&cfg, &path, &paths)?;
     match args.format {
         TestFormat::Text => out(&text(&outcomes)),

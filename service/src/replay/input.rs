@@ -111,6 +111,9 @@ pub fn read_kafka(
             n += 1;
             progress.inc(1);
             let mut seq = seq_of(range.partition, m.offset());
+            // A repartition topic's record: a marker, or a forwarded record (its event has the
+            // coordinates of the record it was forwarded from), or one the service did not write.
+            let mut rejected = None;
             if plan.is_repartitioned() {
                 match repartition::read(&|name| header(&m, name)) {
                     Ok(repartition::Record::Marker(marker)) => {
@@ -123,24 +126,16 @@ pub fn read_kafka(
                         continue;
                     }
                     Ok(repartition::Record::Data(src)) => seq = seq_of(src.partition, src.offset),
-                    Err(e) => {
-                        let r = Reject::new(repartition::NotRepartitioned::CODE, e.to_string());
-                        on(Item::Record(Input {
-                            stream: &plan.name,
-                            source: &range.topic,
-                            partition: range.partition,
-                            offset: m.offset(),
-                            timestamp: m.timestamp().to_millis(),
-                            event: Err(r),
-                        }));
-                        continue;
-                    }
+                    Err(e) => rejected = Some(Reject::new(repartition::NotRepartitioned::CODE, e.to_string())),
                 }
             }
-            let event = match avro.decode_retrying(&plan, m.payload(), seq, Some(REGISTRY_PATIENCE), &|| false)? {
-                Retried::Decoded(e) => Ok(e),
-                Retried::Rejected(r) => Err(r),
-                Retried::Cancelled => return Err(Error::failed("the replay was cancelled")),
+            let event = match rejected {
+                Some(r) => Err(r),
+                None => match avro.decode_retrying(&plan, m.payload(), seq, Some(REGISTRY_PATIENCE), &|| false)? {
+                    Retried::Decoded(e) => Ok(e),
+                    Retried::Rejected(r) => Err(r),
+                    Retried::Cancelled => return Err(Error::failed("the replay was cancelled")),
+                },
             };
             on(Item::Record(Input {
                 stream: &plan.name,
