@@ -219,7 +219,6 @@ impl Worker {
         let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
         let Some(outcome) = r.outcome.take() else { return Ok(()) };
         let Some(plan) = self.plans.get(topic).cloned() else { return Ok(()) };
-        let plan_name = plan.metric_label().into_owned();
         if !plan.forwards().is_empty() {
             self.repartition.read(topic, p);
         }
@@ -240,7 +239,11 @@ impl Worker {
             }
             Err(rej) => {
                 self.totals.dead_lettered += 1;
-                *self.batch.rejects.entry((plan_name, rej.code, r.decode_failed)).or_default() += 1;
+                *self
+                    .batch
+                    .rejects
+                    .entry((plan.metric_label().into_owned(), rej.code, r.decode_failed))
+                    .or_default() += 1;
                 tracing::debug!(topic, partition = p, offset = off, reason = rej.code, "dead letter: {}", rej.message);
                 let extra = [("tripline.reason", rej.code), ("tripline.error", rej.message.as_str())];
                 self.copy_out(Output::DeadLetter, msg, &extra)?;

@@ -27,7 +27,7 @@ pub(super) struct Topology {
     sources: HashMap<String, (i32, Duration)>,
     /// Per forwarding source partition: when it last read a record, and whether it has said it
     /// is idle since.
-    activity: HashMap<(String, i32), Activity>,
+    activity: HashMap<String, HashMap<i32, Activity>>,
     /// No idle marker until a record is read: set by a rewind (a transaction aborted). A broker
     /// that is away would abort every idle marker's transaction, and aborts in a row stop the
     /// service; while nothing is read, nothing waits for the markers anyway.
@@ -81,17 +81,17 @@ impl Topology {
         Ok(t)
     }
 
-    /// A forwarding source partition read a record.
+    /// A forwarding source partition read a record (per record: no allocation).
     pub(super) fn read(&mut self, topic: &str, partition: i32) {
         self.held = false;
-        if self.sources.contains_key(topic) {
-            let a = self
-                .activity
-                .entry((topic.to_owned(), partition))
-                .or_insert(Activity { last: Instant::now(), idle: false });
+        if let Some(a) = self.activity.get_mut(topic).and_then(|m| m.get_mut(&partition)) {
             a.last = Instant::now();
             a.idle = false;
         }
+    }
+
+    fn activity(&self, topic: &str, partition: i32) -> Option<&Activity> {
+        self.activity.get(topic).and_then(|m| m.get(&partition))
     }
 
     /// After an assignment or a rewind (`rewound`): every source partition counts as active
@@ -101,7 +101,7 @@ impl Topology {
         self.held = rewound;
         self.activity.clear();
         for (t, p) in parts.filter(|(t, _)| self.sources.contains_key(t)) {
-            self.activity.insert((t, p), Activity { last: Instant::now(), idle: false });
+            self.activity.entry(t).or_default().insert(p, Activity { last: Instant::now(), idle: false });
         }
     }
 }
@@ -166,7 +166,7 @@ impl Worker {
         for (t, p) in parts {
             let Some(&(count, _)) = self.repartition.sources.get(t) else { continue };
             let Some(part) = self.parts.get(t).and_then(|m| m.get(p)) else { continue };
-            let idle = self.repartition.activity.get(&(t.clone(), *p)).is_some_and(|a| a.idle);
+            let idle = self.repartition.activity(t, *p).is_some_and(|a| a.idle);
             let marker = Marker { from: *p, partitions: count, watermark: part.watermark(), idle };
             for f in part.plan.forwards() {
                 let n = self.repartition.partitions.get(&f.topic).copied().unwrap_or(0);
@@ -192,15 +192,13 @@ impl Worker {
         if self.repartition.sources.is_empty() || self.repartition.held {
             return;
         }
-        let quiet: Vec<(String, i32)> = self
-            .repartition
-            .activity
-            .iter()
-            .filter(|((t, _), a)| {
-                !a.idle && self.repartition.sources.get(t).is_some_and(|&(_, timeout)| a.last.elapsed() >= timeout)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut quiet: Vec<(String, i32)> = Vec::new();
+        for (t, parts) in &self.repartition.activity {
+            let Some(&(_, timeout)) = self.repartition.sources.get(t) else { continue };
+            quiet.extend(
+                parts.iter().filter(|(_, a)| !a.idle && a.last.elapsed() >= timeout).map(|(p, _)| (t.clone(), *p)),
+            );
+        }
         if quiet.is_empty() {
             return;
         }
@@ -214,7 +212,7 @@ impl Worker {
             let position = positions.find_partition(&t, p).and_then(|e| e.offset().to_raw()).unwrap_or(next).max(next);
             let at_end = ends.get(&(t.clone(), p)).is_some_and(|&end| position >= end);
             if at_end {
-                if let Some(a) = self.repartition.activity.get_mut(&(t.clone(), p)) {
+                if let Some(a) = self.repartition.activity.get_mut(&t).and_then(|m| m.get_mut(&p)) {
                     a.idle = true;
                 }
                 due.push((t, p));
