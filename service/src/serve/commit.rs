@@ -122,6 +122,12 @@ impl Worker {
             Ok(s) => s,
             Err(failure) => return self.fail(failure).map(|()| false),
         };
+        if self.failpoints.kill_in_transaction == Some(self.totals.commits + 1) {
+            let _ = super::kafka_flush(&self.producer);
+            super::kill_self(
+                "failpoint kill-in-transaction: the transaction's records are produced, it does not commit",
+            );
+        }
         let parts = staged.offsets.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         self.in_txn = false;
         self.begun = false;

@@ -714,6 +714,9 @@ struct Failpoints {
     /// `kill-after-commit:N`: SIGKILL after the Nth transaction of the process commits, before
     /// the local store is written.
     kill_after_commit: Option<u64>,
+    /// `kill-in-transaction:N`: SIGKILL once the Nth transaction of the process has produced its
+    /// records (outputs, changelog, repartition records and markers), before it commits.
+    kill_in_transaction: Option<u64>,
     /// `slow-restore:MS`: a changelog restore takes at least this long (20 ms per record read).
     slow_restore_ms: Option<u64>,
 }
@@ -724,21 +727,27 @@ impl Failpoints {
         let Ok(text) = std::env::var("TRIPLINE_FAILPOINTS") else { return Ok(f) };
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let bad = || {
-                Error::usage(format!("TRIPLINE_FAILPOINTS: `{item}` is not `kill-after-commit:N` or `slow-restore:MS`"))
+                Error::usage(format!("TRIPLINE_FAILPOINTS: `{item}` is not `kill-after-commit:N`, `kill-in-transaction:N` or `slow-restore:MS`"))
             };
             let (name, n) = item.split_once(':').ok_or_else(bad)?;
             let n: u64 = n.parse().map_err(|_| bad())?;
             match name {
                 "kill-after-commit" => f.kill_after_commit = Some(n),
+                "kill-in-transaction" => f.kill_in_transaction = Some(n),
                 "slow-restore" => f.slow_restore_ms = Some(n),
                 _ => return Err(bad()),
             }
         }
-        if f.kill_after_commit.is_some() || f.slow_restore_ms.is_some() {
+        if f.kill_after_commit.is_some() || f.kill_in_transaction.is_some() || f.slow_restore_ms.is_some() {
             tracing::warn!(?f, "failpoints set (a test)");
         }
         Ok(f)
     }
+}
+
+/// Delivers what the producer holds (a failpoint kills with the records at the broker).
+fn kafka_flush(producer: &BaseProducer<TxnContext>) -> rdkafka::error::KafkaResult<()> {
+    producer.flush(Duration::from_secs(10))
 }
 
 /// Ends this process with SIGKILL (a failpoint): no destructor, no flush, as a crash.
