@@ -317,7 +317,7 @@ pub fn build_plans(
             .get(name)
             .cloned()
             .ok_or_else(|| Error::usage(format!("stream `{name}` is not in the catalog")))?;
-        if s.key.is_none() && nfas.iter().filter(|n| &n.meta.stream == name).count() > 0 {
+        if s.key.is_none() {
             let keys: std::collections::BTreeSet<&str> = nfas
                 .iter()
                 .filter(|n| &n.meta.stream == name)

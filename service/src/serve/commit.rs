@@ -123,7 +123,8 @@ impl Worker {
             Err(failure) => return self.fail(failure).map(|()| false),
         };
         if self.failpoints.kill_in_transaction == Some(self.totals.commits + 1) {
-            let _ = super::kafka_flush(&self.producer);
+            // The records at the broker: the kill leaves them in an open transaction.
+            let _ = self.producer.flush(Duration::from_secs(10));
             super::kill_self(
                 "failpoint kill-in-transaction: the transaction's records are produced, it does not commit",
             );

@@ -745,11 +745,6 @@ impl Failpoints {
     }
 }
 
-/// Delivers what the producer holds (a failpoint kills with the records at the broker).
-fn kafka_flush(producer: &BaseProducer<TxnContext>) -> rdkafka::error::KafkaResult<()> {
-    producer.flush(Duration::from_secs(10))
-}
-
 /// Ends this process with SIGKILL (a failpoint): no destructor, no flush, as a crash.
 fn kill_self(why: &str) -> ! {
     tracing::warn!("{why}: SIGKILL");

@@ -12,7 +12,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use super::rebalance::GroupContext;
 use super::{Out, Output, Worker};
 use crate::core::config::Config;
-use crate::core::partition::Partition;
 use crate::core::plan::{Stage, StreamPlan};
 use crate::core::repartition::{partition_of, Marker};
 use crate::error::{Error, Result};
@@ -221,15 +220,11 @@ impl Worker {
         for (t, p) in due {
             if let Some(part) = self.parts.get_mut(&t).and_then(|m| m.get_mut(&p)) {
                 tracing::debug!(topic = %t, partition = p, "idle: no longer holds back the repartition topics' watermark");
-                mark_advanced(part);
+                // In the open transaction: its offset and meta record are written again,
+                // unchanged, and its marker goes out.
+                part.advanced = true;
                 self.begin();
             }
         }
     }
-}
-
-/// The partition is in the open transaction (its offset and meta record are written again,
-/// unchanged, and its markers go out).
-fn mark_advanced(part: &mut Partition) {
-    part.advanced = true;
 }
