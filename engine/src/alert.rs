@@ -3,6 +3,7 @@
 
 use crate::expr::MatchView;
 use crate::nfa::{Nfa, TemplatePart, VarId};
+use crate::refdata::Bound;
 use crate::runtime::MatchEvents;
 use crate::value::{Event, Value};
 
@@ -51,14 +52,22 @@ impl Value {
     }
 }
 
-/// Evaluates the pattern's outputs and message on a complete match.
+/// Evaluates the pattern's outputs and message on a complete match, with no reference tables
+/// (every table reads as empty; see [`body_with`]).
 pub fn body(nfa: &Nfa, events: &MatchEvents) -> AlertBody {
-    let fields = nfa.outputs.iter().map(|o| (o.name.clone(), o.expr.eval(None, events))).collect();
+    body_with(nfa, events, Bound::empty())
+}
+
+/// [`body`], reading reference tables (`lookup`, `in list`) from `refs`: for an operator's
+/// output, the tables it has installed when it gives the output
+/// ([`crate::runtime::Operator::reference`]).
+pub fn body_with(nfa: &Nfa, events: &MatchEvents, refs: &Bound) -> AlertBody {
+    let fields = nfa.outputs.iter().map(|o| (o.name.clone(), o.expr.eval_with(None, events, refs))).collect();
     let mut message = String::new();
     for part in &nfa.message.parts {
         match part {
             TemplatePart::Lit(s) => message.push_str(s),
-            TemplatePart::Expr(e) => e.eval(None, events).render_text(&mut message),
+            TemplatePart::Expr(e) => e.eval_with(None, events, refs).render_text(&mut message),
         }
     }
     // Variables in pattern order (the match lists them in order of their first event).

@@ -12,8 +12,8 @@
 //! relies on and what `dsl::compile` always produces:
 //! - every id is in range: the key field, the skip strategy's variable, the variable of each
 //!   state, the source and target of each edge, the conditions and record types its guard names,
-//!   the fields and variables read by conditions, outputs and the message;
-//! - variable names and state names are unique;
+//!   the fields, variables and reference tables read by conditions, outputs and the message;
+//! - variable names, state names and table names are unique;
 //! - windows (the pattern's and each state's) are longer than zero;
 //! - there is a start state and it is a normal state;
 //! - there is a final state, and every final state is empty: no edge, no variable, no window;
@@ -27,8 +27,8 @@ use std::fmt;
 
 use crate::expr::{Cond, Expr};
 use crate::nfa::{
-    Action, CondId, Edge, FieldId, Nfa, OutputField, PatternMeta, SkipStrategy, State, StateId, StateKind, Template,
-    TemplatePart, TypeId, VarId, VarInfo,
+    Action, CondId, Edge, FieldId, Nfa, OutputField, PatternMeta, SkipStrategy, State, StateId, StateKind, TableId,
+    Template, TemplatePart, TypeId, VarId, VarInfo,
 };
 
 /// Collects the parts of an [`Nfa`]; [`NfaBuilder::build`] checks them and makes it.
@@ -48,6 +48,7 @@ pub struct NfaBuilder {
     skip: SkipStrategy,
     outputs: Vec<OutputField>,
     message: Template,
+    tables: Vec<String>,
 }
 
 impl NfaBuilder {
@@ -69,6 +70,7 @@ impl NfaBuilder {
             skip: SkipStrategy::NoSkip,
             outputs: Vec::new(),
             message: Template::default(),
+            tables: Vec::new(),
         }
     }
 
@@ -82,6 +84,13 @@ impl NfaBuilder {
     pub fn add_type(&mut self, name: impl Into<String>) -> TypeId {
         self.types.push(name.into());
         TypeId((self.types.len() - 1) as u16)
+    }
+
+    /// Adds a reference table (or list) the pattern reads, by name: the next [`TableId`]
+    /// ([`crate::Expr::InTable`] and [`crate::Expr::Lookup`] name it by its id).
+    pub fn add_table(&mut self, name: impl Into<String>) -> TableId {
+        self.tables.push(name.into());
+        TableId((self.tables.len() - 1) as u16)
     }
 
     /// Adds a pattern variable: the next [`VarId`].
@@ -161,14 +170,21 @@ impl NfaBuilder {
             skip,
             outputs,
             message,
+            tables: table_names,
         } = self;
-        let tables =
-            Tables { vars: vars.len(), fields: fields.len(), types: types.len(), conditions: conditions.len() };
+        let tables = Tables {
+            vars: vars.len(),
+            fields: fields.len(),
+            types: types.len(),
+            conditions: conditions.len(),
+            tables: table_names.len(),
+        };
         let (small, large) = (usize::from(u16::MAX) + 1, usize::try_from(u32::MAX).map_or(usize::MAX, |m| m + 1));
         for (what, len, max) in [
             ("fields", fields.len(), small),
             ("record types", types.len(), small),
             ("variables", vars.len(), small),
+            ("tables", table_names.len(), small),
             ("conditions", conditions.len(), large),
             ("states", states.len(), large),
         ] {
@@ -181,6 +197,12 @@ impl NfaBuilder {
         for (i, v) in vars.iter().enumerate() {
             if var_names.insert(v.name.as_str(), i).is_some() {
                 return Err(BuildError::new(Site::Variable(VarId(index(i))), Kind::DuplicateVarName(v.name.clone())));
+            }
+        }
+        let mut seen_tables = HashMap::new();
+        for (i, t) in table_names.iter().enumerate() {
+            if seen_tables.insert(t.as_str(), i).is_some() {
+                return Err(BuildError::new(Site::Table(TableId(index(i))), Kind::DuplicateTableName(t.clone())));
             }
         }
         tables.field(meta.key).map_err(|k| BuildError::new(Site::Key, k))?;
@@ -279,7 +301,21 @@ impl NfaBuilder {
         }
 
         let reads = crate::nfa::reads_of(&conditions);
-        Ok(Nfa { meta, vars, fields, types, conditions, states, start, window_ms, skip, outputs, message, reads })
+        Ok(Nfa {
+            meta,
+            vars,
+            fields,
+            types,
+            conditions,
+            states,
+            start,
+            window_ms,
+            skip,
+            outputs,
+            message,
+            tables: table_names,
+            reads,
+        })
     }
 }
 
@@ -346,6 +382,7 @@ struct Tables {
     fields: usize,
     types: usize,
     conditions: usize,
+    tables: usize,
 }
 
 impl Tables {
@@ -365,6 +402,14 @@ impl Tables {
         }
     }
 
+    fn table(&self, t: TableId) -> Result<(), Kind> {
+        if t.index() < self.tables {
+            Ok(())
+        } else {
+            Err(Kind::NoSuchTable(t))
+        }
+    }
+
     fn expr(&self, e: &Expr) -> Result<(), Kind> {
         match e {
             Expr::Lit(_) => Ok(()),
@@ -381,6 +426,10 @@ impl Tables {
             | Expr::IsNull { expr: x, .. }
             | Expr::In { expr: x, .. }
             | Expr::Like { expr: x, .. } => self.expr(x),
+            Expr::InTable { expr: x, table, .. } | Expr::Lookup { key: x, table } => {
+                self.table(*table)?;
+                self.expr(x)
+            }
             Expr::Binary(_, a, b) => {
                 self.expr(a)?;
                 self.expr(b)
@@ -449,14 +498,19 @@ pub enum BuildErrorKind {
     NoSuchType(TypeId),
     #[error("condition c{} does not exist", .0 .0)]
     NoSuchCondition(CondId),
+    #[error("table {} does not exist", .0 .0)]
+    NoSuchTable(TableId),
     #[error("the variable name `{0}` is used twice")]
     DuplicateVarName(String),
     #[error("the state name `{0}` is used twice")]
     DuplicateStateName(String),
+    #[error("the table name `{0}` is used twice")]
+    DuplicateTableName(String),
     #[error("a window of {0}ms: windows are longer than zero")]
     WindowNotPositive(i64),
-    /// A table has more entries than its id type can number (65,536 fields, record types or
-    /// variables; 2^32 conditions or states): ids past that were given out wrapped.
+    /// A table has more entries than its id type can number (65,536 fields, record types,
+    /// variables or reference tables; 2^32 conditions or states): ids past that were given out
+    /// wrapped.
     #[error("more {0} than ids can number")]
     TooMany(&'static str),
     #[error("no start state")]
@@ -492,6 +546,8 @@ pub enum Site {
     /// The start state.
     Start,
     Variable(VarId),
+    /// A reference table of [`Nfa::tables`].
+    Table(TableId),
     Condition(CondId),
     /// An output field, by position.
     Output(usize),
@@ -512,6 +568,7 @@ impl fmt::Display for Site {
             Site::Skip => f.write_str("the skip strategy"),
             Site::Start => f.write_str("the start state"),
             Site::Variable(v) => write!(f, "variable {}", v.0),
+            Site::Table(t) => write!(f, "table {}", t.0),
             Site::Condition(c) => write!(f, "condition c{}", c.0),
             Site::Output(i) => write!(f, "output {i}"),
             Site::Message => f.write_str("the message"),
@@ -702,6 +759,54 @@ mod tests {
         let mut p = valid();
         p.b.message(Template { parts: vec![TemplatePart::Expr(deep(Expr::VarField(VarId(1), FieldId(8))))] });
         assert_refused(p.b, Kind::NoSuchField(FieldId(8)), Site::Message);
+    }
+
+    #[test]
+    fn reference_tables_are_named_once_and_read_by_id() {
+        let in_list =
+            |t: u16| Expr::InTable { expr: Box::new(Expr::Field(FieldId(1))), table: TableId(t), negated: true };
+        let lookup = |t: u16| Expr::Lookup { table: TableId(t), key: Box::new(Expr::Field(FieldId(0))) };
+
+        let mut p = valid();
+        assert_eq!(p.b.add_table("watch"), TableId(0));
+        assert_eq!(p.b.add_table("tier"), TableId(1));
+        p.b.add_condition(Expr::Binary(BinOp::And, Box::new(in_list(0)), Box::new(Expr::Lit(Value::Bool(true)))));
+        p.b.add_output("tier", lookup(1));
+        let nfa = p.b.build().expect("valid");
+        assert_eq!(nfa.tables, ["watch", "tier"]);
+        let dump = crate::dump::dump(&nfa);
+        assert!(dump.contains("tables: watch, tier\n"), "{dump}");
+        assert!(dump.contains("  c2: name not in list watch and true\n"), "{dump}");
+        assert!(dump.contains("  tier: lookup(tier, k)\n"), "{dump}");
+
+        let mut p = valid();
+        p.b.add_table("watch");
+        p.b.add_condition(in_list(1));
+        assert_refused(p.b, Kind::NoSuchTable(TableId(1)), Site::Condition(CondId(2)));
+
+        let mut p = valid();
+        p.b.add_output("x", Expr::Unary(crate::expr::UnOp::Not, Box::new(lookup(0))));
+        assert_refused(p.b, Kind::NoSuchTable(TableId(0)), Site::Output(0));
+
+        let mut p = valid();
+        p.b.add_table("watch");
+        p.b.message(Template { parts: vec![TemplatePart::Expr(lookup(3))] });
+        assert_refused(p.b, Kind::NoSuchTable(TableId(3)), Site::Message);
+
+        // The key is checked too.
+        let mut p = valid();
+        p.b.add_table("tier");
+        p.b.add_output("x", Expr::Lookup { table: TableId(0), key: Box::new(Expr::Field(FieldId(9))) });
+        assert_refused(p.b, Kind::NoSuchField(FieldId(9)), Site::Output(0));
+
+        let mut p = valid();
+        p.b.add_table("watch");
+        p.b.add_table("watch");
+        assert_refused(p.b, Kind::DuplicateTableName("watch".to_owned()), Site::Table(TableId(1)));
+        assert_eq!(
+            BuildError::new(Site::Table(TableId(1)), Kind::NoSuchTable(TableId(4))).to_string(),
+            "table 1: table 4 does not exist"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A readable, deterministic dump of a compiled [`Nfa`] (`tripline explain --nfa`).
 //! The content hash of a pattern is taken over this text, so it must name everything that
-//! changes the pattern's meaning.
+//! changes the pattern's meaning (reference tables by name: their contents are not part of a
+//! pattern).
 
 use std::fmt::{self, Write};
 
@@ -21,6 +22,7 @@ fn prec(e: &Expr) -> u8 {
         Expr::Binary(Eq | Ne | Lt | Le | Gt | Ge | Contains | StartsWith | EndsWith, ..)
         | Expr::IsNull { .. }
         | Expr::In { .. }
+        | Expr::InTable { .. }
         | Expr::Like { .. } => 4,
         Expr::Binary(Add | Sub, ..) => 5,
         Expr::Binary(Mul | Div | Rem, ..) => 6,
@@ -88,6 +90,16 @@ fn fmt_expr(nfa: &Nfa, e: &Expr, out: &mut String, min: u8) -> fmt::Result {
             fmt_expr(nfa, t, out, 1)?;
             out.push_str(" else ");
             fmt_expr(nfa, f, out, 1)?;
+        }
+        Expr::InTable { expr, table, negated } => {
+            fmt_expr(nfa, expr, out, p + 1)?;
+            let not = if *negated { " not" } else { "" };
+            write!(out, "{not} in list {}", nfa.table_name(*table))?;
+        }
+        Expr::Lookup { table, key } => {
+            write!(out, "lookup({}, ", nfa.table_name(*table))?;
+            fmt_expr(nfa, key, out, 0)?;
+            out.push(')');
         }
         Expr::Call(func, args) => {
             write!(out, "{}(", func.name())?;
@@ -180,6 +192,11 @@ pub fn dump(nfa: &Nfa) -> String {
             ""
         };
         let _ = writeln!(o, "  {}{kind}", v.name);
+    }
+    // Only the names of the reference tables read (never their contents): a pattern that reads
+    // none has no such line (and the same dump, and hash, as before tables existed).
+    if !nfa.tables.is_empty() {
+        let _ = writeln!(o, "tables: {}", nfa.tables.join(", "));
     }
     o.push_str("conditions:\n");
     for (i, c) in nfa.conditions.iter().enumerate() {

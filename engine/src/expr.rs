@@ -4,11 +4,19 @@
 //! `not` follow Kleene's tables, and a condition holds only when it evaluates to `true`.
 //! The structural negations the compiler adds to edges ([`Cond::Not`]) negate *whether a condition
 //! holds*, so an event whose condition is `null` is ignored, not taken and not fatal.
+//!
+//! Reference tables (`x in list NAME`, `lookup(NAME, x)`) are read from a [`Bound`] given to the
+//! `*_with` forms of evaluation ([`Expr::eval_with`], [`Cond::holds_with`], ...); the plain forms
+//! ([`Expr::eval`], [`Cond::holds`], ...) evaluate with no tables ([`Bound::empty`]: every table
+//! reads as empty). An operator passes the snapshot installed last; tables never change in the
+//! middle of an event, so a condition that reads only the event and tables is as pure as one that
+//! reads only the event (the per-event [`ConditionCache`] keeps its result).
 
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use crate::nfa::{CondId, FieldId, TypeId, VarId};
+use crate::nfa::{CondId, FieldId, TableId, TypeId, VarId};
+use crate::refdata::Bound;
 use crate::value::{Event, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -204,6 +212,19 @@ pub enum Expr {
     },
     If(Box<Expr>, Box<Expr>, Box<Expr>),
     Call(Func, Box<[Expr]>),
+    /// `expr in list NAME` (`negated`: `not in list`): whether the reference table holds the
+    /// value as a key; null for a null value.
+    InTable {
+        expr: Box<Expr>,
+        table: TableId,
+        negated: bool,
+    },
+    /// `lookup(NAME, key)`: the reference table's value for the key; null when the key is null
+    /// or absent.
+    Lookup {
+        table: TableId,
+        key: Box<Expr>,
+    },
 }
 
 /// A guard on an NFA edge, built by the compiler from element conditions.
@@ -234,14 +255,22 @@ impl Cond {
         }
     }
 
-    /// Whether the guard lets `event` pass, given the conditions table and the partial match.
+    /// Whether the guard lets `event` pass, given the conditions table and the partial match
+    /// (with no reference tables: [`Cond::holds_with`]).
     pub fn holds(&self, conditions: &[Expr], event: &Event, view: &dyn MatchView) -> bool {
+        self.holds_with(conditions, event, view, Bound::empty())
+    }
+
+    /// [`Cond::holds`], reading reference tables from `refs`.
+    pub fn holds_with(&self, conditions: &[Expr], event: &Event, view: &dyn MatchView, refs: &Bound) -> bool {
         match self {
             Cond::True => true,
-            Cond::Holds(id) => conditions[id.index()].eval(Some(event), view).is_true(),
+            Cond::Holds(id) => conditions[id.index()].eval_with(Some(event), view, refs).is_true(),
             Cond::IsType(t) => event.kind == *t,
-            Cond::Not(c) => !c.holds(conditions, event, view),
-            Cond::And(a, b) => a.holds(conditions, event, view) && b.holds(conditions, event, view),
+            Cond::Not(c) => !c.holds_with(conditions, event, view, refs),
+            Cond::And(a, b) => {
+                a.holds_with(conditions, event, view, refs) && b.holds_with(conditions, event, view, refs)
+            }
         }
     }
 
@@ -254,6 +283,19 @@ impl Cond {
         view: &dyn MatchView,
         cache: &mut ConditionCache,
     ) -> bool {
+        self.holds_cached_with(conditions, event, view, cache, Bound::empty())
+    }
+
+    /// [`Cond::holds_cached`], reading reference tables from `refs` (the same for every call
+    /// between two resets of the cache).
+    pub fn holds_cached_with(
+        &self,
+        conditions: &[Expr],
+        event: &Event,
+        view: &dyn MatchView,
+        cache: &mut ConditionCache,
+        refs: &Bound,
+    ) -> bool {
         match self {
             Cond::True => true,
             Cond::Holds(id) => {
@@ -261,27 +303,28 @@ impl Cond {
                 match cache.known.get(i).copied().unwrap_or(UNKNOWN) {
                     TRUE => true,
                     FALSE => false,
-                    GATE_PASSED => conditions[i].eval(Some(event), view).is_true(),
+                    GATE_PASSED => conditions[i].eval_with(Some(event), view, refs).is_true(),
                     _ if !cache.pure.get(i).copied().unwrap_or(false) => {
                         // Read the event-only part first: when it fails, no partial match passes.
-                        if !conditions[i].gate(event) {
+                        if !conditions[i].gate_with(event, refs) {
                             cache.known[i] = FALSE;
                             return false;
                         }
                         cache.known[i] = GATE_PASSED;
-                        conditions[i].eval(Some(event), view).is_true()
+                        conditions[i].eval_with(Some(event), view, refs).is_true()
                     }
                     _ => {
-                        let r = conditions[i].eval(Some(event), &EmptyMatch).is_true();
+                        let r = conditions[i].eval_with(Some(event), &EmptyMatch, refs).is_true();
                         cache.known[i] = if r { TRUE } else { FALSE };
                         r
                     }
                 }
             }
             Cond::IsType(t) => event.kind == *t,
-            Cond::Not(c) => !c.holds_cached(conditions, event, view, cache),
+            Cond::Not(c) => !c.holds_cached_with(conditions, event, view, cache, refs),
             Cond::And(a, b) => {
-                a.holds_cached(conditions, event, view, cache) && b.holds_cached(conditions, event, view, cache)
+                a.holds_cached_with(conditions, event, view, cache, refs)
+                    && b.holds_cached_with(conditions, event, view, cache, refs)
             }
         }
     }
@@ -291,6 +334,18 @@ impl Cond {
     /// conjunct of a condition that does fails), `None` when it depends on the match. Results
     /// are kept in `cache` as [`Cond::holds_cached`] keeps them, and agree with them.
     pub fn holds_for_any(&self, conditions: &[Expr], event: &Event, cache: &mut ConditionCache) -> Option<bool> {
+        self.holds_for_any_with(conditions, event, cache, Bound::empty())
+    }
+
+    /// [`Cond::holds_for_any`], reading reference tables from `refs` (the same for every call
+    /// between two resets of the cache).
+    pub fn holds_for_any_with(
+        &self,
+        conditions: &[Expr],
+        event: &Event,
+        cache: &mut ConditionCache,
+        refs: &Bound,
+    ) -> Option<bool> {
         match self {
             Cond::True => Some(true),
             Cond::IsType(t) => Some(event.kind == *t),
@@ -301,8 +356,8 @@ impl Cond {
                     TRUE => Some(true),
                     FALSE => Some(false),
                     GATE_PASSED => None,
-                    _ if pure => Some(self.holds_cached(conditions, event, &EmptyMatch, cache)),
-                    _ if !conditions[i].gate(event) => {
+                    _ if pure => Some(self.holds_cached_with(conditions, event, &EmptyMatch, cache, refs)),
+                    _ if !conditions[i].gate_with(event, refs) => {
                         cache.known[i] = FALSE;
                         Some(false)
                     }
@@ -312,9 +367,12 @@ impl Cond {
                     }
                 }
             }
-            Cond::Not(c) => c.holds_for_any(conditions, event, cache).map(|b| !b),
+            Cond::Not(c) => c.holds_for_any_with(conditions, event, cache, refs).map(|b| !b),
             Cond::And(a, b) => {
-                match (a.holds_for_any(conditions, event, cache), b.holds_for_any(conditions, event, cache)) {
+                match (
+                    a.holds_for_any_with(conditions, event, cache, refs),
+                    b.holds_for_any_with(conditions, event, cache, refs),
+                ) {
                     (Some(false), _) | (_, Some(false)) => Some(false),
                     (Some(true), Some(true)) => Some(true),
                     _ => None,
@@ -635,6 +693,14 @@ fn binary(op: BinOp, x: &Value, y: &Value) -> Value {
     }
 }
 
+/// `v [not] in list` of a reference table: null for a null value; a missing table is empty.
+fn table_holds(refs: &Bound, table: TableId, v: &Value, negated: bool) -> Value {
+    if v.is_null() {
+        return Value::Null;
+    }
+    Value::Bool(refs.table(table).is_some_and(|t| t.contains(v)) != negated)
+}
+
 impl Expr {
     pub fn lit(v: Value) -> Expr {
         Expr::Lit(v)
@@ -645,9 +711,14 @@ impl Expr {
     /// the match does not hold for `event`: then the condition holds for no partial match
     /// (`and` is false or null once one side is not true). `true` otherwise (it may hold).
     pub fn gate(&self, event: &Event) -> bool {
+        self.gate_with(event, Bound::empty())
+    }
+
+    /// [`Expr::gate`], reading reference tables from `refs`.
+    pub fn gate_with(&self, event: &Event, refs: &Bound) -> bool {
         match self {
-            Expr::Binary(BinOp::And, a, b) => a.gate(event) && b.gate(event),
-            e if !e.reads_match() => e.eval(Some(event), &EmptyMatch).is_true(),
+            Expr::Binary(BinOp::And, a, b) => a.gate_with(event, refs) && b.gate_with(event, refs),
+            e if !e.reads_match() => e.eval_with(Some(event), &EmptyMatch, refs).is_true(),
             _ => true,
         }
     }
@@ -659,7 +730,9 @@ impl Expr {
             Expr::Unary(_, e)
             | Expr::IsNull { expr: e, .. }
             | Expr::In { expr: e, .. }
-            | Expr::Like { expr: e, .. } => e.reads_match(),
+            | Expr::Like { expr: e, .. }
+            | Expr::InTable { expr: e, .. }
+            | Expr::Lookup { key: e, .. } => e.reads_match(),
             Expr::Binary(_, a, b) => a.reads_match() || b.reads_match(),
             Expr::If(c, t, e) => c.reads_match() || t.reads_match() || e.reads_match(),
             Expr::Call(_, args) => args.iter().any(Expr::reads_match),
@@ -673,7 +746,9 @@ impl Expr {
             Expr::Unary(_, e)
             | Expr::IsNull { expr: e, .. }
             | Expr::In { expr: e, .. }
-            | Expr::Like { expr: e, .. } => f(e),
+            | Expr::Like { expr: e, .. }
+            | Expr::InTable { expr: e, .. }
+            | Expr::Lookup { key: e, .. } => f(e),
             Expr::Binary(_, a, b) => {
                 f(a);
                 f(b);
@@ -687,81 +762,107 @@ impl Expr {
         }
     }
 
-    /// The value of a constant or of a field of the event, without copying it.
-    fn borrowed<'a>(&'a self, event: Option<&'a Event>) -> Option<&'a Value> {
+    /// The value of a constant, of a field of the event or of a table's entry for one of those,
+    /// without copying it.
+    fn borrowed<'a>(&'a self, event: Option<&'a Event>, refs: &'a Bound) -> Option<&'a Value> {
+        static NULL: Value = Value::Null;
         match self {
             Expr::Lit(v) => Some(v),
             Expr::Field(f) => event.map(|e| e.field(*f)),
+            Expr::Lookup { table, key } => {
+                let k = key.borrowed(event, refs)?;
+                Some(refs.table(*table).and_then(|t| t.get(k)).unwrap_or(&NULL))
+            }
             _ => None,
         }
     }
 
     /// Evaluates on `event` (the candidate; `None` when evaluating on a complete match) with the
-    /// events of the (partial) match available through `view`.
+    /// events of the (partial) match available through `view`, and no reference tables (every
+    /// table reads as empty: [`Expr::eval_with`] reads them).
     pub fn eval(&self, event: Option<&Event>, view: &dyn MatchView) -> Value {
+        self.eval_with(event, view, Bound::empty())
+    }
+
+    /// [`Expr::eval`], reading reference tables (`in list`, `lookup`) from `refs`.
+    pub fn eval_with(&self, event: Option<&Event>, view: &dyn MatchView, refs: &Bound) -> Value {
         match self {
             Expr::Lit(v) => v.clone(),
             Expr::Field(f) => event.map_or(Value::Null, |e| e.field(*f).clone()),
             Expr::VarField(var, f) => aggregate(AggFunc::First, *var, Some(*f), view),
             Expr::Agg(func, var, field) => aggregate(*func, *var, *field, view),
-            Expr::Unary(UnOp::Neg, e) => match e.eval(event, view) {
+            Expr::Unary(UnOp::Neg, e) => match e.eval_with(event, view, refs) {
                 Value::Int(i) => i.checked_neg().map_or(Value::Null, Value::Int),
                 Value::Float(f) => Value::Float(-f),
                 _ => Value::Null,
             },
-            Expr::Unary(UnOp::Not, e) => from_truth(truth(&e.eval(event, view)).map(|b| !b)),
+            Expr::Unary(UnOp::Not, e) => from_truth(truth(&e.eval_with(event, view, refs)).map(|b| !b)),
             Expr::Binary(BinOp::And, a, b) => {
-                let x = truth(&a.eval(event, view));
+                let x = truth(&a.eval_with(event, view, refs));
                 if x == Some(false) {
                     return Value::Bool(false);
                 }
-                match (x, truth(&b.eval(event, view))) {
+                match (x, truth(&b.eval_with(event, view, refs))) {
                     (_, Some(false)) => Value::Bool(false),
                     (Some(true), Some(true)) => Value::Bool(true),
                     _ => Value::Null,
                 }
             }
             Expr::Binary(BinOp::Or, a, b) => {
-                let x = truth(&a.eval(event, view));
+                let x = truth(&a.eval_with(event, view, refs));
                 if x == Some(true) {
                     return Value::Bool(true);
                 }
-                match (x, truth(&b.eval(event, view))) {
+                match (x, truth(&b.eval_with(event, view, refs))) {
                     (_, Some(true)) => Value::Bool(true),
                     (Some(false), Some(false)) => Value::Bool(false),
                     _ => Value::Null,
                 }
             }
             Expr::Binary(op, a, b) => {
-                // Fields and constants are compared in place (no clone of their text).
-                if let (Some(x), Some(y)) = (a.borrowed(event), b.borrowed(event)) {
+                // Fields, constants and table entries are compared in place (no clone of their
+                // text).
+                if let (Some(x), Some(y)) = (a.borrowed(event, refs), b.borrowed(event, refs)) {
                     return binary(*op, x, y);
                 }
-                binary(*op, &a.eval(event, view), &b.eval(event, view))
+                binary(*op, &a.eval_with(event, view, refs), &b.eval_with(event, view, refs))
             }
-            Expr::IsNull { expr, negated } => Value::Bool(expr.eval(event, view).is_null() != *negated),
+            Expr::IsNull { expr, negated } => Value::Bool(expr.eval_with(event, view, refs).is_null() != *negated),
             Expr::In { expr, list, negated } => {
-                let v = expr.eval(event, view);
+                let v = expr.eval_with(event, view, refs);
                 if v.is_null() {
                     return Value::Null;
                 }
                 Value::Bool(list.iter().any(|l| v.sql_eq(l) == Some(true)) != *negated)
             }
-            Expr::Like { expr, pattern, negated } => match expr.eval(event, view) {
+            Expr::Like { expr, pattern, negated } => match expr.eval_with(event, view, refs) {
                 Value::Str(s) => Value::Bool(pattern.regex.is_match(&s) != *negated),
                 _ => Value::Null,
             },
             Expr::If(c, t, e) => {
-                if c.eval(event, view).is_true() {
-                    t.eval(event, view)
+                if c.eval_with(event, view, refs).is_true() {
+                    t.eval_with(event, view, refs)
                 } else {
-                    e.eval(event, view)
+                    e.eval_with(event, view, refs)
                 }
             }
             Expr::Call(func, args) => {
                 // Calls take one to three arguments: no allocation per evaluation.
-                let vals: smallvec::SmallVec<[Value; 4]> = args.iter().map(|a| a.eval(event, view)).collect();
+                let vals: smallvec::SmallVec<[Value; 4]> =
+                    args.iter().map(|a| a.eval_with(event, view, refs)).collect();
                 call(*func, &vals)
+            }
+            // A field or a constant is looked up in place (no clone of its text).
+            Expr::InTable { expr, table, negated } => match expr.borrowed(event, refs) {
+                Some(v) => table_holds(refs, *table, v, *negated),
+                None => table_holds(refs, *table, &expr.eval_with(event, view, refs), *negated),
+            },
+            Expr::Lookup { table, key } => {
+                let lookup = |k: &Value| refs.table(*table).and_then(|t| t.get(k)).cloned().unwrap_or(Value::Null);
+                match key.borrowed(event, refs) {
+                    Some(k) => lookup(k),
+                    None => lookup(&key.eval_with(event, view, refs)),
+                }
             }
         }
     }
@@ -865,6 +966,86 @@ mod tests {
         assert_eq!(agg(AggFunc::Last), Value::Int(3));
         assert_eq!(Expr::Agg(AggFunc::Sum, VarId(1), Some(FieldId(0))).eval(None, &m), Value::Int(0));
         assert_eq!(Expr::Agg(AggFunc::Avg, VarId(1), Some(FieldId(0))).eval(None, &m), Value::Null);
+    }
+
+    /// Tables 0 (a list of texts), 1 (whole numbers to texts), 2 (missing from the snapshot).
+    fn tables() -> Bound {
+        use crate::refdata::{RefData, RefTable, TableKind};
+        let mut list = RefTable::new(TableKind::List);
+        for k in ["IR", "KP"] {
+            list.insert(Value::str(k), Value::Bool(true)).expect("a valid key");
+        }
+        let mut map = RefTable::new(TableKind::Map);
+        map.insert(Value::Int(7), Value::str("HIGH")).expect("a valid key");
+        map.insert(Value::str("7"), Value::str("text seven")).expect("a valid key");
+        let mut data = RefData::default();
+        data.set("risky", Arc::new(list));
+        data.set("tier", Arc::new(map));
+        Bound::new(&["risky".to_owned(), "tier".to_owned(), "missing".to_owned()], &data)
+    }
+
+    #[test]
+    fn membership_and_lookup_in_reference_tables() {
+        let refs = tables();
+        let in_list = |v: Value, table: u16, negated: bool| {
+            let e = Expr::InTable { expr: Box::new(Expr::Lit(v)), table: TableId(table), negated };
+            (e.eval_with(None, &EmptyMatch, &refs), e.eval(None, &EmptyMatch))
+        };
+        // With the tables, and without (every table empty).
+        assert_eq!(in_list(Value::str("IR"), 0, false), (Value::Bool(true), Value::Bool(false)));
+        assert_eq!(in_list(Value::str("FR"), 0, false), (Value::Bool(false), Value::Bool(false)));
+        assert_eq!(in_list(Value::str("IR"), 0, true), (Value::Bool(false), Value::Bool(true)));
+        assert_eq!(in_list(Value::str("FR"), 0, true), (Value::Bool(true), Value::Bool(true)));
+        assert_eq!(in_list(Value::Null, 0, false), (Value::Null, Value::Null), "null in list is null");
+        assert_eq!(in_list(Value::Null, 0, true), (Value::Null, Value::Null));
+        // A map's keys: a whole number never equals a text.
+        assert_eq!(in_list(Value::Int(7), 1, false).0, Value::Bool(true));
+        assert_eq!(in_list(Value::Float(7.0), 1, false).0, Value::Bool(true), "7.0 == 7");
+        assert_eq!(in_list(Value::str("7"), 1, false).0, Value::Bool(true));
+        assert_eq!(in_list(Value::Int(8), 1, false).0, Value::Bool(false));
+        // A table missing from the snapshot is empty.
+        assert_eq!(in_list(Value::str("IR"), 2, false).0, Value::Bool(false));
+        assert_eq!(in_list(Value::str("IR"), 2, true).0, Value::Bool(true));
+
+        let lookup = |key: Expr, table: u16| Expr::Lookup { table: TableId(table), key: Box::new(key) };
+        let v = |e: &Expr| e.eval_with(None, &EmptyMatch, &refs);
+        assert_eq!(v(&lookup(Expr::Lit(Value::Int(7)), 1)), Value::str("HIGH"));
+        assert_eq!(v(&lookup(Expr::Lit(Value::str("7")), 1)), Value::str("text seven"));
+        assert_eq!(v(&lookup(Expr::Lit(Value::Int(8)), 1)), Value::Null, "absent: null");
+        assert_eq!(v(&lookup(Expr::Lit(Value::Null), 1)), Value::Null, "a null key: null");
+        assert_eq!(v(&lookup(Expr::Lit(Value::Int(7)), 2)), Value::Null, "a missing table: null");
+        assert_eq!(lookup(Expr::Lit(Value::Int(7)), 1).eval(None, &EmptyMatch), Value::Null, "no tables");
+        // Inside comparisons (read in place) and computed keys.
+        let e = bin(BinOp::Eq, lookup(Expr::Field(FieldId(0)), 1), Expr::Lit(Value::str("HIGH")));
+        let ev7 = ev(vec![Value::Int(7)]);
+        assert_eq!(e.eval_with(Some(&ev7), &EmptyMatch, &refs), Value::Bool(true));
+        assert_eq!(e.eval_with(Some(&ev(vec![Value::Int(6)])), &EmptyMatch, &refs), Value::Null, "absent == x");
+        let sum = lookup(bin(BinOp::Add, Expr::Field(FieldId(0)), Expr::Lit(Value::Int(1))), 1);
+        assert_eq!(sum.eval_with(Some(&ev(vec![Value::Int(6)])), &EmptyMatch, &refs), Value::str("HIGH"));
+        // A key read from an earlier event of the match.
+        let earlier = OneVar(vec![ev(vec![Value::Int(7)])]);
+        assert_eq!(
+            lookup(Expr::VarField(VarId(0), FieldId(0)), 1).eval_with(None, &earlier, &refs),
+            Value::str("HIGH")
+        );
+    }
+
+    #[test]
+    fn a_condition_on_the_event_and_tables_is_pure_and_cached_per_event() {
+        let refs = tables();
+        let cond = Expr::InTable { expr: Box::new(Expr::Field(FieldId(0))), table: TableId(0), negated: false };
+        assert!(!cond.reads_match());
+        let conds = [cond];
+        let mut cache = ConditionCache::new(&conds);
+        let c = Cond::Holds(CondId(0));
+        let e = ev(vec![Value::str("KP")]);
+        cache.reset();
+        assert_eq!(c.holds_for_any_with(&conds, &e, &mut cache, &refs), Some(true));
+        assert!(c.holds_cached_with(&conds, &e, &EmptyMatch, &mut cache, &refs));
+        assert!(c.holds_with(&conds, &e, &EmptyMatch, &refs));
+        assert!(!c.holds(&conds, &e, &EmptyMatch), "no tables: empty");
+        cache.reset();
+        assert_eq!(c.holds_for_any(&conds, &e, &mut cache), Some(false));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! to make one outside this crate: it refuses automata the runtime cannot run), and shared
 //! (`Arc<Nfa>`) by every key's run.
 //! Everything the runtime touches is indexed by the newtype ids below; the string tables
-//! (`fields`, `types`, `vars[..].name`, `State::name`) exist for output and explanations only.
+//! (`fields`, `types`, `vars[..].name`, `State::name`) exist for output and explanations only;
+//! `tables` names the reference tables the pattern reads, resolved once per installed snapshot
+//! ([`crate::refdata::Bound`]).
 
 use crate::expr::{Cond, Expr};
 
@@ -41,6 +43,10 @@ newtype_id!(
 newtype_id!(
     /// Index into [`Nfa::conditions`].
     CondId, u32
+);
+newtype_id!(
+    /// Index into [`Nfa::tables`]: a reference table or list the pattern reads.
+    TableId, u16
 );
 
 /// What an edge does with the current event (FlinkCEP's `StateTransitionAction`).
@@ -179,6 +185,9 @@ pub struct Nfa {
     pub skip: SkipStrategy,
     pub outputs: Vec<OutputField>,
     pub message: Template,
+    /// The reference tables (and lists) the pattern reads, by [`TableId`]: names only, never
+    /// contents (see [`crate::refdata`]).
+    pub tables: Vec<String>,
     /// What the conditions read of earlier events, `(function, variable, field)`: `a.price` is
     /// `(First, a, price)`. Derived from `conditions`; partial matches keep these as registers.
     pub(crate) reads: Vec<Read>,
@@ -242,6 +251,10 @@ impl Nfa {
 
     pub fn field_name(&self, id: FieldId) -> &str {
         &self.fields[id.index()]
+    }
+
+    pub fn table_name(&self, id: TableId) -> &str {
+        &self.tables[id.index()]
     }
 
     /// Whether any state has a window to the previous event (`within ... of previous`).
