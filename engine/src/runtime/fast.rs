@@ -41,7 +41,10 @@
 //! time that timed out or released something, a budget that dropped something), and
 //! [`FastRun::to_exact`] replays them on a fresh [`RunState`], then advances it to the last
 //! time the run saw (which only forgets per-timestamp id counters: the calls left out change
-//! nothing else). When a key's log grows past its bound the key falls back to the exact runtime
+//! nothing else). A logged event keeps the reference tables its conditions read (the operator's
+//! installed snapshot then), so that the replay reads what the step read even when the tables
+//! changed since (a pattern reading no table logs an empty [`Bound`], a null pointer).
+//! When a key's log grows past its bound the key falls back to the exact runtime
 //! (the replayed state) until it goes idle. The differential harness compares every output and,
 //! after every call, the snapshot bytes of every changed key against FlinkCEP's full step.
 //!
@@ -56,6 +59,7 @@ use smallvec::SmallVec;
 use super::run::{Match, MatchEvents, RunState, Summary, Timeout};
 use crate::expr::{Cond, ConditionCache, MatchView};
 use crate::nfa::{Action, Nfa, SkipStrategy, StateId, StateKind, VarId};
+use crate::refdata::Bound;
 use crate::value::Event;
 
 /// A key's run falls back to the exact runtime after this many logged calls by default.
@@ -166,7 +170,8 @@ impl MatchView for View<'_> {
 /// A call that changed the run, for [`FastRun::to_exact`].
 #[derive(Clone, Debug)]
 enum Call {
-    Step(Arc<Event>, i64),
+    /// An event, at its time, with the reference tables it was processed against.
+    Step(Arc<Event>, i64, Bound),
     Time(i64),
     Budget(usize),
 }
@@ -230,8 +235,8 @@ impl FastRun {
         let mut run = RunState::new(nfa);
         for call in &self.log {
             match call {
-                Call::Step(e, ts) => {
-                    run.step(nfa, e.clone(), *ts, &mut [], true);
+                Call::Step(e, ts, refs) => {
+                    run.step_with(nfa, e.clone(), *ts, &mut [], true, true, refs);
                     run.new_start = false;
                 }
                 Call::Time(ts) => {
@@ -249,7 +254,8 @@ impl FastRun {
         run
     }
 
-    /// [`RunState::process_counting`] for a chain; `cache` is reset here.
+    /// [`RunState::process_counting`] for a chain; `cache` is reset here. With no reference
+    /// tables ([`FastRun::step_with`]).
     pub fn step(
         &mut self,
         chain: &Chain,
@@ -258,6 +264,21 @@ impl FastRun {
         ts: i64,
         reached: &mut [u64],
         cache: &mut ConditionCache,
+    ) -> Vec<Match> {
+        self.step_with(chain, nfa, event, ts, reached, cache, Bound::empty())
+    }
+
+    /// [`FastRun::step`], conditions reading reference tables from `refs`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_with(
+        &mut self,
+        chain: &Chain,
+        nfa: &Nfa,
+        event: Arc<Event>,
+        ts: i64,
+        reached: &mut [u64],
+        cache: &mut ConditionCache,
+        refs: &Bound,
     ) -> Vec<Match> {
         cache.reset();
         let seq = self.seq;
@@ -268,7 +289,7 @@ impl FastRun {
         // When every element with waiting runs is `followed by` and its guard fails for this
         // event whatever the run holds, every run stays: skip the walk.
         let all_stay = chain.elements.iter().zip(&self.waiting).all(|(el, &w)| {
-            w == 0 || (el.relaxed && el.take.holds_for_any(&nfa.conditions, &event, cache) == Some(false))
+            w == 0 || (el.relaxed && el.take.holds_for_any_with(&nfa.conditions, &event, cache, refs) == Some(false))
         });
         if !all_stay {
             let waiting = &mut self.waiting;
@@ -276,7 +297,7 @@ impl FastRun {
                 let k = line.taken.len();
                 let el = &chain.elements[k];
                 let view = View { chain, taken: &line.taken };
-                if el.take.holds_cached(&nfa.conditions, &event, &view, cache) {
+                if el.take.holds_cached_with(&nfa.conditions, &event, &view, cache, refs) {
                     count(reached, el.var);
                     changed = true;
                     waiting[k] -= 1;
@@ -297,7 +318,7 @@ impl FastRun {
             });
         }
         let first = &chain.elements[0];
-        if first.take.holds_cached(&nfa.conditions, &event, &View { chain, taken: &[] }, cache) {
+        if first.take.holds_cached_with(&nfa.conditions, &event, &View { chain, taken: &[] }, cache, refs) {
             count(reached, first.var);
             changed = true;
             if ts > 0 {
@@ -317,7 +338,7 @@ impl FastRun {
                 insert(&mut self.completed, line);
             }
             self.release(chain, &mut out);
-            self.log.push(Call::Step(event, ts));
+            self.log.push(Call::Step(event, ts, refs.clone()));
         }
         out
     }
@@ -478,7 +499,7 @@ impl Run {
     }
 
     /// [`RunState::step`] on either tier (`skip_unchanged` for the exact runtime; `cache` for
-    /// the fast tier, reset there).
+    /// the fast tier, reset there), conditions reading reference tables from `refs`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn step(
         &mut self,
@@ -489,10 +510,11 @@ impl Run {
         reached: &mut [u64],
         skip_unchanged: bool,
         cache: &mut ConditionCache,
+        refs: &Bound,
     ) -> Vec<Match> {
         match (self, chain) {
-            (Run::Exact(r), _) => r.step(nfa, event, ts, reached, skip_unchanged),
-            (Run::Fast(r), Some(c)) => r.step(c, nfa, event, ts, reached, cache),
+            (Run::Exact(r), _) => r.step_with(nfa, event, ts, reached, skip_unchanged, true, refs),
+            (Run::Fast(r), Some(c)) => r.step_with(c, nfa, event, ts, reached, cache, refs),
             (Run::Fast(_), None) => unreachable!("a fast run needs the chain"),
         }
     }
@@ -506,10 +528,11 @@ impl Run {
         ts: i64,
         reached: &mut [u64],
         skip_unchanged: bool,
+        refs: &Bound,
     ) -> Vec<Match> {
         self.make_exact(nfa);
         match self {
-            Run::Exact(r) => r.step_gated(nfa, event, ts, reached, skip_unchanged, false),
+            Run::Exact(r) => r.step_with(nfa, event, ts, reached, skip_unchanged, false, refs),
             Run::Fast(_) => Vec::new(),
         }
     }

@@ -32,6 +32,7 @@ use super::queue::Queue;
 use super::run::{self as run, Summary};
 use crate::expr::{BinOp, Cond, ConditionCache, Expr};
 use crate::nfa::{Action, FieldId, Nfa, StateId, TypeId};
+use crate::refdata::{Bound, RefData};
 use crate::value::{Event, Text, Value};
 
 /// What a [`MultiOperator`] emits.
@@ -312,6 +313,8 @@ struct Patterns {
     caches: Vec<ConditionCache>,
     /// Per pattern, as the fast tier runs it (a chain, with the tier on).
     chains: Vec<Option<Chain>>,
+    /// Per pattern, the reference tables it reads, from the last snapshot installed.
+    refs: Vec<Bound>,
     tiers: TierCounts,
     config: Config,
     counts: Vec<PatternCounts>,
@@ -355,6 +358,7 @@ impl MultiOperator {
         let index = StartIndex::new(&patterns);
         let caches = patterns.iter().map(|n| ConditionCache::new(&n.conditions)).collect();
         let chains = patterns.iter().map(|n| config.fast_chain(n)).collect();
+        let refs = vec![Bound::NONE; patterns.len()];
         let counts = patterns
             .iter()
             .map(|n| PatternCounts { stats: Stats::default(), reached: vec![0; n.vars.len()] })
@@ -365,6 +369,7 @@ impl MultiOperator {
                 index,
                 caches,
                 chains,
+                refs,
                 tiers: TierCounts::default(),
                 config,
                 counts,
@@ -381,6 +386,20 @@ impl MultiOperator {
 
     pub fn patterns(&self) -> &[Arc<Nfa>] {
         &self.work.nfas
+    }
+
+    /// Installs a snapshot of the reference tables for every pattern, as
+    /// [`Operator::set_reference`](super::Operator::set_reference) does for one.
+    pub fn set_reference(&mut self, data: &RefData) {
+        for (refs, nfa) in self.work.refs.iter_mut().zip(&self.work.nfas) {
+            *refs = Bound::new(&nfa.tables, data);
+        }
+    }
+
+    /// The reference tables installed last, resolved for pattern `i`
+    /// ([`Operator::reference`](super::Operator::reference)).
+    pub fn reference(&self, i: usize) -> &Bound {
+        &self.work.refs[i]
     }
 
     pub fn index(&self) -> &StartIndex {
@@ -541,7 +560,8 @@ impl Patterns {
             }
             let nfa = &self.nfas[p as usize];
             self.checks += 1;
-            if !self.config.exact_steps && run::starts_nothing(nfa, &e, &mut self.caches[p as usize]) {
+            let refs = &self.refs[p as usize];
+            if !self.config.exact_steps && run::starts_nothing(nfa, &e, &mut self.caches[p as usize], refs) {
                 continue;
             }
             let chain = self.chains[p as usize].as_ref();
@@ -564,13 +584,14 @@ impl Patterns {
             let Some(run) = slot.run.as_mut() else { continue };
             let p = slot.pattern as usize;
             let nfa = &self.nfas[p];
-            if skip && run::step_changes_nothing(nfa, &slot.summary, &e, &mut self.caches[p]) {
+            let refs = &self.refs[p];
+            if skip && run::step_changes_nothing(nfa, &slot.summary, &e, &mut self.caches[p], refs) {
                 continue;
             }
             let counts = &mut self.counts[p];
             let chain = self.chains[p].as_ref();
             self.steps += 1;
-            let mut matches = run.step(nfa, chain, e.clone(), ts, &mut counts.reached, skip, &mut self.caches[p]);
+            let mut matches = run.step(nfa, chain, e.clone(), ts, &mut counts.reached, skip, &mut self.caches[p], refs);
             let started = run.take_new_start();
             if let Some(window) = nfa.window_ms.filter(|&w| w > 0 && started) {
                 let t = ts.saturating_add(window);

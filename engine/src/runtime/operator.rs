@@ -9,6 +9,10 @@
 //! For a durable store (the service's changelog), the operator records which keys changed
 //! ([`Operator::take_dirty`]) and writes and restores one key at a time
 //! ([`Operator::snapshot_key`], [`Operator::restore_key`]; the format is in [`super::snapshot`]).
+//!
+//! Reference tables are installed with [`Operator::set_reference`] between calls (the service:
+//! at transaction boundaries) and read by every event processed after it; they are not part of
+//! the key states or their snapshots.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -23,6 +27,7 @@ use super::snapshot::{self, SnapshotError};
 use super::split::{self, KeyRecords};
 use crate::expr::ConditionCache;
 use crate::nfa::{FieldId, Nfa};
+use crate::refdata::{Bound, RefData};
 use crate::value::{Event, Text, Value};
 
 /// A key of the stream (the pattern's `key` field): text or a whole number.
@@ -360,6 +365,8 @@ pub struct Operator {
     tiers: TierCounts,
     /// Set while the pattern version is being replaced.
     drain: Option<Drain>,
+    /// The reference tables the pattern reads, from the last snapshot installed.
+    refs: Bound,
 }
 
 impl Operator {
@@ -389,7 +396,24 @@ impl Operator {
             chain,
             tiers: TierCounts::default(),
             drain: None,
+            refs: Bound::NONE,
         }
+    }
+
+    /// Installs a snapshot of the reference tables: every event processed from now on (by
+    /// [`Operator::advance_watermark`], which processes the buffered events it passes) reads the
+    /// tables the pattern names ([`Nfa::tables`]) from `data`, a missing one as empty. Changes
+    /// no state: partial matches go on, and what they took stays taken. Cheap (the tables are
+    /// shared); a pattern that reads no table keeps nothing.
+    pub fn set_reference(&mut self, data: &RefData) {
+        self.refs = Bound::new(&self.nfa.tables, data);
+    }
+
+    /// The reference tables installed last, resolved for the pattern: what to render its
+    /// outputs with ([`crate::alert::body_with`]) and to evaluate its conditions with
+    /// ([`crate::Cond::holds_with`]) as it did.
+    pub fn reference(&self) -> &Bound {
+        &self.refs
     }
 
     /// How keys ran on the tiers since the operator was made.
@@ -699,6 +723,7 @@ impl Operator {
         let start_cache = &mut self.start_cache;
         let chain = self.chain.as_ref();
         let tiers = &mut self.tiers;
+        let refs = &self.refs;
         let emit_time = |state: &mut KeyState, ts: i64, out: &mut Vec<Output>, stats: &mut Stats| {
             let Some(run) = state.run.as_deref_mut() else { return };
             let (matches, timeouts, timed_out) = run.advance_time(nfa, chain, ts, emit_timeouts);
@@ -723,16 +748,16 @@ impl Operator {
                     None if !starts => continue,
                     // The fresh start state stays as it is for an event that starts nothing:
                     // its step would change nothing (see `RunState::step`).
-                    None if !exact_steps && run::starts_nothing(nfa, &e, start_cache) => continue,
+                    None if !exact_steps && run::starts_nothing(nfa, &e, start_cache, refs) => continue,
                     None => {
                         tiers.count_new(chain);
                         state.run.insert(Box::new(Run::new(nfa, chain)))
                     }
                 };
                 let mut matches = if starts {
-                    run.step(nfa, chain, e, ts, reached, !exact_steps, start_cache)
+                    run.step(nfa, chain, e, ts, reached, !exact_steps, start_cache, refs)
                 } else {
-                    run.step_without_start(nfa, e, ts, reached, !exact_steps)
+                    run.step_without_start(nfa, e, ts, reached, !exact_steps, refs)
                 };
                 if run.take_new_start() && window > 0 {
                     new_timers.push(ts.saturating_add(window));
@@ -1310,5 +1335,148 @@ mod tests {
         assert_eq!(got, want, "the same outputs in the same order");
         assert_eq!(stored.active_keys(), memory.active_keys());
         assert!(stored.stats().state_misses > 0);
+    }
+
+    /// `a followed by b` keyed by `k`: `a: x in list watch`, `b: x == lookup(limits, k)`, and an
+    /// output `limit: lookup(limits, a.k)`.
+    fn nfa_with_tables() -> Arc<Nfa> {
+        use crate::nfa::TableId;
+        let meta = PatternMeta {
+            name: "tables".to_owned(),
+            description: String::new(),
+            version: 1,
+            severity: Severity::Low,
+            mode: Mode::Live,
+            stream: "s".to_owned(),
+            key: FieldId(0),
+            hash: "0".to_owned(),
+        };
+        let mut b = NfaBuilder::new(meta);
+        let k = b.add_field("k");
+        let x = b.add_field("x");
+        b.add_type("T");
+        let (watch, limits) = (b.add_table("watch"), b.add_table("limits"));
+        assert_eq!((watch, limits), (TableId(0), TableId(1)));
+        let [va, vb] = ["a", "b"].map(|n| b.add_var(VarInfo { name: n.to_owned(), looping: false, negated: false }));
+        let ca = b.add_condition(Expr::InTable { expr: Box::new(Expr::Field(x)), table: watch, negated: false });
+        let lookup = |key: Expr| Expr::Lookup { table: limits, key: Box::new(key) };
+        let cb = b.add_condition(Expr::Binary(BinOp::Eq, Box::new(Expr::Field(x)), Box::new(lookup(Expr::Field(k)))));
+        let end = b.add_state("$end", None, StateKind::Final);
+        let sb = b.add_state("b", Some(vb), StateKind::Normal);
+        let sa = b.add_state("a", Some(va), StateKind::Normal);
+        b.add_edge(sb, Action::Take, end, Cond::Holds(cb))
+            .add_edge(sb, Action::Ignore, sb, Cond::negate(Cond::Holds(cb)))
+            .add_edge(sa, Action::Take, sb, Cond::Holds(ca))
+            .start(sa);
+        b.add_output("limit", lookup(Expr::VarField(va, k)));
+        Arc::new(b.build().expect("a valid automaton"))
+    }
+
+    /// `watch` holds `watched`; `limits` maps `k1` to `limit`.
+    fn reference(watched: i64, limit: i64) -> RefData {
+        use crate::refdata::{RefTable, TableKind};
+        let mut watch = RefTable::new(TableKind::List);
+        watch.insert(Value::Int(watched), Value::Bool(true)).expect("a valid key");
+        let mut limits = RefTable::new(TableKind::Map);
+        limits.insert(Value::str("k1"), Value::Int(limit)).expect("a valid key");
+        let mut data = RefData::default();
+        data.set("watch", Arc::new(watch));
+        data.set("limits", Arc::new(limits));
+        data
+    }
+
+    #[test]
+    fn events_after_a_change_of_the_reference_tables_read_the_new_contents_on_every_tier() {
+        let nfa = nfa_with_tables();
+        let k1 = Key::Str(Text::new("k1"));
+        let configs = [
+            Config::default(),
+            Config { fast_tier: FastTier::Off, ..Config::default() },
+            Config { exact_steps: true, ..Config::default() },
+        ];
+        let mut runs = Vec::new();
+        for config in configs {
+            let mut op = Operator::new(nfa.clone(), config);
+            let mut out = Vec::new();
+            let mut snapshots = Vec::new();
+            let mut step = |op: &mut Operator, out: &mut Vec<Output>, seq: u64, x: i64| {
+                op.process(k1.clone(), ev(seq, seq as i64, "k1", x), out);
+                op.advance_watermark(seq as i64, out);
+                let mut bytes = Vec::new();
+                // (Nothing, once the key is idle again.)
+                op.snapshot_key(&k1, &mut bytes);
+                snapshots.push(bytes);
+            };
+            // 1 is watched: a partial match starts. Then 2 is watched instead, and k1's limit is 7:
+            // the partial match stays (no state is reset), the next 2 starts another, and a 7
+            // completes both (5, the old limit, would have completed none).
+            op.set_reference(&reference(1, 5));
+            step(&mut op, &mut out, 1, 1);
+            op.set_reference(&reference(2, 7));
+            step(&mut op, &mut out, 2, 1);
+            step(&mut op, &mut out, 3, 2);
+            step(&mut op, &mut out, 4, 5);
+            assert!(out.is_empty(), "{out:?}");
+            step(&mut op, &mut out, 5, 7);
+            assert_eq!(matched(&out), vec![("k1".to_owned(), vec![1, 5]), ("k1".to_owned(), vec![3, 5])]);
+            // Outputs render with the installed tables.
+            let Some(Output::Match { events, .. }) = out.first() else { panic!("a match") };
+            let body = crate::alert::body_with(&nfa, events, op.reference());
+            assert_eq!(body.fields, vec![("limit".to_owned(), Value::Int(7))]);
+            assert_eq!(crate::alert::body(&nfa, events).fields, vec![("limit".to_owned(), Value::Null)]);
+            if config == Config::default() {
+                assert!(op.tier_counts().fast_runs > 0, "a chain runs on the fast tier");
+            }
+            runs.push(snapshots);
+        }
+        // The fast tier's snapshots replay its log with the tables each event was processed
+        // against: the same bytes as the exact runtime's.
+        assert_eq!(runs[0], runs[1]);
+        assert_eq!(runs[1], runs[2]);
+
+        // With no tables installed, every table is empty: nothing is watched.
+        let mut op = Operator::new(nfa.clone(), Config::default());
+        let mut out = Vec::new();
+        op.process(k1.clone(), ev(1, 1, "k1", 1), &mut out);
+        op.advance_watermark(1, &mut out);
+        assert_eq!(op.active_partial_matches(), 0);
+        // A pattern that reads no table binds nothing.
+        let mut plain = Operator::new(nfa_with(None), Config::default());
+        plain.set_reference(&reference(1, 5));
+        assert!(plain.reference().same(Bound::empty()));
+    }
+
+    #[test]
+    fn the_multi_pattern_operator_reads_each_patterns_tables() {
+        use crate::runtime::multi::{MultiOperator, MultiOutput};
+        let k1 = Key::Str(Text::new("k1"));
+        for config in [Config::default(), Config { fast_tier: FastTier::Off, ..Config::default() }] {
+            let mut multi = MultiOperator::new(vec![nfa(), nfa_with_tables()], config).expect("one stream, one key");
+            let mut single = Operator::new(nfa_with_tables(), config);
+            let (mut out, mut single_out) = (Vec::new(), Vec::new());
+            for (seq, x, data) in [(1, 1, Some((1, 5))), (2, 2, Some((2, 7))), (3, 2, None), (4, 7, None)] {
+                if let Some((watched, limit)) = data {
+                    multi.set_reference(&reference(watched, limit));
+                    single.set_reference(&reference(watched, limit));
+                }
+                multi.process(k1.clone(), ev(seq, seq as i64, "k1", x), &mut out);
+                multi.advance_watermark(seq as i64, &mut out);
+                single.process(k1.clone(), ev(seq, seq as i64, "k1", x), &mut single_out);
+                single.advance_watermark(seq as i64, &mut single_out);
+            }
+            let tables: Vec<Output> = out
+                .iter()
+                .filter_map(|o| match o {
+                    MultiOutput::Pattern(1, o) => Some(o.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(tables, single_out);
+            // The plain pattern `a: x == 1 followed by b: x == 2` matched 1, 2 regardless.
+            assert!(out.iter().any(|o| matches!(o, MultiOutput::Pattern(0, _))));
+            assert_eq!(matched(&tables), [1, 2, 3].map(|s| ("k1".to_owned(), vec![s, 4])).to_vec());
+            assert!(multi.reference(0).same(Bound::empty()));
+            assert!(multi.reference(1).table(crate::nfa::TableId(1)).is_some());
+        }
     }
 }

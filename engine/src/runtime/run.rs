@@ -12,6 +12,7 @@ use super::dewey::Dewey;
 use super::pq::JavaPq;
 use crate::expr::{AggFunc, ConditionCache, Fold, MatchView};
 use crate::nfa::{Action, FieldId, Nfa, Read, SkipStrategy, StateId, StateKind, VarId};
+use crate::refdata::Bound;
 use crate::value::{Event, Value};
 use smallvec::SmallVec;
 
@@ -278,8 +279,10 @@ fn current_events(buffer: &SharedBuffer, p: &Partial) -> MatchEvents {
 }
 
 /// An event being processed; registered in the buffer when first taken.
-struct Incoming {
+struct Incoming<'r> {
     event: Arc<Event>,
+    /// The reference tables conditions read.
+    refs: &'r Bound,
     ts: i64,
     id: Option<EventId>,
     /// Conditions read earlier events from the registers (else by walking the path).
@@ -290,7 +293,7 @@ struct Incoming {
     starts: bool,
 }
 
-impl Incoming {
+impl Incoming<'_> {
     fn id(&mut self, buffer: &mut SharedBuffer) -> EventId {
         *self.id.get_or_insert_with(|| buffer.register_event(self.event.clone(), self.ts))
     }
@@ -303,12 +306,19 @@ struct Outgoing {
     ignores: u32,
 }
 
-fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>, cache: &mut ConditionCache) -> Outgoing {
+fn decision_graph(
+    nfa: &Nfa,
+    p: &Partial,
+    event: &Event,
+    ctx: &Ctx<'_>,
+    cache: &mut ConditionCache,
+    refs: &Bound,
+) -> Outgoing {
     let mut out = Outgoing { edges: SmallVec::new(), takes: 0, ignores: 0 };
     let mut stack: SmallVec<[StateId; 8]> = smallvec::smallvec![p.state];
     while let Some(s) = stack.pop() {
         for (i, e) in nfa.state(s).edges.iter().enumerate() {
-            if !e.cond.holds_cached(&nfa.conditions, event, ctx, cache) {
+            if !e.cond.holds_cached_with(&nfa.conditions, event, ctx, cache, refs) {
                 continue;
             }
             match e.action {
@@ -335,14 +345,14 @@ fn decision_graph(nfa: &Nfa, p: &Partial, event: &Event, ctx: &Ctx<'_>, cache: &
 /// match stays when only its state's self-IGNORE edge passes (no branch: FlinkCEP re-creates it
 /// with the same version); the fresh start state stays when no TAKE or IGNORE edge passes (it is
 /// re-offered with the same version, and no run starts).
-fn stays(nfa: &Nfa, state: StateId, event: &Event, cache: &mut ConditionCache) -> Option<bool> {
+fn stays(nfa: &Nfa, state: StateId, event: &Event, cache: &mut ConditionCache, refs: &Bound) -> Option<bool> {
     let start = state == nfa.start;
     let mut stack: SmallVec<[StateId; 8]> = smallvec::smallvec![state];
     let mut only_self_ignore = true;
     let mut edges = 0;
     while let Some(s) = stack.pop() {
         for e in &nfa.state(s).edges {
-            if !e.cond.holds_for_any(&nfa.conditions, event, cache)? {
+            if !e.cond.holds_for_any_with(&nfa.conditions, event, cache, refs)? {
                 continue;
             }
             match e.action {
@@ -358,9 +368,9 @@ fn stays(nfa: &Nfa, state: StateId, event: &Event, cache: &mut ConditionCache) -
 /// Whether `event` leaves a key that holds nothing for the pattern (only the fresh start state)
 /// as it is: no partial match starts (decided by the event alone; `false` when a start guard
 /// reads the match). `cache` is reset here.
-pub(super) fn starts_nothing(nfa: &Nfa, event: &Event, cache: &mut ConditionCache) -> bool {
+pub(super) fn starts_nothing(nfa: &Nfa, event: &Event, cache: &mut ConditionCache, refs: &Bound) -> bool {
     cache.reset();
-    stays(nfa, nfa.start, event, cache) == Some(true)
+    stays(nfa, nfa.start, event, cache, refs) == Some(true)
 }
 
 /// A run as seen from outside, enough to tell without touching it that an event or an advance
@@ -406,13 +416,19 @@ impl RunState {
 /// Whether [`RunState::step`] (skipping unchanged steps) would leave a run with this summary as
 /// it is for `event`: every state its partial matches wait in stays, by the event alone (the
 /// same decision as the step's). `cache` is reset here.
-pub(super) fn step_changes_nothing(nfa: &Nfa, s: &Summary, event: &Event, cache: &mut ConditionCache) -> bool {
+pub(super) fn step_changes_nothing(
+    nfa: &Nfa,
+    s: &Summary,
+    event: &Event,
+    cache: &mut ConditionCache,
+    refs: &Bound,
+) -> bool {
     let Some(mut mask) = s.states else { return false };
     cache.reset();
     while mask != 0 {
         let i = mask.trailing_zeros();
         mask &= mask - 1;
-        if stays(nfa, StateId(i), event, cache) != Some(true) {
+        if stays(nfa, StateId(i), event, cache, refs) != Some(true) {
             return false;
         }
     }
@@ -437,11 +453,12 @@ fn final_after_proceed(
     event: &Event,
     ctx: &Ctx<'_>,
     cache: &mut ConditionCache,
+    refs: &Bound,
 ) -> Option<StateId> {
     let mut stack: SmallVec<[StateId; 8]> = smallvec::smallvec![from];
     while let Some(s) = stack.pop() {
         for e in &nfa.state(s).edges {
-            if e.action == Action::Proceed && e.cond.holds_cached(&nfa.conditions, event, ctx, cache) {
+            if e.action == Action::Proceed && e.cond.holds_cached_with(&nfa.conditions, event, ctx, cache, refs) {
                 if nfa.state(e.target).kind == StateKind::Final {
                     return Some(e.target);
                 }
@@ -478,7 +495,7 @@ fn next_states(
     nfa: &Nfa,
     buffer: &mut SharedBuffer,
     p: &Partial,
-    ev: &mut Incoming,
+    ev: &mut Incoming<'_>,
     out: &mut Vec<Partial>,
     reached: &mut [u64],
 ) {
@@ -491,7 +508,7 @@ fn next_states(
     let reads = ev.registers.then_some(&nfa.reads[..]);
     let og = {
         let ctx = Ctx::new(buffer, p, reads);
-        decision_graph(nfa, p, &ev.event, &ctx, &mut ev.cache)
+        decision_graph(nfa, p, &ev.event, &ctx, &mut ev.cache, ev.refs)
     };
     let (takes, ignores) = (og.takes, og.ignores);
     let mut take_to_visit = takes.saturating_sub(1);
@@ -540,7 +557,7 @@ fn next_states(
                 add_partial(out, buffer, n.clone(), p, &mut inherited);
                 let fin = {
                     let ctx = Ctx::new(buffer, p, reads);
-                    final_after_proceed(nfa, edge.target, &ev.event, &ctx, &mut ev.cache)
+                    final_after_proceed(nfa, edge.target, &ev.event, &ctx, &mut ev.cache, ev.refs)
                 };
                 if let Some(f) = fin {
                     add_partial(out, buffer, Partial { state: f, ..n }, p, &mut inherited);
@@ -596,6 +613,22 @@ impl RunState {
         skip_unchanged: bool,
         starts: bool,
     ) -> Vec<Match> {
+        self.step_with(nfa, event, ts, reached, skip_unchanged, starts, Bound::empty())
+    }
+
+    /// [`RunState::step_gated`], conditions reading reference tables from `refs` (the plain
+    /// forms read none: every table is empty).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_with(
+        &mut self,
+        nfa: &Nfa,
+        event: Arc<Event>,
+        ts: i64,
+        reached: &mut [u64],
+        skip_unchanged: bool,
+        starts: bool,
+        refs: &Bound,
+    ) -> Vec<Match> {
         let mut cache = self.cond_cache.take().unwrap_or_else(|| ConditionCache::new(&nfa.conditions));
         cache.reset();
         let mut stay = std::mem::take(&mut self.stay);
@@ -617,7 +650,7 @@ impl RunState {
                 }
                 let s = &mut stay[p.state.index()];
                 if *s == UNKNOWN {
-                    *s = match stays(nfa, p.state, &event, &mut cache) {
+                    *s = match stays(nfa, p.state, &event, &mut cache, refs) {
                         Some(true) => STAYS,
                         Some(false) => MOVES,
                         None => DEPENDS,
@@ -630,7 +663,7 @@ impl RunState {
             self.cond_cache = Some(cache);
             return Vec::new();
         }
-        let mut ev = Incoming { event, ts, id: None, cache, registers: skip_unchanged, starts };
+        let mut ev = Incoming { event, refs, ts, id: None, cache, registers: skip_unchanged, starts };
         let mut new_partial = JavaPq::reusing(std::mem::take(&mut self.spare));
         let mut potential = JavaPq::new();
         let mut current = std::mem::take(&mut self.partial).into_vec();
@@ -640,7 +673,7 @@ impl RunState {
             if p.state != nfa.start {
                 let s = &mut stay[p.state.index()];
                 if *s == UNKNOWN {
-                    *s = match stays(nfa, p.state, &ev.event, &mut ev.cache) {
+                    *s = match stays(nfa, p.state, &ev.event, &mut ev.cache, refs) {
                         Some(true) => STAYS,
                         Some(false) => MOVES,
                         None => DEPENDS,
