@@ -224,6 +224,12 @@ pub enum ExprKind {
         list: Vec<Expr>,
         negated: bool,
     },
+    /// `expr in list NAME` / `expr not in list NAME`: membership in a reference table.
+    InTable {
+        expr: Box<Expr>,
+        table: Ident,
+        negated: bool,
+    },
     /// `like` (SQL wildcards) when `regex` is false, `matches` when true.
     Like {
         expr: Box<Expr>,

@@ -148,6 +148,10 @@ pub fn compile(p: &CheckedPattern) -> Result<Nfa, engine::BuildError> {
     for v in &p.vars {
         b.add_var(VarInfo { name: v.name.clone(), looping: v.looping, negated: v.negated });
     }
+    // In the checker's order: the ids its expressions name.
+    for t in &p.tables {
+        b.add_table(t.clone());
+    }
     for cond in &p.conditions {
         b.add_condition(cond.clone());
     }
@@ -176,6 +180,8 @@ pub fn compile(p: &CheckedPattern) -> Result<Nfa, engine::BuildError> {
 }
 
 /// The first 16 hex digits of the SHA-256 of the NFA dump (which does not include the hash).
+/// The dump names the reference tables the pattern reads, never their contents: changing a
+/// table's contents changes no hash, reading another table does.
 pub fn content_hash(nfa: &Nfa) -> String {
     let digest = Sha256::digest(engine::dump::dump(nfa).as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()

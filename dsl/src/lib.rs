@@ -20,8 +20,9 @@ pub mod parser;
 pub mod schema;
 
 pub use diag::{Diagnostic, SourceFile};
+pub use engine::TableKind;
 pub use event::{json_event, json_field, EventError, EventErrorKind};
-pub use schema::{Catalog, FieldType, SchemaError, StreamSchema};
+pub use schema::{Catalog, FieldType, SchemaError, StreamSchema, TableDecl};
 
 /// Deepest nesting of brackets and prefix operators accepted, so that hostile input cannot
 /// exhaust the stack.

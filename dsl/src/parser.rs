@@ -174,14 +174,15 @@ fn describe(rule: Rule) -> Option<&'static str> {
         }
         w_first | w_last => "`first` or `last`",
         w_event => "`event`",
+        w_list => "`list`",
         w_of | w_previous => "`of previous`",
         emit_field => "an output field `name: expression`",
         expr | primary | paren | if_expr | call | path | literal | boolean | null | kw_if | kw_true | kw_false
         | kw_null | op_neg => "an expression",
         op_or | op_and | op_eq | op_ne | op_le | op_ge | op_lt | op_gt | op_contains | op_starts | op_ends | op_add
-        | op_sub | op_mul | op_div | op_rem | is_null | is_not_null | in_list | not_in_list | like | not_like
-        | matches | not_matches | kw_is | kw_in | kw_like | kw_matches | kw_contains | kw_starts | kw_ends | kw_and
-        | kw_or => "an operator",
+        | op_sub | op_mul | op_div | op_rem | is_null | is_not_null | in_list | not_in_list | in_table
+        | not_in_table | like | not_like | matches | not_matches | kw_is | kw_in | kw_like | kw_matches
+        | kw_contains | kw_starts | kw_ends | kw_and | kw_or => "an operator",
         tpl_text | tpl_hole => "message text",
         distinct | kw_distinct => "`distinct`",
         lparen => "`(`",
@@ -707,6 +708,8 @@ fn pratt() -> &'static PrattParser<Rule> {
                 | Op::postfix(Rule::is_not_null)
                 | Op::postfix(Rule::in_list)
                 | Op::postfix(Rule::not_in_list)
+                | Op::postfix(Rule::in_table)
+                | Op::postfix(Rule::not_in_table)
                 | Op::postfix(Rule::like)
                 | Op::postfix(Rule::not_like)
                 | Op::postfix(Rule::matches)
@@ -738,6 +741,11 @@ fn build_expr(p: Pair<'_, Rule>) -> Expr {
                     expr: Box::new(lhs),
                     list: op.into_inner().filter(|p| is_literal(p.as_rule())).map(build_primary).collect(),
                     negated: rule == Rule::not_in_list,
+                },
+                Rule::in_table | Rule::not_in_table => ExprKind::InTable {
+                    expr: Box::new(lhs),
+                    table: ident(op.into_inner().find(|p| p.as_rule() == Rule::ident).expect("grammar: table name")),
+                    negated: rule == Rule::not_in_table,
                 },
                 _ => {
                     let s = op.into_inner().find(|p| p.as_rule() == Rule::string).expect("grammar: pattern string");

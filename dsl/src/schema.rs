@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use apache_avro::schema::{Name, Schema};
-use engine::{FieldId, TypeId};
+use engine::{FieldId, TableKind, TypeId};
 
 /// The type of a field, as far as patterns are concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -291,15 +291,47 @@ fn flatten(
     }
 }
 
-/// The streams a pattern can read, by name.
+/// The streams a pattern can read, and the reference tables it can read (`x in list NAME`,
+/// `lookup(NAME, x)`), by name.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     pub streams: BTreeMap<String, Arc<StreamSchema>>,
+    /// Reference tables and lists: their declared shape only (contents are maintained apart,
+    /// and are no part of a pattern: see `engine::refdata`).
+    pub tables: BTreeMap<String, TableDecl>,
 }
 
 impl Catalog {
     pub fn insert(&mut self, s: StreamSchema) {
         self.streams.insert(s.name.clone(), Arc::new(s));
+    }
+
+    /// Declares (or redeclares) reference table `name`.
+    pub fn insert_table(&mut self, name: impl Into<String>, decl: TableDecl) {
+        self.tables.insert(name.into(), decl);
+    }
+}
+
+/// A reference table as patterns see it (`[tables.NAME]` in the config): a list of keys, or a
+/// map from keys to values; keys are whole numbers or text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TableDecl {
+    pub kind: TableKind,
+    /// [`FieldType::Int`] or [`FieldType::Str`].
+    pub key: FieldType,
+    /// The values' type: `Some` for a [`TableKind::Map`], `None` for a list.
+    pub value: Option<FieldType>,
+}
+
+impl TableDecl {
+    /// A list of keys of type `key`.
+    pub fn list(key: FieldType) -> Self {
+        TableDecl { kind: TableKind::List, key, value: None }
+    }
+
+    /// A map from keys of type `key` to values of type `value`.
+    pub fn map(key: FieldType, value: FieldType) -> Self {
+        TableDecl { kind: TableKind::Map, key, value: Some(value) }
     }
 }
 

@@ -22,8 +22,11 @@ impl Checker<'_> {
         if AGGREGATES.contains(&name.name.as_str()) {
             return self.aggregate(e, name, distinct, args, scope);
         }
+        if name.name == "lookup" {
+            return self.lookup(e, name, distinct, args, scope);
+        }
         let Some(func) = Func::ALL.into_iter().find(|f| f.name() == name.name) else {
-            let known = Func::ALL.iter().map(|f| f.name()).chain(AGGREGATES);
+            let known = Func::ALL.iter().map(|f| f.name()).chain(AGGREGATES).chain(["lookup"]);
             let hint = did_you_mean(&name.name, known)
                 .unwrap_or_else(|| "see docs/language.md for the list of functions".to_owned());
             self.err_hint(name.span, "unknown-function", format!("unknown function `{}`", name.name), hint);

@@ -135,6 +135,7 @@ impl Checker<'_> {
                 Some(Typed::new(Ty::Bool, Expr::IsNull { expr: Box::new(t.expr), negated: *negated }))
             }
             ExprKind::In { expr, list, negated } => self.in_list(expr, list, *negated, scope),
+            ExprKind::InTable { expr, table, negated } => self.in_table(expr, table, *negated, scope),
             ExprKind::Like { expr, pattern, pattern_span, regex, negated } => {
                 self.like(expr, pattern, *pattern_span, *regex, *negated, scope)
             }

@@ -3,7 +3,8 @@
 //! goes on after an error so that one run reports all of them.
 //!
 //! `check_pattern` lists the steps in order; each lives in a submodule by concern: the clauses,
-//! the `match` sequence, the `where` conditions, names and fields, calls, expressions, output.
+//! the `match` sequence, the `where` conditions, names and fields, calls, reference tables,
+//! expressions, output.
 
 mod calls;
 mod clauses;
@@ -12,6 +13,7 @@ mod expr;
 mod fields;
 mod output;
 mod sequence;
+mod tables;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use engine::{CondId, Expr, FieldId, Mode, OutputField, Severity, SkipStrategy, T
 
 use crate::ast::{self, Contiguity, Span};
 use crate::diag::{Diagnostic, SourceFile};
-use crate::schema::{Catalog, StreamSchema};
+use crate::schema::{Catalog, StreamSchema, TableDecl};
 
 /// Largest `{n}` / `{n,m}` bound: each repetition is a state of the compiled automaton.
 pub const MAX_TIMES: u64 = 1000;
@@ -87,6 +89,8 @@ pub struct CheckedPattern {
     pub skip: SkipStrategy,
     pub outputs: Vec<OutputField>,
     pub message: Vec<engine::TemplatePart>,
+    /// The reference tables the pattern reads, by `engine::TableId` (in order of first use).
+    pub tables: Vec<String>,
 }
 
 /// The state of checking one pattern: what is resolved so far, and where diagnostics go.
@@ -100,6 +104,10 @@ struct Checker<'a> {
     conditions: Vec<Expr>,
     /// The pattern's `within`, which an element's own window must not exceed.
     pattern_window: Option<i64>,
+    /// The reference tables declared in the catalog.
+    tables: &'a BTreeMap<String, TableDecl>,
+    /// The tables the pattern reads so far, by `TableId`.
+    tables_used: Vec<String>,
 }
 
 /// Checks every pattern of a parsed file. Patterns with errors are reported in `diags` and left out.
@@ -147,7 +155,7 @@ fn check_pattern(
     catalog: &Catalog,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<CheckedPattern> {
-    let mut ck = Checker::new(src, diags);
+    let mut ck = Checker::new(src, diags, &catalog.tables);
     let clauses = ck.clause_map(p);
     ck.require_clauses(p, &clauses);
     ck.stream_clause(&clauses, catalog);
@@ -184,11 +192,12 @@ fn check_pattern(
         skip,
         outputs,
         message,
+        tables: ck.tables_used,
     })
 }
 
 impl<'a> Checker<'a> {
-    fn new(src: &'a SourceFile, diags: &'a mut Vec<Diagnostic>) -> Self {
+    fn new(src: &'a SourceFile, diags: &'a mut Vec<Diagnostic>, tables: &'a BTreeMap<String, TableDecl>) -> Self {
         Checker {
             src,
             diags,
@@ -198,6 +207,8 @@ impl<'a> Checker<'a> {
             by_name: BTreeMap::new(),
             conditions: Vec::new(),
             pattern_window: None,
+            tables,
+            tables_used: Vec::new(),
         }
     }
 
