@@ -4,14 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-use dsl::{Catalog, SourceFile, StreamSchema};
+use dsl::{Catalog, FieldType, SourceFile, StreamSchema, TableDecl};
 
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("dsl/ is in the repository").to_owned()
 }
 
-/// The streams of a config file (`[streams.NAME]` with `schema` and `timestamp_field`).
+/// The streams of a config file (`[streams.NAME]` with `schema` and `timestamp_field`) and its
+/// reference tables (`[tables.NAME]`).
 pub fn catalog_from(config: &Path) -> Catalog {
     let text = std::fs::read_to_string(config).expect("config is readable");
     let table: toml::Table = text.parse().expect("config is TOML");
@@ -24,7 +25,31 @@ pub fn catalog_from(config: &Path) -> Catalog {
         let json = std::fs::read_to_string(base.join(schema)).expect("schema is readable");
         catalog.insert(StreamSchema::from_avro_json(name, &json, ts).expect("schema is valid"));
     }
+    tables_from(&table, &mut catalog);
     catalog
+}
+
+/// The reference tables of a config file (`[tables.NAME]` with `kind` = "list" or "map", `key`
+/// and, for a map, `value`: "string", "int", "double" or "boolean").
+fn tables_from(table: &toml::Table, catalog: &mut Catalog) {
+    let ty = |t: &str| match t {
+        "string" => FieldType::Str,
+        "int" => FieldType::Int,
+        "double" => FieldType::Float,
+        "boolean" => FieldType::Bool,
+        other => panic!("unknown table type {other}"),
+    };
+    let Some(tables) = table.get("tables").and_then(|t| t.as_table()) else { return };
+    for (name, t) in tables {
+        let field = |k: &str| t.get(k).and_then(|v| v.as_str()).map(ty);
+        let key = field("key").expect("a table has a key type");
+        let decl = match t.get("kind").and_then(|v| v.as_str()) {
+            Some("list") => TableDecl::list(key),
+            Some("map") => TableDecl::map(key, field("value").expect("a map has a value type")),
+            other => panic!("table {name}: unknown kind {other:?}"),
+        };
+        catalog.insert_table(name.clone(), decl);
+    }
 }
 
 /// The catalog the language tests use (`testdata/dsl/tripline.toml`).

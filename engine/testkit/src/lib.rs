@@ -14,7 +14,7 @@ pub mod streams;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use dsl::{Catalog, SourceFile, StreamSchema};
+use dsl::{Catalog, FieldType, SourceFile, StreamSchema, TableDecl};
 use engine::Nfa;
 
 /// The repository root.
@@ -23,7 +23,8 @@ pub fn root() -> PathBuf {
     manifest.ancestors().nth(2).expect("engine/testkit/ is in the repository").to_owned()
 }
 
-/// The streams of a config file (`[streams.NAME]` with `schema` and `timestamp_field`).
+/// The streams of a config file (`[streams.NAME]` with `schema` and `timestamp_field`) and its
+/// reference tables (`[tables.NAME]`).
 pub fn catalog_from(config: &Path) -> Catalog {
     let text = std::fs::read_to_string(config).unwrap_or_else(|e| panic!("{}: {e}", config.display()));
     let table: toml::Table = text.parse().unwrap_or_else(|e| panic!("{}: not TOML: {e}", config.display()));
@@ -39,7 +40,31 @@ pub fn catalog_from(config: &Path) -> Catalog {
             StreamSchema::from_avro_json(name, &json, ts).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         catalog.insert(schema);
     }
+    tables_from(&table, &mut catalog);
     catalog
+}
+
+/// The reference tables of a config file (`[tables.NAME]` with `kind` = "list" or "map", `key`
+/// and, for a map, `value`: "string", "int", "double" or "boolean").
+fn tables_from(table: &toml::Table, catalog: &mut Catalog) {
+    let ty = |t: &str| match t {
+        "string" => FieldType::Str,
+        "int" => FieldType::Int,
+        "double" => FieldType::Float,
+        "boolean" => FieldType::Bool,
+        other => panic!("unknown table type {other}"),
+    };
+    let Some(tables) = table.get("tables").and_then(|t| t.as_table()) else { return };
+    for (name, t) in tables {
+        let field = |k: &str| t.get(k).and_then(|v| v.as_str()).map(ty);
+        let key = field("key").expect("a table has a key type");
+        let decl = match t.get("kind").and_then(|v| v.as_str()) {
+            Some("list") => TableDecl::list(key),
+            Some("map") => TableDecl::map(key, field("value").expect("a map has a value type")),
+            other => panic!("table {name}: unknown kind {other:?}"),
+        };
+        catalog.insert_table(name.clone(), decl);
+    }
 }
 
 /// The catalog the language tests use (`testdata/dsl/tripline.toml`): the sample streams and
