@@ -150,3 +150,12 @@ fn the_content_hash_names_tables_never_contents() {
     op.set_reference(&data);
     assert_eq!(dsl::compile::content_hash(op.nfa()), original);
 }
+
+#[test]
+fn the_reference_data_example_of_the_language_guide_compiles() {
+    let guide = std::fs::read_to_string(root().join("docs/language.md")).expect("docs/language.md");
+    let section = guide.split("### 4.11 Reference data").nth(1).expect("a section 4.11");
+    let example = section.split("```tl\n").nth(1).and_then(|s| s.split("```").next()).expect("an example");
+    let nfa = compile_ok(example, &test_catalog()).remove(0);
+    assert_eq!(nfa.tables, ["high_risk_countries", "kyc_tier"]);
+}
