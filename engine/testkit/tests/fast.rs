@@ -35,10 +35,12 @@ fn the_library_patterns_that_are_chains() {
         quote_stuffing: false
         rapid_movement: false
         rapid_price_manipulation: false
+        sanctioned_counterparty_transfer: true
         spoofing: false
         structuring: false
         wash_trade_round_trip: false
         wash_trade_self_match: true
+        withdrawal_above_kyc_limit: true
         bench P1: true
         bench P2: false"#]]
     .assert_eq(&lines.join("\n"));

@@ -241,7 +241,9 @@ fn library_examples_restore_exactly() {
         let steps = replay_steps(lib);
         let (out, _) = straight(&lib.nfa, Config::default(), &steps);
         let alerts = out.iter().filter(|o| matches!(o, Output::Match { .. })).count();
-        assert!(alerts > 0, "{}: the examples raise no alert", lib.nfa.meta.name);
+        // The harness installs no reference tables (they read as empty), so a pattern that
+        // reads one may raise nothing here; its examples assume the tables' files.
+        assert!(alerts > 0 || !lib.nfa.tables.is_empty(), "{}: the examples raise no alert", lib.nfa.meta.name);
         for config in configs() {
             for plan in plans(lib.examples.len() as u64) {
                 runs += 1;
