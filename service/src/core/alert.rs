@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use engine::runtime::Key;
-use engine::{Nfa, Value};
+use engine::{Bound, Nfa, Value};
 use sha2::{Digest, Sha256};
 
 use super::coords::coords;
@@ -46,16 +46,17 @@ pub fn alert_id(nfa: &Nfa, key: &Key, matched: &[(String, Vec<u64>)]) -> String 
 /// (a pattern that reads a repartition topic, see `core::repartition`): `partitions` lists each
 /// one's partition, parallel to `match`, and `partition` is the first one's. `shadow`: the
 /// alert goes to the shadow topic (its pattern is declared shadow, or not live on its key),
-/// and says so in `mode`.
+/// and says so in `mode`. `refs`: the reference tables its outputs read.
 pub fn alert_line(
     nfa: &Nfa,
+    refs: &Bound,
     key: &Key,
     ts: i64,
     events: &engine::runtime::MatchEvents,
     shadow: bool,
     lanes: bool,
 ) -> String {
-    let body = engine::alert::body(nfa, events);
+    let body = engine::alert::body_with(nfa, events, refs);
     let m = &nfa.meta;
     let mut s = String::with_capacity(256);
     let _ = write!(

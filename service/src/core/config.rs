@@ -39,6 +39,70 @@ pub struct Config {
     pub service: ServiceConfig,
     #[serde(default)]
     pub state: StateConfig,
+    /// Reference tables patterns read (`in list NAME`, `lookup(NAME, key)`), by name.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableConfig>,
+}
+
+/// A reference table (`[tables.NAME]`): its shape, which patterns are checked against, and
+/// where its contents come from (a file, or a compacted topic that can change while the
+/// service runs; see docs/service.md, "Reference data").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `list` (keys only) or `map` (a value per key).
+    pub kind: TableKindConfig,
+    /// The key type: `string` or `int`.
+    pub key: ValueType,
+    /// The value type of a map: `string`, `int`, `double` or `boolean`.
+    pub value: Option<ValueType>,
+    /// A JSON file, relative to the config file: an array of keys (a list) or an object of
+    /// key to value (a map).
+    pub file: Option<PathBuf>,
+    /// A compacted topic: the record key is the entry's key (UTF-8), the value its JSON value
+    /// (anything but null for a list), a tombstone removes it.
+    pub topic: Option<String>,
+}
+
+/// `tables.NAME.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKindConfig {
+    List,
+    Map,
+}
+
+/// A reference table's key or value type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    String,
+    Int,
+    Double,
+    Boolean,
+}
+
+impl ValueType {
+    pub fn field_type(self) -> dsl::FieldType {
+        match self {
+            ValueType::String => dsl::FieldType::Str,
+            ValueType::Int => dsl::FieldType::Int,
+            ValueType::Double => dsl::FieldType::Float,
+            ValueType::Boolean => dsl::FieldType::Bool,
+        }
+    }
+}
+
+impl TableConfig {
+    /// The table's shape as the checker sees it.
+    pub fn decl(&self) -> dsl::TableDecl {
+        match self.kind {
+            TableKindConfig::List => dsl::TableDecl::list(self.key.field_type()),
+            TableKindConfig::Map => {
+                dsl::TableDecl::map(self.key.field_type(), self.value.unwrap_or(ValueType::String).field_type())
+            }
+        }
+    }
 }
 
 /// Engine state in memory and on disk (`[state]`).
@@ -125,9 +189,14 @@ pub struct RegistryConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputsConfig {
-    /// Alerts, one JSON document per record, keyed by the pattern key.
+    /// Alerts, one per record, keyed by the pattern key.
     #[serde(default = "default_alerts")]
     pub alerts_topic: String,
+    /// How alerts (live and shadow) are written: `json` (one JSON document per record) or
+    /// `avro` (the alert schema `service/avro/alert.avsc`, registered under each alerts topic's
+    /// subject, Confluent-framed). Default json.
+    #[serde(default)]
+    pub alert_format: AlertFormat,
     /// Alerts of patterns in `mode shadow`, in the same form.
     #[serde(default = "default_shadow_alerts")]
     pub shadow_alerts_topic: String,
@@ -145,6 +214,10 @@ pub struct OutputsConfig {
     pub timeouts_topic: Option<String>,
     /// The compacted changelog of the engine state; default `<group_id>.changelog`.
     pub changelog_topic: Option<String>,
+    /// Where what results depend on besides the records is recorded for replay: wall-clock
+    /// advances of idle partitions (`advance_when_idle`) and reference table versions (see
+    /// `core::context`); default `<group_id>.context`.
+    pub context_topic: Option<String>,
     /// Partitions of the output topics the service creates when they do not exist.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
@@ -160,17 +233,28 @@ impl Default for OutputsConfig {
     fn default() -> Self {
         OutputsConfig {
             alerts_topic: default_alerts(),
+            alert_format: AlertFormat::default(),
             shadow_alerts_topic: default_shadow_alerts(),
             late_topic: default_late(),
             dead_letter_topic: default_dead_letter(),
             pattern_sets_topic: default_pattern_sets(),
             timeouts_topic: None,
             changelog_topic: None,
+            context_topic: None,
             partitions: default_partitions(),
             replication_factor: None,
             min_insync_replicas: None,
         }
     }
+}
+
+/// `outputs.alert_format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    #[default]
+    Json,
+    Avro,
 }
 
 fn default_alerts() -> String {
@@ -318,6 +402,14 @@ pub struct StreamConfig {
     /// watermark of the patterns that read the stream through a repartition topic, until its
     /// next record. Default 10s.
     pub idle_timeout: Option<Millis>,
+    /// When a partition is idle (no record for `idle_timeout` and nothing left to read), its
+    /// watermark advances by the wall clock, as if an event stamped now had arrived, so that its
+    /// own windows and trailing `not followed by ... within` close on time. Each advance is
+    /// recorded in the context topic in the same transaction, for replay. Default false: the
+    /// watermark moves only with events (right for streams whose event time does not follow the
+    /// wall clock, such as a backfill).
+    #[serde(default)]
+    pub advance_when_idle: bool,
 }
 
 impl StreamConfig {
@@ -414,6 +506,32 @@ impl Config {
                 return bad(&format!("streams.{name}.idle_timeout must be at least 1ms"));
             }
         }
+        if cfg.outputs.alert_format == AlertFormat::Avro
+            && cfg.registry.url.as_deref().is_none_or(|u| u.trim().is_empty())
+        {
+            return bad("outputs.alert_format = \"avro\" needs the schema registry: set registry.url (or TRIPLINE_REGISTRY_URL)");
+        }
+        for (name, t) in &cfg.tables {
+            let at = format!("tables.{name}");
+            if !matches!(t.key, ValueType::String | ValueType::Int) {
+                return bad(&format!("{at}.key must be \"string\" or \"int\""));
+            }
+            match (t.kind, t.value) {
+                (TableKindConfig::Map, None) => {
+                    return bad(&format!("{at}: a map needs `value` (\"string\", \"int\", \"double\" or \"boolean\")"))
+                }
+                (TableKindConfig::List, Some(_)) => {
+                    return bad(&format!("{at}: a list has no `value` (use kind = \"map\")"))
+                }
+                _ => {}
+            }
+            match (&t.file, &t.topic) {
+                (None, None) => return bad(&format!("{at}: give its contents' `file` or `topic`")),
+                (Some(_), Some(_)) => return bad(&format!("{at}: give `file` or `topic`, not both")),
+                (None, Some(topic)) if topic.trim().is_empty() => return bad(&format!("{at}.topic is empty")),
+                _ => {}
+            }
+        }
         if cfg.service.commit_interval.0 < 1 {
             return bad("service.commit_interval must be at least 1ms");
         }
@@ -442,6 +560,13 @@ impl Config {
         self.outputs.changelog_topic.clone().unwrap_or_else(|| format!("{}.changelog", self.kafka.group_id))
     }
 
+    /// The context topic (see [`OutputsConfig::context_topic`]), when a stream advances when
+    /// idle or a reference table is configured.
+    pub fn context_topic(&self) -> Option<String> {
+        (self.streams.values().any(|s| s.advance_when_idle) || !self.tables.is_empty())
+            .then(|| self.outputs.context_topic.clone().unwrap_or_else(|| format!("{}.context", self.kafka.group_id)))
+    }
+
     /// Loads every stream's schema (paths relative to the config file's directory).
     pub fn catalog(&self, config_path: &Path) -> Result<Catalog> {
         let base = config_path.parent().unwrap_or(Path::new("."));
@@ -456,6 +581,9 @@ impl Config {
                     format!("{}: stream `{name}`: schema {}", config_path.display(), path.display())
                 })?;
             catalog.insert(schema);
+        }
+        for (name, t) in &self.tables {
+            catalog.insert_table(name.clone(), t.decl());
         }
         Ok(catalog)
     }

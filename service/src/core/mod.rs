@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod changelog;
 pub mod config;
+pub mod context;
 pub mod coords;
 pub mod partition;
 pub mod pattern_sets;
@@ -16,4 +17,5 @@ pub mod repartition;
 pub mod schema_gate;
 pub mod source;
 pub mod stored;
+pub mod tables;
 pub mod times;

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use engine::runtime::{After, Config as OpConfig, Drain, Key, Operator, Output};
-use engine::{Event, Nfa};
+use engine::{Event, Nfa, RefData};
 
 use super::alert::{alert_line, timeout_line};
 use super::coords::{seq_of, watermark_of};
@@ -99,6 +99,9 @@ pub struct Partition {
     pub set: String,
     /// Transactions that took its changes (not state).
     pub(super) commits: u64,
+    /// The reference tables its patterns read (installed at transaction boundaries, see
+    /// [`Partition::set_reference`]).
+    reference: RefData,
 }
 
 /// A pattern version being replaced, finishing the partial matches it holds.
@@ -182,6 +185,7 @@ impl Partition {
             stored: None,
             set: String::new(),
             commits: 0,
+            reference: RefData::default(),
         }
     }
 
@@ -229,6 +233,7 @@ impl Partition {
                 let mut op = Operator::new(nfa.clone(), self.config);
                 self.attach_new(&mut op);
                 op.set_watermark(wm);
+                op.set_reference(&self.reference);
                 operators.push(op);
                 reported.push(PatternCounts::default());
             }
@@ -271,6 +276,7 @@ impl Partition {
             };
             let mut op = Operator::new(nfa, self.config);
             op.set_watermark(self.watermark());
+            op.set_reference(&self.reference);
             op.drain(v.drain.unwrap_or_else(|| switch.clone()));
             made.push((op, v.keys, v.partials, v.live));
         }
@@ -364,6 +370,45 @@ impl Partition {
         }
     }
 
+    /// Installs the reference tables its patterns read from now on (every operator, draining
+    /// ones included, and those made later). The service calls it only between transactions,
+    /// and a replay where the service did (see `core::reference`).
+    pub fn set_reference(&mut self, data: &RefData) {
+        self.reference = data.clone();
+        for op in self.operators.iter_mut().chain(self.draining.iter_mut().map(|d| &mut d.op)) {
+            op.set_reference(data);
+        }
+    }
+
+    /// The reference tables installed.
+    pub fn reference(&self) -> &RefData {
+        &self.reference
+    }
+
+    /// Moves the watermark as if an event stamped `clock` had arrived (an idle partition's
+    /// wall-clock advance, see `core::clock`), and closes the windows it passes. Returns the new
+    /// watermark, or `None` when it does not move (`clock` is not past the newest event time,
+    /// or the partition reads a repartition topic, whose watermark its markers give).
+    pub fn advance_clock(&mut self, clock: i64, emit: &mut Vec<Emit>) -> Option<i64> {
+        if self.upstreams.is_some() || clock <= self.max_ts {
+            return None;
+        }
+        self.max_ts = clock;
+        let wm = self.watermark();
+        for i in 0..self.operators.len() + self.draining.len() {
+            op_at(&mut self.operators, &mut self.draining, i).advance_watermark(wm, &mut self.outs);
+            self.render(i, emit);
+        }
+        Some(wm)
+    }
+
+    /// Whether an advance of the watermark could release anything here: a pattern holds
+    /// partial matches or buffered events, or the partition forwards to repartition topics
+    /// (whose patterns wait for its watermark).
+    pub fn waits_for_time(&self) -> bool {
+        !self.plan.forwards().is_empty() || self.all_operators().any(|op| op.active_keys() > 0)
+    }
+
     /// Feeds an on-time event to every pattern of the stream and moves the watermark; returns
     /// false (and feeds nothing) when the event is late.
     pub fn process(&mut self, event: Event, emit: &mut Vec<Emit>) -> bool {
@@ -398,10 +443,11 @@ impl Partition {
     }
 
     fn render(&mut self, op: usize, emit: &mut Vec<Emit>) {
-        let (nfa, live) = match self.operators.len() {
-            n if op < n => (self.operators[op].nfa(), self.plan.live_keys.get(op).copied().unwrap_or(LiveKeys::ALL)),
-            n => (self.draining[op - n].op.nfa(), self.draining[op - n].live),
+        let (operator, live) = match self.operators.len() {
+            n if op < n => (&self.operators[op], self.plan.live_keys.get(op).copied().unwrap_or(LiveKeys::ALL)),
+            n => (&self.draining[op - n].op, self.draining[op - n].live),
         };
+        let (nfa, refs) = (operator.nfa(), operator.reference());
         // Events read from a repartition topic come from several partitions.
         let lanes = self.upstreams.is_some();
         for o in self.outs.drain(..) {
@@ -412,7 +458,7 @@ impl Partition {
                     let shadow = nfa.meta.mode == engine::Mode::Shadow || !live.live_for(&key_text);
                     emit.push(Emit::Alert {
                         key: key_text,
-                        json: alert_line(nfa, &key, ts, &events, shadow, lanes),
+                        json: alert_line(nfa, refs, &key, ts, &events, shadow, lanes),
                         ts,
                         shadow,
                     });

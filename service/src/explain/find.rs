@@ -17,8 +17,10 @@ use crate::core::coords::{coords, seq_of};
 use crate::core::plan::{admit, StreamPlan};
 use crate::core::range::{bounds, PartRange};
 use crate::error::{Error, Result};
+use crate::io::alert_avro;
 use crate::io::avro::{AvroIn, Retried};
 use crate::io::files::read_records;
+use crate::io::kafka;
 use crate::io::reader::{self, PartReader, Read};
 use crate::replay::{choose, kafka_ranges, read_kafka, Choice, Env, Input, Item};
 
@@ -65,12 +67,22 @@ fn find_alert(env: &mut Env, id: &str, alerts: Option<&Path>) -> Result<Json> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::usage(format!("`{id}` is not an alert id (32 hex digits, the alert's \"alert_id\")")));
     }
-    let matches = |bytes: &[u8]| -> Option<Json> {
-        // Most records are other alerts: look for the id's bytes before parsing.
+    // JSON alerts, or Avro ones (`outputs.alert_format`), read through the registry.
+    let mut records = alert_avro::Records::new(kafka::registry(&env.cfg).ok());
+    let mut matches = |bytes: &[u8]| -> Option<Json> {
+        // Most records are other alerts: look for the id's bytes before parsing (an Avro
+        // record holds them as they are).
         if !bytes.windows(id.len()).any(|w| w == id.as_bytes()) {
             return None;
         }
-        let j: Json = serde_json::from_slice(bytes).ok()?;
+        let text = match records.text(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("an alert record that holds `{id}` does not decode: {e}");
+                return None;
+            }
+        };
+        let j: Json = serde_json::from_str(&text).ok()?;
         (j["alert_id"].as_str() == Some(id)).then_some(j)
     };
     match alerts {

@@ -163,9 +163,12 @@ pub(super) enum Shown<'a> {
 fn any_node(e: &Expr, f: &dyn Fn(&Expr) -> bool) -> bool {
     f(e) || match e {
         Expr::Lit(_) | Expr::Field(_) | Expr::VarField(..) | Expr::Agg(..) => false,
-        Expr::Unary(_, x) | Expr::IsNull { expr: x, .. } | Expr::In { expr: x, .. } | Expr::Like { expr: x, .. } => {
-            any_node(x, f)
-        }
+        Expr::Unary(_, x)
+        | Expr::IsNull { expr: x, .. }
+        | Expr::In { expr: x, .. }
+        | Expr::Like { expr: x, .. }
+        | Expr::InTable { expr: x, .. }
+        | Expr::Lookup { key: x, .. } => any_node(x, f),
         Expr::Binary(_, a, b) => any_node(a, f) || any_node(b, f),
         Expr::If(c, t, x) => any_node(c, f) || any_node(t, f) || any_node(x, f),
         Expr::Call(_, args) => args.iter().any(|a| any_node(a, f)),
@@ -218,7 +221,14 @@ fn collect_exprs<'a>(e: &'a Expr, out: &mut Vec<Shown<'a>>) {
             collect_exprs(a, out);
             collect_exprs(b, out);
         }
-        Expr::IsNull { expr, .. } | Expr::In { expr, .. } | Expr::Like { expr, .. } => operand(expr, out),
+        Expr::IsNull { expr, .. } | Expr::In { expr, .. } | Expr::Like { expr, .. } | Expr::InTable { expr, .. } => {
+            operand(expr, out)
+        }
+        // The looked-up value, then what its key reads.
+        Expr::Lookup { key, .. } => {
+            out.push(Shown::Expr(e));
+            collect_exprs(key, out);
+        }
         Expr::Unary(_, x) => collect_exprs(x, out),
         Expr::If(c, t, f) => {
             collect_exprs(c, out);

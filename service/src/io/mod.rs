@@ -4,6 +4,7 @@
 //! record files ([`files`]), the RocksDB state store ([`store`]) and the HTTP endpoints
 //! ([`http`]). Each turns the outside's types into `core`'s and never decides what a record means.
 
+pub mod alert_avro;
 pub mod avro;
 pub mod avro_direct;
 #[cfg(test)]

@@ -260,6 +260,18 @@ impl<'a> PartReader<'a> {
     }
 }
 
+/// Whether `topic` exists.
+pub fn exists(consumer: &Reader, cfg: &Config, topic: &str) -> Result<bool, Error> {
+    let md = consumer.fetch_metadata(Some(topic), LOOKUP_TIMEOUT).map_err(|e| {
+        Error::usage(format!(
+            "cannot reach the Kafka brokers at {} ({}): is the broker up?",
+            cfg.kafka.bootstrap_servers.as_deref().unwrap_or_default(),
+            kafka::redact(cfg, &e.to_string())
+        ))
+    })?;
+    Ok(md.topics().iter().any(|m| m.name() == topic && m.error().is_none() && !m.partitions().is_empty()))
+}
+
 /// Every committed record of `topic` (all partitions, from the beginning to the end it has
 /// now) as (partition, offset, value).
 pub fn read_all(consumer: &Reader, cfg: &Config, topic: &str) -> Result<Vec<(i32, i64, Vec<u8>)>, Error> {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::core::config::{self, Config};
+use crate::core::context::{Context, Record};
 use crate::core::pattern_sets::{self, compile_files, Activation, CompileError, PatternSet, Position};
 use crate::error::{Error, Result};
 use crate::io::reader::{self, Reader};
@@ -75,6 +76,25 @@ impl Env {
             self.activations = Some(activations);
         }
         Ok(self.activations.as_deref().unwrap_or_default())
+    }
+
+    /// What the service recorded besides the records (see `core::context`): nothing when no
+    /// stream advances when idle and no table is configured, or the service never made the
+    /// context topic.
+    pub fn context(&mut self) -> Result<Context> {
+        let mut out = Context::default();
+        let Some(topic) = self.cfg.context_topic() else { return Ok(out) };
+        let (r, cfg) = self.reader_with_config()?;
+        if !reader::exists(r, cfg, &topic)? {
+            return Ok(out);
+        }
+        for (p, o, bytes) in reader::read_all(r, cfg, &topic)? {
+            match Record::from_json(&bytes) {
+                Ok(rec) => out.push(rec),
+                Err(e) => tracing::warn!("{topic}/{p}@{o} is not a context record: {e}"),
+            }
+        }
+        Ok(out)
     }
 
     /// The Kafka reader (made once) and the configuration.

@@ -11,9 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::audit::{self, Report};
+use crate::core::context::Context;
 use crate::core::coords::coords;
 use crate::core::plan::{Reject, StreamPlan};
 use crate::core::range::{bounds, Bound};
+use crate::core::tables;
 use crate::error::{Error, Result};
 use crate::io::files::{read_records, Problem};
 use crate::io::reader;
@@ -93,6 +95,11 @@ pub fn run(opts: &Replay<'_>) -> Result<Replayed> {
     match opts.input {
         Some(file) => {
             report.input_file(file);
+            // A file has no recorded context: the config's reference tables (from their files).
+            let tables = tables::load(&env.cfg, &env.path)?;
+            for r in &mut runners {
+                r.tables = tables.clone();
+            }
             let records = read_records(file, &env.catalog, opts.stream)?;
             let mut progress = Progress::new("replay", "events", None);
             for (n, record) in records {
@@ -121,7 +128,10 @@ pub fn run(opts: &Replay<'_>) -> Result<Replayed> {
             }
             progress.finish();
         }
-        None => replay_kafka(&env, opts, from.as_ref(), to.as_ref(), &mut runners, &mut report)?,
+        None => {
+            let context = env.context()?;
+            replay_kafka(&env, opts, from.as_ref(), to.as_ref(), &mut runners, &mut report, context)?;
+        }
     }
     let open_end = opts.open_end || opts.input.is_none();
     for r in &mut runners {
@@ -178,6 +188,7 @@ fn replay_kafka(
     to: Option<&Bound>,
     runners: &mut [Runner],
     report: &mut Report,
+    mut context: Context,
 ) -> Result<()> {
     // The topics of the streams the patterns read.
     let mut topics: BTreeMap<String, Arc<StreamPlan>> = BTreeMap::new();
@@ -191,6 +202,17 @@ fn replay_kafka(
     let reader = reader::reader(&env.cfg)?;
     let ranges = kafka_ranges(env, &reader, &mut topics, opts.topic, from, to, &defaults)?;
     report.input_kafka(env.cfg.kafka.bootstrap_servers.as_deref().unwrap_or(""), opts.from, opts.to, &ranges);
+    // What the service applied besides the records (wall-clock advances, reference tables),
+    // where it applied it; a range starts with the tables in use there.
+    for r in &ranges {
+        context.start_at(&r.topic, r.partition, r.start);
+    }
+    if !context.is_empty() {
+        tracing::info!(steps = context.len(), "applying the recorded context (wall-clock advances, reference tables)");
+    }
+    for r in runners.iter_mut() {
+        r.context = context.clone();
+    }
     read_kafka(env, &reader, &topics, &ranges, &mut |item| match item {
         Item::Record(input) => {
             feed(runners, report, input, false, &env.cfg);
@@ -200,6 +222,11 @@ fn replay_kafka(
                 r.mark(topic, partition, offset, marker);
             }
         }
-        Item::Done { topic, partition, next } => report.partition_done(topic, partition, next),
+        Item::Done { topic, partition, next } => {
+            for r in runners.iter_mut() {
+                r.end_of(topic, partition, next);
+            }
+            report.partition_done(topic, partition, next);
+        }
     })
 }

@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::runtime::Config as OpConfig;
+use engine::RefData;
 
 use super::env::Timeline;
 use super::{Chosen, Input};
 use crate::audit::{self, Report};
 use crate::core::config::Config;
+use crate::core::context::{Context, Step};
 use crate::core::partition::{Emit, Partition};
 use crate::core::pattern_sets::Position;
 use crate::core::plan::{admit, expose, Reject, StreamPlan};
@@ -35,6 +37,10 @@ pub(super) struct Runner {
     cursors: BTreeMap<(String, i32), usize>,
     /// Switches where the replay's watermark was not the one the service recorded.
     pub(super) mismatches: Vec<String>,
+    /// What the service applied besides the records, still to apply (see `core::context`).
+    pub(super) context: Context,
+    /// The reference tables partitions start with (a file's: the config's).
+    pub(super) tables: RefData,
 }
 
 /// Plans by topic.
@@ -79,6 +85,8 @@ impl Runner {
             timeline,
             cursors: BTreeMap::new(),
             mismatches: Vec::new(),
+            context: Context::default(),
+            tables: RefData::default(),
         }
     }
 
@@ -94,6 +102,7 @@ impl Runner {
         let Some((timeline, per_set)) = &self.timeline else {
             let part = parts.entry(partition).or_insert_with(|| {
                 let mut part = Partition::new(plan.clone(), partition, self.op_config).without_change_tracking();
+                part.set_reference(&self.tables);
                 if event_time {
                     part.use_event_time();
                 }
@@ -114,6 +123,7 @@ impl Runner {
             let step = &steps[due.max(1) - 1];
             let mut part =
                 Partition::new(per_set[&step.set][topic].clone(), partition, self.op_config).without_change_tracking();
+            part.set_reference(&self.tables);
             if event_time {
                 part.use_event_time();
             }
@@ -179,13 +189,19 @@ impl Runner {
         let mut problem = None;
         for (i, (topic, p)) in topics.iter().enumerate() {
             let mut emit = std::mem::take(&mut self.emit);
+            let due = if file { Vec::new() } else { self.context.due(topic, *p, offset) };
             let Some(part) = self.partition(topic, *p, offset, file && i > 0) else { continue };
+            // Made before this record was read, whatever becomes of it.
+            apply(part, due, &mut emit);
             if let Err(r) = admit(&part.plan, &event, cfg.service.min_event_time, cfg.service.max_event_time) {
                 problem.get_or_insert(r);
+                self.emit = emit;
+                self.take_alerts();
                 continue;
             }
             if part.plan.patterns.is_empty() && part.draining().next().is_none() && !part.plan.forwards().is_empty() {
                 // Only forwards (counted where the patterns read it).
+                self.emit = emit;
                 continue;
             }
             let on_time = part.process(event.clone(), &mut emit);
@@ -210,6 +226,21 @@ impl Runner {
         self.take_alerts();
     }
 
+    /// Applies the recorded context of `topic`/`partition` due before its record at `next`
+    /// (the end of what was read of it: what came after its last record).
+    pub(super) fn end_of(&mut self, topic: &str, partition: i32, next: i64) {
+        let due = self.context.due(topic, partition, next);
+        if due.is_empty() {
+            return;
+        }
+        let mut emit = std::mem::take(&mut self.emit);
+        if let Some(part) = self.partition(topic, partition, next, false) {
+            apply(part, due, &mut emit);
+        }
+        self.emit = emit;
+        self.take_alerts();
+    }
+
     fn take_alerts(&mut self) {
         for e in self.emit.drain(..) {
             if let Emit::Alert { json, .. } = e {
@@ -227,6 +258,18 @@ impl Runner {
             self.counts.dropped += part.dropped_partial_matches();
         }
         self.take_alerts();
+    }
+}
+
+/// Applies recorded context steps to a partition, in order.
+fn apply(part: &mut Partition, steps: Vec<Step>, emit: &mut Vec<Emit>) {
+    for s in steps {
+        match s {
+            Step::Advance(clock) => {
+                part.advance_clock(clock, emit);
+            }
+            Step::Tables(data) => part.set_reference(&data),
+        }
     }
 }
 

@@ -562,6 +562,8 @@ impl Worker {
             }
         }
         self.restart_activity(true);
+        // The aborted transaction's table records are gone: the version again, whole.
+        self.tables_after(None, true);
         Ok(())
     }
 }

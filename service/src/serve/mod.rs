@@ -34,11 +34,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 
-use crate::core::config::{self, Config};
+use crate::core::config::{self, AlertFormat, Config};
 use crate::core::partition::Partition;
 use crate::core::pattern_sets::{compile_files, Deployment, Library, PatternSet};
 use crate::core::plan::{build_plans, expose, StreamPlan};
 use crate::error::{Error, Kind, Result, ResultExt};
+use crate::io::alert_avro;
 use crate::io::avro::AvroIn;
 use crate::io::http::{self, Health};
 use crate::io::kafka::{self, TxnContext};
@@ -47,6 +48,7 @@ use crate::obs::metrics::Metrics;
 use crate::obs::{init_logging, now_ms, out};
 
 mod batch;
+mod clock;
 mod commit;
 mod follow;
 mod gate;
@@ -54,6 +56,7 @@ mod rebalance;
 mod records;
 mod reload;
 mod repartition;
+mod tables;
 
 use batch::{init_metrics, Batch};
 use commit::{Pending, TXN_TIMEOUT};
@@ -187,6 +190,10 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
     if let Some(t) = &o.timeouts_topic {
         wanted.push((t.clone(), o.partitions, false));
     }
+    // One partition: a replay reads it whole, in order.
+    if let Some(t) = cfg.context_topic() {
+        wanted.push((t, 1, false));
+    }
     kafka::ensure_topics(&cfg, &wanted)?;
     let changelog_parts = kafka::partition_counts(&probe, &[changelog.as_str()])?[0]
         .ok_or_else(|| Error::failed(format!("the changelog topic `{changelog}` is not there after creating it")))?
@@ -229,6 +236,8 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
         .max(1);
+    // Before the first record: they are read to their ends.
+    let tables = tables::start(&cfg, &sources.config_path)?;
     let core = Worker {
         epoch: epoch.clone(),
         threads,
@@ -252,6 +261,7 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
         late_topic: o.late_topic.clone(),
         dead_letter_topic: o.dead_letter_topic.clone(),
         pattern_sets_topic: o.pattern_sets_topic.clone(),
+        context_topic: cfg.context_topic(),
         instance: cfg.service.instance_id.clone(),
         group: cfg.kafka.group_id.clone(),
         set,
@@ -275,6 +285,8 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
         producer_config,
         failpoints: Failpoints::from_env()?,
         max_record: kafka::max_record_bytes(&cfg)?,
+        alert_schemas: alert_schemas(&cfg)?,
+        tables,
         cache_size: cfg.state.cache_size,
         connection_lost: connection_lost.clone(),
     };
@@ -333,6 +345,20 @@ fn serve(config: Option<&Path>, health: Arc<Health>, server: &http::Server) -> R
     result
 }
 
+/// With Avro alerts, registers the alert schema under both alerts topics' subjects
+/// (`<topic>-value`): the ids to frame the alerts with.
+fn alert_schemas(cfg: &Config) -> Result<Option<(u32, u32)>> {
+    if cfg.outputs.alert_format != AlertFormat::Avro {
+        return Ok(None);
+    }
+    let registry = kafka::registry(cfg)?;
+    let o = &cfg.outputs;
+    let live = alert_avro::register(&registry, &format!("{}-value", o.alerts_topic))?;
+    let shadow = alert_avro::register(&registry, &format!("{}-value", o.shadow_alerts_topic))?;
+    tracing::info!(live, shadow, "alerts are Avro: the alert schema is registered");
+    Ok(Some((live, shadow)))
+}
+
 fn main_loop(
     consumer: &BaseConsumer<GroupContext>,
     shared: &Arc<Shared>,
@@ -348,7 +374,9 @@ fn main_loop(
             lock(shared).reload(consumer)?;
         }
         lock(shared).follow(consumer)?;
+        lock(shared).follow_tables()?;
         lock(shared).mark_idle(consumer);
+        lock(shared).advance_idle(consumer)?;
         let wait = {
             let core = lock(shared);
             if let Some(f) = &core.fatal {
@@ -465,6 +493,7 @@ fn handle_assignment(consumer: &BaseConsumer<GroupContext>, shared: &Shared) -> 
             }
             Restored::Done => {
                 core.restart_activity(false);
+                core.tables_after(Some(&list), false);
                 core.record_assignment(consumer, &list)?;
                 core.health.ready.store(true, Ordering::Relaxed);
                 core.update_gauges(consumer);
@@ -498,10 +527,11 @@ pub(super) enum Output {
     Changelog,
     PatternSets,
     Repartition,
+    Context,
 }
 
 impl Output {
-    pub(super) const ALL: [Output; 8] = [
+    pub(super) const ALL: [Output; 9] = [
         Output::Alerts,
         Output::ShadowAlerts,
         Output::Late,
@@ -510,6 +540,7 @@ impl Output {
         Output::Changelog,
         Output::PatternSets,
         Output::Repartition,
+        Output::Context,
     ];
 
     pub(super) fn label(self) -> &'static str {
@@ -522,6 +553,7 @@ impl Output {
             Output::Changelog => "changelog",
             Output::PatternSets => "pattern_sets",
             Output::Repartition => "repartition",
+            Output::Context => "context",
         }
     }
 }
@@ -571,6 +603,7 @@ impl Worker {
             Output::PatternSets => &self.pattern_sets_topic,
             // Named by each record (`Out::at`).
             Output::Repartition => return None,
+            Output::Context => return self.context_topic.as_deref(),
         })
     }
 }
@@ -663,6 +696,8 @@ struct Worker {
     late_topic: String,
     dead_letter_topic: String,
     pattern_sets_topic: String,
+    /// Where wall-clock advances and reference table versions are recorded (`core::context`).
+    context_topic: Option<String>,
     instance: String,
     /// The consumer group (`kafka.group_id`).
     group: String,
@@ -701,6 +736,11 @@ struct Worker {
     failpoints: Failpoints,
     /// The largest record the producer may send (`message.max.bytes`).
     max_record: usize,
+    /// With `outputs.alert_format = "avro"`: the alert schema's ids under the alerts and the
+    /// shadow alerts topics' subjects.
+    alert_schemas: Option<(u32, u32)>,
+    /// The reference tables (`None`: none configured).
+    tables: Option<tables::Tables>,
     /// Keys held in memory over all partitions (`state.cache_size`).
     cache_size: usize,
     /// A broker connection failed since the last rewind (see [`TxnContext`]).

@@ -61,6 +61,9 @@ impl Worker {
                 "the stored state of pattern versions this instance does not know (not in the pattern sets topic) is not read"
             );
         }
+        if let Some(t) = &self.tables {
+            part.set_reference(t.current());
+        }
         let draining: Vec<String> =
             part.draining().map(|o| format!("{}@{}", o.nfa().meta.name, o.nfa().meta.version)).collect();
         if !draining.is_empty() {

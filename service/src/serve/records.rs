@@ -219,9 +219,7 @@ impl Worker {
         let (topic, p, off) = (msg.topic(), msg.partition(), msg.offset());
         let Some(outcome) = r.outcome.take() else { return Ok(()) };
         let Some(plan) = self.plans.get(topic).cloned() else { return Ok(()) };
-        if !plan.forwards().is_empty() {
-            self.repartition.read(topic, p);
-        }
+        self.repartition.read(topic, p);
         if r.marker.is_none() {
             self.totals.consumed += 1;
         }
@@ -249,8 +247,31 @@ impl Worker {
                 self.copy_out(Output::DeadLetter, msg, &extra)?;
             }
         }
-        let ingest = msg.timestamp().to_millis();
-        for e in r.emit.drain(..) {
+        let emit = std::mem::take(&mut r.emit);
+        self.publish_emits(topic, p, off, emit, msg.timestamp().to_millis())?;
+        // Its outputs are in the transaction: the record is done.
+        let part = self
+            .parts
+            .get_mut(topic)
+            .and_then(|m| m.get_mut(&p))
+            .ok_or_else(|| Error::failed(format!("no state for {topic}/{p}")))?;
+        part.next_offset = off + 1;
+        part.advanced = true;
+        Ok(())
+    }
+
+    /// Puts the alerts and timeouts `emit` raised at `topic`/`p` (by its record at `off`, or by
+    /// a clock advance before it) in the outbox; `ingest`: the record's timestamp, for the
+    /// latency metric.
+    pub(super) fn publish_emits(
+        &mut self,
+        topic: &str,
+        p: i32,
+        off: i64,
+        emit: Vec<Emit>,
+        ingest: Option<i64>,
+    ) -> Result<()> {
+        for e in emit {
             let (key, json, to, ts) = match e {
                 Emit::Alert { key, json, shadow: true, ts } => (key, json, Output::ShadowAlerts, Some(ts)),
                 Emit::Alert { key, json, ts, .. } => (key, json, Output::Alerts, Some(ts)),
@@ -269,27 +290,18 @@ impl Worker {
                     self.max_record
                 )));
             }
-            self.batch.produced(to, Some(key.as_bytes()), Some(json.as_bytes()));
-            self.outbox.push(Out {
-                to,
-                at: None,
-                key: Some(key.into_bytes()),
-                payload: Some(json.into_bytes()),
-                headers: None,
-            });
+            let payload = match (self.alert_schemas, to) {
+                (Some((live, _)), Output::Alerts) => avro_alert(live, &json)?,
+                (Some((_, shadow)), Output::ShadowAlerts) => avro_alert(shadow, &json)?,
+                _ => json.into_bytes(),
+            };
+            self.batch.produced(to, Some(key.as_bytes()), Some(&payload));
+            self.outbox.push(Out { to, at: None, key: Some(key.into_bytes()), payload: Some(payload), headers: None });
             if let Some(ts) = ts {
                 self.totals.alerts += 1;
                 self.batch.latencies.push((ts, ingest));
             }
         }
-        // Its outputs are in the transaction: the record is done.
-        let part = self
-            .parts
-            .get_mut(topic)
-            .and_then(|m| m.get_mut(&p))
-            .ok_or_else(|| Error::failed(format!("no state for {topic}/{p}")))?;
-        part.next_offset = off + 1;
-        part.advanced = true;
         Ok(())
     }
 
@@ -496,4 +508,11 @@ fn check_sought(
         .map_err(|e| Error::failed(format!("cannot seek {topic}/{p} to offset {} again: {e}", sought.offset)))?;
     part.sought = Some(Sought { again: sought.again + 1, first: Some(off), ..sought });
     Ok(false)
+}
+
+/// An alert's JSON line as a Confluent-framed Avro record of schema `id`.
+fn avro_alert(id: u32, json: &str) -> Result<Vec<u8>> {
+    let datum = crate::io::alert_avro::encode(json)
+        .map_err(|e| Error::failed(format!("an alert does not fit the alert schema ({e}): {json}")))?;
+    Ok(crate::io::avro::frame(id, &datum))
 }

@@ -24,9 +24,12 @@ pub(super) struct Topology {
     partitions: HashMap<String, i32>,
     /// Per stream topic that forwards: its partition count and idle timeout.
     sources: HashMap<String, (i32, Duration)>,
-    /// Per forwarding source partition: when it last read a record, and whether it has said it
-    /// is idle since.
-    activity: HashMap<String, HashMap<i32, Activity>>,
+    /// Per stream topic whose watermark advances by the wall clock when idle: its idle timeout
+    /// (see `serve::clock`).
+    pub(super) clocks: HashMap<String, Duration>,
+    /// Per forwarding (or clock-advancing) source partition: when it last read a record,
+    /// whether it has said it is idle since, and when its clock may advance next.
+    pub(super) activity: HashMap<String, HashMap<i32, Activity>>,
     /// No idle marker until a record is read: set by a rewind (a transaction aborted). A broker
     /// that is away would abort every idle marker's transaction, and aborts in a row stop the
     /// service; while nothing is read, nothing waits for the markers anyway.
@@ -34,10 +37,12 @@ pub(super) struct Topology {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Activity {
-    last: Instant,
+pub(super) struct Activity {
+    pub(super) last: Instant,
     /// An idle marker was written (or is in the open transaction).
     idle: bool,
+    /// No wall-clock advance before this (the last advance, or a rewind, plus the timeout).
+    pub(super) next_advance: Option<Instant>,
 }
 
 impl Topology {
@@ -49,6 +54,11 @@ impl Topology {
         plans: &BTreeMap<String, Arc<StreamPlan>>,
     ) -> Result<Topology> {
         let mut t = Topology::default();
+        for plan in plans.values().filter(|p| !p.is_repartitioned()) {
+            if let Some(s) = cfg.streams.get(&plan.name).filter(|s| s.advance_when_idle) {
+                t.clocks.insert(plan.topic.clone(), Duration::from_millis(s.idle_timeout_ms().max(1) as u64));
+            }
+        }
         let mut wanted = Vec::new();
         for plan in plans.values() {
             let Stage::Repartitioned { source_topic, .. } = &plan.stage else { continue };
@@ -86,6 +96,7 @@ impl Topology {
         if let Some(a) = self.activity.get_mut(topic).and_then(|m| m.get_mut(&partition)) {
             a.last = Instant::now();
             a.idle = false;
+            a.next_advance = None;
         }
     }
 
@@ -95,12 +106,15 @@ impl Topology {
 
     /// After an assignment or a rewind (`rewound`): every source partition counts as active
     /// from now on (an idle marker that aborted is written again once it is idle again, after
-    /// a rewind only once a record was read).
-    pub(super) fn restart(&mut self, parts: impl Iterator<Item = (String, i32)>, rewound: bool) {
+    /// a rewind only once a record was read). After a rewind, no clock advance for `hold` (a
+    /// broker that is away aborts each, and aborts in a row stop the service).
+    pub(super) fn restart(&mut self, parts: impl Iterator<Item = (String, i32)>, rewound: bool, hold: Duration) {
         self.held = rewound;
         self.activity.clear();
-        for (t, p) in parts.filter(|(t, _)| self.sources.contains_key(t)) {
-            self.activity.entry(t).or_default().insert(p, Activity { last: Instant::now(), idle: false });
+        let now = Instant::now();
+        let next_advance = rewound.then(|| now + hold);
+        for (t, p) in parts.filter(|(t, _)| self.sources.contains_key(t) || self.clocks.contains_key(t)) {
+            self.activity.entry(t).or_default().insert(p, Activity { last: now, idle: false, next_advance });
         }
     }
 }
@@ -110,7 +124,10 @@ impl Worker {
     pub(super) fn restart_activity(&mut self, rewound: bool) {
         let parts: Vec<(String, i32)> =
             self.parts.iter().flat_map(|(t, m)| m.keys().map(move |p| (t.clone(), *p))).collect();
-        self.repartition.restart(parts.into_iter(), rewound);
+        // Doubled by every abort in a row, from the idle timeout up to 2^5 times it.
+        let hold =
+            self.repartition.clocks.values().copied().max().unwrap_or_default() * 2u32.pow(self.aborts_in_a_row.min(5));
+        self.repartition.restart(parts.into_iter(), rewound, hold);
     }
 
     /// Puts the consumed record `msg` (admitted by the source stage) in the outbox for each
@@ -201,20 +218,10 @@ impl Worker {
         if quiet.is_empty() {
             return;
         }
-        let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Ok(positions) = consumer.position() else { return };
-        let mut due = Vec::new();
-        for (t, p) in quiet {
-            // The consumer's position (past transaction markers), or where the partition's next
-            // record is (the consumer has no position in a partition it never read a record of).
-            let next = self.parts.get(&t).and_then(|m| m.get(&p)).map_or(0, |part| part.next_offset);
-            let position = positions.find_partition(&t, p).and_then(|e| e.offset().to_raw()).unwrap_or(next).max(next);
-            let at_end = ends.get(&(t.clone(), p)).is_some_and(|&end| position >= end);
-            if at_end {
-                if let Some(a) = self.repartition.activity.get_mut(&t).and_then(|m| m.get_mut(&p)) {
-                    a.idle = true;
-                }
-                due.push((t, p));
+        let due = at_end(self, consumer, quiet);
+        for (t, p) in &due {
+            if let Some(a) = self.repartition.activity.get_mut(t).and_then(|m| m.get_mut(p)) {
+                a.idle = true;
             }
         }
         for (t, p) in due {
@@ -227,4 +234,25 @@ impl Worker {
             }
         }
     }
+}
+
+/// Those of the partitions `quiet` that have nothing left to read: their position (past
+/// transaction markers), or where their next record is when the consumer has none (a partition
+/// it never read a record of), is at the end the client's statistics last gave (every second;
+/// a partition whose end is not known yet is not at its end).
+pub(super) fn at_end(
+    w: &Worker,
+    consumer: &BaseConsumer<GroupContext>,
+    quiet: Vec<(String, i32)>,
+) -> Vec<(String, i32)> {
+    let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let Ok(positions) = consumer.position() else { return Vec::new() };
+    quiet
+        .into_iter()
+        .filter(|(t, p)| {
+            let next = w.parts.get(t).and_then(|m| m.get(p)).map_or(0, |part| part.next_offset);
+            let position = positions.find_partition(t, *p).and_then(|e| e.offset().to_raw()).unwrap_or(next).max(next);
+            ends.get(&(t.clone(), *p)).is_some_and(|&end| position >= end)
+        })
+        .collect()
 }

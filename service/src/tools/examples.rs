@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engine::runtime::Config as OpConfig;
+use engine::RefData;
 use serde_json::{Map, Value};
 
 use crate::core::config::Config;
 use crate::core::partition::{Emit, Partition};
 use crate::core::pattern_sets::{compile_files, PatternSet};
 use crate::core::plan::{admit, StreamPlan};
-use crate::core::source;
+use crate::core::{source, tables};
 use crate::error::{Error, Result};
 use crate::io::files::{read_records, Problem};
 
@@ -100,7 +101,7 @@ pub fn run(cfg: &Config, config_path: &Path, paths: &[PathBuf]) -> Result<Vec<Ou
     if files.is_empty() {
         return Err(Error::usage("no pattern files (*.tl) in the paths given"));
     }
-    Ok(files.iter().map(|f| run_file(cfg, &catalog, f)).collect())
+    Ok(files.iter().map(|f| run_file(cfg, config_path, &catalog, f)).collect())
 }
 
 /// The examples of pattern file `file`: `(events, expected alerts)`, where they are or, for the
@@ -117,13 +118,13 @@ pub fn example_files(file: &Path) -> (Option<PathBuf>, PathBuf) {
     (None, dir.join("examples").join(format!("{name}.alerts.jsonl")))
 }
 
-fn run_file(cfg: &Config, catalog: &dsl::Catalog, file: &Path) -> Outcome {
+fn run_file(cfg: &Config, config_path: &Path, catalog: &dsl::Catalog, file: &Path) -> Outcome {
     let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let (events, expected) = example_files(file);
     let result = match (&events, compile(catalog, file)) {
         (_, Err(why)) => Ran::Error(why),
         (None, Ok(_)) => Ran::NoExamples,
-        (Some(ev), Ok(set)) => match check(cfg, catalog, &set, ev, &expected) {
+        (Some(ev), Ok(set)) => match check(cfg, config_path, catalog, &set, ev, &expected) {
             Ok(c) => Ran::Checked(c),
             Err(why) => Ran::Error(why),
         },
@@ -142,6 +143,7 @@ fn compile(catalog: &dsl::Catalog, file: &Path) -> std::result::Result<PatternSe
 /// expects no alert). `Err`: why it cannot run.
 fn check(
     cfg: &Config,
+    config_path: &Path,
     catalog: &dsl::Catalog,
     set: &PatternSet,
     events: &Path,
@@ -162,6 +164,7 @@ fn check(
     }
     let op_config =
         OpConfig { max_partial_matches_per_key: cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
+    let reference = example_tables(cfg, config_path, events)?;
     let mut parts: BTreeMap<(String, i32), Partition> = BTreeMap::new();
     let mut c = Checked::default();
     let mut emit = Vec::new();
@@ -178,9 +181,11 @@ fn check(
         c.events += 1;
         admit(plan, &event, cfg.service.min_event_time, cfg.service.max_event_time)
             .map_err(|r| format!("{}: the service would dead-letter it ({}): {}", at(n), r.code, r.message))?;
-        let part = parts
-            .entry((stream.clone(), partition))
-            .or_insert_with(|| Partition::new(plan.clone(), partition, op_config).without_change_tracking());
+        let part = parts.entry((stream.clone(), partition)).or_insert_with(|| {
+            let mut part = Partition::new(plan.clone(), partition, op_config).without_change_tracking();
+            part.set_reference(&reference);
+            part
+        });
         let ts = event.ts;
         if !part.process(event, &mut emit) {
             c.late.push((n, ts, part.watermark()));
@@ -228,6 +233,28 @@ fn check(
     }
     c.unexpected = left.into_iter().flatten().map(|a| project(&a, &KEYS)).collect();
     Ok(c)
+}
+
+/// The reference tables the examples `events` run with: the config's (from their files; a
+/// table read from a topic is empty here), each replaced by its contents in
+/// `NAME.tables.json` beside the events when that file names it (an object of table name to
+/// contents, as in a table's file).
+fn example_tables(cfg: &Config, config_path: &Path, events: &Path) -> std::result::Result<RefData, String> {
+    let mut data = tables::load(cfg, config_path).map_err(|e| e.to_string())?;
+    let name = events.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".events.jsonl"));
+    let Some(path) = name.map(|n| events.with_file_name(format!("{n}.tables.json"))).filter(|p| p.is_file()) else {
+        return Ok(data);
+    };
+    let at = |what: String| format!("{}: {what}", path.display());
+    let text = std::fs::read_to_string(&path).map_err(|e| at(format!("cannot read it: {e}")))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| at(format!("not JSON: {e}")))?;
+    let Value::Object(tables) = json else { return Err(at("an object of table name to contents".into())) };
+    for (table, contents) in &tables {
+        let t = cfg.tables.get(table).ok_or_else(|| at(format!("no table `{table}` in the config")))?;
+        let contents = tables::from_json(t, contents).map_err(|e| at(format!("table `{table}`: {e}")))?;
+        data.set(table.clone(), Arc::new(contents));
+    }
+    Ok(data)
 }
 
 /// An alert's keys `keys` (the others dropped).

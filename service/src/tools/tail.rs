@@ -1,5 +1,5 @@
 //! `tripline tail`: follows a topic's committed records (values, one per line) from the
-//! beginning, with the one reader of committed records.
+//! beginning, with the one reader of committed records; Avro records (Avro alerts) as JSON.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,7 +11,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Kind, Result, ResultExt};
-use crate::io::{kafka, reader};
+use crate::io::{alert_avro, kafka, reader};
 
 /// Prints the committed records of `topic` from the beginning; stops after `max` records, or
 /// when nothing new came for `idle` (if given). The number of records printed.
@@ -35,6 +35,9 @@ pub fn tail(config: Option<&Path>, topic: &str, max: Option<u64>, idle: Option<D
         tpl.add_partition_offset(topic, p, Offset::Beginning).or_fail(Kind::Failed, "assignment")?;
     }
     consumer.assign(&tpl).or_fail(Kind::Failed, "cannot read the topic")?;
+    // Avro records (Avro alerts, `outputs.alert_format`) are printed as JSON, read through the
+    // registry when one is configured.
+    let mut records = alert_avro::Records::new(kafka::registry(&cfg).ok());
     let out = std::io::stdout();
     let mut w = out.lock();
     let mut n = 0u64;
@@ -48,7 +51,16 @@ pub fn tail(config: Option<&Path>, topic: &str, max: Option<u64>, idle: Option<D
                     let k = m.key().map(String::from_utf8_lossy).unwrap_or_default();
                     let _ = write!(w, "{}/{}\t{k}\t", m.partition(), m.offset());
                 }
-                let _ = w.write_all(m.payload().unwrap_or_default());
+                let payload = m.payload().unwrap_or_default();
+                match records.text(payload) {
+                    Ok(text) => {
+                        let _ = w.write_all(text.as_bytes());
+                    }
+                    Err(e) => {
+                        tracing::warn!("{topic}/{}@{}: {e}", m.partition(), m.offset());
+                        let _ = w.write_all(String::from_utf8_lossy(payload).as_bytes());
+                    }
+                }
                 if w.write_all(b"\n").and_then(|()| w.flush()).is_err() {
                     break;
                 }
