@@ -446,7 +446,7 @@ fn tripline_test_passes_on_the_library_and_says_what_differs_when_an_example_doe
     let o = tripline(&["test", "patterns/"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
-    assert!(out.contains("14 passed, 0 failed"), "{out}");
+    assert!(out.contains("16 passed, 0 failed"), "{out}");
 
     // One expected alert removed, one field of another changed.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -548,4 +548,71 @@ fn tripline_fmt_lays_out_a_file_canonically_keeps_its_meaning_and_checks_for_ci(
     assert!(err.contains("broken.tl is left as it is: it does not compile"), "{err}");
     assert_eq!(std::fs::read_to_string(&broken).expect("file"), "pattern broken\nfrom payments\n");
     assert_no_panic(&o);
+}
+
+#[test]
+fn reference_tables_come_from_the_config_or_beside_the_examples_and_check_knows_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let config = root().join("tripline.toml").display().to_string();
+    let dir_arg = d.display().to_string();
+    copy_examples(d, &["sanctioned_counterparty_transfer"]);
+    let o = tripline(&["test", "--config", &config, &dir_arg]);
+    assert_eq!(o.status.code(), Some(0), "with the config's list: {:?}", text(&o));
+
+    // The examples' own tables: an empty list, so no transfer alerts.
+    let tables = d.join("examples/sanctioned_counterparty_transfer.tables.json");
+    std::fs::write(&tables, r#"{"sanctioned_counterparties": []}"#).expect("tables");
+    let o = tripline(&["test", "--config", &config, &dir_arg]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(out.contains("missing") && out.contains("0 raised"), "{out}");
+
+    // A table the config does not have, or contents of the wrong shape: it cannot run.
+    for (contents, expect) in [
+        (r#"{"nope": []}"#, "no table `nope` in the config"),
+        (r#"{"sanctioned_counterparties": {"A": 1}}"#, "a list's contents are a JSON array of keys"),
+        (r#"{"sanctioned_counterparties": [1]}"#, "item 1"),
+    ] {
+        std::fs::write(&tables, contents).expect("tables");
+        let o = tripline(&["test", "--config", &config, &dir_arg]);
+        let (out, err) = text(&o);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(2), "{contents}: {out}\n{err}");
+        assert!(out.contains(expect) || err.contains(expect), "{contents}: expected `{expect}` in:\n{out}\n{err}");
+    }
+
+    // `tripline check` knows the config's tables: an unknown one is an error with its place.
+    let bad = d.join("bad.tl");
+    std::fs::write(
+        &bad,
+        "pattern p\n  from payments\n  key account_id\n  match a\n  where\n    a: counterparty_country in list sanctioned_countries\n",
+    )
+    .expect("pattern");
+    let o = tripline(&["check", "--config", &config, &bad.display().to_string()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("sanctioned_countries") && format!("{out}{err}").contains("bad.tl:6"),
+        "{out}\n{err}"
+    );
+
+    // A table file with a bad entry stops `tripline test` with the file and the entry.
+    let cfg = d.join("t.toml");
+    std::fs::write(d.join("limits.json"), r#"{"LOW": "a lot"}"#).expect("file");
+    let text_cfg = std::fs::read_to_string(root().join("tripline.toml")).expect("config").replace(
+        "file = \"patterns/tables/kyc_withdrawal_limit.json\"",
+        &format!("file = {:?}", d.join("limits.json").display().to_string()),
+    );
+    let text_cfg = text_cfg.replace("\"testdata/", &format!("\"{}/testdata/", root().display()));
+    let text_cfg = text_cfg.replace("\"patterns/tables/", &format!("\"{}/patterns/tables/", root().display()));
+    std::fs::write(&cfg, text_cfg).expect("config");
+    let o = tripline(&["test", "--config", &cfg.display().to_string(), &dir_arg]);
+    let (out, err) = text(&o);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("limits.json") && format!("{out}{err}").contains("entry `LOW`"),
+        "{out}\n{err}"
+    );
 }

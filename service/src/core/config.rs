@@ -57,7 +57,8 @@ pub struct TableConfig {
     /// The value type of a map: `string`, `int`, `double` or `boolean`.
     pub value: Option<ValueType>,
     /// A JSON file, relative to the config file: an array of keys (a list) or an object of
-    /// key to value (a map).
+    /// key to value (a map). Without `file` or `topic` the table is empty (enough to check
+    /// patterns against; `tripline run` refuses it).
     pub file: Option<PathBuf>,
     /// A compacted topic: the record key is the entry's key (UTF-8), the value its JSON value
     /// (anything but null for a list), a tombstone removes it.
@@ -526,7 +527,6 @@ impl Config {
                 _ => {}
             }
             match (&t.file, &t.topic) {
-                (None, None) => return bad(&format!("{at}: give its contents' `file` or `topic`")),
                 (Some(_), Some(_)) => return bad(&format!("{at}: give `file` or `topic`, not both")),
                 (None, Some(topic)) if topic.trim().is_empty() => return bad(&format!("{at}.topic is empty")),
                 _ => {}

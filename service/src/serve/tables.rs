@@ -303,5 +303,10 @@ pub(super) fn start(cfg: &Config, config_path: &std::path::Path) -> Result<Optio
     if cfg.tables.is_empty() {
         return Ok(None);
     }
+    if let Some((name, _)) = cfg.tables.iter().find(|(_, t)| t.file.is_none() && t.topic.is_none()) {
+        return Err(Error::usage(format!(
+            "tables.{name}: give its contents' `file` or `topic` (a table the service cannot fill would be empty)"
+        )));
+    }
     Tables::start(cfg, config_path).map(Some).map_err(|e: Error| e.context("reference tables"))
 }
