@@ -196,4 +196,14 @@ fn a_table_topic_changes_while_running_and_replay_reads_it_as_the_service_did() 
     b.sort();
     assert_eq!(a, b, "replay = what the service committed, byte for byte");
     assert!(versions(&env, "tbl").len() >= 2, "the first version whole, then the change");
+
+    // Each alert is explained with the list as the service had it then (by now the topic says
+    // the opposite of both).
+    for (payment, counterparty) in [("P-1", LISTED), ("P-5", ADDED)] {
+        let line = alerts.iter().find(|l| l.contains(&format!("\"{payment}\""))).expect("the alert");
+        let id = serde_json::from_str::<Value>(line).expect("JSON")["alert_id"].as_str().expect("id").to_owned();
+        let out = env.run_ok(&["explain", "--config", &c, "--alert", &id]);
+        assert!(!out.contains("PROBLEM") && out.contains("holds:    true"), "{payment}: {out}");
+        assert!(out.contains(counterparty), "{payment}: {out}");
+    }
 }

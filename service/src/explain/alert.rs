@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use engine::runtime::{Key, MatchEvents};
-use engine::{Cond, Event, Nfa, StateId, VarId};
+use engine::{Bound, Cond, Event, Nfa, StateId, VarId};
 use serde_json::Value as Json;
 
 use crate::core::alert::alert_id;
@@ -37,7 +37,7 @@ fn int_field(alert: &Json, name: &str) -> Result<i64, Error> {
 /// events (decoded, `seq` = [`seq_of`]`(partition, offset)`), in any order; events that the
 /// alert does not name are ignored. An error when an event is missing, when the alert is not
 /// this pattern's (name, content hash), or when the events are not the alert's (key, id).
-pub fn alert(nfa: &Nfa, topic: &str, alert: &Json, events: &[Arc<Event>]) -> Result<String, Error> {
+pub fn alert(nfa: &Nfa, topic: &str, alert: &Json, events: &[Arc<Event>], refs: &Bound) -> Result<String, Error> {
     check_pattern(nfa, alert)?;
     let id = str_field(alert, "alert_id")?;
     let key = str_field(alert, "key")?;
@@ -45,7 +45,7 @@ pub fn alert(nfa: &Nfa, topic: &str, alert: &Json, events: &[Arc<Event>]) -> Res
     let matched = coordinates(alert)?;
     let taken = taken_events(nfa, topic, &matched, key, events)?;
     let all = view_of(&taken);
-    let body = engine::alert::body(nfa, &all);
+    let body = engine::alert::body_with(nfa, &all, refs);
     let key_value = Key::of(taken[0].1.field(nfa.meta.key));
     let expected_id = alert_id(nfa, &key_value, &body.matched);
     if expected_id != id {
@@ -58,7 +58,7 @@ pub fn alert(nfa: &Nfa, topic: &str, alert: &Json, events: &[Arc<Event>]) -> Res
     write_head(&mut o, nfa, id, key, ts, &taken, &body.matched);
     let mut state = nfa.start;
     for i in 0..taken.len() {
-        state = write_event(&mut o, nfa, topic, &taken, i, state);
+        state = write_event(&mut o, nfa, topic, &taken, i, state, refs);
     }
     let message = str_field(alert, "message")?;
     let _ = writeln!(o, "\nMessage: {message}");
@@ -214,6 +214,7 @@ fn write_event(
     taken: &[(VarId, Arc<Event>)],
     i: usize,
     state: StateId,
+    refs: &Bound,
 ) -> StateId {
     let (var, event) = &taken[i];
     let n = taken.len();
@@ -224,7 +225,7 @@ fn write_event(
     let _ = writeln!(o, "\nEvent {}/{n}: {}{which}", i + 1, step(nfa, *var));
     let _ = writeln!(o, "  source:   {}", coord(topic, event.seq));
     let _ = writeln!(o, "  time:     {}", fmt_time(event.ts));
-    let Some((from, edge)) = find_take(nfa, state, *var, event, &view) else {
+    let Some((from, edge)) = find_take(nfa, state, *var, event, &view, refs) else {
         let _ = writeln!(
             o,
             "  PROBLEM: the pattern has no step that takes an event into {} here: this is not the \
@@ -233,8 +234,8 @@ fn write_event(
         );
         return state;
     };
-    write_guard(o, nfa, &edge.cond, event, &view);
-    let holds = edge.cond.holds(&nfa.conditions, event, &view);
+    write_guard(o, nfa, &edge.cond, event, &view, refs);
+    let holds = edge.cond.holds_with(&nfa.conditions, event, &view, refs);
     if holds {
         o.push_str("  holds:    true\n");
     } else {
@@ -284,7 +285,7 @@ fn inside(since: i64, window: i64) -> &'static str {
 }
 
 /// The guard's lines with their values on `event`, then what they read.
-fn write_guard(o: &mut String, nfa: &Nfa, cond: &Cond, event: &Event, view: &MatchEvents) {
+fn write_guard(o: &mut String, nfa: &Nfa, cond: &Cond, event: &Event, view: &MatchEvents, refs: &Bound) {
     let mut lines = Vec::new();
     parts(nfa, cond, &mut lines);
     if lines.is_empty() {
@@ -294,10 +295,10 @@ fn write_guard(o: &mut String, nfa: &Nfa, cond: &Cond, event: &Event, view: &Mat
     o.push_str("  condition (every line must be true):\n");
     let mut shown = Vec::new();
     for p in &lines {
-        let _ = writeln!(o, "    {:<5}  {}", verdict(&part_value(nfa, *p, event, view)), part_text(nfa, *p));
+        let _ = writeln!(o, "    {:<5}  {}", verdict(&part_value(nfa, *p, event, view, refs)), part_text(nfa, *p));
         part_reads(nfa, *p, &mut shown);
     }
-    let values = shown_values(nfa, &shown, Some(event), view);
+    let values = shown_values(nfa, &shown, Some(event), view, refs);
     if !values.is_empty() {
         o.push_str("  values:\n");
         for v in values {
@@ -319,7 +320,7 @@ mod tests {
         let first = alerts.first().expect("the examples alert");
         let mut given = matched(first, &events);
         given.reverse(); // any order
-        let text = alert(&plan.patterns[0], "payments", first, &given).expect("explained");
+        let text = alert(&plan.patterns[0], "payments", first, &given, Bound::empty()).expect("explained");
         golden.assert_eq(&text);
     }
 
@@ -443,7 +444,7 @@ mod tests {
         let given = matched(&first, &events);
         let nfa = &plan.patterns[0];
         let err = |alert: &Json, events: &[Arc<Event>]| {
-            super::alert(nfa, "payments", alert, events).expect_err("an error").to_string()
+            super::alert(nfa, "payments", alert, events, Bound::empty()).expect_err("an error").to_string()
         };
         // A missing event.
         expect!["event payments/0@7 (debit) of the alert is missing (1 event(s) given)"]

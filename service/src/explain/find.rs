@@ -7,15 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engine::runtime::{Config as OpConfig, Key};
-use engine::{Nfa, Value};
+use engine::{Bound, Nfa, Value};
 use rdkafka::message::Message;
 use serde_json::Value as Json;
 
 use std::time::Duration;
 
+use crate::core::context::Step;
 use crate::core::coords::{coords, seq_of};
 use crate::core::plan::{admit, StreamPlan};
 use crate::core::range::{bounds, PartRange};
+use crate::core::tables;
 use crate::error::{Error, Result};
 use crate::io::alert_avro;
 use crate::io::avro::{AvroIn, Retried};
@@ -57,8 +59,25 @@ pub fn alert(id: &str, alerts: Option<&Path>, src: &Sources<'_>) -> Result<Strin
         Some(file) => events_from_file(&env, file, &plan, &wanted)?,
         None => events_from_kafka(&mut env, &plan, &wanted)?,
     };
+    // The reference tables its conditions read: as the service had them at the alert's first
+    // record (recorded in the context topic), or the config's for a file.
+    let mut refs = Bound::NONE;
+    if !nfa.tables.is_empty() {
+        let data = match src.input {
+            Some(_) => tables::load(&env.cfg, &env.path)?,
+            None => {
+                let mut context = env.context()?;
+                let (p, o) = wanted.iter().next().copied().unwrap_or((0, 0));
+                let steps = context.due(&topic, p, o);
+                let last =
+                    steps.into_iter().filter_map(|s| if let Step::Tables(d) = s { Some(d) } else { None }).last();
+                last.unwrap_or_default()
+            }
+        };
+        refs = Bound::new(&nfa.tables, &data);
+    }
     let label = if src.input.is_some() { plan.name.clone() } else { topic };
-    super::alert(&nfa, &label, &alert, &events).map_err(|e| e.context(format!("alert {id}")))
+    super::alert(&nfa, &label, &alert, &events, &refs).map_err(|e| e.context(format!("alert {id}")))
 }
 
 /// The alert line with id `id`: from `alerts` (JSON lines, as replay writes them) or from the
@@ -244,7 +263,7 @@ pub fn key(opts: &KeyOptions<'_>, src: &Sources<'_>) -> Result<String> {
         OpConfig { max_partial_matches_per_key: env.cfg.engine.max_partial_matches_per_key, ..OpConfig::default() };
     let mut trace = super::KeyTrace::new(nfa.clone(), key, plan.out_of_orderness, op_config);
     let (min_ts, max_ts) = (env.cfg.service.min_event_time, env.cfg.service.max_event_time);
-    let mut feed = |input: Input<'_>| {
+    let feed = |trace: &mut super::KeyTrace, input: Input<'_>| {
         if let Ok(event) = input.event {
             if input.stream == plan.name && admit(&plan, &event, min_ts, max_ts).is_ok() {
                 trace.feed(input.partition, Arc::new(event));
@@ -253,11 +272,13 @@ pub fn key(opts: &KeyOptions<'_>, src: &Sources<'_>) -> Result<String> {
     };
     let label = match src.input {
         Some(file) => {
+            // A file has no recorded context: the config's reference tables.
+            trace.set_tables(&tables::load(&env.cfg, &env.path)?);
             for (_, record) in read_records(file, &env.catalog, Some(&plan.name))? {
                 if let Ok((stream, partition, event)) = record {
                     let offset = coords(event.seq).1;
                     let (source, timestamp, event) = (stream.as_str(), None, Ok(event));
-                    feed(Input { stream: source, source, partition, offset, timestamp, event });
+                    feed(&mut trace, Input { stream: source, source, partition, offset, timestamp, event });
                 }
             }
             plan.name.clone()
@@ -268,10 +289,18 @@ pub fn key(opts: &KeyOptions<'_>, src: &Sources<'_>) -> Result<String> {
             let defaults = chosen.starts.iter().map(|(k, p)| (k.clone(), p.offset)).collect();
             let reader = reader::reader(&env.cfg)?;
             let ranges = kafka_ranges(&env, &reader, &mut topics, opts.topic, from.as_ref(), to.as_ref(), &defaults)?;
-            read_kafka(&env, &reader, &topics, &ranges, &mut |item| {
-                if let Item::Record(input) = item {
-                    feed(input);
+            // What the service applied besides the records, where it applied it (as a replay).
+            let mut context = env.context()?;
+            for r in &ranges {
+                context.start_at(&r.topic, r.partition, r.start);
+            }
+            read_kafka(&env, &reader, &topics, &ranges, &mut |item| match item {
+                Item::Record(input) => {
+                    trace.apply(input.partition, context.due(input.source, input.partition, input.offset));
+                    feed(&mut trace, input);
                 }
+                Item::Done { topic, partition, next } => trace.apply(partition, context.due(topic, partition, next)),
+                Item::Marker { .. } => {}
             })?;
             plan.topic.clone()
         }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engine::runtime::Config as OpConfig;
-use engine::{Event, Nfa};
+use engine::{Event, Nfa, RefData};
 use serde_json::Value as Json;
 
 use crate::core::coords::seq_of;
@@ -43,9 +43,18 @@ pub(super) fn events(plan: &StreamPlan, name: &str) -> Vec<Arc<Event>> {
         .collect()
 }
 
-/// The alert lines a replay of the examples writes (the whole range, end of time).
+/// The library config's reference tables (from their files).
+pub(super) fn tables() -> RefData {
+    let path = root().join("tripline.toml");
+    let cfg = crate::core::config::Config::load(&path).expect("config");
+    crate::core::tables::load(&cfg, &path).expect("tables")
+}
+
+/// The alert lines a replay of the examples writes (the whole range, end of time), with the
+/// library's reference tables.
 pub(super) fn alerts(plan: &Arc<StreamPlan>, events: &[Arc<Event>]) -> Vec<Json> {
     let mut part = Partition::new(plan.clone(), 0, OpConfig::default()).without_change_tracking();
+    part.set_reference(&tables());
     let mut emit = Vec::new();
     for e in events {
         part.process((**e).clone(), &mut emit);

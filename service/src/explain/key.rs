@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::runtime::{Config as OpConfig, Key, MatchEvents, Operator, Output, PartialView};
-use engine::{Event, Nfa, StateId, VarId};
+use engine::{Bound, Event, Nfa, RefData, StateId, VarId};
 
+use crate::core::context::Step;
 use crate::core::coords::watermark_of;
 
 use super::walk::{in_order, next_move, view_of, waiting, Move};
@@ -25,6 +26,10 @@ pub struct KeyTrace {
     out_of_orderness: i64,
     config: OpConfig,
     pub(super) partitions: BTreeMap<i32, PartitionTrace>,
+    /// The reference tables installed last, and as the pattern reads them (what the report's
+    /// texts evaluate conditions with).
+    tables: RefData,
+    pub(super) refs: Bound,
 }
 
 #[derive(Debug)]
@@ -104,6 +109,7 @@ impl PartitionTrace {
     /// Moves the operator's watermark to `wm`; when that changes the key's partial matches,
     /// finds those that ended without a successor, a match or a timeout.
     pub(super) fn advance(&mut self, nfa: &Nfa, key: &Key, wm: i64) {
+        let refs = self.op.reference().clone();
         let (buffered, prev_wm) = (self.op.buffered_events(key), self.op.watermark());
         let (matches, timeouts) = (self.matches.len(), self.timeouts.len());
         self.op.advance_watermark(wm, &mut self.outs);
@@ -140,11 +146,12 @@ impl PartitionTrace {
             for e in &after {
                 let view = view_of(&taken);
                 let w = waiting(nfa, state);
-                if let Some((var, _)) = w.forbidden.iter().find(|(_, c)| c.holds(&nfa.conditions, e, &view)) {
+                if let Some((var, _)) = w.forbidden.iter().find(|(_, c)| c.holds_with(&nfa.conditions, e, &view, &refs))
+                {
                     reason = Some(Reason::Negated(*var, (*e).clone()));
                     break;
                 }
-                match next_move(nfa, state, e, &view) {
+                match next_move(nfa, state, e, &view, &refs) {
                     Move::Blocked => {
                         reason = Some(Reason::Blocked((*e).clone()));
                         break;
@@ -181,6 +188,8 @@ impl KeyTrace {
             out_of_orderness: out_of_orderness_ms,
             config: OpConfig { timeouts: true, ..config },
             partitions: BTreeMap::new(),
+            tables: RefData::default(),
+            refs: Bound::NONE,
         }
     }
 
@@ -188,27 +197,11 @@ impl KeyTrace {
     /// per partition (partitions may interleave): the events the service admitted (decoded,
     /// [`admit`](crate::core::plan::admit)), each with `seq` = [`seq_of`](crate::core::coords::seq_of)`(partition, offset)`.
     pub fn feed(&mut self, partition: i32, event: Arc<Event>) {
-        let (nfa, config) = (&self.nfa, self.config);
-        let part = self.partitions.entry(partition).or_insert_with(|| {
-            let mut op = Operator::new(nfa.clone(), config);
-            op.track_changes(false);
-            PartitionTrace {
-                op,
-                max_ts: i64::MIN,
-                read: 0,
-                events: Vec::new(),
-                late: Vec::new(),
-                matches: Vec::new(),
-                timeouts: Vec::new(),
-                discarded: Vec::new(),
-                last: Vec::new(),
-                dropped: 0,
-                outs: Vec::new(),
-            }
-        });
+        let (nfa, key, ooo) = (&self.nfa, &self.key, self.out_of_orderness);
+        let part = partition_of(&mut self.partitions, nfa, self.config, &self.tables, partition);
         part.read += 1;
-        let mine = Key::of(event.field(self.nfa.meta.key)) == self.key;
-        let wm = watermark_of(part.max_ts, self.out_of_orderness);
+        let mine = Key::of(event.field(nfa.meta.key)) == *key;
+        let wm = watermark_of(part.max_ts, ooo);
         if event.ts <= wm {
             if mine {
                 part.late.push((event, wm));
@@ -216,11 +209,65 @@ impl KeyTrace {
             return;
         }
         part.max_ts = part.max_ts.max(event.ts);
-        let wm = watermark_of(part.max_ts, self.out_of_orderness);
+        let wm = watermark_of(part.max_ts, ooo);
         if mine {
             part.events.push(event.clone());
-            part.op.process(self.key.clone(), event, &mut part.outs);
+            part.op.process(key.clone(), event, &mut part.outs);
         }
-        part.advance(&self.nfa, &self.key, wm);
+        part.advance(nfa, key, wm);
     }
+
+    /// Applies what the service recorded for `partition` besides its records (see
+    /// `core::context`): a wall-clock advance, or the reference tables it installed.
+    pub fn apply(&mut self, partition: i32, steps: Vec<Step>) {
+        for s in steps {
+            match s {
+                Step::Tables(data) => self.set_tables(&data),
+                Step::Advance(clock) => {
+                    let (nfa, key, ooo) = (&self.nfa, &self.key, self.out_of_orderness);
+                    let part = partition_of(&mut self.partitions, nfa, self.config, &self.tables, partition);
+                    part.max_ts = part.max_ts.max(clock);
+                    let wm = watermark_of(part.max_ts, ooo);
+                    part.advance(nfa, key, wm);
+                }
+            }
+        }
+    }
+
+    /// Installs reference tables in every partition (and those made later).
+    pub fn set_tables(&mut self, data: &RefData) {
+        self.tables = data.clone();
+        self.refs = Bound::new(&self.nfa.tables, data);
+        for p in self.partitions.values_mut() {
+            p.op.set_reference(data);
+        }
+    }
+}
+
+/// The trace of `partition`, made (with the tables installed) on its first event.
+fn partition_of<'a>(
+    partitions: &'a mut BTreeMap<i32, PartitionTrace>,
+    nfa: &Arc<Nfa>,
+    config: OpConfig,
+    tables: &RefData,
+    partition: i32,
+) -> &'a mut PartitionTrace {
+    partitions.entry(partition).or_insert_with(|| {
+        let mut op = Operator::new(nfa.clone(), config);
+        op.track_changes(false);
+        op.set_reference(tables);
+        PartitionTrace {
+            op,
+            max_ts: i64::MIN,
+            read: 0,
+            events: Vec::new(),
+            late: Vec::new(),
+            matches: Vec::new(),
+            timeouts: Vec::new(),
+            discarded: Vec::new(),
+            last: Vec::new(),
+            dropped: 0,
+            outs: Vec::new(),
+        }
+    })
 }

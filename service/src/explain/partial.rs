@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use engine::runtime::{Key, MatchEvents};
-use engine::{Cond, Event, Nfa, StateId, VarId};
+use engine::{Bound, Cond, Event, Nfa, StateId, VarId};
 
 use crate::core::alert::alert_id;
 use crate::core::times::format as fmt_time;
@@ -26,6 +26,8 @@ pub(super) struct PartialText<'a> {
     pub(super) nfa: &'a Nfa,
     pub(super) key: &'a Key,
     pub(super) topic: &'a str,
+    /// The reference tables conditions are shown with.
+    pub(super) refs: &'a Bound,
 }
 
 impl PartialText<'_> {
@@ -49,11 +51,15 @@ impl PartialText<'_> {
                     parts(nfa, cond, &mut lines);
                     let mut shown = Vec::new();
                     for p in lines {
-                        let _ =
-                            writeln!(o, "      {:<5}  {}", verdict(&part_value(nfa, p, e, view)), part_text(nfa, p));
+                        let _ = writeln!(
+                            o,
+                            "      {:<5}  {}",
+                            verdict(&part_value(nfa, p, e, view, self.refs)),
+                            part_text(nfa, p)
+                        );
                         part_reads(nfa, p, &mut shown);
                     }
-                    let values = shown_values(nfa, &shown, Some(e), view);
+                    let values = shown_values(nfa, &shown, Some(e), view, self.refs);
                     if !values.is_empty() {
                         let _ = writeln!(o, "             {}", values.join(", "));
                     }
@@ -70,7 +76,9 @@ impl PartialText<'_> {
             Reason::Skipped(matches) => {
                 let ids: Vec<String> = matches
                     .iter()
-                    .map(|&i| alert_id(nfa, self.key, &engine::alert::body(nfa, &part.matches[i].1).matched))
+                    .map(|&i| {
+                        alert_id(nfa, self.key, &engine::alert::body_with(nfa, &part.matches[i].1, self.refs).matched)
+                    })
                     .collect();
                 let _ = writeln!(
                     o,
@@ -177,7 +185,7 @@ impl PartialText<'_> {
                 .into_iter()
                 .filter(|s| matches!(s, Shown::Expr(e) if e.reads_match() && !reads_event(e)))
                 .collect();
-            let values = shown_values(nfa, &fixed, None, view);
+            let values = shown_values(nfa, &fixed, None, view, self.refs);
             if !values.is_empty() {
                 let _ = writeln!(o, "    given its events: {}", values.join(", "));
             }
@@ -203,8 +211,11 @@ impl PartialText<'_> {
         else {
             return;
         };
-        let fits: Vec<String> =
-            takes.iter().filter(|(_, c)| c.holds(&nfa.conditions, next, view)).map(|(v, _)| step(nfa, *v)).collect();
+        let fits: Vec<String> = takes
+            .iter()
+            .filter(|(_, c)| c.holds_with(&nfa.conditions, next, view, self.refs))
+            .map(|(v, _)| step(nfa, *v))
+            .collect();
         let verdict = if fits.is_empty() {
             "it would not have fitted either".to_owned()
         } else {
@@ -231,7 +242,7 @@ impl PartialText<'_> {
         let nfa = self.nfa;
         let _ = writeln!(o, "{indent}{} at {}:", coord(self.topic, event.seq), fmt_time(event.ts));
         for (var, cond) in takes {
-            if cond.holds(&nfa.conditions, event, view) {
+            if cond.holds_with(&nfa.conditions, event, view, self.refs) {
                 let _ = writeln!(
                     o,
                     "{indent}  {}: the condition holds (the pattern branches here: another partial match took it)",
@@ -243,13 +254,13 @@ impl PartialText<'_> {
             let mut lines = Vec::new();
             parts(nfa, cond, &mut lines);
             for p in lines {
-                let value = part_value(nfa, p, event, view);
+                let value = part_value(nfa, p, event, view, self.refs);
                 if value.is_true() {
                     continue;
                 }
                 let mut shown = Vec::new();
                 part_reads(nfa, p, &mut shown);
-                let values = shown_values(nfa, &shown, Some(event), view);
+                let values = shown_values(nfa, &shown, Some(event), view, self.refs);
                 let _ = writeln!(o, "{indent}    {:<5}  {}", verdict(&value), part_text(nfa, p));
                 if !values.is_empty() {
                     let _ = writeln!(o, "{indent}           {}", values.join(", "));

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use engine::runtime::{Key, MatchEvents, PartialView};
-use engine::{Event, Nfa, VarId};
+use engine::{Bound, Event, Nfa, VarId};
 
 use crate::core::alert::alert_id;
 use crate::core::times::format as fmt_time;
@@ -25,7 +25,8 @@ impl KeyTrace {
                 part.advance(&self.nfa, &self.key, i64::MAX);
             }
         }
-        Report { nfa: &self.nfa, key: &self.key, topic, open_end, partitions: &self.partitions }.write()
+        Report { nfa: &self.nfa, key: &self.key, topic, open_end, partitions: &self.partitions, refs: &self.refs }
+            .write()
     }
 }
 
@@ -35,12 +36,13 @@ struct Report<'a> {
     topic: &'a str,
     open_end: bool,
     partitions: &'a BTreeMap<i32, PartitionTrace>,
+    refs: &'a Bound,
 }
 
 impl Report<'_> {
     /// The writer of the report's partial matches.
     fn partial(&self) -> PartialText<'_> {
-        PartialText { nfa: self.nfa, key: self.key, topic: self.topic }
+        PartialText { nfa: self.nfa, key: self.key, topic: self.topic, refs: self.refs }
     }
 
     fn write(&self) -> String {
@@ -141,7 +143,7 @@ impl Report<'_> {
             for part in self.partitions.values() {
                 for (ts, events) in &part.matches {
                     n += 1;
-                    let body = engine::alert::body(nfa, events);
+                    let body = engine::alert::body_with(nfa, events, self.refs);
                     let id = alert_id(nfa, self.key, &body.matched);
                     let _ = writeln!(o, "  #{n} alert {id} at {}", fmt_time(*ts));
                     self.write_taken(o, events, "     ");
@@ -194,7 +196,7 @@ impl Report<'_> {
                     break;
                 }
                 let taken = in_order(events);
-                let state = state_after(nfa, &taken);
+                let state = state_after(nfa, &taken, self.refs);
                 let start = taken.first().map_or(0, |(_, e)| e.ts);
                 let _ = writeln!(o, "  #{n} started {}; its window closed at {}", fmt_time(start), fmt_time(*closed));
                 self.partial().write_partial(o, part, state, &taken, Some(*closed), true);
@@ -329,7 +331,7 @@ mod tests {
     use super::*;
     use crate::core::coords::seq_of;
     use crate::explain::alert;
-    use crate::explain::fixtures::{alerts, events, matched, plan, root};
+    use crate::explain::fixtures::{alerts, events, matched, plan, root, tables};
     use engine::runtime::Config as OpConfig;
     use expect_test::{expect, Expect};
 
@@ -842,7 +844,8 @@ mod tests {
             let events = events(&plan, name);
             let alerts = alerts(&plan, &events);
             for a in &alerts {
-                let text = alert(nfa, &plan.topic, a, &matched(a, &events)).expect("explained");
+                let refs = Bound::new(&nfa.tables, &tables());
+                let text = alert(nfa, &plan.topic, a, &matched(a, &events), &refs).expect("explained");
                 for problem in ["FALSE", "PROBLEM", "OUTSIDE"] {
                     assert!(!text.contains(problem), "{name}:\n{text}");
                 }
@@ -852,6 +855,7 @@ mod tests {
             keys.dedup();
             for key in keys {
                 let mut t = KeyTrace::new(nfa.clone(), key.clone(), plan.out_of_orderness, OpConfig::default());
+                t.set_tables(&tables());
                 for e in &events {
                     t.feed(0, e.clone());
                 }

@@ -3,7 +3,7 @@
 
 use engine::dump::write_expr;
 use engine::runtime::MatchEvents;
-use engine::{BinOp, Cond, Event, Expr, Nfa, Value, VarId};
+use engine::{BinOp, Bound, Cond, Event, Expr, Nfa, Value, VarId};
 
 use crate::core::coords::coords;
 
@@ -137,10 +137,10 @@ pub(super) fn part_text(nfa: &Nfa, p: Part<'_>) -> String {
 }
 
 /// The line's value for `event`: `true`, `false` or `null` (a condition holds only when `true`).
-pub(super) fn part_value(nfa: &Nfa, p: Part<'_>, event: &Event, view: &MatchEvents) -> Value {
+pub(super) fn part_value(nfa: &Nfa, p: Part<'_>, event: &Event, view: &MatchEvents, refs: &Bound) -> Value {
     match p {
-        Part::Expr(e) => e.eval(Some(event), view),
-        Part::Cond(c) => Value::Bool(c.holds(&nfa.conditions, event, view)),
+        Part::Expr(e) => e.eval_with(Some(event), view, refs),
+        Part::Cond(c) => Value::Bool(c.holds_with(&nfa.conditions, event, view, refs)),
     }
 }
 
@@ -261,12 +261,18 @@ pub(super) fn part_reads<'a>(nfa: &'a Nfa, p: Part<'a>, out: &mut Vec<Shown<'a>>
 
 /// `name = value` lines of what the lines read, each once, evaluated as the engine did: on
 /// `event` (if any) with the match's earlier events in `view`.
-pub(super) fn shown_values(nfa: &Nfa, shown: &[Shown<'_>], event: Option<&Event>, view: &MatchEvents) -> Vec<String> {
+pub(super) fn shown_values(
+    nfa: &Nfa,
+    shown: &[Shown<'_>],
+    event: Option<&Event>,
+    view: &MatchEvents,
+    refs: &Bound,
+) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for s in shown {
         let (name, value) = match (s, event) {
-            (Shown::Expr(e), _) => (expr_text(nfa, e), e.eval(event, view).to_string()),
+            (Shown::Expr(e), _) => (expr_text(nfa, e), e.eval_with(event, view, refs).to_string()),
             (Shown::Type, Some(ev)) => ("type".to_owned(), nfa.types[ev.kind.index()].clone()),
             (Shown::Type, None) => continue,
         };

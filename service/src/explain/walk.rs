@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use engine::runtime::MatchEvents;
-use engine::{Action, Cond, Edge, Event, Nfa, StateId, StateKind, VarId};
+use engine::{Action, Bound, Cond, Edge, Event, Nfa, StateId, StateKind, VarId};
 
 use super::text::cond_text;
 
@@ -41,6 +41,7 @@ pub(super) fn find_take<'a>(
     var: VarId,
     event: &Event,
     view: &MatchEvents,
+    refs: &Bound,
 ) -> Option<(StateId, &'a Edge)> {
     let mut queue = VecDeque::from([from]);
     let mut seen = vec![false; nfa.states.len()];
@@ -51,13 +52,13 @@ pub(super) fn find_take<'a>(
         for e in &state.edges {
             let next = match e.action {
                 Action::Take if state.var == Some(var) => {
-                    if e.cond.holds(&nfa.conditions, event, view) {
+                    if e.cond.holds_with(&nfa.conditions, event, view, refs) {
                         return Some((s, e));
                     }
                     fallback.get_or_insert((s, e));
                     None
                 }
-                Action::Proceed if e.cond.holds(&nfa.conditions, event, view) => Some(e.target),
+                Action::Proceed if e.cond.holds_with(&nfa.conditions, event, view, refs) => Some(e.target),
                 Action::Ignore if e.target != s => Some(e.target),
                 _ => None,
             };
@@ -71,10 +72,10 @@ pub(super) fn find_take<'a>(
 }
 
 /// The state a partial match is in after taking `taken` (in order) from the start.
-pub(super) fn state_after(nfa: &Nfa, taken: &[(VarId, Arc<Event>)]) -> StateId {
+pub(super) fn state_after(nfa: &Nfa, taken: &[(VarId, Arc<Event>)], refs: &Bound) -> StateId {
     let mut state = nfa.start;
     for (i, (var, e)) in taken.iter().enumerate() {
-        if let Some((_, edge)) = find_take(nfa, state, *var, e, &view_of(&taken[..i])) {
+        if let Some((_, edge)) = find_take(nfa, state, *var, e, &view_of(&taken[..i]), refs) {
             state = edge.target;
         }
     }
@@ -174,14 +175,14 @@ pub(super) enum Move {
     Branch,
 }
 
-pub(super) fn next_move(nfa: &Nfa, state: StateId, event: &Event, view: &MatchEvents) -> Move {
+pub(super) fn next_move(nfa: &Nfa, state: StateId, event: &Event, view: &MatchEvents, refs: &Bound) -> Move {
     let (mut takes, mut skips) = (Vec::new(), Vec::new());
     let mut queue = VecDeque::from([state]);
     let mut seen = vec![false; nfa.states.len()];
     seen[state.index()] = true;
     while let Some(s) = queue.pop_front() {
         for e in &nfa.state(s).edges {
-            if !e.cond.holds(&nfa.conditions, event, view) {
+            if !e.cond.holds_with(&nfa.conditions, event, view, refs) {
                 continue;
             }
             match e.action {
