@@ -176,9 +176,10 @@ fn a_quiet_partition_closes_its_windows_by_the_wall_clock_and_replay_agrees() {
     assert_eq!(alert["fields"]["withdrawal_event_id"], "W-1");
     // The partition goes idle `idle_timeout` after the service read its last record (a fetch
     // after it was produced); the loop looks every 100 ms at most; the alert is produced when
-    // the transaction commits. Measured about idle_timeout + 1 s here.
+    // the transaction commits. Measured about idle_timeout + 1 s on a 2-core machine; the bound
+    // leaves room for a slower one.
     assert!(
-        after < Duration::from_millis(IDLE_TIMEOUT_MS + COMMIT_INTERVAL_MS + 1_500),
+        after < Duration::from_millis(IDLE_TIMEOUT_MS + COMMIT_INTERVAL_MS + 3_000),
         "the alert came {after:?} after the last record"
     );
 

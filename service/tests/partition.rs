@@ -44,6 +44,19 @@ fn plan_of(pattern: &str) -> (Config, dsl::Catalog, Arc<StreamPlan>) {
     (cfg, catalog, plan)
 }
 
+/// A partition with the library's reference tables (from their files, as `tripline.toml`
+/// declares them), as the service installs them.
+fn tabled(mut part: Partition) -> Partition {
+    static TABLES: std::sync::OnceLock<engine::RefData> = std::sync::OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        let path = root().join("tripline.toml");
+        let cfg = Config::load(&path).expect("config");
+        tripline_service::core::tables::load(&cfg, &path).expect("the library's tables")
+    });
+    part.set_reference(tables);
+    part
+}
+
 /// The example events of `pattern`, decoded (each `seq` its line number, in partition 0).
 fn examples(pattern: &str, catalog: &dsl::Catalog) -> Vec<engine::Event> {
     let file = root().join(format!("patterns/examples/{pattern}.events.jsonl"));
@@ -96,7 +109,7 @@ fn project(line: &str) -> Value {
 fn every_library_pattern_raises_exactly_its_expected_alerts_in_process() {
     for name in library() {
         let (cfg, catalog, plan) = plan_of(&name);
-        let mut part = Partition::new(plan, 0, OpConfig::default()).without_change_tracking();
+        let mut part = tabled(Partition::new(plan, 0, OpConfig::default())).without_change_tracking();
         let mut emit = Vec::new();
         feed(&mut part, &cfg, &examples(&name, &catalog), &mut emit);
         part.finish(&mut emit);
@@ -117,7 +130,7 @@ fn a_partition_restored_from_its_changelog_records_goes_on_byte_for_byte() {
         let events = examples(&name, &catalog);
         // Straight through, all in memory.
         let mut straight = Vec::new();
-        let mut part = Partition::new(plan.clone(), 0, OpConfig::default()).without_change_tracking();
+        let mut part = tabled(Partition::new(plan.clone(), 0, OpConfig::default())).without_change_tracking();
         feed(&mut part, &cfg, &events, &mut straight);
         part.finish(&mut straight);
         // Kept in a store and checkpointed after every event (the changelog: latest value per
@@ -127,7 +140,7 @@ fn a_partition_restored_from_its_changelog_records_goes_on_byte_for_byte() {
         let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut store = Arc::new(MemoryState::default());
         let mut emitted = Vec::new();
-        let mut part = Partition::new(plan.clone(), 0, OpConfig::default());
+        let mut part = tabled(Partition::new(plan.clone(), 0, OpConfig::default()));
         part.open(store.clone(), &|_| None).expect("an empty store opens");
         for (i, e) in events.iter().enumerate() {
             feed(&mut part, &cfg, std::slice::from_ref(e), &mut emitted);
@@ -147,7 +160,7 @@ fn a_partition_restored_from_its_changelog_records_goes_on_byte_for_byte() {
                 assert_eq!(part.cached_keys(), 0, "{name}: nothing changed since the commit");
             }
             if i % 3 == 2 {
-                let mut fresh = Partition::new(plan.clone(), 0, OpConfig::default());
+                let mut fresh = tabled(Partition::new(plan.clone(), 0, OpConfig::default()));
                 if i % 2 == 0 {
                     // From the changelog, into a new store.
                     let records: Vec<(Vec<u8>, Vec<u8>)> = changelog.clone().into_iter().collect();
@@ -177,7 +190,7 @@ fn a_partition_restored_from_its_changelog_records_goes_on_byte_for_byte() {
 fn late_events_are_refused_counted_and_never_fed() {
     let (cfg, catalog, plan) = plan_of("rapid_movement");
     let events = examples("rapid_movement", &catalog);
-    let mut part = Partition::new(plan.clone(), 0, OpConfig::default()).without_change_tracking();
+    let mut part = tabled(Partition::new(plan.clone(), 0, OpConfig::default())).without_change_tracking();
     let mut emit = Vec::new();
     feed(&mut part, &cfg, &events, &mut emit);
     let wm = part.watermark();
@@ -283,7 +296,7 @@ fn events_read_just_before_a_switch_are_seen_by_exactly_one_version() {
         payment(&catalog, "ACC-X", "OUT", 10.0, "SHOP", t + 3_600_000, 7),
     ];
     let mut emit = Vec::new();
-    let mut part = Partition::new(old.clone(), 0, OpConfig::default()).without_change_tracking();
+    let mut part = tabled(Partition::new(old.clone(), 0, OpConfig::default())).without_change_tracking();
     feed(&mut part, &cfg, &events[..3], &mut emit);
     assert!(part.is_late(t) && !part.is_late(t + 58_000), "ACC-B's credit is ahead of the watermark");
     let mut part = part.with_plan(new.clone(), 3);
@@ -330,12 +343,12 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
                 let mut emitted = Vec::new();
                 let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
                 let mut store = Arc::new(MemoryState::default());
-                let mut part = Partition::new(a.clone(), 0, OpConfig::default());
+                let mut part = tabled(Partition::new(a.clone(), 0, OpConfig::default()));
                 part.open(store.clone(), &resolve).expect("an empty store opens");
                 for (i, e) in events.iter().enumerate() {
                     for (_, plan) in switches.iter().filter(|(at, _)| *at == i) {
                         if by_restore {
-                            let mut fresh = Partition::new((*plan).clone(), 0, OpConfig::default());
+                            let mut fresh = tabled(Partition::new((*plan).clone(), 0, OpConfig::default()));
                             fresh.open(store.clone(), &resolve).expect("opens under the new set");
                             assert_eq!(fresh.next_offset, i as i64);
                             part = fresh;
@@ -350,7 +363,7 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
                         part.evict(0);
                     }
                     if checkpoint && i % 3 == 2 {
-                        let mut fresh = Partition::new(part.plan.clone(), 0, OpConfig::default());
+                        let mut fresh = tabled(Partition::new(part.plan.clone(), 0, OpConfig::default()));
                         if i % 2 == 0 {
                             let records: Vec<(Vec<u8>, Vec<u8>)> = changelog.clone().into_iter().collect();
                             let (local, summary) = fresh.index(&records, &resolve).expect("indexes");
@@ -410,9 +423,9 @@ fn a_switched_partition_follows_the_policy_and_restores_byte_for_byte() {
             if s == 0 {
                 // B raises exactly what it raises alone from the switch on (from the watermark).
                 let mut alone = Vec::new();
-                let mut before = Partition::new(a.clone(), 0, OpConfig::default()).without_change_tracking();
+                let mut before = tabled(Partition::new(a.clone(), 0, OpConfig::default())).without_change_tracking();
                 feed(&mut before, &cfg, &events[..k], &mut alone);
-                let mut only_b = Partition::new(b.clone(), 0, OpConfig::default()).without_change_tracking();
+                let mut only_b = tabled(Partition::new(b.clone(), 0, OpConfig::default())).without_change_tracking();
                 only_b.resume_at(before.watermark());
                 let mut alone = Vec::new();
                 for e in &events[k..] {
@@ -450,7 +463,7 @@ fn a_canary_is_live_on_its_share_of_the_keys_and_shadow_on_the_others() {
         let b = plan_edited(name, &next_version);
         let bp = 5_000;
         let plan = canary_plan(&cfg, &a, &b, bp);
-        let mut part = Partition::new(plan.clone(), 0, OpConfig::default()).without_change_tracking();
+        let mut part = tabled(Partition::new(plan.clone(), 0, OpConfig::default())).without_change_tracking();
         let mut emit = Vec::new();
         feed(&mut part, &cfg, &examples(name, &catalog), &mut emit);
         part.finish(&mut emit);
@@ -538,7 +551,7 @@ fn a_repartition_topics_partition_follows_its_markers_and_restores_byte_for_byte
         let resolve = |h: &str| a.patterns.iter().chain(&b.patterns).find(|n| n.meta.hash == h).cloned();
         // The reference: the examples in one partition, windows closed at the end.
         let mut reference = Vec::new();
-        let mut one = Partition::new(direct.clone(), 0, OpConfig::default());
+        let mut one = tabled(Partition::new(direct.clone(), 0, OpConfig::default()));
         feed(&mut one, &cfg, &examples(&name, &catalog), &mut reference);
         one.finish(&mut reference);
         let marker = |from: i32, watermark: i64| Marker { from, partitions: LANES, watermark, idle: false };
@@ -547,7 +560,7 @@ fn a_repartition_topics_partition_follows_its_markers_and_restores_byte_for_byte
             let mut emitted = Vec::new();
             let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             let store = Arc::new(MemoryState::default());
-            let mut part = Partition::new(a.clone(), 0, OpConfig::default());
+            let mut part = tabled(Partition::new(a.clone(), 0, OpConfig::default()));
             part.open(store.clone(), &resolve).expect("an empty store opens");
             let mut newest = [i64::MIN; LANES as usize];
             for (i, e) in events.iter().enumerate() {
@@ -571,7 +584,7 @@ fn a_repartition_topics_partition_follows_its_markers_and_restores_byte_for_byte
                 part.next_offset = i as i64 * 2 + 2;
                 commit(&mut part, &store, &mut changelog);
                 if checkpoint {
-                    let mut fresh = Partition::new(part.plan.clone(), 0, OpConfig::default());
+                    let mut fresh = tabled(Partition::new(part.plan.clone(), 0, OpConfig::default()));
                     if i % 2 == 0 {
                         let records: Vec<(Vec<u8>, Vec<u8>)> = changelog.clone().into_iter().collect();
                         let (local, _) = fresh.index(&records, &resolve).expect("indexes");

@@ -163,6 +163,7 @@ fn the_partial_match_budget_comes_from_the_config() {
     let cfg = std::fs::read_to_string(root().join("tripline.toml")).expect("config");
     let cfg = cfg.replace("max_partial_matches_per_key = 10000", "max_partial_matches_per_key = 1");
     let cfg = cfg.replace("\"testdata/", &format!("\"{}/testdata/", root().display()));
+    let cfg = cfg.replace("\"patterns/tables/", &format!("\"{}/patterns/tables/", root().display()));
     let cfg_path = dir.path().join("tripline.toml");
     std::fs::write(&cfg_path, cfg).expect("write");
     let out = dir.path().join("out.jsonl");
