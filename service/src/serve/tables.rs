@@ -173,19 +173,21 @@ impl Tables {
                 }
             };
             let (key, value) = change;
-            let mut table: RefTable = into.get(name).map_or_else(
-                || RefTable::new(if cfg.value.is_none() { TableKind::List } else { TableKind::Map }),
-                |t| RefTable::clone(t),
-            );
+            // In place: a table the installed snapshot shares is copied once, at its first
+            // change after the install.
+            let mut table = into.remove(name).unwrap_or_else(|| {
+                Arc::new(RefTable::new(if cfg.value.is_none() { TableKind::List } else { TableKind::Map }))
+            });
+            let t = Arc::make_mut(&mut table);
             match &value {
                 Some(v) => {
-                    let _ = table.insert(key.clone(), v.clone());
+                    let _ = t.insert(key.clone(), v.clone());
                 }
                 None => {
-                    table.remove(&key);
+                    t.remove(&key);
                 }
             }
-            into.set(name.clone(), Arc::new(table));
+            into.set(name.clone(), table);
             self.changed
                 .entry(name.clone())
                 .or_default()
