@@ -762,18 +762,27 @@ impl Expr {
         }
     }
 
-    /// The value of a constant, of a field of the event or of a table's entry for one of those,
-    /// without copying it.
-    fn borrowed<'a>(&'a self, event: Option<&'a Event>, refs: &'a Bound) -> Option<&'a Value> {
-        static NULL: Value = Value::Null;
+    /// The value of a constant or of a field of the event, without copying it.
+    #[inline]
+    fn plain<'a>(&'a self, event: Option<&'a Event>) -> Option<&'a Value> {
         match self {
             Expr::Lit(v) => Some(v),
             Expr::Field(f) => event.map(|e| e.field(*f)),
+            _ => None,
+        }
+    }
+
+    /// [`Expr::plain`], or a table's entry for a constant or a field, without copying it. Not
+    /// recursive, so that it inlines into the comparisons of the hot path (`None`: evaluate).
+    #[inline]
+    fn borrowed<'a>(&'a self, event: Option<&'a Event>, refs: &'a Bound) -> Option<&'a Value> {
+        static NULL: Value = Value::Null;
+        match self {
             Expr::Lookup { table, key } => {
-                let k = key.borrowed(event, refs)?;
+                let k = key.plain(event)?;
                 Some(refs.table(*table).and_then(|t| t.get(k)).unwrap_or(&NULL))
             }
-            _ => None,
+            e => e.plain(event),
         }
     }
 
